@@ -1,0 +1,176 @@
+"""Typed configuration of a DNA (or dense baseline) model.
+
+Every field is something a sweep may vary; `problems()` checks a config and returns every
+problem at once (torchtune style) so `build_model` can refuse it in one error.
+Where the DNA paper (arXiv 2506.22389) leaves a choice open, the field says which default we
+took and why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from dnasweep.errors import Problem
+
+ROUTER_TYPES = ("topk", "sigmoid", "noisy_topk", "threshold", "hash", "dense", "expert_choice")
+VISION_ONLY_ROUTERS = ("expert_choice",)  # non-causal: a token's path depends on later tokens
+
+
+@dataclass
+class PoolConfig:
+    """The shared pool of modules every routing step chooses from."""
+
+    n_transformer: int = 4  # transformer blocks (attention + MLP), each with its own weights
+    n_attention: int = 2  # attention-only blocks
+    n_mlp: int = 2  # MLP-only blocks
+    n_identity: int = 1  # identity modules: zero compute, the path that lets a token skip a step
+    mlp_ratio: float = 4.0  # hidden width / d_model of the MLP in transformer blocks
+    mlp_only_ratio: float = 4.0  # hidden width / d_model of MLP-only modules
+
+    @property
+    def size(self) -> int:
+        return self.n_transformer + self.n_attention + self.n_mlp + self.n_identity
+
+
+@dataclass
+class RouterConfig:
+    """How each routing step picks modules for each token."""
+
+    type: str = "topk"  # one of ROUTER_TYPES; topk is the paper's (linear, softmax, hard top-k)
+    top_k: int = 2  # modules per token per step (threshold: the maximum; dense: ignored)
+    shared: bool = False  # one router for all steps instead of one per step (paper: one per step)
+    normalize_gates: bool = False  # renormalise the k selected gates to sum 1 (paper: raw softmax)
+    threshold: float = 0.2  # threshold router: keep modules with probability >= this (at least 1)
+    noise: float = 1.0  # noisy_topk: scale of the Gumbel noise added in training
+    capacity_factor: float = 1.0  # expert_choice: tokens per module = factor * L * top_k / pool size
+
+
+@dataclass
+class BalanceConfig:
+    """Selection biases updated outside the gradient (DeepSeek-V3 loss-free balancing).
+
+    The gradient-based terms (compute penalty, Switch balance loss, z-loss) are weighted in
+    `dnasweep.model.loss.LossConfig`; these are the mechanisms that live inside the model.
+    """
+
+    identity_bias: bool = False  # the paper's skip mechanism: bias identity scores toward a skip ratio
+    target_skip: float = 0.3  # target share of slots routed to identity (paper: 0.3 LM, 0.25 vision)
+    identity_rate: float = 1e-4  # sign-update rate u of the identity bias (co-author's code: 1e-4)
+    loss_free: bool = False  # loss-free load balancing: a selection bias per module toward equal load
+    loss_free_rate: float = 1e-3  # sign-update rate of the loss-free balancing bias
+
+
+@dataclass
+class ModelConfig:
+    """A DNA proto-architecture (kind: dna) or its dense baseline (kind: dense)."""
+
+    kind: Literal["dna", "dense"] = "dna"  # dna: routed module pool; dense: GPT / ViT of plain blocks
+    task: Literal["lm", "vision"] = "lm"  # lm: causal language model; vision: ViT classifier
+    d_model: int = 128  # width of the residual stream
+    n_heads: int = 4  # attention heads (d_model must divide by it)
+    n_backbone: int = 1  # dense blocks every token runs before routing (paper: 1 converges best)
+    n_steps: int = 4  # routing steps S after the backbone
+    dense_layers: int = 0  # kind=dense: blocks after the backbone; 0 = match the DNA's nominal FLOPs
+    vocab_size: int = 256  # LM: vocabulary (byte-level default)
+    seq_len: int = 256  # LM: maximum context length (RoPE table size)
+    image_size: int = 8  # vision: input height = width in pixels
+    patch_size: int = 2  # vision: square patch side in pixels
+    channels: int = 1  # vision: input channels
+    n_classes: int = 10  # vision: classes of the head
+    pooling: Literal["mean", "cls"] = "mean"  # vision: mean of patches (paper) or a class token
+    router_norm: bool = True  # layer-norm (no affine) the stream before each router (scale-free logits)
+    init_std: float = 0.02  # std of the normal weight init (GPT-2)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
+
+    @property
+    def tokens_per_example(self) -> int:
+        """Sequence length the blocks see: LM context, or patches (+ class token) per image."""
+        if self.task == "lm":
+            return self.seq_len
+        return (self.image_size // self.patch_size) ** 2 + (1 if self.pooling == "cls" else 0)
+
+    @property
+    def slots_per_token(self) -> int:
+        """Modules a token is sent to per step at most (K)."""
+        return self.pool.size if self.router.type in ("dense", "expert_choice") else self.router.top_k
+
+
+def _pos(problems: list[Problem], key: str, value, allow_zero: bool = False) -> None:
+    bad = value < 0 if allow_zero else value <= 0
+    if bad:
+        rule = ">= 0" if allow_zero else "> 0"
+        problems.append(Problem(key, f"must be {rule}, got {value}"))
+
+
+def problems(cfg: ModelConfig, prefix: str = "model") -> list[Problem]:
+    """Every problem with `cfg`, as (dotted key, rule, fix); empty when valid."""
+    p: list[Problem] = []
+    k = lambda name: f"{prefix}.{name}"  # noqa: E731
+    if cfg.kind not in ("dna", "dense"):
+        p.append(Problem(k("kind"), f"unknown kind {cfg.kind!r}", "use one of: dna, dense"))
+    if cfg.task not in ("lm", "vision"):
+        p.append(Problem(k("task"), f"unknown task {cfg.task!r}", "use one of: lm, vision"))
+    for name in ("d_model", "n_heads", "vocab_size", "seq_len", "image_size", "patch_size", "channels"):
+        _pos(p, k(name), getattr(cfg, name))
+    for name in ("n_backbone", "n_steps", "dense_layers"):
+        _pos(p, k(name), getattr(cfg, name), allow_zero=True)
+    if cfg.n_heads > 0 and cfg.d_model % cfg.n_heads:
+        p.append(Problem(k("d_model"), f"d_model={cfg.d_model} is not divisible by n_heads={cfg.n_heads}",
+                         "pick d_model a multiple of n_heads"))
+    elif cfg.n_heads > 0 and (cfg.d_model // cfg.n_heads) % 2 and cfg.task == "lm":
+        p.append(Problem(k("d_model"), f"head dim {cfg.d_model // cfg.n_heads} is odd; RoPE needs it even",
+                         "pick d_model / n_heads even"))
+    if cfg.task == "vision" and cfg.patch_size > 0 and cfg.image_size % cfg.patch_size:
+        p.append(Problem(k("patch_size"), f"image_size={cfg.image_size} is not divisible by "
+                         f"patch_size={cfg.patch_size}", "pick a patch size that divides the image size"))
+    if cfg.task == "vision":
+        _pos(p, k("n_classes"), cfg.n_classes)
+    if cfg.pooling not in ("mean", "cls"):
+        p.append(Problem(k("pooling"), f"unknown pooling {cfg.pooling!r}", "use one of: mean, cls"))
+    if cfg.kind != "dna":
+        return p
+
+    pool, r, bal = cfg.pool, cfg.router, cfg.balance
+    for name in ("n_transformer", "n_attention", "n_mlp", "n_identity"):
+        _pos(p, f"{prefix}.pool.{name}", getattr(pool, name), allow_zero=True)
+    for name in ("mlp_ratio", "mlp_only_ratio"):
+        _pos(p, f"{prefix}.pool.{name}", getattr(pool, name))
+    if pool.size - pool.n_identity <= 0:
+        p.append(Problem(f"{prefix}.pool", "the pool has no module that computes anything",
+                         "add transformer, attention or MLP modules"))
+    if cfg.n_steps == 0:
+        p.append(Problem(k("n_steps"), "a DNA needs at least one routing step", "set n_steps >= 1"))
+    if r.type not in ROUTER_TYPES:
+        p.append(Problem(f"{prefix}.router.type", f"unknown router {r.type!r}",
+                         f"use one of: {', '.join(ROUTER_TYPES)}"))
+    elif r.type in VISION_ONLY_ROUTERS and cfg.task == "lm":
+        p.append(Problem(f"{prefix}.router.type", f"router {r.type!r} is not causal and cannot route a "
+                         "language model (a token's path would depend on later tokens)",
+                         f"use one of: {', '.join(t for t in ROUTER_TYPES if t not in VISION_ONLY_ROUTERS)}"))
+    if r.type not in ("dense", "expert_choice"):
+        if r.top_k < 1 or r.top_k > pool.size:
+            p.append(Problem(f"{prefix}.router.top_k", f"top_k={r.top_k} must be in [1, pool size "
+                             f"{pool.size}]", "lower top_k or grow the pool"))
+    if r.type == "threshold" and not 0 < r.threshold < 1:
+        p.append(Problem(f"{prefix}.router.threshold", f"must be in (0, 1), got {r.threshold}"))
+    if r.type == "expert_choice":
+        _pos(p, f"{prefix}.router.capacity_factor", r.capacity_factor)
+    _pos(p, f"{prefix}.router.noise", r.noise, allow_zero=True)
+    if bal.identity_bias:
+        if pool.n_identity == 0:
+            p.append(Problem(f"{prefix}.balance.identity_bias", "needs identity modules, the pool has none",
+                             "set pool.n_identity >= 1 or turn identity_bias off"))
+        if r.type in ("hash", "dense", "expert_choice"):
+            p.append(Problem(f"{prefix}.balance.identity_bias", f"has no effect with router {r.type!r}",
+                             "use a top-k style router (topk, sigmoid, noisy_topk, threshold)"))
+        if not 0 <= bal.target_skip < 1:
+            p.append(Problem(f"{prefix}.balance.target_skip", f"must be in [0, 1), got {bal.target_skip}"))
+    if bal.loss_free and r.type in ("hash", "dense", "expert_choice"):
+        p.append(Problem(f"{prefix}.balance.loss_free", f"has no effect with router {r.type!r}",
+                         "use a top-k style router"))
+    for name in ("identity_rate", "loss_free_rate"):
+        _pos(p, f"{prefix}.balance.{name}", getattr(bal, name), allow_zero=True)
+    return p

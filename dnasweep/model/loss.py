@@ -1,0 +1,49 @@
+"""The training objective: cross-entropy plus the weighted auxiliary terms a sweep varies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dnasweep.model.output import ModelOutput
+
+
+@dataclass
+class LossConfig:
+    """Weights of the terms added to cross-entropy (all off by default, as in the paper)."""
+
+    compute_weight: float = 0.0  # λ × expected FLOPs per token / dense-block cost (differentiable)
+    balance_weight: float = 0.0  # Switch-style load-balancing loss (typical 1e-2)
+    z_weight: float = 0.0  # router z-loss (typical 1e-3)
+    label_smoothing: float = 0.0  # cross-entropy label smoothing (paper's ViT: 0.1)
+
+
+def compute_loss(out: ModelOutput, targets: torch.Tensor, cfg: LossConfig) -> tuple[torch.Tensor, dict]:
+    """(total loss to backpropagate, {"ce": ..., "aux": ...} as detached floats' tensors).
+
+    targets: [B, T] next tokens (LM) or [B] labels (vision).
+    """
+    logits = out.logits
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                         label_smoothing=cfg.label_smoothing)
+    aux = logits.new_zeros((), dtype=torch.float32)
+    for name, w in (("compute", cfg.compute_weight), ("balance", cfg.balance_weight), ("z", cfg.z_weight)):
+        if w and name in out.aux:
+            aux = aux + w * out.aux[name]
+    return ce + aux, {"ce": ce.detach(), "aux": aux.detach()}
+
+
+def loss_problems(cfg: LossConfig, prefix: str = "loss") -> list:
+    """Every problem with `cfg` (negative weights, smoothing outside [0, 1))."""
+    from dnasweep.errors import Problem
+
+    p = []
+    for name in ("compute_weight", "balance_weight", "z_weight"):
+        v = getattr(cfg, name)
+        if v < 0:
+            p.append(Problem(f"{prefix}.{name}", f"must be >= 0, got {v}"))
+    if not 0 <= cfg.label_smoothing < 1:
+        p.append(Problem(f"{prefix}.label_smoothing", f"must be in [0, 1), got {cfg.label_smoothing}"))
+    return p
