@@ -150,10 +150,9 @@ def problems(cfg: ModelConfig, prefix: str = "model") -> list[Problem]:
         p.append(Problem(f"{prefix}.router.type", f"router {r.type!r} is not causal and cannot route a "
                          "language model (a token's path would depend on later tokens)",
                          f"use one of: {', '.join(t for t in ROUTER_TYPES if t not in VISION_ONLY_ROUTERS)}"))
-    if r.type not in ("dense", "expert_choice"):
-        if r.top_k < 1 or r.top_k > pool.size:
-            p.append(Problem(f"{prefix}.router.top_k", f"top_k={r.top_k} must be in [1, pool size "
-                             f"{pool.size}]", "lower top_k or grow the pool"))
+    if r.type not in ("dense", "expert_choice") and (r.top_k < 1 or r.top_k > pool.size):
+        p.append(Problem(f"{prefix}.router.top_k", f"top_k={r.top_k} must be in [1, pool size "
+                         f"{pool.size}]", "lower top_k or grow the pool"))
     if r.type == "threshold" and not 0 < r.threshold < 1:
         p.append(Problem(f"{prefix}.router.threshold", f"must be in (0, 1), got {r.threshold}"))
     if r.type == "expert_choice":
