@@ -31,7 +31,8 @@ def grouped_matmul(x_PD: torch.Tensor, w_EDF: torch.Tensor, counts: list[int]) -
     if E == 1:
         return x_PD @ w_EDF[0]
     aligned = x_PD.shape[1] % 8 == 0 and w_EDF.shape[2] % 8 == 0
-    if _GROUPED_MM is not None and aligned and x_PD.dtype == w_EDF.dtype and x_PD.shape[0] > 0:
+    kernel_dtype = x_PD.dtype in (torch.float32, torch.bfloat16, torch.float16) and x_PD.dtype == w_EDF.dtype
+    if _GROUPED_MM is not None and aligned and kernel_dtype and x_PD.shape[0] > 0:
         offs = torch.tensor(counts, device=x_PD.device, dtype=torch.int32).cumsum(0, dtype=torch.int32)
         return _GROUPED_MM(x_PD.contiguous(), w_EDF, offs=offs)
     parts = [xe @ w_EDF[e] for e, xe in enumerate(x_PD.split(counts)) if counts[e]]
