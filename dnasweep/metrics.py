@@ -8,7 +8,6 @@ VAL_BPB = "val/bpb"  # held-out bits per byte (byte-level LM)
 VAL_ACC = "val/acc"  # held-out top-1 accuracy (vision)
 FLOPS_PER_TOKEN = "compute/flops_per_token"  # measured forward FLOPs per token/patch (useful)
 FLOPS_EXECUTED_PER_TOKEN = "compute/flops_executed_per_token"  # incl. dispatch padding
-FLOPS_RATIO_TO_DENSE = "compute/flops_vs_dense"  # measured / nominal dense-equivalent
 PARAMS_ACTIVE = "params/active"  # mean parameters touched per token
 PARAMS_TOTAL = "params/total"  # parameters in the model
 IDENTITY_FRACTION = "router/identity_fraction"  # share of routed slots sent to identity modules

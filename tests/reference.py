@@ -20,9 +20,10 @@ def attention_update(bank: AttentionBank, a: int, h_BLD: torch.Tensor, routed_BL
     H, Dh = bank.h, D // bank.h
     xn = F.layer_norm(h_BLD, (D,)) * bank.norm_AD[a]
     q, k, v = (xn @ bank.w_qkv_AD3D[a]).view(B, L, 3, H, Dh).permute(2, 0, 3, 1, 4)
-    if bank.rope is not None:
-        pos = torch.arange(L)
-        q, k = bank.rope.apply(q, pos), bank.rope.apply(k, pos)
+    if bank.rope is not None:  # rotate pairs (i, i + Dh/2) by angle pos * theta_i
+        cos, sin = bank.rope.cos[:L].to(q.dtype), bank.rope.sin[:L].to(q.dtype)
+        q, k = (torch.cat((t[..., :Dh // 2] * cos - t[..., Dh // 2:] * sin,
+                           t[..., Dh // 2:] * cos + t[..., :Dh // 2] * sin), -1) for t in (q, k))
     scores = q @ k.transpose(-1, -2) / math.sqrt(Dh)  # [B, H, L, L]
     allowed = routed_BL[:, None, None, :].expand(B, 1, L, L).clone()
     if bank.causal:

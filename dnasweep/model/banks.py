@@ -50,11 +50,11 @@ class Rope(nn.Module):
         self.register_buffer("cos", ang.cos(), persistent=False)
         self.register_buffer("sin", ang.sin(), persistent=False)
 
-    def apply(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """Rotate x [..., H, C, Dh] by positions pos [..., C] (leading dims broadcast over H)."""
-        cos = self.cos[pos].unsqueeze(-3).to(x.dtype)  # [..., 1, C, Dh/2]
-        sin = self.sin[pos].unsqueeze(-3).to(x.dtype)
-        x1, x2 = x.chunk(2, dim=-1)
+    def apply(self, x_PHd: torch.Tensor, pos_P: torch.Tensor) -> torch.Tensor:
+        """Rotate per-token heads x [P, H, Dh] by each token's position pos [P]."""
+        cos = self.cos[pos_P].unsqueeze(1).to(x_PHd.dtype)  # [P, 1, Dh/2]
+        sin = self.sin[pos_P].unsqueeze(1).to(x_PHd.dtype)
+        x1, x2 = x_PHd.chunk(2, dim=-1)
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
@@ -64,6 +64,8 @@ class AttentionBank(nn.Module):
     A module's output is its *update* Attn(LN(x)); the caller adds the skip connection.
     Routed semantics: a token routed to module a attends to the tokens of its own sequence that a
     also received at this step (causally in LM), and to nothing else.
+    Projections run on exactly the routed tokens (grouped matmul); only the attention core packs
+    each module's tokens into per-sequence rows, padded to that module's longest row.
     """
 
     def __init__(self, n: int, d: int, n_heads: int, causal: bool, rope: Rope | None,
@@ -74,66 +76,74 @@ class AttentionBank(nn.Module):
         self.w_qkv_AD3D = nn.Parameter(torch.randn(n, d, 3 * d) * init_std)
         self.w_o_ADD = nn.Parameter(torch.randn(n, d, d) * out_std)
 
-    def attend(self, x_ABCD: torch.Tensor, pos_ABC: torch.Tensor, valid_ABC: torch.Tensor | None):
-        """Module a's attention over its packed tokens x_ABCD (raw stream) -> update [A,B,C,D].
-
-        Real tokens sit first in each (a, b) row in time order; padding after them. With a causal
-        mask no real query sees padding; without one (vision) `valid_ABC` masks padded keys.
-        """
-        A, B, C, D = x_ABCD.shape
-        H, Dh = self.h, D // self.h
-        xn = F.layer_norm(x_ABCD, (D,)).reshape(A, B * C, D)
-        w_qkv = self.norm_AD[:, :, None] * self.w_qkv_AD3D  # fold the norm's gain into the projection
-        qkv = torch.bmm(xn, w_qkv.to(xn.dtype)).view(A * B, C, 3, H, Dh)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [A*B, H, C, Dh]
+    def _qkv(self, x_PD: torch.Tensor, counts: list[int], pos_P: torch.Tensor):
+        """Normed, projected, rotated q, k, v [P, H, Dh] of rows sorted by module."""
+        P, D = x_PD.shape
+        xn = F.layer_norm(x_PD, (D,))
+        w_qkv = (self.norm_AD[:, :, None] * self.w_qkv_AD3D).to(xn.dtype)  # fold the norm's gain in
+        q, k, v = grouped_matmul(xn, w_qkv, counts).view(P, 3, self.h, D // self.h).unbind(1)
         if self.rope is not None:
-            pos = pos_ABC.reshape(A * B, C)
-            q, k = self.rope.apply(q, pos), self.rope.apply(k, pos)
+            q, k = self.rope.apply(q, pos_P), self.rope.apply(k, pos_P)
+        return q, k, v
+
+    def _core(self, q, k, v, valid_BC: torch.Tensor | None) -> torch.Tensor:
+        """SDPA over packed rows q, k, v [B, C, H, Dh] -> [B, C, H*Dh]. Real tokens sit first in
+        each row in time order, padding after: a causal mask never lets a real query see padding;
+        without one (vision) `valid_BC` masks padded keys."""
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         if self.causal:
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
-            mask = None if valid_ABC is None else valid_ABC.reshape(A * B, 1, 1, C)
+            mask = None if valid_BC is None else valid_BC[:, None, None, :]
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        o = o.transpose(1, 2).reshape(A, B * C, D)
-        return torch.bmm(o, self.w_o_ADD.to(o.dtype)).view(A, B, C, D)
+        return o.transpose(1, 2).flatten(2)
 
     def full(self, h_BLD: torch.Tensor) -> torch.Tensor:
         """Module 0 on every token of every sequence (a dense block): update [B, L, D]."""
-        B, L, _ = h_BLD.shape
-        pos = torch.arange(L, device=h_BLD.device).expand(1, B, L)
-        return self.attend(h_BLD.unsqueeze(0), pos, None)[0]
+        B, L, D = h_BLD.shape
+        pos = torch.arange(L, device=h_BLD.device).repeat(B)
+        q, k, v = self._qkv(h_BLD.reshape(B * L, D), [B * L], pos)
+        o = self._core(*(t.view(B, L, self.h, -1) for t in (q, k, v)), None)
+        return (o.reshape(B * L, D) @ self.w_o_ADD[0].to(o.dtype)).view(B, L, D)
 
-    def routed(self, h_BLD: torch.Tensor, mod_P: torch.Tensor, tok_P: torch.Tensor):
-        """Updates for routed pairs (module mod_P[i] on flat token tok_P[i]) -> (delta_PD, flops).
+    def routed(self, h_BLD: torch.Tensor, mod_P: torch.Tensor, tok_P: torch.Tensor, counts: list[int]):
+        """Updates for routed pairs -> (delta_PD, (useful, executed) forward FLOPs).
 
-        flops = (useful, executed) forward FLOPs: useful counts routed tokens only, executed also
-        the padding of each (module, sequence) row up to the longest one.
+        Pairs are sorted by module and, within a module, by flat token index t = b*L + l (a
+        stable sort of token-ordered pairs gives that); `counts[a]` pairs belong to module a.
+        Executed FLOPs also count each module's padding up to its longest sequence row.
         """
         B, L, D = h_BLD.shape
-        A = self.n
-        sel_ABL = torch.zeros(A * B * L, dtype=torch.bool, device=h_BLD.device)
-        sel_ABL[mod_P * (B * L) + tok_P] = True
-        sel_ABL = sel_ABL.view(A, B, L)
-        count_AB = sel_ABL.sum(-1)
-        C = int(count_AB.max())
-        # Stable sort puts each row's routed positions first, in time order; keep C of them.
-        pos_ABC = torch.argsort((~sel_ABL).to(torch.uint8), dim=-1, stable=True)[..., :C]
-        slot_C = torch.arange(C, device=h_BLD.device)
-        # Padded keys are masked (vision); a row with no tokens at all keeps slot 0 visible so its
-        # softmax stays finite (its output is never gathered, but NaN would leak into gradients).
-        valid_ABC = (slot_C < count_AB[..., None]) | (slot_C == 0)
-        row_B = torch.arange(B, device=h_BLD.device)[None, :, None] * L
-        x_ABCD = h_BLD.reshape(B * L, D)[row_B + pos_ABC]
-        out_ABCD = self.attend(x_ABCD, pos_ABC, None if self.causal else valid_ABC)
-        # Pair (a, t) sits at slot rank(t among a's tokens of its sequence) of row (a, b).
-        rank_ABL = sel_ABL.cumsum(-1) - 1
-        slot_P = rank_ABL.view(-1)[mod_P * (B * L) + tok_P]
-        b_P = tok_P // L
-        delta_PD = out_ABCD.reshape(-1, D)[(mod_P * B + b_P) * C + slot_P]
-        n = count_AB.float()
-        useful = 8 * D * D * float(n.sum()) + 4 * D * float((n * n).sum())
-        executed = A * B * C * (8 * D * D + 4 * D * C)
-        return delta_PD, (useful, float(executed))
+        P, A, dev = mod_P.shape[0], self.n, h_BLD.device
+        b_P, pos_P = tok_P // L, tok_P % L
+        q, k, v = self._qkv(h_BLD.reshape(B * L, D)[tok_P], counts, pos_P)
+        # Slot of each pair in its (module, sequence) row: its rank among that row's pairs.
+        row_P = mod_P * B + b_P  # non-decreasing along P
+        n_AB = torch.bincount(row_P, minlength=A * B)
+        slot_P = torch.arange(P, device=dev) - (n_AB.cumsum(0) - n_AB)[row_P]
+        n_AB = n_AB.view(A, B)
+        C_A = n_AB.max(1).values.tolist()
+        outs, start = [], 0
+        for a in range(A):
+            if counts[a] == 0:
+                continue
+            seg = slice(start, start + counts[a])
+            start += counts[a]
+            C = C_A[a]
+            idx = b_P[seg] * C + slot_P[seg]
+            packed = [t.new_zeros(B * C, *t.shape[1:]).index_put((idx,), t[seg]).view(B, C, *t.shape[1:])
+                      for t in (q, k, v)]
+            # Vision masks padded keys; a sequence with no token here keeps slot 0 visible so its
+            # softmax stays finite (the row is never read, but NaN would poison gradients).
+            slot_C = torch.arange(C, device=dev)
+            valid = None if self.causal else (slot_C < n_AB[a, :, None]) | (slot_C == 0)
+            outs.append(self._core(*packed, valid).reshape(B * C, D)[idx])
+        o_PD = torch.cat(outs) if len(outs) > 1 else outs[0]
+        delta_PD = grouped_matmul(o_PD, self.w_o_ADD.to(o_PD.dtype), counts)
+        n = n_AB.float()
+        useful = 8.0 * D * D * P + 4.0 * D * float((n * n).sum())
+        executed = 8.0 * D * D * P + 4.0 * D * B * float(sum(c * c for c in C_A))
+        return delta_PD, (useful, executed)
 
 
 class MLPBank(nn.Module):

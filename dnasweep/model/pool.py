@@ -72,7 +72,7 @@ class ModulePool(nn.Module):
         useful = executed = 0.0
         updates = []
         if p2:
-            attn_PD, (fu, fe) = self.attn.routed(h_BLD, mod_P[:p2], tok_P[:p2])
+            attn_PD, (fu, fe) = self.attn.routed(h_BLD, mod_P[:p2], tok_P[:p2], c[:nt + na])
             useful, executed = useful + fu, executed + fe
             if p1:
                 mlp_PD = self.mlp_t(h_TD[tok_P[:p1]] + attn_PD[:p1], c[:nt])

@@ -1,0 +1,73 @@
+"""The `dnasweep` command. Thin: parses arguments, calls into the library, maps errors to exit
+codes (2 for bad input, with every problem listed). Heavy imports happen inside commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from dnasweep.errors import ConfigError
+
+
+def _train(args: argparse.Namespace) -> int:
+    from dnasweep.config import load_trial
+    from dnasweep.train.loop import run_trial
+    from dnasweep.train.report import ConsoleReporter
+
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"out_dir={args.out}")
+    cfg = load_trial(args.config, overrides)
+    console = None if args.quiet else ConsoleReporter(cfg.train.max_steps)
+    result = run_trial(cfg, console, resume=not args.no_resume)
+    if not args.quiet:
+        print(f"{result.status}: {result.reason}; outputs in {result.out_dir}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from dnasweep.config import load_trial
+    from dnasweep.model import nominal
+
+    cfg = load_trial(args.config, list(args.overrides))
+    n = nominal(cfg.model)
+    print(f"{args.config}: valid ({cfg.model.kind} {cfg.model.task}, {n.params_total:,} parameters, "
+          f"{n.params_active:,.0f} active per token, {n.flops_per_token:,.0f} forward FLOPs per token nominal)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dnasweep", description="Sweeps and NAS for Distributed Neural Architectures.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train one trial from a trial config or a search space's base")
+    t.add_argument("config", help="trial YAML, or search-space YAML (its base: is trained)")
+    t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.max_steps=200")
+    t.add_argument("--out", help="output directory (same as out_dir=...)")
+    t.add_argument("--json", action="store_true", help="print the final metrics as one JSON line")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--no-resume", action="store_true", help="start over even if OUT/checkpoint exists")
+    t.set_defaults(fn=_train)
+    v = sub.add_parser("validate", help="check a config: every problem at once, exit code 2 if any")
+    v.add_argument("config")
+    v.add_argument("overrides", nargs="*")
+    v.set_defaults(fn=_validate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

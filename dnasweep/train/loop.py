@@ -1,0 +1,183 @@
+"""One trial: data -> model -> AdamW loop with evaluation, checkpoints and honest metrics.
+
+`run_trial(cfg, reporter)` is what `dnasweep train` and every sweep trial run. It reports
+through the Reporter protocol only; it never imports ray, optuna or mlflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from dnasweep import metrics as M
+from dnasweep.config import TrialConfig, to_yaml
+from dnasweep.data import LMSampler, VisionSampler, lm_val_batches, load_data, vision_val_batches
+from dnasweep.errors import ConfigError, Problem
+from dnasweep.model import build_model, compute_loss
+from dnasweep.train import checkpoint
+from dnasweep.train.evaluate import evaluate
+from dnasweep.train.optim import lr_at, make_optimizer
+from dnasweep.train.report import JsonlReporter, Reporter, Reporters
+
+# Dense bf16 tensor-core peaks (FLOP/s) for MFU; other devices report no MFU rather than a guess.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+
+
+@dataclass
+class TrialResult:
+    """How a trial ended."""
+
+    status: str  # completed | diverged
+    reason: str  # one line: why it stopped
+    step: int  # optimizer steps done
+    metrics: dict[str, float] = field(default_factory=dict)  # the last evaluation's metrics
+    out_dir: str = ""
+
+    def to_json(self) -> dict:
+        return {"status": self.status, "reason": self.reason, "step": self.step, **self.metrics}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError([Problem("train.device", f"{name!r} requested but CUDA is not available",
+                                   "use train.device=auto or cpu")], "train")
+    return torch.device(name)
+
+
+def _check_fit(cfg: TrialConfig, data) -> None:
+    """The data must fit the model's input: vocabulary, image shape, classes."""
+    m, p = cfg.model, []
+    if m.task == "lm" and data.vocab_size > m.vocab_size:
+        p.append(Problem("model.vocab_size", f"the data has token ids up to {data.vocab_size - 1} but "
+                         f"model.vocab_size={m.vocab_size}", f"set model.vocab_size={data.vocab_size}"))
+    if m.task == "vision":
+        c, h, w = data.image_shape
+        if (c, h, w) != (m.channels, m.image_size, m.image_size):
+            p.append(Problem("model.image_size", f"the data's images are {c}x{h}x{w} (CxHxW) but the model "
+                             f"expects {m.channels}x{m.image_size}x{m.image_size}",
+                             f"set model.channels={c} model.image_size={h}" + (
+                                 "" if h == w else " and data.image_size to make them square")))
+        if data.n_classes > m.n_classes:
+            p.append(Problem("model.n_classes", f"the data has {data.n_classes} classes but "
+                             f"model.n_classes={m.n_classes}", f"set model.n_classes={data.n_classes}"))
+    if p:
+        raise ConfigError(p, "config vs data")
+
+
+def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool = True) -> TrialResult:
+    """Train `cfg` to its budget, evaluating and checkpointing on the way.
+
+    With `resume`, continues exactly from OUT/checkpoint when one exists (same batches, same
+    RNG, same optimizer state), so an interrupted-and-resumed run equals an uninterrupted one.
+    """
+    tc, task = cfg.train, cfg.model.task
+    device = resolve_device(tc.device)
+    data = load_data(cfg.data, task)
+    _check_fit(cfg, data)
+    torch.manual_seed(tc.seed)
+    model = build_model(cfg.model).to(device)
+    opt = make_optimizer(model, tc, device)
+    fwd = torch.compile(model) if tc.compile else model
+    bf16 = tc.precision == "bf16" or (tc.precision == "auto" and device.type == "cuda")
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    if task == "lm":
+        sampler = LMSampler(data.train, tc.batch_size, cfg.model.seq_len, seed=tc.seed)
+        val = lm_val_batches(data.val, tc.batch_size, cfg.model.seq_len, tc.eval_batches)
+        bytes_per_token = data.bytes_per_token
+    else:
+        sampler = VisionSampler(data.train_x, data.train_y, tc.batch_size, tc.seed, data.mean, data.std)
+        val = vision_val_batches(data, tc.batch_size)
+        bytes_per_token = None
+    tokens_per_step = tc.batch_size * tc.grad_accum * cfg.model.tokens_per_example
+    total_steps = tc.max_steps
+    if tc.max_tokens:
+        total_steps = min(total_steps, math.ceil(tc.max_tokens / tokens_per_step))
+
+    ckpt_dir = os.path.join(cfg.out_dir, "checkpoint")
+    step, train_time = 0, 0.0
+    if resume and checkpoint.exists(ckpt_dir):
+        st = checkpoint.load(ckpt_dir)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sampler.load_state_dict(st["sampler"])
+        checkpoint.set_rng_state(st["rng"])
+        step, train_time = int(st["step"]), float(st["train_time"])
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    with open(os.path.join(cfg.out_dir, "config.yaml"), "w") as f:
+        f.write(to_yaml(cfg))
+    jsonl = JsonlReporter(os.path.join(cfg.out_dir, "metrics.jsonl"), truncate_after_step=step if step else None)
+    rep = Reporters(jsonl, reporter)
+
+    def save() -> str:
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                 "sampler": sampler.state_dict(), "rng": checkpoint.rng_state(), "train_time": train_time}
+        return checkpoint.save(ckpt_dir, state, to_yaml(cfg))
+
+    def do_eval() -> dict:
+        res = evaluate(model, val, cfg.loss, device, autocast, bytes_per_token)
+        res.update({M.STEP: step, M.PARAMS_TOTAL: float(model.params_total)})
+        if train_time > 0:
+            res[M.TOKENS_PER_S] = step * tokens_per_step / train_time
+            peak = next((v for k, v in PEAK_FLOPS.items() if device.type == "cuda"
+                         and k in torch.cuda.get_device_name(device)), None)
+            if peak:  # training FLOPs ~ 3x forward
+                res[M.MFU] = 3 * res[M.FLOPS_PER_TOKEN] * res[M.TOKENS_PER_S] / peak
+        return res
+
+    status, reason, last = "completed", f"reached {total_steps} steps", {}
+    deadline = None if tc.time_limit_s is None else time.perf_counter() + tc.time_limit_s - train_time
+    model.train()
+    try:
+        while step < total_steps:
+            t0 = time.perf_counter()
+            lr = lr_at(step, tc, total_steps)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            ce_sum, aux_sum = 0.0, 0.0
+            for _ in range(tc.grad_accum):
+                x, y = sampler.next()
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with autocast():
+                    out = fwd(x)
+                    loss, parts = compute_loss(out, y, cfg.loss)
+                (loss / tc.grad_accum).backward()
+                ce_sum += float(parts["ce"])
+                aux_sum += float(parts["aux"])
+            ce = ce_sum / tc.grad_accum
+            if not math.isfinite(ce) or not math.isfinite(aux_sum):
+                status, reason = "diverged", f"non-finite loss ({ce}) at step {step + 1}"
+                break
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            model.update_routing_biases(out)
+            step += 1
+            train_time += time.perf_counter() - t0
+            if step % tc.log_every == 0 or step == total_steps:
+                rep.report({M.STEP: step, M.TRAIN_LOSS: ce, M.TRAIN_AUX: aux_sum / tc.grad_accum, "train/lr": lr,
+                            M.TOKENS_PER_S: step * tokens_per_step / max(train_time, 1e-9)})
+            timed_out = deadline is not None and time.perf_counter() >= deadline
+            if timed_out:
+                reason = f"time limit {tc.time_limit_s:g}s reached at step {step}"
+            if step % tc.eval_every == 0 or step == total_steps or timed_out:
+                last = do_eval()
+                rep.report(last, save())
+            elif tc.checkpoint_every and step % tc.checkpoint_every == 0:
+                save()
+            if timed_out:
+                break
+    finally:
+        rep.close()
+    result = TrialResult(status, reason, step, last, cfg.out_dir)
+    with open(os.path.join(cfg.out_dir, "result.json"), "w") as f:
+        json.dump(result.to_json(), f, indent=1)
+    return result
