@@ -12,6 +12,7 @@ PARAMS_ACTIVE = "params/active"  # mean parameters touched per token
 PARAMS_TOTAL = "params/total"  # parameters in the model
 IDENTITY_FRACTION = "router/identity_fraction"  # share of routed slots sent to identity modules
 ROUTER_ENTROPY = "router/entropy"  # mean entropy (nats) of the router distributions
+ROUTER_Z = "router/z_loss"  # mean squared log-partition of router logits (what z-loss shrinks)
 ROUTER_LOAD_MAX = "router/load_max"  # largest per-module share of slots (1/M is balanced)
 ROUTER_LOAD_PREFIX = "router/load/"  # + "m{index}": share of slots routed to that module
 TOKENS_PER_S = "perf/tokens_per_s"  # training throughput

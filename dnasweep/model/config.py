@@ -24,7 +24,7 @@ class PoolConfig:
     n_transformer: int = 4  # transformer blocks (attention + MLP), each with its own weights
     n_attention: int = 2  # attention-only blocks
     n_mlp: int = 2  # MLP-only blocks
-    n_identity: int = 1  # identity modules: zero compute, the path that lets a token skip a step
+    n_identity: int = 2  # identity modules: zero compute; >= top_k lets a token skip a whole step
     mlp_ratio: float = 4.0  # hidden width / d_model of the MLP in transformer blocks
     mlp_only_ratio: float = 4.0  # hidden width / d_model of MLP-only modules
 

@@ -17,7 +17,7 @@ def evaluate(model, batches, loss_cfg: LossConfig, device, autocast, bytes_per_t
     was_training = model.training
     model.eval()
     n_tok = n_ex = 0
-    loss_sum = correct = flops = flops_exec = active = entropy = ident = 0.0
+    loss_sum = correct = flops = flops_exec = active = entropy = ident = zl = 0.0
     slots = None
     for x, y in batches:
         x, y = x.to(device), y.to(device)
@@ -37,6 +37,7 @@ def evaluate(model, batches, loss_cfg: LossConfig, device, autocast, bytes_per_t
         active += out.stats.params_active * toks
         entropy += out.stats.entropy * toks
         ident += out.stats.identity_fraction * toks
+        zl += float(out.aux.get("z", 0.0)) * toks
         if out.stats.slots_SM is not None:
             slots = out.stats.slots_SM if slots is None else slots + out.stats.slots_SM
     if was_training:
@@ -49,7 +50,7 @@ def evaluate(model, batches, loss_cfg: LossConfig, device, autocast, bytes_per_t
         res[M.VAL_ACC] = correct / n_ex
     if slots is not None:
         load_M = slots.sum(0) / slots.sum()
-        res.update({M.IDENTITY_FRACTION: ident / n_tok, M.ROUTER_ENTROPY: entropy / n_tok,
+        res.update({M.IDENTITY_FRACTION: ident / n_tok, M.ROUTER_ENTROPY: entropy / n_tok, M.ROUTER_Z: zl / n_tok,
                     M.ROUTER_LOAD_MAX: float(load_M.max())})
         res.update({f"{M.ROUTER_LOAD_PREFIX}m{i}": float(v) for i, v in enumerate(load_M)})
     return res

@@ -104,6 +104,7 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
     ckpt_dir = os.path.join(cfg.out_dir, "checkpoint")
     step, train_time = 0, 0.0
     if resume and checkpoint.exists(ckpt_dir):
+        checkpoint.check_same_model(ckpt_dir, cfg)
         st = checkpoint.load(ckpt_dir)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])

@@ -1,0 +1,147 @@
+"""Pillow-backed vision sources: an ImageFolder-style folder, and Hugging Face image datasets.
+
+Pillow (extra `images`) and `datasets` (extra `hf`) are imported inside the loaders only, so the
+rest of dnasweep runs without them. Every image is decoded here, before training starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dnasweep.data.config import HF_FIX, IMAGES_FIX, DataConfig, resolve
+from dnasweep.data.vision import VisionData, cap_count, label_problems, make_vision
+from dnasweep.errors import ConfigError, Problem, raise_if
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # Pillow modes kept as one channel
+_MAX_NAMED = 5  # unreadable files named one by one; the rest are counted
+
+
+def _pil(source: str):
+    """The PIL.Image module, or a ConfigError naming the extra to install."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ConfigError([Problem("data.source", f"source {source!r} decodes images with Pillow, "
+                                   "which is not installed", IMAGES_FIX)], "data") from None
+    return Image
+
+
+def _to_array(im, gray: bool, size: int | None, image_module) -> np.ndarray:
+    """One PIL image as uint8 [C, H, W]: L or RGB, resized to size x size when size is set."""
+    im = im.convert("L" if gray else "RGB")
+    if size is not None and im.size != (size, size):
+        im = im.resize((size, size), image_module.BILINEAR)
+    a = np.asarray(im, dtype=np.uint8)
+    return a[None] if gray else a.transpose(2, 0, 1)
+
+
+def _size_problem(key: str, names: list[str], sizes: list[tuple[int, int]]) -> list[Problem]:
+    """A problem naming two images of different sizes, when sizes are not all equal."""
+    for name, s in zip(names, sizes, strict=True):
+        if s != sizes[0]:
+            return [Problem(key, f"images differ in size: {names[0]} is {sizes[0][0]}x{sizes[0][1]} "
+                            f"but {name} is {s[0]}x{s[1]} (width x height)",
+                            "set data.image_size to resize every image to one square size")]
+    return []
+
+
+def _class_files(root: Path) -> tuple[list[str], list[Path], list[int], list[Problem]]:
+    """Sorted class names, their image files (sorted, recursive) and labels, and layout problems."""
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    problems, files, labels = [], [], []
+    if len(classes) < 2:
+        problems.append(Problem("data.path", f"folder {root} has {len(classes)} class subfolder(s); "
+                                "source 'folder' wants one subfolder of images per class (>= 2)",
+                                "lay out images as PATH/<class name>/<image file>"))
+    for label, name in enumerate(classes):
+        found = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                       and p.is_file() and not any(s.startswith(".") for s in p.relative_to(root).parts))
+        if not found:
+            problems.append(Problem("data.path", f"class folder {root / name} holds no images "
+                                    f"({', '.join(IMAGE_SUFFIXES)})", "add images or remove the folder"))
+        files += found
+        labels += [label] * len(found)
+    return classes, files, labels, problems
+
+
+def load_folder(cfg: DataConfig) -> VisionData:
+    """PATH/<class>/<image>: RGB, or L when every image is grayscale; resized if image_size is set."""
+    Image = _pil("folder")
+    root = resolve(cfg.path)
+    classes, files, labels, problems = _class_files(root)
+    raise_if(problems, "data")
+    modes, sizes, unreadable = [], [], []
+    for f in files:  # pass 1: headers only (Image.open does not decode pixels)
+        try:
+            with Image.open(f) as im:
+                modes.append(im.mode)
+                sizes.append(im.size)
+        except (OSError, ValueError) as e:
+            unreadable.append((f, e))
+    problems = [Problem("data.path", f"{f} is not a readable image: {e}", "remove or re-save it")
+                for f, e in unreadable[:_MAX_NAMED]]
+    if len(unreadable) > _MAX_NAMED:
+        problems.append(Problem("data.path", f"... and {len(unreadable) - _MAX_NAMED} more unreadable "
+                                f"images under {root}"))
+    raise_if(problems, "data")
+    if cfg.image_size is None:
+        raise_if(_size_problem("data.image_size", [str(f) for f in files], sizes), "data")
+    gray = all(m in GRAY_MODES for m in modes)
+    w, h = (cfg.image_size, cfg.image_size) if cfg.image_size else sizes[0]
+    keep = cap_count(len(files), (1 if gray else 3) * h * w, cfg.max_bytes, cfg.seed)
+    x = np.empty((len(keep), 1 if gray else 3, h, w), dtype=np.uint8)
+    for j, i in enumerate(keep.tolist()):  # pass 2: decode
+        try:
+            with Image.open(files[i]) as im:
+                x[j] = _to_array(im, gray, cfg.image_size, Image)
+        except (OSError, ValueError) as e:
+            problems.append(Problem("data.path", f"{files[i]} could not be decoded: {e}", "remove it"))
+    raise_if(problems, "data")
+    return make_vision(x, np.asarray(labels)[keep], cfg, len(classes),
+                       f"{root} ({len(classes)} class folders)", classes)
+
+
+def load_hf_images(cfg: DataConfig) -> VisionData:
+    """The train split of a Hugging Face image dataset (image_field, label_field), decoded now."""
+    try:
+        import datasets  # optional extra 'hf'
+    except ImportError:
+        raise ConfigError([Problem("data.source", "source 'hf' needs the `datasets` package",
+                                   HF_FIX)], "data") from None
+    Image = _pil("hf")
+    name, _, conf = cfg.name.partition(":")
+    try:
+        ds = datasets.load_dataset(name, conf or None, split="train")
+    except Exception as e:  # any failure of a remote load is a start-time input problem
+        raise ConfigError([Problem("data.name", f"could not load Hugging Face dataset {cfg.name} "
+                                   f"(offline?): {type(e).__name__}: {e}",
+                                   "check the name and the network; with the dataset cached, set "
+                                   "HF_DATASETS_OFFLINE=1; or use source: folder / npz")], "data") from e
+    cols = list(ds.column_names)
+    problems = [Problem(f"data.{key}", f"Hugging Face dataset {cfg.name} has no column {col!r}",
+                        f"use one of: {', '.join(cols)}")
+                for key, col in (("image_field", cfg.image_field), ("label_field", cfg.label_field))
+                if col not in cols]
+    raise_if(problems, "data")
+    names = list(getattr(ds.features[cfg.label_field], "names", None) or [])
+    y = np.asarray(list(ds[cfg.label_field]))  # list(): newer `datasets` return a lazy Column
+    raise_if(label_problems(y, f"Hugging Face dataset {cfg.name}", len(names) or None,
+                            "data.label_field"), "data")
+    first = ds[0][cfg.image_field]
+    first = first if isinstance(first, Image.Image) else Image.fromarray(np.asarray(first))
+    gray, size = first.mode in GRAY_MODES, cfg.image_size
+    w, h = (size, size) if size else first.size
+    keep = cap_count(len(ds), (1 if gray else 3) * h * w, cfg.max_bytes, cfg.seed)
+    x = np.empty((len(keep), 1 if gray else 3, h, w), dtype=np.uint8)
+    for j, rec in enumerate(ds.select(keep.tolist())):
+        im = rec[cfg.image_field]
+        im = im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im))
+        if size is None and im.size != (w, h):
+            raise_if(_size_problem("data.image_size", [f"{cfg.name} record 0", f"{cfg.name} record "
+                                   f"{int(keep[j])}"], [(w, h), im.size]), "data")
+        x[j] = _to_array(im, gray, size, Image)
+    n_classes = len(names) or int(y.max()) + 1
+    return make_vision(x, y[keep], cfg, n_classes, f"Hugging Face {cfg.name}", names)
