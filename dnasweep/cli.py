@@ -25,7 +25,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"{result.status}: {result.reason}; outputs in {result.out_dir}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_json()))
-    return 0
+    return 0 if result.status == "completed" else 1
 
 
 def _validate(args: argparse.Namespace) -> int:

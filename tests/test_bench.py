@@ -1,0 +1,21 @@
+"""The benchmark's naive "masked" baseline computes the same function as the routed pool, so the
+speed ratio it prints compares equal models."""
+
+import pathlib
+import sys
+
+import torch
+
+from dnasweep.model import ModelConfig, PoolConfig, build_model
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+from throughput import masked_step  # noqa: E402
+
+
+def test_masked_baseline_equals_routed_pool():
+    cfg = ModelConfig(d_model=64, n_heads=4, n_steps=1, seq_len=32,
+                      pool=PoolConfig(n_transformer=8, n_attention=0, n_mlp=0, n_identity=0))
+    model = build_model(cfg)
+    h = torch.randn(2, 32, 64)
+    route = model.routing(h, 0, torch.zeros(2, 32, dtype=torch.long))
+    assert (model.pool(h, route)[0] - masked_step(model.pool, h, route)[0]).abs().max() < 1e-5

@@ -1,0 +1,123 @@
+"""The training loop: exact resume, divergence, budgets, config errors, the `dnasweep` command."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from dnasweep import metrics as M
+from dnasweep.config import build_trial, load_trial
+from dnasweep.errors import ConfigError
+from dnasweep.train.loop import run_trial
+
+TINY = ["model.d_model=32", "model.n_heads=4", "model.seq_len=32", "model.n_steps=2",
+        "data.max_bytes=2000000", "train.batch_size=4", "train.warmup_steps=5", "train.device=cpu"]
+
+
+def _losses(out_dir):
+    with open(f"{out_dir}/metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    return [(r[M.STEP], r[M.TRAIN_LOSS]) for r in rows if M.TRAIN_LOSS in r]
+
+
+class _KillAt:
+    """Simulates a crash right after the checkpoint at `step` was written."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def report(self, metrics, checkpoint_dir=None):
+        if checkpoint_dir and metrics[M.STEP] == self.step:
+            raise KeyboardInterrupt
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("router", ["topk", "noisy_topk"])  # noisy_topk draws from the RNG
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, router):
+    over = [*TINY, f"model.router.type={router}", "train.max_steps=30", "train.eval_every=10",
+            "train.log_every=1", "model.balance.identity_bias=true", "model.balance.identity_rate=1e-2"]
+    full = run_trial(build_trial({}, [*over, f"out_dir={tmp_path}/a"]))
+    cfg_b = build_trial({}, [*over, f"out_dir={tmp_path}/b"])
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(cfg_b, _KillAt(20))
+    resumed = run_trial(cfg_b)
+    a, b = _losses(f"{tmp_path}/a"), _losses(f"{tmp_path}/b")
+    assert [s for s, _ in b] == list(range(1, 31))  # no duplicated or missing steps
+    assert max(abs(x - y) for (_, x), (_, y) in zip(a, b, strict=True)) < 1e-6
+    assert resumed.metrics[M.VAL_LOSS] == pytest.approx(full.metrics[M.VAL_LOSS], abs=1e-6)
+
+
+def test_divergence_stops_with_status_and_reason(tmp_path):
+    cfg = build_trial({}, [*TINY, "train.lr=1e6", "train.warmup_steps=0", "train.grad_clip=0",
+                           "train.max_steps=50", f"out_dir={tmp_path}"])
+    res = run_trial(cfg)
+    assert res.status == "diverged"
+    assert "non-finite loss" in res.reason and res.step < 50
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "diverged"
+
+
+def test_token_budget_and_eval_metrics(tmp_path):
+    cfg = build_trial({}, [*TINY, "train.max_steps=1000", "train.max_tokens=1280", "train.eval_every=5",
+                           f"out_dir={tmp_path}"])
+    res = run_trial(cfg)
+    assert res.step == 10  # 1280 tokens / (4 x 32) per step
+    m = res.metrics
+    for key in (M.VAL_LOSS, M.VAL_BPB, M.FLOPS_PER_TOKEN, M.PARAMS_ACTIVE, M.PARAMS_TOTAL, M.IDENTITY_FRACTION,
+                M.ROUTER_ENTROPY, M.TOKENS_PER_S):
+        assert key in m, key
+    assert m[M.VAL_BPB] == pytest.approx(m[M.VAL_LOSS] / 0.6931471805599453)
+    assert m[M.PARAMS_ACTIVE] < m[M.PARAMS_TOTAL]
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
+    run_trial(build_trial({}, [*TINY, "train.max_steps=2", f"out_dir={tmp_path}"]))
+    with pytest.raises(ConfigError, match="model.d_model"):
+        run_trial(build_trial({}, [*TINY, "model.d_model=64", "train.max_steps=2", f"out_dir={tmp_path}"]))
+
+
+def test_config_errors_all_at_once_with_did_you_mean(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  d_modle: 64\n  n_heads: four\ntrain:\n  lr: -1\n  max_stpes: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_trial(str(bad))
+    msg = str(e.value)
+    assert str(bad) in msg
+    assert "model.d_modle: unknown key" in msg and "did you mean model.d_model" in msg
+    assert "model.n_heads" in msg and "train.max_stpes" in msg
+    # semantic problems come after the schema is right, again all at once
+    with pytest.raises(ConfigError) as e:
+        build_trial({}, ["train.lr=-1", "model.router.type=nope", "model.d_model=30"])
+    assert {p.key for p in e.value.problems} >= {"train.lr", "model.router.type", "model.d_model"}
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "dnasweep.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_cli_train_json_and_exit_codes(tmp_path):
+    r = _cli("train", "search_spaces/lm.yaml", *TINY, "train.max_steps=3", "train.eval_every=3",
+             f"out_dir={tmp_path}", "--json", "--quiet")
+    assert r.returncode == 0, r.stderr
+    last = json.loads(r.stdout.strip().splitlines()[-1])
+    assert last["status"] == "completed" and last["step"] == 3 and M.VAL_BPB in last
+    assert (tmp_path / "checkpoint" / "state.pt").exists()
+    r = _cli("train", "search_spaces/lm.yaml", "model.router.type=expert_choice", "train.lr=0")
+    assert r.returncode == 2
+    assert "model.router.type" in r.stderr and "train.lr" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("train", str(tmp_path / "missing.yaml"))
+    assert r.returncode == 2 and "no such file" in r.stderr
+
+
+@pytest.mark.parametrize("space", ["search_spaces/lm.yaml", "search_spaces/vision.yaml"])
+def test_shipped_configs_validate_and_smoke_train(space, tmp_path):
+    first = pathlib.Path(space).read_text().splitlines()[0]
+    assert first.startswith("#")
+    r = _cli("validate", space)
+    assert r.returncode == 0 and "valid" in r.stdout, r.stderr
+    cfg = load_trial(space, ["train.max_steps=3", "train.eval_every=3", "train.eval_batches=2",
+                             f"out_dir={tmp_path}", "data.max_bytes=2000000"])
+    assert run_trial(cfg).status == "completed"
