@@ -121,3 +121,12 @@ def test_shipped_configs_validate_and_smoke_train(space, tmp_path):
     cfg = load_trial(space, ["train.max_steps=3", "train.eval_every=3", "train.eval_batches=2",
                              f"out_dir={tmp_path}", "data.max_bytes=2000000"])
     assert run_trial(cfg).status == "completed"
+
+
+def test_wall_clock_limit_ends_with_eval_and_checkpoint(tmp_path):
+    cfg = build_trial({}, [*TINY, "train.max_steps=100000", "train.time_limit_s=2", "train.eval_every=100000",
+                           f"out_dir={tmp_path}"])
+    res = run_trial(cfg)
+    assert res.status == "completed" and "time limit" in res.reason
+    assert 0 < res.step < 100000 and M.VAL_LOSS in res.metrics
+    assert (tmp_path / "checkpoint" / "state.pt").exists()
