@@ -117,8 +117,9 @@ def test_unknown_router_lists_known_ones():
 
 def test_top_k_larger_than_pool_rejected():
     cfg = tiny_cfg("lm")
-    cfg.router.top_k = cfg.pool.size + 1
-    with pytest.raises(ConfigError, match=r"model.router.top_k: top_k=10 must be in \[1, pool size 9\]"):
+    n = cfg.pool.size
+    cfg.router.top_k = n + 1
+    with pytest.raises(ConfigError, match=rf"model.router.top_k: top_k={n + 1} must be in \[1, pool size {n}\]"):
         build_model(cfg)
 
 

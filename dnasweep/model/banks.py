@@ -32,6 +32,8 @@ def grouped_matmul(x_PD: torch.Tensor, w_EDF: torch.Tensor, counts: list[int]) -
         return x_PD @ w_EDF[0]
     aligned = x_PD.shape[1] % 8 == 0 and w_EDF.shape[2] % 8 == 0
     kernel_dtype = x_PD.dtype in (torch.float32, torch.bfloat16, torch.float16) and x_PD.dtype == w_EDF.dtype
+    if torch.compiler.is_compiling():  # traced, the kernel accepts bf16 only
+        kernel_dtype = x_PD.dtype == torch.bfloat16 == w_EDF.dtype
     if _GROUPED_MM is not None and aligned and kernel_dtype and x_PD.shape[0] > 0:
         offs = torch.tensor(counts, device=x_PD.device, dtype=torch.int32).cumsum(0, dtype=torch.int32)
         return _GROUPED_MM(x_PD.contiguous(), w_EDF, offs=offs)
