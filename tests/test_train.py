@@ -130,3 +130,11 @@ def test_wall_clock_limit_ends_with_eval_and_checkpoint(tmp_path):
     assert res.status == "completed" and "time limit" in res.reason
     assert 0 < res.step < 100000 and M.VAL_LOSS in res.metrics
     assert (tmp_path / "checkpoint" / "state.pt").exists()
+
+
+def test_grad_accumulation_counts_every_micro_batch(tmp_path):
+    cfg = build_trial({}, [*TINY, "train.max_steps=1000", "train.max_tokens=1280", "train.grad_accum=2",
+                           "train.eval_every=1000", f"out_dir={tmp_path}"])
+    res = run_trial(cfg)
+    assert res.step == 5  # 1280 tokens / (2 micro-batches x 4 x 32) per optimizer step
+    assert res.status == "completed"
