@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dnasweep.errors import Problem
 from dnasweep.model.output import ModelOutput
 
 
@@ -21,7 +22,7 @@ class LossConfig:
 
 
 def compute_loss(out: ModelOutput, targets: torch.Tensor, cfg: LossConfig) -> tuple[torch.Tensor, dict]:
-    """(total loss to backpropagate, {"ce": ..., "aux": ...} as detached floats' tensors).
+    """(total loss to backpropagate, {"ce": ..., "aux": ...} as detached 0-dim tensors).
 
     targets: [B, T] next tokens (LM) or [B] labels (vision).
     """
@@ -35,10 +36,8 @@ def compute_loss(out: ModelOutput, targets: torch.Tensor, cfg: LossConfig) -> tu
     return ce + aux, {"ce": ce.detach(), "aux": aux.detach()}
 
 
-def loss_problems(cfg: LossConfig, prefix: str = "loss") -> list:
+def loss_problems(cfg: LossConfig, prefix: str = "loss") -> list[Problem]:
     """Every problem with `cfg` (negative weights, smoothing outside [0, 1))."""
-    from dnasweep.errors import Problem
-
     p = []
     for name in ("compute_weight", "balance_weight", "z_weight"):
         v = getattr(cfg, name)
