@@ -29,13 +29,19 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from dnasweep.config import load_trial
+    from dnasweep.config import load_trial, read_yaml
     from dnasweep.model import nominal
 
-    cfg = load_trial(args.config, list(args.overrides))
-    n = nominal(cfg.model)
-    print(f"{args.config}: valid ({cfg.model.kind} {cfg.model.task}, {n.params_total:,} parameters, "
-          f"{n.params_active:,.0f} active per token, {n.flops_per_token:,.0f} forward FLOPs per token nominal)")
+    if "search" not in read_yaml(args.config):
+        cfg = load_trial(args.config, list(args.overrides))
+        n = nominal(cfg.model)
+        print(f"{args.config}: valid trial ({cfg.model.kind} {cfg.model.task}, {n.params_total:,} parameters, "
+              f"{n.params_active:,.0f} active per token, {n.flops_per_token:,.0f} forward FLOPs per token nominal)")
+        return 0
+    from dnasweep.sweep.space import load_space, summarize
+
+    space = load_space(args.config, list(args.overrides), smoke=args.smoke)
+    print(summarize(space))
     return 0
 
 
@@ -53,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a config: every problem at once, exit code 2 if any")
     v.add_argument("config")
     v.add_argument("overrides", nargs="*")
+    v.add_argument("--smoke", action="store_true", help="apply the file's smoke: overlay first")
     v.set_defaults(fn=_validate)
     return p
 

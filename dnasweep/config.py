@@ -77,8 +77,9 @@ def parse_overrides(overrides: list[str]) -> tuple[dict, list[Problem]]:
     good = [o for o in overrides if "=" in o and not o.startswith("=")]
     try:
         return OmegaConf.to_container(OmegaConf.from_dotlist(good)), bad
-    except OmegaConfBaseException as e:
-        return {}, bad + [Problem("overrides", str(e).splitlines()[0])]
+    except Exception as e:  # OmegaConf's own errors and yaml.YAMLError from a malformed value
+        return {}, bad + [Problem("overrides", f"cannot parse {good}: {str(e).splitlines()[0]}",
+                                  "values are YAML scalars or flow lists, e.g. key=3e-4 or key=[1,2]")]
 
 
 def read_yaml(path: str) -> dict:

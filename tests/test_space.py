@@ -1,0 +1,103 @@
+"""Search-space files: parsing, one test per validation rule, conditional activity, Pareto helpers."""
+
+import numpy as np
+import pytest
+
+from dnasweep.errors import ConfigError
+from dnasweep.sweep.pareto import hypervolume_2d, pareto_mask
+from dnasweep.sweep.space import corners, load_space, parse_space
+
+OK = {"base": {"model": {"d_model": 32}}, "objectives": [{"metric": "val/loss", "mode": "min"}]}
+
+
+def _problems(**sections):
+    with pytest.raises(ConfigError) as e:
+        parse_space({**OK, **sections}, "space.yaml")
+    return {p.key: p for p in e.value.problems}
+
+
+def test_valid_space_parses_with_defaults():
+    s = parse_space({**OK, "search": {"train.lr": {"float": [1e-4, 1e-2], "log": True},
+                                      "model.router.type": {"choice": ["topk", "hash"]},
+                                      "model.router.top_k": {"int": [1, 3], "when": {"model.router.type": "topk"}}}},
+                    "space.yaml")
+    assert [p.path for p in s.params] == ["train.lr", "model.router.type", "model.router.top_k"]
+    assert s.params[0].log and s.sampler["type"] == "tpe" and s.trials == 8 and s.concurrent == 2
+    top_k = s.params[2]
+    assert s.active(top_k, {"model.router.type": "topk"}) and not s.active(top_k, {"model.router.type": "hash"})
+    cfg = s.trial_config({"train.lr": 1e-3, "model.router.type": "hash"}, "/tmp/x")
+    assert cfg.train.lr == 1e-3 and cfg.model.router.type == "hash" and cfg.model.d_model == 32
+
+
+@pytest.mark.parametrize("search,key,text", [
+    ({"model.d_modle": {"int": [1, 2]}}, "search.model.d_modle", "did you mean model.d_model"),
+    ({"model.d_model": {"choice": [32, "big"]}}, "search.model.d_model.choice", "'big'"),
+    ({"model.n_steps": {"int": [4, 2]}}, "search.model.n_steps.int", "inverted"),
+    ({"model.n_steps": {"int": [3, 3]}}, "search.model.n_steps.int", "empty"),
+    ({"train.lr": {"float": [0, 1e-2], "log": True}}, "search.train.lr.log", "low > 0"),
+    ({"loss.compute_weight": {"int": [0, 1]}}, "search.loss.compute_weight", "int range on a float"),
+    ({"model.n_steps": {"float": [1.0, 2.0]}}, "search.model.n_steps", "float range on a int"),
+    ({"model.n_steps": {"range": [1, 2]}}, "search.model.n_steps", "exactly one of"),
+    ({"model.n_steps": {"int": [1, 2], "when": {"model.router.type": ["topk"]}}}, "search.model.n_steps.when",
+     "not a searched parameter"),
+])
+def test_search_rules(search, key, text):
+    probs = _problems(search=search)
+    assert key in probs and text in probs[key].message + probs[key].fix
+
+
+def test_condition_values_must_be_choices():
+    probs = _problems(search={"model.router.type": {"choice": ["topk"]},
+                              "model.router.top_k": {"int": [1, 2], "when": {"model.router.type": ["hash"]}}})
+    assert "not among" in probs["search.model.router.top_k.when"].message
+
+
+@pytest.mark.parametrize("sections,key", [
+    ({"objectives": []}, "objectives"),
+    ({"objectives": [{"metric": "val/los"}]}, "objectives[0].metric"),
+    ({"objectives": [{"metric": "val/loss", "mode": "down"}]}, "objectives[0].mode"),
+    ({"constraints": ["params/total < 1"]}, "constraints[0]"),
+    ({"constraints": ["param/total <= 1"]}, "constraints[0]"),
+    ({"sampler": {"type": "cmaes"}}, "sampler.type"),
+    ({"budget": {"trials": 0}}, "budget.trials"),
+    ({"resources": {"gpu": -1}}, "resources.gpu"),
+    ({"serch": {}}, "serch"),
+    ({"base": {"model": {"d_model": 30}}}, "base.model.d_model"),
+])
+def test_section_rules(sections, key):
+    assert key in _problems(**sections)
+
+
+def test_every_problem_reported_at_once():
+    probs = _problems(objectives=[{"metric": "nope"}], sampler={"type": "x"}, budget={"trials": -1})
+    assert len(probs) >= 3
+
+
+def test_smoke_overlay_and_overrides(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("base: {train: {max_steps: 100}}\nobjectives: [{metric: val/loss}]\n"
+                 "budget: {trials: 20}\nsmoke: {base: {train: {max_steps: 5}}, budget: {trials: 2}}\n")
+    assert load_space(str(f)).trials == 20
+    s = load_space(str(f), ["budget.concurrent=1"], smoke=True)
+    assert s.trials == 2 and s.concurrent == 1 and s.base["train"]["max_steps"] == 5
+
+
+def test_corners_cover_every_choice_and_range_end():
+    s = parse_space({**OK, "search": {"model.d_model": {"choice": [32, 64]}, "model.n_steps": {"int": [1, 4]}}}, "x")
+    pts = corners(s)
+    assert len(pts) == 4 and {(p["model.d_model"], p["model.n_steps"]) for p in pts} == {(32, 1), (32, 4), (64, 1),
+                                                                                          (64, 4)}
+
+
+def test_pareto_mask_hand_computed():
+    pts = np.array([[1, 5], [2, 3], [3, 4], [4, 1], [2, 3]])
+    assert pareto_mask(pts, ["min", "min"]).tolist() == [True, True, False, True, True]
+    # maximising the second objective flips who dominates
+    assert pareto_mask(pts, ["min", "max"]).tolist() == [True, False, False, False, False]
+
+
+def test_hypervolume_2d_hand_computed():
+    # points (1,3), (2,2), (3,1) under reference (4,4): 3 + 2 + 1 = 6
+    assert hypervolume_2d([[1, 3], [2, 2], [3, 1], [3, 3]], ["min", "min"], [4, 4]) == pytest.approx(6.0)
+    # accuracy maximised: (acc 0.9, flops 2) and (acc 0.8, flops 1), reference (acc 0, flops 3)
+    assert hypervolume_2d([[0.9, 2], [0.8, 1]], ["max", "min"], [0.0, 3]) == pytest.approx(0.9 * 1 + 0.8 * 1)
