@@ -45,6 +45,22 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    import datetime
+    import os
+
+    from dnasweep.sweep.space import load_space
+
+    space = load_space(args.space, list(args.overrides), smoke=args.smoke)
+    stem = os.path.splitext(os.path.basename(args.space))[0]
+    name = args.name or f"{stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    from dnasweep.sweep.runner import format_front, run_sweep
+
+    result = run_sweep(space, name, root=args.root, address=args.address)
+    print(format_front(result, space))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dnasweep", description="Sweeps and NAS for Distributed Neural Architectures.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -61,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("overrides", nargs="*")
     v.add_argument("--smoke", action="store_true", help="apply the file's smoke: overlay first")
     v.set_defaults(fn=_validate)
+    r = sub.add_parser("run", help="run a sweep: trials on Ray, chosen by Optuna against the objectives")
+    r.add_argument("space", help="search-space YAML")
+    r.add_argument("overrides", nargs="*", help="dotted overrides of the file, e.g. budget.trials=4 base.train.lr=1e-3")
+    r.add_argument("--smoke", action="store_true", help="apply the file's smoke: overlay (fast CPU run)")
+    r.add_argument("--name", help="sweep name (default: SPACE-DATE-TIME)")
+    r.add_argument("--root", default="runs/sweeps", help="directory holding sweep directories")
+    r.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
+    r.set_defaults(fn=_run)
     return p
 
 

@@ -1,0 +1,206 @@
+"""`dnasweep run`: a search space on a Ray cluster, trials chosen by Optuna against Pareto
+objectives. Ray, Optuna and MLflow are imported here, inside functions, and nowhere below.
+
+Layout of a sweep directory SWEEP = ROOT/NAME:
+  SWEEP/space.yaml      the search-space file as run (with overrides and --smoke applied)
+  SWEEP/optuna.log      Optuna journal storage (study name = NAME)
+  SWEEP/trials/ID/      each trial's out_dir (metrics.jsonl, checkpoint/, result.json)
+  SWEEP/tune/           Ray Tune's experiment state
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+
+from dnasweep.errors import ConfigError, Problem
+from dnasweep.sweep.space import SearchSpace
+
+
+@dataclass
+class SweepResult:
+    """What a finished sweep produced."""
+
+    sweep_dir: str
+    n_complete: int
+    n_failed: int
+    front: list[dict]  # Pareto-front trials: {"number", objectives..., params...}
+
+
+class _TuneReporter:
+    """Adapter from the training loop's Reporter protocol to `ray.tune.report`."""
+
+    def report(self, metrics, checkpoint_dir=None):
+        from ray import tune
+
+        ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(dict(metrics), checkpoint=ckpt)
+
+    def close(self):
+        pass
+
+
+def _trial(config: dict, space: SearchSpace, sweep_dir: str) -> None:
+    """One Ray Tune trial: the sampled values -> a trial config -> run_trial."""
+    from ray import tune
+
+    from dnasweep.train.loop import run_trial
+
+    trial_id = tune.get_context().get_trial_id()
+    values = {p.path: config[p.path] for p in space.params if p.path in config}
+    cfg = space.trial_config(values, os.path.join(sweep_dir, "trials", trial_id))
+    result = run_trial(cfg, _TuneReporter())
+    if result.status != "completed":  # no objectives in the last report: the searcher tells FAIL
+        tune.report({"diverged": 1.0, "reason": result.reason})
+
+
+class DefineByRun:
+    """Optuna define-by-run space: conditional parameters are suggested only when active.
+    A module-level class so Ray can pickle the searcher's state."""
+
+    def __init__(self, space: SearchSpace):
+        self.space = space
+
+    def __call__(self, trial):
+        values: dict = {}
+        for p in self.space.params:
+            if not self.space.active(p, values):
+                continue
+            if p.kind == "choice":
+                values[p.path] = trial.suggest_categorical(p.path, p.choices)
+            elif p.kind == "int":
+                values[p.path] = trial.suggest_int(p.path, int(p.low), int(p.high), log=p.log)
+            else:
+                values[p.path] = trial.suggest_float(p.path, float(p.low), float(p.high), log=p.log)
+        return None
+
+
+def _sampler(space: SearchSpace):
+    import optuna
+
+    s = space.sampler
+    seed, startup = s.get("seed", 0), s.get("startup_trials", 4)
+    # Constraints reach the samplers through trial.set_constraint (Optuna 5), set when told.
+    kind = s["type"]
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, constant_liar=True)
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if kind == "nsga3":
+        return optuna.samplers.NSGAIIISampler(seed=seed)
+    if kind == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _searcher(space: SearchSpace, name: str, storage):
+    from optuna.trial import TrialState
+    from ray.tune.search.optuna import OptunaSearch
+
+    class ParetoOptunaSearch(OptunaSearch):
+        """OptunaSearch that tells FAIL for missing or non-finite objectives (Ray only logs a warning
+        and leaves the Optuna trial RUNNING) and records the budget constraints."""
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                return
+            ot = self._ot_trials[trial_id]
+            vals = [(result or {}).get(m) for m in self.metric]
+            ok = not error and all(isinstance(v, int | float) and math.isfinite(v) for v in vals)
+            if ok:
+                for c in space.constraints:
+                    v = result.get(c.metric)
+                    violation = c.violation(v) if isinstance(v, int | float) and math.isfinite(v) else 1.0
+                    ot.set_constraint(c.metric, violation)
+                self._ot_study.tell(ot, [float(v) for v in vals])
+            else:
+                ot.set_user_attr("fail_reason", str((result or {}).get("reason", "no finite objectives reported")))
+                self._ot_study.tell(ot, None, state=TrialState.FAIL)
+            self._completed_trials.add(trial_id)
+
+    return ParetoOptunaSearch(space=DefineByRun(space), metric=[o.metric for o in space.objectives],
+                              mode=[o.mode for o in space.objectives], sampler=_sampler(space),
+                              storage=storage, study_name=name)
+
+
+def _check_fits(space: SearchSpace, resources: dict) -> None:
+    cpu, gpu = space.resources["cpu"], space.resources["gpu"]
+    have_cpu, have_gpu = resources.get("CPU", 0), resources.get("GPU", 0)
+    p = []
+    if cpu > have_cpu:
+        p.append(Problem("resources.cpu", f"each trial asks for {cpu} CPUs, the cluster has {have_cpu:g}",
+                         f"set resources.cpu <= {have_cpu:g}"))
+    if gpu > have_gpu:
+        p.append(Problem("resources.gpu", f"each trial asks for {gpu} GPUs, the cluster has {have_gpu:g}: "
+                         "it would stay PENDING forever", "set resources.gpu=0 or connect to a GPU cluster"))
+    if p:
+        raise ConfigError(p, space.source)
+
+
+def pareto_front(study, space: SearchSpace) -> list[dict]:
+    """The study's feasible non-dominated trials as rows."""
+    rows = []
+    for t in sorted(study.best_trials, key=lambda t: t.values[0]):
+        row = {"trial": t.number, **{o.metric: v for o, v in zip(space.objectives, t.values, strict=True)}}
+        row.update(t.params)
+        rows.append(row)
+    return rows
+
+
+def run_sweep(space: SearchSpace, name: str, root: str = "runs/sweeps", address: str | None = None,
+              log=print) -> SweepResult:
+    """Run `space` to its budget; returns the Pareto front read back from the Optuna storage."""
+    import optuna
+    import ray
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    sweep_dir = os.path.abspath(os.path.join(root, name))
+    if os.path.exists(sweep_dir):
+        raise ConfigError([Problem("--name", f"a sweep named {name!r} already exists in {sweep_dir}",
+                                   "pick another --name (resuming sweeps comes with the reliability work)")], "run")
+    address = address or os.environ.get("RAY_ADDRESS")
+    ctx = ray.init(address=address, ignore_reinit_error=True, include_dashboard=address is None,
+                   dashboard_host="127.0.0.1", log_to_driver=False)
+    _check_fits(space, ray.cluster_resources())
+    dash = getattr(ctx, "dashboard_url", None)
+    if dash:
+        log(f"Ray dashboard: http://{dash}")
+    os.makedirs(os.path.join(sweep_dir, "trials"))
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(os.path.join(sweep_dir, "optuna.log")))
+    searcher = ConcurrencyLimiter(_searcher(space, name, storage), max_concurrent=space.concurrent)
+    trainable = tune.with_resources(tune.with_parameters(_trial, space=space, sweep_dir=sweep_dir),
+                                    {"cpu": space.resources["cpu"], "gpu": space.resources["gpu"]})
+    # Trials report training metrics between evaluations; only evaluations carry the objectives.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    t0 = time.time()
+    tuner = tune.Tuner(trainable,
+                       tune_config=tune.TuneConfig(search_alg=searcher, num_samples=space.trials,
+                                                   max_concurrent_trials=space.concurrent),
+                       run_config=tune.RunConfig(name="tune", storage_path=sweep_dir, verbose=0))
+    tuner.fit()
+    study = optuna.load_study(study_name=name, storage=storage)
+    states = [t.state.name for t in study.trials]
+    front = pareto_front(study, space)
+    log(f"sweep {name}: {states.count('COMPLETE')} complete, {states.count('FAIL')} failed, "
+        f"{time.time() - t0:.0f} s; results in {sweep_dir}")
+    return SweepResult(sweep_dir, states.count("COMPLETE"), states.count("FAIL"), front)
+
+
+def format_front(result: SweepResult, space: SearchSpace) -> str:
+    """The Pareto front as a text table, plus where to look next."""
+    objs = [o.metric for o in space.objectives]
+    params = [p.path for p in space.params]
+    head = ["trial", *objs, *params]
+    rows = [[str(r.get(k, "-")) if not isinstance(r.get(k), float) else f"{r[k]:.4g}" for k in head]
+            for r in result.front]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
+    out = [f"Pareto front ({len(rows)} of {result.n_complete} complete trials; {result.n_failed} failed):",
+           line(head), *map(line, rows), f"sweep directory: {result.sweep_dir}"]
+    return "\n".join(out)

@@ -1,0 +1,78 @@
+"""A real sweep: a local Ray cluster, Optuna journal storage, real trainings on the embedded data."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="the sweep extra (ray[tune], optuna, mlflow) is not installed")
+
+from dnasweep.errors import ConfigError  # noqa: E402
+from dnasweep.sweep.pareto import pareto_mask  # noqa: E402
+from dnasweep.sweep.space import parse_space  # noqa: E402
+
+TINY = {
+    "base": {"model": {"d_model": 32, "n_heads": 4, "seq_len": 32, "n_steps": 2},
+             "data": {"source": "pystdlib", "max_bytes": 2000000},
+             "train": {"max_steps": 30, "batch_size": 4, "eval_every": 15, "eval_batches": 2, "log_every": 5}},
+    "search": {"model.router.type": {"choice": ["topk", "hash", "threshold"]},
+               "model.router.threshold": {"float": [0.05, 0.4], "when": {"model.router.type": ["threshold"]}},
+               "loss.compute_weight": {"choice": [0.0, 0.3]},
+               "train.lr": {"float": [1e-3, 1e-2], "log": True}},
+    "objectives": [{"metric": "val/loss", "mode": "min"}, {"metric": "compute/flops_per_token", "mode": "min"}],
+    "constraints": ["params/total <= 1e7"],
+    "sampler": {"type": "tpe", "seed": 0, "startup_trials": 2},
+    "budget": {"trials": 4, "concurrent": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _interval(trial_dir):
+    start = os.path.getctime(os.path.join(trial_dir, "config.yaml"))
+    return start, os.path.getmtime(os.path.join(trial_dir, "result.json"))
+
+
+def test_smoke_sweep_end_to_end(ray_cluster, tmp_path):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from dnasweep.sweep.runner import format_front, run_sweep
+
+    space = parse_space(TINY, "tiny.yaml")
+    res = run_sweep(space, "tiny", root=str(tmp_path), log=lambda *_: None)
+    assert res.n_complete == 4 and res.n_failed == 0
+    trial_dirs = [os.path.join(res.sweep_dir, "trials", d) for d in os.listdir(os.path.join(res.sweep_dir, "trials"))]
+    assert len(trial_dirs) == 4
+    for d in trial_dirs:
+        with open(os.path.join(d, "result.json")) as f:
+            assert json.load(f)["status"] == "completed"
+    spans = sorted(_interval(d) for d in trial_dirs)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False)), f"no two trials overlapped: {spans}"
+    study = optuna.load_study(study_name="tiny",
+                              storage=JournalStorage(JournalFileBackend(os.path.join(res.sweep_dir, "optuna.log"))))
+    assert all(t.state.name == "COMPLETE" for t in study.trials)
+    assert {r["trial"] for r in res.front} == {t.number for t in study.best_trials}
+    values = np.array([t.values for t in study.trials])
+    on_front = {t.number for t, keep in zip(study.trials, pareto_mask(values, ["min", "min"]), strict=True) if keep}
+    assert {r["trial"] for r in res.front} == on_front
+    # conditional parameter: threshold only where the router is the threshold router
+    for t in study.trials:
+        assert ("model.router.threshold" in t.params) == (t.params["model.router.type"] == "threshold")
+    assert "Pareto front" in format_front(res, space)
+
+
+def test_gpu_request_on_cpu_cluster_refused_before_anything_starts(ray_cluster, tmp_path):
+    from dnasweep.sweep.runner import run_sweep
+
+    space = parse_space({**TINY, "resources": {"cpu": 1, "gpu": 1}}, "gpu.yaml")
+    with pytest.raises(ConfigError, match="PENDING forever"):
+        run_sweep(space, "gpu", root=str(tmp_path), log=lambda *_: None)
+    assert not (tmp_path / "gpu").exists()
