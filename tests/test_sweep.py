@@ -67,6 +67,26 @@ def test_smoke_sweep_end_to_end(ray_cluster, tmp_path):
     for t in study.trials:
         assert ("model.router.threshold" in t.params) == (t.params["model.router.type"] == "threshold")
     assert "Pareto front" in format_front(res, space)
+    _check_mlflow(res, study)
+
+
+def _check_mlflow(res, study):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{os.path.join(res.sweep_dir, 'mlflow.db')}")
+    exp = client.get_experiment_by_name("dnasweep")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 4
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    for c in children:
+        assert c.info.status == "FINISHED"
+        assert "val/loss" in c.data.metrics and "model.router.type" in c.data.params
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "train/loss")]
+        assert steps == sorted(set(steps)) and steps[-1] == 30  # every logged step once
+        assert {a.path for a in client.list_artifacts(c.info.run_id)} >= {"config.yaml", "metrics.jsonl", "result.json"}
+    assert "pareto_front.csv" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
 
 
 def test_gpu_request_on_cpu_cluster_refused_before_anything_starts(ray_cluster, tmp_path):

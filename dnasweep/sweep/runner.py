@@ -6,6 +6,8 @@ Layout of a sweep directory SWEEP = ROOT/NAME:
   SWEEP/optuna.log      Optuna journal storage (study name = NAME)
   SWEEP/trials/ID/      each trial's out_dir (metrics.jsonl, checkpoint/, result.json)
   SWEEP/tune/           Ray Tune's experiment state
+  SWEEP/mlflow.db       MLflow store (default; parent run per sweep, child run per trial)
+  SWEEP/pareto_front.csv
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ def pareto_front(study, space: SearchSpace) -> list[dict]:
 
 
 def run_sweep(space: SearchSpace, name: str, root: str = "runs/sweeps", address: str | None = None,
-              log=print) -> SweepResult:
+              log=print, tracking_uri: str | None = None) -> SweepResult:
     """Run `space` to its budget; returns the Pareto front read back from the Optuna storage."""
     import optuna
     import ray
@@ -173,6 +175,10 @@ def run_sweep(space: SearchSpace, name: str, root: str = "runs/sweeps", address:
     from optuna.storages.journal import JournalFileBackend
 
     storage = JournalStorage(JournalFileBackend(os.path.join(sweep_dir, "optuna.log")))
+    from dnasweep.sweep.tracking import MLflowSweepLogger, default_uri
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(sweep_dir)
+    tracker = MLflowSweepLogger(space, name, sweep_dir, uri)
     searcher = ConcurrencyLimiter(_searcher(space, name, storage), max_concurrent=space.concurrent)
     trainable = tune.with_resources(tune.with_parameters(_trial, space=space, sweep_dir=sweep_dir),
                                     {"cpu": space.resources["cpu"], "gpu": space.resources["gpu"]})
@@ -182,13 +188,16 @@ def run_sweep(space: SearchSpace, name: str, root: str = "runs/sweeps", address:
     tuner = tune.Tuner(trainable,
                        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=space.trials,
                                                    max_concurrent_trials=space.concurrent),
-                       run_config=tune.RunConfig(name="tune", storage_path=sweep_dir, verbose=0))
+                       run_config=tune.RunConfig(name="tune", storage_path=sweep_dir, verbose=0,
+                                                 callbacks=[tracker]))
     tuner.fit()
     study = optuna.load_study(study_name=name, storage=storage)
     states = [t.state.name for t in study.trials]
     front = pareto_front(study, space)
+    tracker.finish(front)
     log(f"sweep {name}: {states.count('COMPLETE')} complete, {states.count('FAIL')} failed, "
         f"{time.time() - t0:.0f} s; results in {sweep_dir}")
+    log(f"compare trials: mlflow ui --backend-store-uri {uri}")
     return SweepResult(sweep_dir, states.count("COMPLETE"), states.count("FAIL"), front)
 
 
