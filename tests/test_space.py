@@ -101,3 +101,14 @@ def test_hypervolume_2d_hand_computed():
     assert hypervolume_2d([[1, 3], [2, 2], [3, 1], [3, 3]], ["min", "min"], [4, 4]) == pytest.approx(6.0)
     # accuracy maximised: (acc 0.9, flops 2) and (acc 0.8, flops 1), reference (acc 0, flops 3)
     assert hypervolume_2d([[0.9, 2], [0.8, 1]], ["max", "min"], [0.0, 3]) == pytest.approx(0.9 * 1 + 0.8 * 1)
+
+
+def test_cli_run_with_bad_space_exits_2_and_creates_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "dnasweep.cli", "run", "search_spaces/lm.yaml", "--smoke",
+                        "--root", str(tmp_path), "budget.trials=0", "sampler.type=cmaes"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "budget.trials" in r.stderr and "sampler.type" in r.stderr
+    assert list(tmp_path.iterdir()) == []
