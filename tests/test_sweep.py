@@ -87,6 +87,7 @@ def _check_mlflow(res, study):
         assert steps == sorted(set(steps)) and steps[-1] == 30  # every logged step once
         assert {a.path for a in client.list_artifacts(c.info.run_id)} >= {"config.yaml", "metrics.jsonl", "result.json"}
     assert "pareto_front.csv" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert os.path.isdir(os.path.join(res.sweep_dir, "mlartifacts"))  # artifacts live with the sweep
 
 
 def test_gpu_request_on_cpu_cluster_refused_before_anything_starts(ray_cluster, tmp_path):

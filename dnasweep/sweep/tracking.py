@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 from ray.tune import Callback
 
@@ -40,7 +41,10 @@ class MLflowSweepLogger(Callback):
         mlflow.set_tracking_uri(uri)
         self.client = MlflowClient(uri)
         exp = self.client.get_experiment_by_name(space.experiment)
-        self.exp_id = exp.experiment_id if exp else self.client.create_experiment(space.experiment)
+        # A new experiment keeps its artifacts in the sweep directory (MLflow's default would be
+        # ./mlruns under whatever directory the user happened to start from).
+        self.exp_id = exp.experiment_id if exp else self.client.create_experiment(
+            space.experiment, artifact_location=Path(sweep_dir, "mlartifacts").resolve().as_uri())
         parent = self.client.create_run(self.exp_id, run_name=name, tags={"dnasweep.sweep": name})
         self.parent_id = parent.info.run_id
         base = _flatten(space.base)
