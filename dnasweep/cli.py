@@ -61,6 +61,26 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pareto(args: argparse.Namespace) -> int:
+    from dnasweep.sweep.runner import format_front, load_sweep
+
+    result, space = load_sweep(args.sweep)
+    print(json.dumps(result.front) if args.json else format_front(result, space))
+    return 0
+
+
+def _ls(args: argparse.Namespace) -> int:
+    from dnasweep.sweep.runner import list_sweeps
+
+    rows = list_sweeps(args.root)
+    if not rows:
+        print(f"no sweeps under {args.root}")
+    for r in rows:
+        print(f"{r['name']:<40} {r['complete']:>4}/{r['budget']} complete  {r['failed']:>3} failed  "
+              f"{r['running']:>3} running")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dnasweep", description="Sweeps and NAS for Distributed Neural Architectures.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -85,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--root", default="runs/sweeps", help="directory holding sweep directories")
     r.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
     r.set_defaults(fn=_run)
+    pf = sub.add_parser("pareto", help="the current Pareto front of a sweep (running or finished)")
+    pf.add_argument("sweep", help="sweep directory, e.g. runs/sweeps/NAME")
+    pf.add_argument("--json", action="store_true", help="print the front as JSON")
+    pf.set_defaults(fn=_pareto)
+    ls = sub.add_parser("ls", help="sweeps under a root directory, with trial counts")
+    ls.add_argument("--root", default="runs/sweeps")
+    ls.set_defaults(fn=_ls)
     return p
 
 

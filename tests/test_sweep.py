@@ -68,6 +68,20 @@ def test_smoke_sweep_end_to_end(ray_cluster, tmp_path):
         assert ("model.router.threshold" in t.params) == (t.params["model.router.type"] == "threshold")
     assert "Pareto front" in format_front(res, space)
     _check_mlflow(res, study)
+    _check_pareto_and_ls(res, tmp_path)
+
+
+def _check_pareto_and_ls(res, root):
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "dnasweep.cli"]
+    out = subprocess.run([*cli, "pareto", res.sweep_dir, "--json"], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == json.loads(json.dumps(res.front))
+    out = subprocess.run([*cli, "ls", "--root", str(root)], capture_output=True, text=True, check=True)
+    assert "tiny" in out.stdout and "4/4 complete" in out.stdout
+    bad = subprocess.run([*cli, "pareto", str(root)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a sweep directory" in bad.stderr
 
 
 def _check_mlflow(res, study):

@@ -2,7 +2,7 @@
 objectives. Ray, Optuna and MLflow are imported here, inside functions, and nowhere below.
 
 Layout of a sweep directory SWEEP = ROOT/NAME:
-  SWEEP/space.yaml      the search-space file as run (with overrides and --smoke applied)
+  SWEEP/space.json      the parsed search space as run (with overrides and --smoke applied)
   SWEEP/optuna.log      Optuna journal storage (study name = NAME)
   SWEEP/trials/ID/      each trial's out_dir (metrics.jsonl, checkpoint/, result.json)
   SWEEP/tune/           Ray Tune's experiment state
@@ -12,6 +12,8 @@ Layout of a sweep directory SWEEP = ROOT/NAME:
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import time
@@ -171,6 +173,8 @@ def run_sweep(space: SearchSpace, name: str, root: str = "runs/sweeps", address:
     if dash:
         log(f"Ray dashboard: http://{dash}")
     os.makedirs(os.path.join(sweep_dir, "trials"))
+    with open(os.path.join(sweep_dir, "space.json"), "w") as f:
+        json.dump(dataclasses.asdict(space), f, indent=1)
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
@@ -213,3 +217,50 @@ def format_front(result: SweepResult, space: SearchSpace) -> str:
     out = [f"Pareto front ({len(rows)} of {result.n_complete} complete trials; {result.n_failed} failed):",
            line(head), *map(line, rows), f"sweep directory: {result.sweep_dir}"]
     return "\n".join(out)
+
+
+def _study(sweep_dir: str):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    log = os.path.join(sweep_dir, "optuna.log")
+    if not os.path.isfile(log) or not os.path.isfile(os.path.join(sweep_dir, "space.json")):
+        raise ConfigError([Problem("SWEEP", f"{sweep_dir} is not a sweep directory (no optuna.log / space.json)",
+                                   "pass ROOT/NAME of a sweep started by dnasweep run; see dnasweep ls")], "pareto")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name=os.path.basename(os.path.normpath(sweep_dir)),
+                             storage=JournalStorage(JournalFileBackend(log)))
+
+
+def load_sweep(sweep_dir: str) -> tuple[SweepResult, SearchSpace]:
+    """A sweep's current state (running or finished) read back from its storage."""
+    from dnasweep.sweep.space import Constraint, Objective, Param
+
+    study = _study(sweep_dir)  # first: refuses a directory that is not a sweep
+    with open(os.path.join(sweep_dir, "space.json")) as f:
+        d = json.load(f)
+    d["params"] = [Param(**p) for p in d["params"]]
+    d["objectives"] = [Objective(**o) for o in d["objectives"]]
+    d["constraints"] = [Constraint(**c) for c in d["constraints"]]
+    space = SearchSpace(**d)
+    states = [t.state.name for t in study.trials]
+    res = SweepResult(os.path.abspath(sweep_dir), states.count("COMPLETE"), states.count("FAIL"),
+                      pareto_front(study, space))
+    return res, space
+
+
+def list_sweeps(root: str) -> list[dict]:
+    """Every sweep under `root` with its trial counts by state."""
+    rows = []
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        d = os.path.join(root, name)
+        try:
+            study = _study(d)
+        except ConfigError:
+            continue
+        states = [t.state.name for t in study.trials]
+        budget = json.load(open(os.path.join(d, "space.json")))["trials"]  # noqa: SIM115
+        rows.append({"name": name, "complete": states.count("COMPLETE"), "failed": states.count("FAIL"),
+                     "running": states.count("RUNNING"), "budget": budget})
+    return rows
