@@ -98,6 +98,14 @@ def read_yaml(path: str) -> dict:
     return data
 
 
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested dict -> {"a.b.c": leaf}."""
+    out = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def _deep_merge(a: dict, b: dict) -> dict:
     out = dict(a)
     for k, v in b.items():

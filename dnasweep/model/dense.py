@@ -25,7 +25,7 @@ class DenseModel(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, rope, out_std(cfg.init_std, n)) for _ in range(n))
         self.readout = Readout(cfg)
         self.params_total = sum(p.numel() for p in self.parameters())
-        emb = self.stem.tok.weight.numel() - cfg.d_model if cfg.task == "lm" else 0
+        emb = self.stem.untouched_params_per_token()
         self.params_active = float(self.params_total - emb)  # one embedding row per token
 
     def forward(self, x: torch.Tensor, return_paths: bool = False) -> ModelOutput:

@@ -44,7 +44,7 @@ class DNAModel(nn.Module):
         self.register_buffer("params_M", torch.tensor(module_params(cfg), dtype=torch.float32),
                              persistent=False)
         self.params_total = sum(p.numel() for p in self.parameters())
-        emb = self.stem.tok.weight.numel() - cfg.d_model if cfg.task == "lm" else 0
+        emb = self.stem.untouched_params_per_token()
         # Everything outside the pool is touched by every token (one embedding row for LM).
         self.params_base = float(self.params_total - emb - sum(p.numel() for p in self.pool.parameters()))
 

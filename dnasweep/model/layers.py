@@ -80,6 +80,10 @@ class Stem(nn.Module):
         keys_BL = torch.arange(h_BLD.shape[1], device=x.device).expand(B, -1)
         return h_BLD, keys_BL
 
+    def untouched_params_per_token(self) -> int:
+        """Embedding rows a token does not look up (LM: all but its own row; vision: none)."""
+        return self.tok.weight.numel() - self.cfg.d_model if self.cfg.task == "lm" else 0
+
     def flops(self, B: int, L: int) -> float:
         if self.cfg.task == "lm":
             return 0.0  # a table lookup

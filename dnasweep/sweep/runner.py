@@ -260,7 +260,8 @@ def list_sweeps(root: str) -> list[dict]:
         except ConfigError:
             continue
         states = [t.state.name for t in study.trials]
-        budget = json.load(open(os.path.join(d, "space.json")))["trials"]  # noqa: SIM115
+        with open(os.path.join(d, "space.json")) as f:
+            budget = json.load(f)["trials"]
         rows.append({"name": name, "complete": states.count("COMPLETE"), "failed": states.count("FAIL"),
                      "running": states.count("RUNNING"), "budget": budget})
     return rows

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
+from dnasweep.config import flatten
 from dnasweep.sweep.space import SearchSpace
 
 # Ray adds bookkeeping keys to every result; only our metrics (name with a "/") are logged.
@@ -21,13 +22,6 @@ _SKIP_PREFIXES = ("config/",)
 
 def default_uri(sweep_dir: str) -> str:
     return f"sqlite:///{os.path.join(sweep_dir, 'mlflow.db')}"
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 class MLflowSweepLogger(Callback):
@@ -47,7 +41,7 @@ class MLflowSweepLogger(Callback):
             space.experiment, artifact_location=Path(sweep_dir, "mlartifacts").resolve().as_uri())
         parent = self.client.create_run(self.exp_id, run_name=name, tags={"dnasweep.sweep": name})
         self.parent_id = parent.info.run_id
-        base = _flatten(space.base)
+        base = flatten(space.base)
         self.client.log_batch(self.parent_id, params=[_param(f"base.{k}", v) for k, v in sorted(base.items())][:500])
         self.runs: dict[str, str] = {}  # Ray trial id -> MLflow run id
 

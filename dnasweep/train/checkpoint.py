@@ -51,22 +51,16 @@ def exists(directory: str) -> bool:
     return os.path.isfile(os.path.join(directory, STATE))
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def check_same_model(directory: str, cfg) -> None:
     """Refuse to resume a checkpoint written for a different model (or task): list the keys."""
     from omegaconf import OmegaConf
 
+    from dnasweep.config import flatten
     from dnasweep.errors import ConfigError, Problem
 
     old = OmegaConf.to_container(OmegaConf.load(os.path.join(directory, "config.yaml")))
     new = OmegaConf.to_container(OmegaConf.structured(cfg))
-    a, b = _flat({"model": old.get("model", {})}), _flat({"model": new["model"]})
+    a, b = flatten({"model": old.get("model", {})}), flatten({"model": new["model"]})
     diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     if diff:
         raise ConfigError([Problem(k, f"the checkpoint in {directory} was written with {a.get(k)!r}, "
