@@ -18,3 +18,8 @@ ROUTER_LOAD_PREFIX = "router/load/"  # + "m{index}": share of slots routed to th
 TOKENS_PER_S = "perf/tokens_per_s"  # training throughput
 MFU = "perf/mfu"  # useful training FLOPs / peak (CUDA only)
 STEP = "step"
+
+# Sweep-level metrics, logged on the sweep's parent run (not usable as trial objectives).
+SWEEP_HYPERVOLUME = "sweep/hypervolume"  # hypervolume of the feasible front after each finished trial
+SWEEP_FRONT_SIZE = "sweep/front_size"  # feasible Pareto-front trials after each finished trial
+SWEEP_PREFIX = "sweep/"

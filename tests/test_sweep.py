@@ -47,7 +47,11 @@ def test_smoke_sweep_end_to_end(ray_cluster, tmp_path):
     from dnasweep.sweep.runner import format_front, run_sweep
 
     space = parse_space(TINY, "tiny.yaml")
-    res = run_sweep(space, "tiny", root=str(tmp_path), log=lambda *_: None)
+    lines = []
+    res = run_sweep(space, "tiny", root=str(tmp_path), log=lines.append)
+    # progress: one start and one done line per trial, counts reaching the budget
+    assert sum(" start " in ln for ln in lines) == 4 and sum(" done " in ln for ln in lines) == 4
+    assert any("4/4 finished" in ln for ln in lines), lines
     assert res.n_complete == 4 and res.n_failed == 0
     trial_dirs = [os.path.join(res.sweep_dir, "trials", d) for d in os.listdir(os.path.join(res.sweep_dir, "trials"))]
     assert len(trial_dirs) == 4
@@ -97,10 +101,23 @@ def _check_mlflow(res, study):
     for c in children:
         assert c.info.status == "FINISHED"
         assert "val/loss" in c.data.metrics and "model.router.type" in c.data.params
+        # the complete config, not only the sampled values
+        assert c.data.params["train.max_steps"] == "30" and c.data.params["model.d_model"] == "32"
+        assert "data.source" in c.data.params and c.data.params["out_dir"].endswith(c.info.run_name)
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "train/loss")]
         assert steps == sorted(set(steps)) and steps[-1] == 30  # every logged step once
         assert {a.path for a in client.list_artifacts(c.info.run_id)} >= {"config.yaml", "metrics.jsonl", "result.json"}
-    assert "pareto_front.csv" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    parent = parents[0].info.run_id
+    assert not res.tracking_errors
+    assert {a.path for a in client.list_artifacts(parent)} >= {
+        "pareto_front.csv", "trials.csv", "pareto.png", "pareto.html", "hypervolume.png"}
+    hv = [m.value for m in sorted(client.get_metric_history(parent, "sweep/hypervolume"), key=lambda m: m.step)]
+    assert len(hv) == 4 and all(b >= a for a, b in zip(hv, hv[1:], strict=False)) and hv[-1] > 0
+    sizes = {m.step: m.value for m in client.get_metric_history(parent, "sweep/front_size")}
+    assert sizes[4] == len(res.front)
+    with open(os.path.join(res.sweep_dir, "pareto.html")) as f:
+        html = f.read()
+    assert "Pareto front" in html and "<script src=\"http" not in html  # plotly.js embedded: opens offline
     assert os.path.isdir(os.path.join(res.sweep_dir, "mlartifacts"))  # artifacts live with the sweep
 
 
@@ -111,3 +128,22 @@ def test_gpu_request_on_cpu_cluster_refused_before_anything_starts(ray_cluster, 
     with pytest.raises(ConfigError, match="PENDING forever"):
         run_sweep(space, "gpu", root=str(tmp_path), log=lambda *_: None)
     assert not (tmp_path / "gpu").exists()
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in __import__("pathlib").Path("search_spaces").glob("*.yaml")))
+def test_every_shipped_search_space_smoke_sweeps(ray_cluster, tmp_path, path):
+    """The --smoke sweep of each shipped file, as the README runs it: the full budget completes and
+    the printed front is the non-dominated set of what finished."""
+    from dnasweep.sweep.runner import load_sweep, run_sweep
+    from dnasweep.sweep.space import load_space
+
+    space = load_space(path, smoke=True)
+    assert space.trials >= 8 and space.concurrent >= 2
+    res = run_sweep(space, "smoke", root=str(tmp_path), log=lambda *_: None)
+    assert res.n_complete == space.trials and res.n_failed == 0 and not res.tracking_errors
+    objs = [o.metric for o in space.objectives]
+    assert res.front and all(np.isfinite(r[m]) for r in res.front for m in objs)
+    again, _ = load_sweep(res.sweep_dir)
+    assert again.front == res.front
+    for name in ("pareto.png", "pareto.html", "trials.csv", "pareto_front.csv"):
+        assert os.path.isfile(os.path.join(res.sweep_dir, name)), name

@@ -112,10 +112,18 @@ def test_cli_train_json_and_exit_codes(tmp_path):
     assert r.returncode == 2 and "no such file" in r.stderr
 
 
-@pytest.mark.parametrize("space", ["search_spaces/lm.yaml", "search_spaces/vision.yaml"])
+SHIPPED = sorted(str(p) for p in pathlib.Path("search_spaces").glob("*.yaml"))
+
+
+def test_search_spaces_are_shipped():
+    assert {"search_spaces/lm.yaml", "search_spaces/vision.yaml"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("space", SHIPPED)
 def test_shipped_configs_validate_and_smoke_train(space, tmp_path):
-    first = pathlib.Path(space).read_text().splitlines()[0]
-    assert first.startswith("#")
+    header = pathlib.Path(space).read_text().split("\nbase:")[0]
+    # the header comment: its sweep command, its run time and hardware
+    assert header.startswith("#") and f"dnasweep run {space}" in header and "CPU" in header
     r = _cli("validate", space)
     assert r.returncode == 0 and "valid" in r.stdout, r.stderr
     cfg = load_trial(space, ["train.max_steps=3", "train.eval_every=3", "train.eval_batches=2",

@@ -36,3 +36,36 @@ def hypervolume_2d(points, modes: list[str], reference) -> float:
         area += (ref[0] - x) * (prev_y - y)
         prev_y = y
     return float(area)
+
+
+def hypervolume(points, modes: list[str], reference) -> float:
+    """Hypervolume of `points` [N, K] bounded by `reference`; exact 2-D sweep above, Optuna's
+    WFG algorithm for K > 2 (its helper is private API, hence imported only here)."""
+    points = np.asarray(points, dtype=float).reshape(-1, len(modes))
+    if len(modes) == 1:
+        P, ref = _as_min(points, modes)[:, 0], _as_min(np.asarray(reference, dtype=float)[None], modes)[0, 0]
+        return float(max(0.0, ref - P.min())) if len(P) else 0.0
+    if len(modes) == 2:
+        return hypervolume_2d(points, modes, reference)
+    from optuna._hypervolume import compute_hypervolume
+
+    P, ref = _as_min(points, modes), _as_min(np.asarray(reference, dtype=float)[None], modes)[0]
+    P = P[np.all(P < ref, axis=1)]
+    return float(compute_hypervolume(P, ref)) if len(P) else 0.0
+
+
+def reference_point(points, modes: list[str], margin: float = 0.1) -> np.ndarray:
+    """A reference point just beyond the worst value of every objective (nadir + `margin` of the
+    range), so every observed point counts. Fixed once per sweep: hypervolumes of one sweep compare."""
+    P = np.asarray(points, dtype=float).reshape(-1, len(modes))
+    worst = np.array([P[:, j].max() if m == "min" else P[:, j].min() for j, m in enumerate(modes)])
+    span = P.max(axis=0) - P.min(axis=0)
+    span = np.where(span > 0, span, np.maximum(np.abs(worst), 1.0))
+    sign = np.array([1.0 if m == "min" else -1.0 for m in modes])
+    return worst + sign * margin * span
+
+
+def hypervolume_history(points, feasible, modes: list[str], reference) -> list[float]:
+    """Hypervolume of the feasible points among the first i+1 (rows in completion order)."""
+    P, ok = np.asarray(points, dtype=float).reshape(-1, len(modes)), np.asarray(feasible, dtype=bool)
+    return [hypervolume(P[: i + 1][ok[: i + 1]], modes, reference) for i in range(len(P))]

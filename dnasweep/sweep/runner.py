@@ -17,7 +17,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dnasweep.errors import ConfigError, Problem
 from dnasweep.sweep.space import SearchSpace
@@ -31,6 +31,7 @@ class SweepResult:
     n_complete: int
     n_failed: int
     front: list[dict]  # Pareto-front trials: {"number", objectives..., params...}
+    tracking_errors: list[str] = field(default_factory=list)  # MLflow failures (the sweep went on)
 
 
 class _TuneReporter:
@@ -144,12 +145,31 @@ def _check_fits(space: SearchSpace, resources: dict) -> None:
 
 
 def pareto_front(study, space: SearchSpace) -> list[dict]:
-    """The study's feasible non-dominated trials as rows."""
+    """The study's feasible non-dominated trials as rows (Optuna's `best_trials` honours constraints)."""
     rows = []
     for t in sorted(study.best_trials, key=lambda t: t.values[0]):
         row = {"trial": t.number, **{o.metric: v for o, v in zip(space.objectives, t.values, strict=True)}}
         row.update(t.params)
         rows.append(row)
+    return rows
+
+
+def trial_rows(study, space: SearchSpace) -> list[dict]:
+    """Every complete trial in completion order: number, objective values, params, whether it is
+    feasible (all constraints <= 0) and on the feasible Pareto front."""
+    from optuna.trial import TrialState
+
+    from dnasweep.sweep.pareto import pareto_mask
+
+    done = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+                  key=lambda t: (t.datetime_complete, t.number))
+    rows = [{"number": t.number, "values": list(t.values), "params": dict(t.params),
+             "feasible": all(v <= 0 for v in t.constraints.values()), "front": False} for t in done]
+    ok = [r for r in rows if r["feasible"]]
+    if ok:
+        for r, keep in zip(ok, pareto_mask([r["values"] for r in ok], [o.mode for o in space.objectives]),
+                           strict=True):
+            r["front"] = bool(keep)
     return rows
 
 
@@ -159,7 +179,6 @@ def run_sweep(space: SearchSpace, name: str, root: str = "runs/sweeps", address:
     import optuna
     import ray
     from ray import tune
-    from ray.tune.search import ConcurrencyLimiter
 
     sweep_dir = os.path.abspath(os.path.join(root, name))
     if os.path.exists(sweep_dir):
@@ -183,7 +202,12 @@ def run_sweep(space: SearchSpace, name: str, root: str = "runs/sweeps", address:
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(sweep_dir)
     tracker = MLflowSweepLogger(space, name, sweep_dir, uri)
-    searcher = ConcurrencyLimiter(_searcher(space, name, storage), max_concurrent=space.concurrent)
+    from dnasweep.sweep.progress import Progress
+
+    progress = Progress(space, log)
+    # max_concurrent_trials wraps the searcher in a ConcurrencyLimiter (without it, older Ray ran
+    # custom searchers' trials one at a time: ray #46965).
+    searcher = _searcher(space, name, storage)
     trainable = tune.with_resources(tune.with_parameters(_trial, space=space, sweep_dir=sweep_dir),
                                     {"cpu": space.resources["cpu"], "gpu": space.resources["gpu"]})
     # Trials report training metrics between evaluations; only evaluations carry the objectives.
@@ -193,16 +217,18 @@ def run_sweep(space: SearchSpace, name: str, root: str = "runs/sweeps", address:
                        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=space.trials,
                                                    max_concurrent_trials=space.concurrent),
                        run_config=tune.RunConfig(name="tune", storage_path=sweep_dir, verbose=0,
-                                                 callbacks=[tracker]))
+                                                 callbacks=[tracker, progress]))
     tuner.fit()
     study = optuna.load_study(study_name=name, storage=storage)
     states = [t.state.name for t in study.trials]
     front = pareto_front(study, space)
-    tracker.finish(front)
+    tracker.finish(front, trial_rows(study, space))
     log(f"sweep {name}: {states.count('COMPLETE')} complete, {states.count('FAIL')} failed, "
         f"{time.time() - t0:.0f} s; results in {sweep_dir}")
     log(f"compare trials: mlflow ui --backend-store-uri {uri}")
-    return SweepResult(sweep_dir, states.count("COMPLETE"), states.count("FAIL"), front)
+    if tracker.errors:
+        log(f"warning: {len(tracker.errors)} MLflow tracking calls failed; first: {tracker.errors[0]}")
+    return SweepResult(sweep_dir, states.count("COMPLETE"), states.count("FAIL"), front, tracker.errors)
 
 
 def format_front(result: SweepResult, space: SearchSpace) -> str:

@@ -30,7 +30,8 @@ from dnasweep.errors import ConfigError, Problem
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
 SECTIONS = ("base", "search", "objectives", "constraints", "sampler", "budget", "resources", "tracking", "smoke")
 KNOWN_METRICS = {v for k, v in vars(M).items()
-                 if k.isupper() and isinstance(v, str) and "/" in v and k != "ROUTER_LOAD_PREFIX"}
+                 if k.isupper() and isinstance(v, str) and "/" in v and k != "ROUTER_LOAD_PREFIX"
+                 and not v.startswith(M.SWEEP_PREFIX)}
 _CONSTRAINT = re.compile(r"^\s*([\w/.\-]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
 
 

@@ -7,8 +7,11 @@ Default store: sqlite:///SWEEP/mlflow.db, opened with
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import sys
+import time
 from pathlib import Path
 
 from ray.tune import Callback
@@ -22,6 +25,21 @@ _SKIP_PREFIXES = ("config/",)
 
 def default_uri(sweep_dir: str) -> str:
     return f"sqlite:///{os.path.join(sweep_dir, 'mlflow.db')}"
+
+
+def _guarded(fn):
+    """A tracking failure is reported, never raised: an exception in a Tune callback would end the
+    whole sweep, and losing a metric is better than losing the trials."""
+
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return fn(self, *args, **kwargs)
+        except Exception as e:
+            self.errors.append(f"{fn.__name__}: {type(e).__name__}: {e}")
+            print(f"warning: MLflow tracking failed in {fn.__name__}: {type(e).__name__}: {e}", file=sys.stderr)
+
+    return wrapper
 
 
 class MLflowSweepLogger(Callback):
@@ -42,17 +60,32 @@ class MLflowSweepLogger(Callback):
         parent = self.client.create_run(self.exp_id, run_name=name, tags={"dnasweep.sweep": name})
         self.parent_id = parent.info.run_id
         base = flatten(space.base)
-        self.client.log_batch(self.parent_id, params=[_param(f"base.{k}", v) for k, v in sorted(base.items())][:500])
+        self._log_params(self.parent_id, {f"base.{k}": v for k, v in base.items()})
         self.runs: dict[str, str] = {}  # Ray trial id -> MLflow run id
+        self.errors: list[str] = []  # tracking failures (reported, never raised)
 
     def _run(self, trial) -> str:
         if trial.trial_id not in self.runs:
             run = self.client.create_run(self.exp_id, run_name=trial.trial_id,
                                          tags={"mlflow.parentRunId": self.parent_id, "dnasweep.trial": trial.trial_id})
             self.runs[trial.trial_id] = run.info.run_id
-            self.client.log_batch(run.info.run_id, params=[_param(k, v) for k, v in trial.config.items()])
+            self._log_params(run.info.run_id, self._trial_params(trial.trial_id, trial.config))
         return self.runs[trial.trial_id]
 
+    def _trial_params(self, trial_id: str, sampled: dict) -> dict:
+        """The trial's complete config, flattened (base + sampled values), so runs compare on any key."""
+        from omegaconf import OmegaConf
+
+        values = {p.path: sampled[p.path] for p in self.space.params if p.path in sampled}
+        cfg = self.space.trial_config(values, os.path.join(self.sweep_dir, "trials", trial_id))
+        return flatten(OmegaConf.to_container(OmegaConf.structured(cfg)))
+
+    def _log_params(self, run_id: str, params: dict) -> None:
+        items = [_param(k, v) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+    @_guarded
     def on_trial_result(self, iteration, trials, trial, result, **info):
         from mlflow.entities import Metric
 
@@ -65,9 +98,11 @@ class MLflowSweepLogger(Callback):
         if metrics:
             self.client.log_batch(run_id, metrics=metrics)
 
+    @_guarded
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial, "FINISHED")
 
+    @_guarded
     def on_trial_error(self, iteration, trials, trial, **info):
         self._finish(trial, "FAILED")
 
@@ -80,18 +115,49 @@ class MLflowSweepLogger(Callback):
                 self.client.log_artifact(run_id, path)
         self.client.set_terminated(run_id, status)
 
-    def finish(self, front: list[dict]) -> None:
-        """Close the parent run with the Pareto front table as an artifact."""
-        import csv
+    @_guarded
+    def finish(self, front: list[dict], rows: list[dict]) -> None:
+        """Close the parent run with the sweep's summary: Pareto front table (CSV), every complete
+        trial (CSV), Pareto plots (PNG, HTML), and the hypervolume after each finished trial."""
+        from mlflow.entities import Metric
 
-        path = os.path.join(self.sweep_dir, "pareto_front.csv")
-        keys = sorted({k for row in front for k in row}, key=lambda k: (k != "trial", k))
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(front)
-        self.client.log_artifact(self.parent_id, path)
+        from dnasweep import metrics as M
+        from dnasweep.sweep import plots
+        from dnasweep.sweep.pareto import hypervolume_history, pareto_mask, reference_point
+
+        modes = [o.mode for o in self.space.objectives]
+        paths = [_write_csv(os.path.join(self.sweep_dir, "pareto_front.csv"), front)]
+        paths.append(_write_csv(os.path.join(self.sweep_dir, "trials.csv"), [
+            {"trial": r["number"], **dict(zip([o.metric for o in self.space.objectives], r["values"], strict=True)),
+             "feasible": r["feasible"], "pareto": r["front"], **r["params"]} for r in rows]))
+        history: list[float] = []
+        ok = [r["values"] for r in rows if r["feasible"]]
+        if ok:
+            ref = reference_point(ok, modes)
+            history = hypervolume_history([r["values"] for r in rows], [r["feasible"] for r in rows], modes, ref)
+            seen = lambda i: [r["values"] for r in rows[: i + 1] if r["feasible"]]  # noqa: E731
+            front_sizes = [int(pareto_mask(seen(i), modes).sum()) if seen(i) else 0 for i in range(len(rows))]
+            ts = int(time.time() * 1000)
+            self.client.log_batch(self.parent_id, metrics=[
+                *(Metric(M.SWEEP_HYPERVOLUME, h, ts, i + 1) for i, h in enumerate(history)),
+                *(Metric(M.SWEEP_FRONT_SIZE, n, ts, i + 1) for i, n in enumerate(front_sizes))])
+            self._log_params(self.parent_id, {f"hypervolume_ref.{o.metric}": f"{v:.6g}"
+                                              for o, v in zip(self.space.objectives, ref, strict=True)})
+        paths += plots.write_all(rows, self.space, history, self.sweep_dir)
+        for path in paths:
+            self.client.log_artifact(self.parent_id, path)
         self.client.set_terminated(self.parent_id, "FINISHED")
+
+
+def _write_csv(path: str, rows: list[dict]) -> str:
+    import csv
+
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    return path
 
 
 def _param(key: str, value):

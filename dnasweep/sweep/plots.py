@@ -1,0 +1,106 @@
+"""Sweep-level figures: the Pareto front as a PNG (matplotlib) and an interactive, self-contained
+HTML (plotly), plus the hypervolume history. Dominated trials are drawn faded, infeasible ones
+(a constraint violated) as crosses, so the front stands out. Both libraries load lazily."""
+
+from __future__ import annotations
+
+import os
+
+from dnasweep.sweep.space import SearchSpace
+
+
+def _label(row: dict, space: SearchSpace) -> str:
+    params = ", ".join(f"{p.path.split('.')[-1]}={row['params'][p.path]:.3g}" if isinstance(
+        row["params"].get(p.path), float) else f"{p.path.split('.')[-1]}={row['params'][p.path]}"
+        for p in space.params if p.path in row["params"])
+    return f"trial {row['number']}: {params}"
+
+
+def pareto_png(rows: list[dict], space: SearchSpace, path: str) -> str:
+    """First two objectives; front joined by a step line. `rows`: see pareto.trial_rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    x_m, y_m = space.objectives[0].metric, space.objectives[1].metric
+    fig = Figure(figsize=(6.4, 4.6), dpi=100)
+    ax = fig.add_subplot()
+    groups = [("dominated", lambda r: r["feasible"] and not r["front"], dict(c="tab:blue", alpha=0.25, s=28)),
+              ("infeasible", lambda r: not r["feasible"], dict(c="grey", alpha=0.5, marker="x", s=28)),
+              ("Pareto front", lambda r: r["front"], dict(c="tab:red", s=42, edgecolors="k"))]
+    for name, keep, style in groups:
+        sel = [r for r in rows if keep(r)]
+        if sel:
+            ax.scatter([r["values"][0] for r in sel], [r["values"][1] for r in sel], label=name, **style)
+    front = sorted((r for r in rows if r["front"]), key=lambda r: r["values"][0])
+    if len(front) > 1:
+        # The staircase bounds the region the front dominates: which corner it turns at depends on
+        # whether the second objective falls or rises along the sorted first one (the modes).
+        ys = [r["values"][1] for r in front]
+        ax.step([r["values"][0] for r in front], ys, where="post" if ys[-1] <= ys[0] else "pre", c="tab:red", lw=1)
+    all_y = [r["values"][1] for r in rows]
+    if min(all_y) > 0 and max(all_y) / min(all_y) > 20:  # compute spans decades: a log axis shows all
+        ax.set_yscale("log")
+    for r in front:
+        ax.annotate(str(r["number"]), (r["values"][0], r["values"][1]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xlabel(f"{x_m} ({space.objectives[0].mode})")
+    ax.set_ylabel(f"{y_m} ({space.objectives[1].mode})")
+    ax.set_title(f"{len(front)} Pareto-optimal of {len(rows)} complete trials")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def pareto_html(rows: list[dict], space: SearchSpace, path: str) -> str:
+    """Interactive scatter (hover: trial and its parameters); plotly.js embedded so the file opens
+    offline and inside MLflow's artifact viewer."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    groups = [("dominated", lambda r: r["feasible"] and not r["front"], dict(color="#1f77b4", opacity=0.3)),
+              ("infeasible", lambda r: not r["feasible"], dict(color="grey", opacity=0.5, symbol="x")),
+              ("Pareto front", lambda r: r["front"], dict(color="#d62728", opacity=1.0, size=10))]
+    for name, keep, style in groups:
+        sel = sorted((r for r in rows if keep(r)), key=lambda r: r["values"][0])
+        if sel:
+            opacity = style.pop("opacity")
+            fig.add_trace(go.Scatter(x=[r["values"][0] for r in sel], y=[r["values"][1] for r in sel], name=name,
+                                     mode="markers+lines" if name == "Pareto front" else "markers",
+                                     line=dict(shape="hv", width=1), marker=style, opacity=opacity,
+                                     text=[_label(r, space) for r in sel], hoverinfo="text+x+y"))
+    fig.update_layout(title=f"{space.source}: Pareto front", template="plotly_white",
+                      xaxis_title=space.objectives[0].metric, yaxis_title=space.objectives[1].metric)
+    fig.write_html(path, include_plotlyjs=True, full_html=True)
+    return path
+
+
+def hypervolume_png(history: list[float], path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.6, 3.4), dpi=100)
+    ax = fig.add_subplot()
+    ax.plot(range(1, len(history) + 1), history, marker="o", ms=3)
+    ax.set_xlabel("finished trials")
+    ax.set_ylabel("hypervolume")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def write_all(rows: list[dict], space: SearchSpace, history: list[float], out_dir: str) -> list[str]:
+    """Every sweep figure into `out_dir`; returns the paths written (none when nothing finished)."""
+    if not rows:
+        return []
+    paths = [hypervolume_png(history, os.path.join(out_dir, "hypervolume.png"))]
+    if len(space.objectives) >= 2:
+        paths += [pareto_png(rows, space, os.path.join(out_dir, "pareto.png")),
+                  pareto_html(rows, space, os.path.join(out_dir, "pareto.html"))]
+    return paths
