@@ -38,10 +38,12 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"{args.config}: valid trial ({cfg.model.kind} {cfg.model.task}, {n.params_total:,} parameters, "
               f"{n.params_active:,.0f} active per token, {n.flops_per_token:,.0f} forward FLOPs per token nominal)")
         return 0
-    from dnasweep.sweep.space import load_space, summarize
+    from dnasweep.sweep.space import load_space, space_warnings, summarize
 
     space = load_space(args.config, list(args.overrides), smoke=args.smoke)
     print(summarize(space))
+    for w in space_warnings(space):
+        print(f"warning: {w}", file=sys.stderr)
     return 0
 
 
@@ -56,8 +58,36 @@ def _run(args: argparse.Namespace) -> int:
     name = args.name or f"{stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     from dnasweep.sweep.runner import format_front, run_sweep
 
-    result = run_sweep(space, name, root=args.root, address=args.address)
+    result = run_sweep(space, name, root=args.root, address=args.address,
+                       analyze=False if args.no_analyze else None)
     print(format_front(result, space))
+    return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    import os
+
+    def is_sweep(d: str) -> bool:
+        return os.path.isfile(os.path.join(d, "optuna.log")) and os.path.isfile(os.path.join(d, "space.json"))
+
+    target = os.path.normpath(args.target)
+    parent, grand = os.path.dirname(target), os.path.dirname(os.path.dirname(target))
+    if is_sweep(target) or is_sweep(parent) or (os.path.basename(parent) == "trials" and is_sweep(grand)):
+        from dnasweep.sweep.analysis import analyze_in_sweep, front_dirs, trial_dir
+
+        if is_sweep(target):
+            sweep, dirs = target, front_dirs(target)
+        else:
+            sweep = parent if is_sweep(parent) else grand
+            dirs = [trial_dir(sweep, os.path.basename(target))]
+        for r in analyze_in_sweep(sweep, dirs, max_examples=args.examples):
+            print(r["summary"]["text"], "\n")
+        return 0
+    from dnasweep.analyze.trial import analyze_trial
+
+    summary, out = analyze_trial(target, args.out, args.examples, args.device)
+    print(summary["text"])
+    print(f"report: {os.path.join(out, 'report.html')}")
     return 0
 
 
@@ -104,7 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--name", help="sweep name (default: SPACE-DATE-TIME)")
     r.add_argument("--root", default="runs/sweeps", help="directory holding sweep directories")
     r.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
+    r.add_argument("--no-analyze", action="store_true", help="skip the reports on the Pareto-front trials at the end")
     r.set_defaults(fn=_run)
+    a = sub.add_parser("analyze", help="routing report (paths, power law, specialisation, compute) of trained trials")
+    a.add_argument("target", help="trial directory, SWEEP/TRIAL (Ray id or Optuna number), or a sweep (its front)")
+    a.add_argument("--out", help="report directory for a single trial (default: TARGET/analysis)")
+    a.add_argument("--examples", type=int, help="held-out sequences / images to run (default: 256 / all)")
+    a.add_argument("--device", default="cpu", help="cpu or cuda")
+    a.set_defaults(fn=_analyze)
     pf = sub.add_parser("pareto", help="the current Pareto front of a sweep (running or finished)")
     pf.add_argument("sweep", help="sweep directory, e.g. runs/sweeps/NAME")
     pf.add_argument("--json", action="store_true", help="print the front as JSON")

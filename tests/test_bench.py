@@ -19,3 +19,11 @@ def test_masked_baseline_equals_routed_pool():
     h = torch.randn(2, 32, 64)
     route = model.routing(h, 0, torch.zeros(2, 32, dtype=torch.long))
     assert (model.pool(h, route)[0] - masked_step(model.pool, h, route)[0]).abs().max() < 1e-5
+
+
+def test_orchestration_idle_breakdown_hand_computed():
+    from orchestration import idle_breakdown
+
+    # two slots from t=0 to t=10: lane A trains 1-4 and 5-10, lane B trains 2-7 then idles
+    parts = idle_breakdown([(1, 4), (2, 7), (5, 10)], 0, 10, 2)
+    assert parts == {"start": (1 + 2) / 2, "between": 1 / 2, "tail": 3 / 2}

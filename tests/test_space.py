@@ -112,3 +112,18 @@ def test_cli_run_with_bad_space_exits_2_and_creates_nothing(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2 and "budget.trials" in r.stderr and "sampler.type" in r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_gp_sampler_with_a_long_budget_warns():
+    from dnasweep.sweep.space import space_warnings
+
+    assert space_warnings(parse_space({**OK, "sampler": {"type": "gp"}, "budget": {"trials": 500}}, "s.yaml"))
+    assert not space_warnings(parse_space({**OK, "sampler": {"type": "gp"}, "budget": {"trials": 50}}, "s.yaml"))
+    assert not space_warnings(parse_space({**OK, "budget": {"trials": 500}}, "s.yaml"))
+
+
+def test_analyze_section_rules():
+    p = _problems(analyze={"front": "yes", "exemples": 3})
+    assert "analyze.front" in p and "analyze.exemples" in p and "examples" in p["analyze.exemples"].fix
+    assert parse_space({**OK, "analyze": {"front": False, "examples": 8}}, "s.yaml").analyze == {
+        "front": False, "examples": 8}

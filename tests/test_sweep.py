@@ -24,6 +24,7 @@ TINY = {
     "constraints": ["params/total <= 1e7"],
     "sampler": {"type": "tpe", "seed": 0, "startup_trials": 2},
     "budget": {"trials": 4, "concurrent": 2},
+    "analyze": {"front": True, "examples": 32},
 }
 
 
@@ -109,6 +110,12 @@ def _check_mlflow(res, study):
         assert {a.path for a in client.list_artifacts(c.info.run_id)} >= {"config.yaml", "metrics.jsonl", "result.json"}
     parent = parents[0].info.run_id
     assert not res.tracking_errors
+    # the end-of-sweep reports: on every front trial's run (and only there), under analysis/
+    front_ids = {r["ray_trial_id"] for r in res.front}
+    for c in children:
+        arts = {a.path for a in client.list_artifacts(c.info.run_id, "analysis")}
+        on_front = c.data.tags["dnasweep.trial"] in front_ids
+        assert ("analysis/report.html" in arts and "analysis/summary.json" in arts) == on_front, (c.info.run_name, arts)
     assert {a.path for a in client.list_artifacts(parent)} >= {
         "pareto_front.csv", "trials.csv", "pareto.png", "pareto.html", "hypervolume.png"}
     hv = [m.value for m in sorted(client.get_metric_history(parent, "sweep/hypervolume"), key=lambda m: m.step)]

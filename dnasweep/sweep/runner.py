@@ -112,6 +112,7 @@ def _searcher(space: SearchSpace, name: str, storage):
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
                 return
             ot = self._ot_trials[trial_id]
+            ot.set_user_attr("ray_trial_id", trial_id)  # -> SWEEP/trials/ID and the MLflow child run
             vals = [(result or {}).get(m) for m in self.metric]
             ok = not error and all(isinstance(v, int | float) and math.isfinite(v) for v in vals)
             if ok:
@@ -150,6 +151,7 @@ def pareto_front(study, space: SearchSpace) -> list[dict]:
     for t in sorted(study.best_trials, key=lambda t: t.values[0]):
         row = {"trial": t.number, **{o.metric: v for o, v in zip(space.objectives, t.values, strict=True)}}
         row.update(t.params)
+        row["ray_trial_id"] = t.user_attrs.get("ray_trial_id")
         rows.append(row)
     return rows
 
@@ -174,7 +176,7 @@ def trial_rows(study, space: SearchSpace) -> list[dict]:
 
 
 def run_sweep(space: SearchSpace, name: str, root: str = "runs/sweeps", address: str | None = None,
-              log=print, tracking_uri: str | None = None) -> SweepResult:
+              log=print, tracking_uri: str | None = None, analyze: bool | None = None) -> SweepResult:
     """Run `space` to its budget; returns the Pareto front read back from the Optuna storage."""
     import optuna
     import ray
@@ -184,6 +186,10 @@ def run_sweep(space: SearchSpace, name: str, root: str = "runs/sweeps", address:
     if os.path.exists(sweep_dir):
         raise ConfigError([Problem("--name", f"a sweep named {name!r} already exists in {sweep_dir}",
                                    "pick another --name (resuming sweeps comes with the reliability work)")], "run")
+    from dnasweep.sweep.space import space_warnings
+
+    for w in space_warnings(space):
+        log(f"warning: {w}")
     address = address or os.environ.get("RAY_ADDRESS")
     ctx = ray.init(address=address, ignore_reinit_error=True, include_dashboard=address is None,
                    dashboard_host="127.0.0.1", log_to_driver=False)
@@ -214,8 +220,10 @@ def run_sweep(space: SearchSpace, name: str, root: str = "runs/sweeps", address:
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     t0 = time.time()
     tuner = tune.Tuner(trainable,
+                       # reuse_actors: a finished trial's worker process (torch imported, data cached)
+                       # takes the next trial, instead of a fresh process per trial.
                        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=space.trials,
-                                                   max_concurrent_trials=space.concurrent),
+                                                   max_concurrent_trials=space.concurrent, reuse_actors=True),
                        run_config=tune.RunConfig(name="tune", storage_path=sweep_dir, verbose=0,
                                                  callbacks=[tracker, progress]))
     tuner.fit()
@@ -226,16 +234,30 @@ def run_sweep(space: SearchSpace, name: str, root: str = "runs/sweeps", address:
     log(f"sweep {name}: {states.count('COMPLETE')} complete, {states.count('FAIL')} failed, "
         f"{time.time() - t0:.0f} s; results in {sweep_dir}")
     log(f"compare trials: mlflow ui --backend-store-uri {uri}")
+    if (space.analyze["front"] if analyze is None else analyze) and front:
+        _analyze_front(sweep_dir, front, uri, space, log)
     if tracker.errors:
         log(f"warning: {len(tracker.errors)} MLflow tracking calls failed; first: {tracker.errors[0]}")
     return SweepResult(sweep_dir, states.count("COMPLETE"), states.count("FAIL"), front, tracker.errors)
+
+
+def _analyze_front(sweep_dir: str, front: list[dict], uri: str, space: SearchSpace, log) -> None:
+    """Reports for the front's trials; a failing analysis is reported and never fails the sweep."""
+    from dnasweep.sweep.analysis import analyze_in_sweep
+
+    dirs = [os.path.join(sweep_dir, "trials", r["ray_trial_id"]) for r in front if r.get("ray_trial_id")]
+    log(f"analysing the {len(dirs)} Pareto-front trials (analyze.front: false to skip)")
+    try:
+        analyze_in_sweep(sweep_dir, dirs, log=log, uri=uri, max_examples=space.analyze["examples"])
+    except Exception as e:
+        log(f"warning: analysis failed ({type(e).__name__}: {e}); rerun it with: dnasweep analyze {sweep_dir}")
 
 
 def format_front(result: SweepResult, space: SearchSpace) -> str:
     """The Pareto front as a text table, plus where to look next."""
     objs = [o.metric for o in space.objectives]
     params = [p.path for p in space.params]
-    head = ["trial", *objs, *params]
+    head = ["trial", "ray_trial_id", *objs, *params]
     rows = [[str(r.get(k, "-")) if not isinstance(r.get(k), float) else f"{r[k]:.4g}" for k in head]
             for r in result.front]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]

@@ -28,7 +28,10 @@ from dnasweep.config import TrialConfig, _deep_merge, _schema_problems, build_tr
 from dnasweep.errors import ConfigError, Problem
 
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
-SECTIONS = ("base", "search", "objectives", "constraints", "sampler", "budget", "resources", "tracking", "smoke")
+SECTIONS = ("base", "search", "objectives", "constraints", "sampler", "budget", "resources", "tracking", "analyze",
+            "smoke")
+ANALYZE_KEYS = {"front": "analyse the Pareto-front trials when the sweep ends (true/false)",
+                "examples": "held-out sequences/images per report (null: the analyzer's default)"}
 KNOWN_METRICS = {v for k, v in vars(M).items()
                  if k.isupper() and isinstance(v, str) and "/" in v and k != "ROUTER_LOAD_PREFIX"
                  and not v.startswith(M.SWEEP_PREFIX)}
@@ -79,6 +82,7 @@ class SearchSpace:
     concurrent: int
     resources: dict  # {"cpu": float, "gpu": float}
     experiment: str
+    analyze: dict = field(default_factory=lambda: {"front": True, "examples": None})  # see ANALYZE_KEYS
 
     def active(self, p: Param, values: dict) -> bool:
         return all(values.get(k) in v for k, v in p.when.items())
@@ -248,10 +252,29 @@ def parse_space(data: dict, source: str, overrides: list[str] | None = None, smo
     if not isinstance(resources["gpu"], int | float) or resources["gpu"] < 0:
         p.append(Problem("resources.gpu", f"must be >= 0, got {resources['gpu']!r}"))
     experiment = (data.get("tracking") or {}).get("experiment") or "dnasweep"
+    analyze = {"front": True, "examples": None, **(data.get("analyze") or {})}
+    for k in analyze:
+        if k not in ANALYZE_KEYS:
+            p.append(Problem(f"analyze.{k}", "unknown key", _did_you_mean(k, ANALYZE_KEYS)
+                             or "; ".join(f"{a}: {d}" for a, d in ANALYZE_KEYS.items())))
+    if not isinstance(analyze["front"], bool):
+        p.append(Problem("analyze.front", f"must be true or false, got {analyze['front']!r}"))
+    if analyze["examples"] is not None and (not isinstance(analyze["examples"], int) or analyze["examples"] < 1):
+        p.append(Problem("analyze.examples", f"must be an integer >= 1 or null, got {analyze['examples']!r}"))
     if p:
         raise ConfigError(p, source)
     return SearchSpace(source, base, params, objectives, constraints, sampler, budget["trials"],
-                       budget["concurrent"], resources, experiment)
+                       budget["concurrent"], resources, experiment, analyze)
+
+
+def space_warnings(space: SearchSpace) -> list[str]:
+    """Valid but probably unintended settings, printed by validate and run."""
+    out = []
+    if space.sampler["type"] == "gp" and space.trials > 100:
+        out.append(f"sampler.type=gp with budget.trials={space.trials}: Optuna's GPSampler took ~1 s per suggestion "
+                   "at 100 finished trials and ~5 s at 500 on 2 CPU cores (bench/suggest.py), blocking the driver "
+                   "meanwhile; tpe stays under 60 ms there")
+    return out
 
 
 def load_space(path: str, overrides: list[str] | None = None, smoke: bool = False) -> SearchSpace:

@@ -19,6 +19,8 @@ from ray.tune import Callback
 from dnasweep.config import flatten
 from dnasweep.sweep.space import SearchSpace
 
+FLUSH_EVERY_S = 5.0  # buffered metrics are written at least this often (and when a trial ends)
+
 # Ray adds bookkeeping keys to every result; only our metrics (name with a "/") are logged.
 _SKIP_PREFIXES = ("config/",)
 
@@ -63,6 +65,10 @@ class MLflowSweepLogger(Callback):
         self._log_params(self.parent_id, {f"base.{k}": v for k, v in base.items()})
         self.runs: dict[str, str] = {}  # Ray trial id -> MLflow run id
         self.errors: list[str] = []  # tracking failures (reported, never raised)
+        # Metrics wait here and go out in batches: one SQLite commit per few seconds instead of one
+        # per report keeps the driver (which shares the CPUs with the trials) nearly idle.
+        self.pending: dict[str, list] = {}  # MLflow run id -> metrics not yet written
+        self.last_flush = time.monotonic()
 
     def _run(self, trial) -> str:
         if trial.trial_id not in self.runs:
@@ -95,8 +101,19 @@ class MLflowSweepLogger(Callback):
         metrics = [Metric(k, float(v), ts, step) for k, v in result.items()
                    if "/" in k and not k.startswith(_SKIP_PREFIXES) and isinstance(v, int | float)
                    and not isinstance(v, bool) and math.isfinite(v)]
-        if metrics:
-            self.client.log_batch(run_id, metrics=metrics)
+        self.pending.setdefault(run_id, []).extend(metrics)
+        if time.monotonic() - self.last_flush > FLUSH_EVERY_S:
+            self.flush()
+
+    def flush(self, run_id: str | None = None) -> None:
+        """Write the buffered metrics (of one run, or all), at most 1000 per call (MLflow's limit)."""
+        for rid in [run_id] if run_id else list(self.pending):
+            batch = self.pending.get(rid, [])
+            while batch:  # trimmed only after a write succeeded: a failed write is retried later
+                self.client.log_batch(rid, metrics=batch[:1000])
+                del batch[:1000]
+        if run_id is None:
+            self.last_flush = time.monotonic()
 
     @_guarded
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -108,6 +125,7 @@ class MLflowSweepLogger(Callback):
 
     def _finish(self, trial, status: str):
         run_id = self._run(trial)
+        self.flush(run_id)
         trial_dir = os.path.join(self.sweep_dir, "trials", trial.trial_id)
         for name in ("config.yaml", "metrics.jsonl", "result.json"):
             path = os.path.join(trial_dir, name)
@@ -125,6 +143,7 @@ class MLflowSweepLogger(Callback):
         from dnasweep.sweep import plots
         from dnasweep.sweep.pareto import hypervolume_history, pareto_mask, reference_point
 
+        self.flush()
         modes = [o.mode for o in self.space.objectives]
         paths = [_write_csv(os.path.join(self.sweep_dir, "pareto_front.csv"), front)]
         paths.append(_write_csv(os.path.join(self.sweep_dir, "trials.csv"), [

@@ -1,0 +1,190 @@
+"""The report's words: the plain-language summary paragraph and the self-contained HTML page.
+
+Both read the JSON-safe summary dict (None where a number is undefined), so what the page says
+is exactly what summary.json holds. All text goes through html.escape; figures are embedded as
+base64 data URIs, and nothing links outside the file, so it opens offline and from an artifact store.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Sequence
+from typing import Any
+
+ATTR_WORD = {"lm": "byte class", "vision": "image label"}
+GROUP_WORD = {"lm": "sequence", "vision": "image"}  # LM groups are held-out windows of seq_len tokens
+HTML_TOP_PATHS = 20
+
+CSS = """body{font-family:sans-serif;max-width:1100px;margin:1em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}
+th{background:#f0f0f0}td.num{text-align:right}code{white-space:pre;background:#f6f6f6;padding:0 2px}
+figure{display:inline-block;margin:.5em}figcaption{font-size:12px;color:#555}p.summary{font-size:15px;
+line-height:1.4;background:#f7f9fc;padding:.7em;border-left:4px solid #4a7}"""
+
+
+def _f(x: Any, fmt: str = ".3g") -> str:
+    """A number for prose and tables; '-' where the summary holds None (NaN)."""
+    if x is None:
+        return "-"
+    if isinstance(x, bool):
+        return str(x)
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        return format(x, fmt)
+    return str(x)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def _versus(fit: dict, alt: str) -> str:
+    r, p = fit[f"r_{alt}"], fit[f"p_{alt}"]
+    if r is None or p is None:
+        return f"the {alt} comparison failed"
+    if p >= 0.05:
+        return f"a{'n' if alt[0] in 'aeiou' else ''} {alt} fits about as well (R = {r:.2f}, p = {p:.2g})"
+    if r > 0:
+        return f"it beats a{'n' if alt[0] in 'aeiou' else ''} {alt} (R = {r:.2f}, p = {p:.2g})"
+    return f"a{'n' if alt[0] in 'aeiou' else ''} {alt} fits better (R = {r:.2f}, p = {p:.2g})"
+
+
+def summary_paragraph(s: dict) -> str:
+    """One paragraph of plain language built from the summary's numbers."""
+    unit, units, attr, group = s["unit"], s["units"], ATTR_WORD[s["task"]], GROUP_WORD[s["task"]]
+    out = [f"{s['name']} ({s['task']}): {s['n_tokens']:,} {units} took {s['n_paths']:,} distinct paths through "
+           f"{s['n_modules']} modules over {s['n_steps']} steps."]
+    fit, init = s["power_law"], s["power_law_init"]
+    if fit["reason"] is None:
+        tail = _pct(fit["n_tail_tokens"] / s["n_tokens"])
+        out.append(f"Path frequency falls off with rank as r^-α with α = {fit['alpha']:.2f} ± "
+                   f"{_f(fit['alpha_se'], '.2f')} (ranks {fit['xmin_rank']:.0f}-{fit['xmax_rank']:.0f}, {tail} "
+                   f"of {units}, KS D = {_f(fit['ks_d'])}); {_versus(fit, 'lognormal')}, and "
+                   f"{_versus(fit, 'exponential')}.")
+    else:
+        out.append(f"No power-law fit of the path frequencies: {fit['reason']}.")
+    if init is not None:
+        out.append(f"At initialisation α = {init['alpha']:.2f} ± {_f(init['alpha_se'], '.2f')}."
+                   if init["reason"] is None else f"No fit at initialisation: {init['reason']}.")
+    mi = s["mi"]["path_vs_attr"]
+    steps = s["mi"]["step_first_slot_vs_attr"]
+    best = max(steps, key=lambda m: m["mi_bits"] or 0.0)
+    out.append(f"The path carries {_f(mi['mi_bits'])} bits about the {unit}'s {attr} "
+               f"(normalised MI {_f(mi['nmi'], '.2f')}) against {_f(mi['baseline_bits'])} bits with shuffled labels "
+               f"(permutation p = {_f(mi['p_value'])}); "
+               f"the first-choice module of a single step carries at most {_f(best['mi_bits'])} bits "
+               f"(step {best['step']}, baseline {_f(best['baseline_bits'])}).")
+    u = s["usage"]
+    out.append(f"Identity (skip) modules take {_pct(u['identity_share'])} of routed slots "
+               f"(per step: {', '.join(_pct(v) for v in u['identity_slot_share_S'])}), and "
+               f"{_pct(u['reuse_token_share'])} of {units} revisit a non-identity module at two or more steps.")
+    fl, gc = s["compute"]["flops"], s["compute"]["group"]
+    spread = (f"the 95th-percentile {unit} costs {fl['p95_over_p5']:.1f}x the 5th" if fl["p95_over_p5"] is not None
+              else f"the cheapest 5% of {units} spend no FLOPs")
+    out.append(f"Compute per {unit} has a coefficient of variation of {_f(fl['cv'], '.2f')}; {spread}.")
+    if gc["spearman_r"] is not None:
+        out.append(f"Across {gc['n_groups']:,} {group}s, mean compute and loss correlate with Spearman ρ = "
+                   f"{gc['spearman_r']:.2f} (p = {_f(gc['spearman_p'])}; Pearson r = {_f(gc['pearson_r'], '.2f')}).")
+    return " ".join(out)
+
+
+class _Raw(str):
+    """A table cell that is already HTML (built from escaped parts), inserted as is."""
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = []
+    for row in rows:
+        cells = []
+        for v in row:
+            num = isinstance(v, int | float) and not isinstance(v, bool)
+            if isinstance(v, _Raw):
+                cells.append(f"<td>{v}</td>")
+                continue
+            cells.append(f"<td class=\"num\">{html.escape(_f(v))}</td>" if num or v is None
+                         else f"<td>{html.escape(str(v))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _img(key: str, pngs: dict[str, bytes], caption: str) -> str:
+    if key not in pngs:
+        return ""
+    b64 = base64.b64encode(pngs[key]).decode("ascii")
+    cap = html.escape(caption)
+    return (f'<figure><img alt="{html.escape(key)}" src="data:image/png;base64,{b64}">'
+            f"<figcaption>{cap}</figcaption></figure>")
+
+
+def _fit_rows(s: dict) -> tuple[list[list[Any]], list[str]]:
+    keys = ["alpha", "alpha_se", "xmin_rank", "xmax_rank", "ks_d", "n_tail_tokens", "n_tail_paths", "n_paths",
+            "r_lognormal", "p_lognormal", "r_exponential", "p_exponential", "reason"]
+    fits = [("trained", s["power_law"])] + ([("init", s["power_law_init"])] if s["power_law_init"] else [])
+    return [[name, *(f[k] for k in keys)] for name, f in fits], ["model", *keys]
+
+
+def render_html(s: dict, pngs: dict[str, bytes]) -> str:
+    """The whole report page."""
+    unit, units, attr, group = s["unit"], s["units"], ATTR_WORD[s["task"]], GROUP_WORD[s["task"]]
+    e = html.escape
+    parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{e(s['name'])}: routing analysis</title>"
+             f"<style>{CSS}</style></head><body>", f"<h1>{e(s['name'])}: routing analysis</h1>",
+             f"<p class=\"summary\">{e(s['text'])}</p>"]
+
+    parts.append("<h2>Paths</h2>")
+    parts.append(_img("rank_frequency", pngs, "Tokens per path against path rank (log-log); lines: power-law fits "
+                                              "over the fitted rank range."))
+    rows, head = _fit_rows(s)
+    parts.append(_table(head, rows))
+    parts.append("<p>α: path frequency ∝ rank^-α, fitted by maximum likelihood (powerlaw) to the ranks of the "
+                 "tokens' paths between xmin_rank and xmax_rank (the last path with at least "
+                 f"{s['power_law']['min_count']} tokens). R: normalised log-likelihood ratio, &gt; 0 favours the "
+                 "power law.</p>")
+    parts.append(f"<h3>Most frequent paths, with example {e(units)} in context</h3>")
+    parts.append(_table(["rank", "path", "count", "share", "examples"],
+                        [[p["rank"], p["label"], p["count"], p["share"],
+                          _Raw(" ".join(f"<code>{e(x)}</code>" for x in p["examples"]))]
+                         for p in s["top_paths"][:HTML_TOP_PATHS]]))
+
+    parts.append(f"<h2>Information: path vs {e(attr)}</h2>")
+    mi = s["mi"]
+    mrows = [["path id", *_mi_cells(mi["path_vs_attr"])]]
+    mrows += [[f"step {m['step']} first slot", *_mi_cells(m)] for m in mi["step_first_slot_vs_attr"]]
+    if mi["init_path_vs_attr"]:
+        mrows.append(["path id (init model)", *_mi_cells(mi["init_path_vs_attr"])])
+    parts.append(_table(["variable", "MI bits", "NMI", "shuffled baseline bits", "excess bits", "p-value",
+                         "H(variable) bits", f"H({attr}) bits"], mrows))
+    parts.append("<p>Miller-Madow corrected plug-in MI; NMI = MI / min(H(X), H(Y)); the baseline is the mean MI "
+                 f"over {mi['path_vs_attr']['n_perm']} permutations of the labels.</p>")
+
+    u = s["usage"]
+    parts.append("<h2>Module usage</h2>")
+    parts.append(_img("load_heatmap", pngs, f"Share of {units} using each module at each step."))
+    parts.append(_img("identity_per_step", pngs, "Identity share of routed slots, and share of tokens whose every "
+                                                 "slot at the step is an identity."))
+    parts.append(_img("transitions", pngs, "P(module at step s+1 | module at step s), pooled over steps."))
+    parts.append(_table(["module", "revisit share (of its visitors)"], list(map(list, u["reuse_per_module"].items()))))
+
+    c = s["compute"]
+    parts.append("<h2>Compute allocation</h2>")
+    parts.append(_table(list(c["flops"]), [list(c["flops"].values())]))
+    parts.append(_img("flops_hist", pngs, f"Forward FLOPs per {unit}."))
+    parts.append(_img("flops_by_class", pngs, f"Mean FLOPs per {unit} by {attr}."))
+    parts.append(_img("flops_by_position", pngs, f"Mean FLOPs per {unit} by position."))
+    parts.append(_img("compute_vs_loss", pngs, f"Mean compute of each {group} against its loss."))
+    gc, loss = c["group"], c["group_loss_G"]
+    parts.append(f"<h3>Highest- and lowest-compute {e(group)}s</h3>")
+    parts.append(_table([group, "which", "mean FLOPs", "loss"],
+                        [[g, "highest", gc["flops_G"][g], loss[g]] for g in gc["highest"]]
+                        + [[g, "lowest", gc["flops_G"][g], loss[g]] for g in gc["lowest"]]))
+    parts.append(_img("compute_overlay", pngs, "Highest- (top) and lowest-compute (bottom) images with per-patch "
+                                               "compute overlaid."))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _mi_cells(m: dict) -> list[Any]:
+    return [m["mi_bits"], m["nmi"], m["baseline_bits"], m["excess_bits"], m["p_value"], m["h_x_bits"], m["h_y_bits"]]
