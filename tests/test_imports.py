@@ -1,4 +1,4 @@
-"""Imports point one way: the model library, data and training loop never import the
+"""Imports point one way: the model library, data, training loop and analysis never import the
 orchestration stack (ray, optuna, mlflow); only dnasweep.sweep (and the CLI, lazily) may."""
 
 import ast
@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "dnasweep"
-CORE = ["model", "data", "train"]
+CORE = ["model", "data", "train", "analyze"]
 FORBIDDEN = {"ray", "optuna", "mlflow"}
 
 
