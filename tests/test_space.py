@@ -127,3 +127,10 @@ def test_analyze_section_rules():
     assert "analyze.front" in p and "analyze.exemples" in p and "examples" in p["analyze.exemples"].fix
     assert parse_space({**OK, "analyze": {"front": False, "examples": 8}}, "s.yaml").analyze == {
         "front": False, "examples": 8}
+
+
+def test_budget_retries_rules():
+    assert parse_space({**OK}, "s.yaml").retries == 2
+    assert parse_space({**OK, "budget": {"retries": 0}}, "s.yaml").retries == 0
+    p = _problems(budget={"retries": -1, "trails": 3})
+    assert "budget.retries" in p and "budget.trails" in p and "trials" in p["budget.trails"].fix

@@ -40,6 +40,9 @@ class Progress(Callback):
             self.failed += 1
             self.log(f"{self._head()}  FAIL  {trial.trial_id}: {res.get('reason', 'no finite objectives')}")
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.log(f"{self._head()}  RETRY {trial.trial_id}: its worker died; restarting from its last checkpoint")
+
     def on_trial_error(self, iteration, trials, trial, **info):
         self.failed += 1
         self.log(f"{self._head()}  ERROR {trial.trial_id}: the trial raised (see {trial.local_path or 'its log'})")

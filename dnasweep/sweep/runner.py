@@ -51,11 +51,23 @@ def _trial(config: dict, space: SearchSpace, sweep_dir: str) -> None:
     """One Ray Tune trial: the sampled values -> a trial config -> run_trial."""
     from ray import tune
 
+    from dnasweep.train import checkpoint
     from dnasweep.train.loop import run_trial
 
     trial_id = tune.get_context().get_trial_id()
     values = {p.path: config[p.path] for p in space.params if p.path in config}
-    cfg = space.trial_config(values, os.path.join(sweep_dir, "trials", trial_id))
+    out = os.path.join(sweep_dir, "trials", trial_id)
+    cfg = space.trial_config(values, out)
+    # A retried trial (its worker died) continues from its own checkpoint in `out`; on another node
+    # without it, from the last checkpoint it reported to Tune (copied back into place first).
+    own = os.path.join(out, "checkpoint")
+    reported = tune.get_checkpoint()
+    if reported is not None and not checkpoint.exists(own):
+        reported.to_directory(own)
+    os.makedirs(out, exist_ok=True)
+    start = int(checkpoint.load(own)["step"]) if checkpoint.exists(own) else 0
+    with open(os.path.join(out, "attempts.log"), "a") as f:  # one line per (re)start: pid, step resumed from
+        f.write(f"pid {os.getpid()} start_step {start} time {time.time():.1f}\n")
     result = run_trial(cfg, _TuneReporter())
     if result.status != "completed":  # no objectives in the last report: the searcher tells FAIL
         tune.report({"diverged": 1.0, "reason": result.reason})
@@ -224,7 +236,9 @@ def run_sweep(space: SearchSpace, name: str, root: str = "runs/sweeps", address:
                        # takes the next trial, instead of a fresh process per trial.
                        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=space.trials,
                                                    max_concurrent_trials=space.concurrent, reuse_actors=True),
+                       # A trial whose worker dies is restarted (from its checkpoint) up to retries times.
                        run_config=tune.RunConfig(name="tune", storage_path=sweep_dir, verbose=0,
+                                                 failure_config=tune.FailureConfig(max_failures=space.retries),
                                                  callbacks=[tracker, progress]))
     tuner.fit()
     study = optuna.load_study(study_name=name, storage=storage)

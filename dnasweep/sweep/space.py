@@ -83,6 +83,7 @@ class SearchSpace:
     resources: dict  # {"cpu": float, "gpu": float}
     experiment: str
     analyze: dict = field(default_factory=lambda: {"front": True, "examples": None})  # see ANALYZE_KEYS
+    retries: int = 2  # restarts of a trial whose worker died (budget.retries)
 
     def active(self, p: Param, values: dict) -> bool:
         return all(values.get(k) in v for k, v in p.when.items())
@@ -242,10 +243,16 @@ def parse_space(data: dict, source: str, overrides: list[str] | None = None, smo
     sampler = {"type": "tpe", "seed": 0, "startup_trials": 4, **(data.get("sampler") or {})}
     if sampler["type"] not in SAMPLERS:
         p.append(Problem("sampler.type", f"unknown sampler {sampler['type']!r}", f"use one of: {', '.join(SAMPLERS)}"))
-    budget = {"trials": 8, "concurrent": 2, **(data.get("budget") or {})}
+    budget = {"trials": 8, "concurrent": 2, "retries": 2, **(data.get("budget") or {})}
     for k in ("trials", "concurrent"):
         if not isinstance(budget[k], int) or budget[k] < 1:
             p.append(Problem(f"budget.{k}", f"must be an integer >= 1, got {budget[k]!r}"))
+    if not isinstance(budget["retries"], int) or budget["retries"] < 0:
+        p.append(Problem("budget.retries", f"must be an integer >= 0, got {budget['retries']!r}",
+                         "restarts of a trial whose worker process died (from its checkpoint)"))
+    for k in set(budget) - {"trials", "concurrent", "retries"}:
+        p.append(Problem(f"budget.{k}", "unknown key", _did_you_mean(k, ["trials", "concurrent", "retries"])
+                         or "known: trials, concurrent, retries"))
     resources = {"cpu": 1, "gpu": 0, **(data.get("resources") or {})}
     if not isinstance(resources["cpu"], int | float) or resources["cpu"] <= 0:
         p.append(Problem("resources.cpu", f"must be > 0, got {resources['cpu']!r}"))
@@ -264,7 +271,7 @@ def parse_space(data: dict, source: str, overrides: list[str] | None = None, smo
     if p:
         raise ConfigError(p, source)
     return SearchSpace(source, base, params, objectives, constraints, sampler, budget["trials"],
-                       budget["concurrent"], resources, experiment, analyze)
+                       budget["concurrent"], resources, experiment, analyze, budget["retries"])
 
 
 def space_warnings(space: SearchSpace) -> list[str]:

@@ -68,6 +68,7 @@ class MLflowSweepLogger(Callback):
         # Metrics wait here and go out in batches: one SQLite commit per few seconds instead of one
         # per report keeps the driver (which shares the CPUs with the trials) nearly idle.
         self.pending: dict[str, list] = {}  # MLflow run id -> metrics not yet written
+        self.logged: dict[str, dict[str, int]] = {}  # MLflow run id -> metric -> last step taken
         self.last_flush = time.monotonic()
 
     def _run(self, trial) -> str:
@@ -101,7 +102,13 @@ class MLflowSweepLogger(Callback):
         metrics = [Metric(k, float(v), ts, step) for k, v in result.items()
                    if "/" in k and not k.startswith(_SKIP_PREFIXES) and isinstance(v, int | float)
                    and not isinstance(v, bool) and math.isfinite(v)]
-        self.pending.setdefault(run_id, []).extend(metrics)
+        # A retried trial re-runs the steps after its last checkpoint and reports them again, with the
+        # same values (resume is exact): keep the first report of each (metric, step) only.
+        seen = self.logged.setdefault(run_id, {})
+        fresh = [m for m in metrics if step > seen.get(m.key, -1)]
+        for m in fresh:
+            seen[m.key] = step
+        self.pending.setdefault(run_id, []).extend(fresh)
         if time.monotonic() - self.last_flush > FLUSH_EVERY_S:
             self.flush()
 

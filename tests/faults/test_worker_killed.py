@@ -1,0 +1,91 @@
+"""Fault: a trial's worker process is SIGKILLed mid-training. Ray restarts the trial (FailureConfig),
+which continues from its last checkpoint, not from step 0; the sweep finishes its budget and the
+trial's metric history (metrics.jsonl and MLflow) has every step exactly once."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="the sweep extra (ray[tune], optuna, mlflow) is not installed")
+
+from dnasweep.sweep.space import parse_space  # noqa: E402
+
+pytestmark = pytest.mark.faults
+
+SPACE = {
+    "base": {"model": {"d_model": 32, "n_heads": 4, "seq_len": 32, "n_steps": 2},
+             "data": {"source": "pystdlib", "max_bytes": 2000000},
+             "train": {"max_steps": 120, "batch_size": 4, "eval_every": 60, "eval_batches": 2, "log_every": 5,
+                       "checkpoint_every": 10}},
+    "search": {"train.lr": {"float": [1e-3, 1e-2], "log": True}},
+    "objectives": [{"metric": "val/loss", "mode": "min"}, {"metric": "compute/flops_per_token", "mode": "min"}],
+    "budget": {"trials": 2, "concurrent": 2, "retries": 2},
+    "analyze": {"front": False},
+}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _kill_first_worker_after_checkpoint(sweep_dir: str, killed: dict, min_step: int = 30) -> None:
+    """Wait until some trial has a checkpoint at >= min_step, then SIGKILL its worker process."""
+    deadline = time.time() + 300
+    while time.time() < deadline and not killed:
+        trials = os.path.join(sweep_dir, "trials")
+        for tid in os.listdir(trials) if os.path.isdir(trials) else []:
+            d = os.path.join(trials, tid)
+            try:
+                with open(os.path.join(d, "attempts.log")) as f:
+                    pid = int(f.readline().split()[1])
+                with open(os.path.join(d, "metrics.jsonl")) as f:
+                    last = max(json.loads(line).get("step", 0) for line in f)
+            except (OSError, ValueError, IndexError):
+                continue
+            if last >= min_step and not os.path.exists(os.path.join(d, "result.json")):
+                os.kill(pid, signal.SIGKILL)
+                killed.update(trial=tid, pid=pid, at_step=last)
+                return
+        time.sleep(0.2)
+
+
+def test_killed_worker_resumes_from_checkpoint_and_nothing_is_duplicated(ray_cluster, tmp_path):
+    from mlflow import MlflowClient
+
+    from dnasweep.sweep.runner import run_sweep
+
+    space = parse_space(SPACE, "faults.yaml")
+    killed: dict = {}
+    killer = threading.Thread(target=_kill_first_worker_after_checkpoint,
+                              args=(str(tmp_path / "kill"), killed), daemon=True)
+    killer.start()
+    lines = []
+    res = run_sweep(space, "kill", root=str(tmp_path), log=lines.append)
+    killer.join(timeout=5)
+    assert killed, "no worker was killed: the trials ended before a checkpoint at step 30"
+    assert res.n_complete == 2 and res.n_failed == 0, lines
+    assert any("RETRY" in ln and killed["trial"] in ln for ln in lines), lines
+
+    d = tmp_path / "kill" / "trials" / killed["trial"]
+    attempts = (d / "attempts.log").read_text().splitlines()
+    assert len(attempts) == 2, attempts
+    resumed_from = int(attempts[1].split()[3])
+    assert 10 <= resumed_from <= killed["at_step"], (attempts, killed)  # from a checkpoint, not step 0
+    assert json.loads((d / "result.json").read_text())["step"] == 120
+
+    steps = [json.loads(line)["step"] for line in (d / "metrics.jsonl").read_text().splitlines()
+             if "train/loss" in json.loads(line)]
+    assert steps == list(range(5, 121, 5))  # every logged step once, none missing
+    client = MlflowClient(f"sqlite:///{tmp_path / 'kill' / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("dnasweep").experiment_id],
+                             filter_string=f"tags.`dnasweep.trial` = '{killed['trial']}'")[0]
+    history = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
+    assert history == list(range(5, 121, 5))
+    assert run.info.status == "FINISHED"
