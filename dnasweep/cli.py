@@ -58,8 +58,14 @@ def _run(args: argparse.Namespace) -> int:
     name = args.name or f"{stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     from dnasweep.sweep.runner import format_front, run_sweep
 
-    result = run_sweep(space, name, root=args.root, address=args.address,
-                       analyze=False if args.no_analyze else None)
+    try:
+        result = run_sweep(space, name, root=args.root, address=args.address,
+                           analyze=False if args.no_analyze else None)
+    except KeyboardInterrupt:
+        # Honest until `dnasweep resume` exists: finished trials are kept, the rest must be re-run.
+        print(f"\ninterrupted; finished trials are kept in {os.path.join(args.root, name)} (dnasweep pareto "
+              f"{os.path.join(args.root, name)} shows them); resuming a sweep is not implemented yet", file=sys.stderr)
+        return 130
     print(format_front(result, space))
     return 0
 
