@@ -267,3 +267,11 @@ def test_importing_analyze_loads_no_heavy_or_orchestration_module():
             "{'torch', 'ray', 'optuna', 'mlflow', 'matplotlib', 'powerlaw'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_fit_falls_back_to_min_count_10_for_small_samples_and_says_so():
+    counts = np.r_[400, 200, 120, (60 / np.arange(1, 40)).astype(int) + 10]  # 3 paths >= 30, 42 paths >= 10
+    ids = np.repeat(np.arange(len(counts)), counts)
+    assert fit_rank_frequency(ids, min_count=30).reason is not None
+    f = fit_rank_frequency(ids)
+    assert f.ok and f.min_count == 10 and f.alpha > 0

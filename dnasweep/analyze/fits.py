@@ -123,7 +123,7 @@ def _fit_power_law(powerlaw, x_T: np.ndarray, xmin: int, xmax: int):
     return None
 
 
-MIN_COUNTS = (30, 10, 5)  # tried in turn when min_count is not given: unbiased first, then fit at all
+MIN_COUNTS = (30, 10)  # tried in turn when min_count is not given: unbiased first, then a small sample
 
 
 def fit_rank_frequency(ids_N: np.ndarray, min_count: int | None = None, seed: int = 0) -> PowerLawFit:
