@@ -154,3 +154,13 @@ def test_every_shipped_search_space_smoke_sweeps(ray_cluster, tmp_path, path):
     assert again.front == res.front
     for name in ("pareto.png", "pareto.html", "trials.csv", "pareto_front.csv"):
         assert os.path.isfile(os.path.join(res.sweep_dir, name)), name
+
+
+def test_tracker_leaves_the_environment_alone(tmp_path, monkeypatch):
+    """A sweep's store must not leak into the next sweep of the same process (mlflow.set_tracking_uri
+    writes MLFLOW_TRACKING_URI into os.environ)."""
+    from dnasweep.sweep.tracking import MLflowSweepLogger, default_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    MLflowSweepLogger(parse_space(TINY, "tiny.yaml"), "one", str(tmp_path), default_uri(str(tmp_path)))
+    assert "MLFLOW_TRACKING_URI" not in os.environ

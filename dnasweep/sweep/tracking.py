@@ -48,11 +48,11 @@ class MLflowSweepLogger(Callback):
     """Ray Tune callback (runs on the driver): mirrors trials into MLflow child runs."""
 
     def __init__(self, space: SearchSpace, name: str, sweep_dir: str, uri: str):
-        import mlflow
         from mlflow import MlflowClient
 
         self.space, self.sweep_dir = space, sweep_dir
-        mlflow.set_tracking_uri(uri)
+        # An explicit client, never mlflow.set_tracking_uri: that also sets MLFLOW_TRACKING_URI in
+        # os.environ, so the next sweep started from the same process would log into this store.
         self.client = MlflowClient(uri)
         exp = self.client.get_experiment_by_name(space.experiment)
         # A new experiment keeps its artifacts in the sweep directory (MLflow's default would be
