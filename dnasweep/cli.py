@@ -73,8 +73,7 @@ def _run(args: argparse.Namespace) -> int:
 def _analyze(args: argparse.Namespace) -> int:
     import os
 
-    def is_sweep(d: str) -> bool:
-        return os.path.isfile(os.path.join(d, "optuna.log")) and os.path.isfile(os.path.join(d, "space.json"))
+    from dnasweep.sweep.runner import is_sweep_dir as is_sweep  # imports no ray/optuna/mlflow at module level
 
     target = os.path.normpath(args.target)
     parent, grand = os.path.dirname(target), os.path.dirname(os.path.dirname(target))

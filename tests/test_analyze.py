@@ -38,7 +38,7 @@ def test_per_token_flops_add_up_to_the_models_own_accounting(task):
     x = torch.randint(0, 256, (3, 64)) if task == "lm" else torch.randn(3, 1, 8, 8)
     with torch.no_grad():
         out = model(x, return_paths=True)
-    flops_BL = token_flops_BL(model, out.paths, 0.0)
+    flops_BL = token_flops_BL(model, out.paths)
     # pool FLOPs by path, spread over tokens, equal what the forward pass measured for the pool
     pool_per_token = float(flops_BL.mean())
     base = out.stats.flops_per_token - pool_per_token
@@ -46,7 +46,7 @@ def test_per_token_flops_add_up_to_the_models_own_accounting(task):
     # the base (stem, backbone, routers, readout) does not depend on routing: same for a second input
     with torch.no_grad():
         out2 = model(x.flip(0) if task == "lm" else -x, return_paths=True)
-    assert out2.stats.flops_per_token - float(token_flops_BL(model, out2.paths, 0.0).mean()) == pytest.approx(base)
+    assert out2.stats.flops_per_token - float(token_flops_BL(model, out2.paths).mean()) == pytest.approx(base)
     assert flops_BL.std() > 0  # tokens differ in what they spend
 
 

@@ -73,10 +73,10 @@ def module_names(cfg) -> list[str]:
             + [f"M{i}" for i in range(p.n_mlp)] + [f"I{i}" for i in range(p.n_identity)])
 
 
-def token_flops_BL(model, paths_BLSK: torch.Tensor, base_per_token: float) -> torch.Tensor:
+def token_flops_BL(model, paths_BLSK: torch.Tensor) -> torch.Tensor:
     """Forward FLOPs each token spent, by its path: the modules it visited, attention priced by the
     tokens of its sequence routed to the same module at that step (as the model's own accounting
-    does), plus the per-token cost of everything outside the pool."""
+    does). Pool modules only: the caller adds the per-token cost of everything outside the pool."""
     from dnasweep.model.flops import module_costs
 
     cfg = model.cfg
@@ -84,7 +84,7 @@ def token_flops_BL(model, paths_BLSK: torch.Tensor, base_per_token: float) -> to
     M = cfg.pool.size
     c0 = torch.tensor(module_costs(cfg, 0.0), dtype=torch.float64)
     per_ctx = torch.tensor(module_costs(cfg, 1.0), dtype=torch.float64) - c0  # attention: 4 D per key
-    flops_BL = torch.full((B, L), base_per_token, dtype=torch.float64)
+    flops_BL = torch.zeros((B, L), dtype=torch.float64)
     for s in range(S):
         idx_BLK = paths_BLSK[:, :, s].long()
         used_BLK = idx_BLK >= 0
@@ -103,7 +103,7 @@ def _run(model, batches, device) -> dict[str, np.ndarray]:
         o = model(x.to(device), return_paths=True)
         B = o.paths.shape[0]
         L = o.paths.shape[1]
-        flops_BL = token_flops_BL(model, o.paths.cpu(), 0.0)
+        flops_BL = token_flops_BL(model, o.paths.cpu())
         useful = float(flops_BL.sum()) / (B * L)
         base = o.stats.flops_per_token - useful  # stem/backbone/routers/readout: same for every token
         out["paths"].append(o.paths.cpu().numpy())

@@ -64,7 +64,7 @@ def analyze_in_sweep(sweep_dir: str, trial_dirs: list[str], log=print, uri: str 
 
 def front_dirs(sweep_dir: str) -> list[str]:
     """Trial directories of the sweep's current Pareto front."""
-    from dnasweep.sweep.runner import load_sweep
+    from dnasweep.sweep.runner import front_trial_dirs, load_sweep
 
     res, _ = load_sweep(sweep_dir)
-    return [os.path.join(sweep_dir, "trials", r["ray_trial_id"]) for r in res.front if r.get("ray_trial_id")]
+    return front_trial_dirs(sweep_dir, res.front)

@@ -16,6 +16,21 @@ def _label(row: dict, space: SearchSpace) -> str:
     return f"trial {row['number']}: {params}"
 
 
+def _groups(rows: list[dict]) -> dict[str, list[dict]]:
+    """Rows by how they are drawn, each sorted by the first objective (empty groups left out)."""
+    kinds = {"dominated": lambda r: r["feasible"] and not r["front"], "infeasible": lambda r: not r["feasible"],
+             "Pareto front": lambda r: r["front"]}
+    out = {name: sorted((r for r in rows if keep(r)), key=lambda r: r["values"][0]) for name, keep in kinds.items()}
+    return {name: sel for name, sel in out.items() if sel}
+
+
+def _staircase(front: list[dict]) -> str:
+    """"post" or "pre": the staircase bounds the region the front dominates, and which corner it turns
+    at depends on whether the second objective falls or rises along the sorted first one (the modes)."""
+    ys = [r["values"][1] for r in front]
+    return "post" if ys[-1] <= ys[0] else "pre"
+
+
 def pareto_png(rows: list[dict], space: SearchSpace, path: str) -> str:
     """First two objectives; front joined by a step line. `rows`: see pareto.trial_rows."""
     import matplotlib
@@ -26,19 +41,16 @@ def pareto_png(rows: list[dict], space: SearchSpace, path: str) -> str:
     x_m, y_m = space.objectives[0].metric, space.objectives[1].metric
     fig = Figure(figsize=(6.4, 4.6), dpi=100)
     ax = fig.add_subplot()
-    groups = [("dominated", lambda r: r["feasible"] and not r["front"], dict(c="tab:blue", alpha=0.25, s=28)),
-              ("infeasible", lambda r: not r["feasible"], dict(c="grey", alpha=0.5, marker="x", s=28)),
-              ("Pareto front", lambda r: r["front"], dict(c="tab:red", s=42, edgecolors="k"))]
-    for name, keep, style in groups:
-        sel = [r for r in rows if keep(r)]
-        if sel:
-            ax.scatter([r["values"][0] for r in sel], [r["values"][1] for r in sel], label=name, **style)
-    front = sorted((r for r in rows if r["front"]), key=lambda r: r["values"][0])
+    styles = {"dominated": dict(c="tab:blue", alpha=0.25, s=28),
+              "infeasible": dict(c="grey", alpha=0.5, marker="x", s=28),
+              "Pareto front": dict(c="tab:red", s=42, edgecolors="k")}
+    groups = _groups(rows)
+    for name, sel in groups.items():
+        ax.scatter([r["values"][0] for r in sel], [r["values"][1] for r in sel], label=name, **styles[name])
+    front = groups.get("Pareto front", [])
     if len(front) > 1:
-        # The staircase bounds the region the front dominates: which corner it turns at depends on
-        # whether the second objective falls or rises along the sorted first one (the modes).
-        ys = [r["values"][1] for r in front]
-        ax.step([r["values"][0] for r in front], ys, where="post" if ys[-1] <= ys[0] else "pre", c="tab:red", lw=1)
+        ax.step([r["values"][0] for r in front], [r["values"][1] for r in front], where=_staircase(front),
+                c="tab:red", lw=1)
     all_y = [r["values"][1] for r in rows]
     if min(all_y) > 0 and max(all_y) / min(all_y) > 20:  # compute spans decades: a log axis shows all
         ax.set_yscale("log")
@@ -61,17 +73,15 @@ def pareto_html(rows: list[dict], space: SearchSpace, path: str) -> str:
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    groups = [("dominated", lambda r: r["feasible"] and not r["front"], dict(color="#1f77b4", opacity=0.3)),
-              ("infeasible", lambda r: not r["feasible"], dict(color="grey", opacity=0.5, symbol="x")),
-              ("Pareto front", lambda r: r["front"], dict(color="#d62728", opacity=1.0, size=10))]
-    for name, keep, style in groups:
-        sel = sorted((r for r in rows if keep(r)), key=lambda r: r["values"][0])
-        if sel:
-            opacity = style.pop("opacity")
-            fig.add_trace(go.Scatter(x=[r["values"][0] for r in sel], y=[r["values"][1] for r in sel], name=name,
-                                     mode="markers+lines" if name == "Pareto front" else "markers",
-                                     line=dict(shape="hv", width=1), marker=style, opacity=opacity,
-                                     text=[_label(r, space) for r in sel], hoverinfo="text+x+y"))
+    markers = {"dominated": (dict(color="#1f77b4"), 0.3), "infeasible": (dict(color="grey", symbol="x"), 0.5),
+               "Pareto front": (dict(color="#d62728", size=10), 1.0)}
+    for name, sel in _groups(rows).items():
+        marker, opacity = markers[name]
+        fig.add_trace(go.Scatter(x=[r["values"][0] for r in sel], y=[r["values"][1] for r in sel], name=name,
+                                 mode="markers+lines" if name == "Pareto front" else "markers",
+                                 line=dict(shape={"post": "hv", "pre": "vh"}[_staircase(sel)], width=1),
+                                 marker=marker, opacity=opacity,
+                                 text=[_label(r, space) for r in sel], hoverinfo="text+x+y"))
     fig.update_layout(title=f"{space.source}: Pareto front", template="plotly_white",
                       xaxis_title=space.objectives[0].metric, yaxis_title=space.objectives[1].metric)
     fig.write_html(path, include_plotlyjs=True, full_html=True)

@@ -259,7 +259,7 @@ def _analyze_front(sweep_dir: str, front: list[dict], uri: str, space: SearchSpa
     """Reports for the front's trials; a failing analysis is reported and never fails the sweep."""
     from dnasweep.sweep.analysis import analyze_in_sweep
 
-    dirs = [os.path.join(sweep_dir, "trials", r["ray_trial_id"]) for r in front if r.get("ray_trial_id")]
+    dirs = front_trial_dirs(sweep_dir, front)
     log(f"analysing the {len(dirs)} Pareto-front trials (analyze.front: false to skip)")
     try:
         analyze_in_sweep(sweep_dir, dirs, log=log, uri=uri, max_examples=space.analyze["examples"])
@@ -281,13 +281,23 @@ def format_front(result: SweepResult, space: SearchSpace) -> str:
     return "\n".join(out)
 
 
+def is_sweep_dir(d: str) -> bool:
+    """A directory written by `dnasweep run` (its Optuna journal and parsed space)."""
+    return os.path.isfile(os.path.join(d, "optuna.log")) and os.path.isfile(os.path.join(d, "space.json"))
+
+
+def front_trial_dirs(sweep_dir: str, front: list[dict]) -> list[str]:
+    """SWEEP/trials/ID of each front row that knows its Ray trial id."""
+    return [os.path.join(sweep_dir, "trials", r["ray_trial_id"]) for r in front if r.get("ray_trial_id")]
+
+
 def _study(sweep_dir: str):
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     log = os.path.join(sweep_dir, "optuna.log")
-    if not os.path.isfile(log) or not os.path.isfile(os.path.join(sweep_dir, "space.json")):
+    if not is_sweep_dir(sweep_dir):
         raise ConfigError([Problem("SWEEP", f"{sweep_dir} is not a sweep directory (no optuna.log / space.json)",
                                    "pass ROOT/NAME of a sweep started by dnasweep run; see dnasweep ls")], "pareto")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
