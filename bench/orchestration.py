@@ -67,7 +67,8 @@ def run_dnasweep(space, root: str) -> tuple[float, float, list[float], list[dict
     as on a real cluster that is already up; the report at the end is not orchestration: off."""
     import ray
 
-    from dnasweep.sweep.runner import _study, run_sweep
+    from dnasweep.sweep.runner import run_sweep
+    from dnasweep.sweep.study import open_study
 
     t0 = time.perf_counter()
     ray.init(include_dashboard=False, log_to_driver=False)
@@ -79,14 +80,14 @@ def run_dnasweep(space, root: str) -> tuple[float, float, list[float], list[dict
     times = [_trial_time(os.path.join(trials, d)) for d in os.listdir(trials)]
     parts = idle_breakdown([_span(os.path.join(trials, d)) for d in os.listdir(trials)], w0, w1, space.concurrent)
     print("dnasweep idle slot time, in wall seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()))
-    study = _study(res.sweep_dir)
+    study = open_study(res.sweep_dir)
     return t_init, wall, times, [t.params for t in sorted(study.trials, key=lambda t: t.number)]
 
 
 def run_plain_optuna(space, params: list[dict], root: str) -> tuple[float, list[float]]:
     import optuna
 
-    from dnasweep.sweep.runner import DefineByRun
+    from dnasweep.sweep.searcher import DefineByRun
     from dnasweep.train.loop import run_trial
 
     # Ray gives each 1-CPU trial one intra-op thread (OMP_NUM_THREADS=1); match it.

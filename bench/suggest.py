@@ -22,7 +22,7 @@ import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from dnasweep.sweep.runner import DefineByRun, _sampler
+from dnasweep.sweep.searcher import DefineByRun, make_sampler
 from dnasweep.sweep.space import load_space
 
 
@@ -44,7 +44,7 @@ def time_sampler(space, kind: str, past: list, repeats: int) -> list[float]:
     space.sampler["type"] = kind
     with tempfile.TemporaryDirectory() as d:
         storage = JournalStorage(JournalFileBackend(os.path.join(d, "optuna.log")))
-        study = optuna.create_study(study_name="bench", storage=storage, sampler=_sampler(space),
+        study = optuna.create_study(study_name="bench", storage=storage, sampler=make_sampler(space),
                                     directions=[o.mode + "imize" for o in space.objectives])
         study.add_trials(past)
         define, times = DefineByRun(space), []

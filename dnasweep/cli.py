@@ -56,24 +56,48 @@ def _run(args: argparse.Namespace) -> int:
     space = load_space(args.space, list(args.overrides), smoke=args.smoke)
     stem = os.path.splitext(os.path.basename(args.space))[0]
     name = args.name or f"{stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    from dnasweep.sweep.runner import format_front, run_sweep
+    from dnasweep.sweep.runner import run_sweep
+    from dnasweep.sweep.study import is_sweep_dir
+
+    sweep_dir = os.path.join(args.root, name)
+    if args.resume and is_sweep_dir(sweep_dir):
+        print(f"resuming {sweep_dir} with the space it was started with", file=sys.stderr)
+        return _resume_in(sweep_dir, args)
+    return _finish(lambda: run_sweep(space, name, root=args.root, address=args.address,
+                                     tracking_uri=args.tracking_uri, analyze=False if args.no_analyze else None),
+                   sweep_dir)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    return _resume_in(args.sweep, args)
+
+
+def _resume_in(sweep_dir: str, args: argparse.Namespace) -> int:
+    from dnasweep.sweep.runner import resume_sweep
+
+    return _finish(lambda: resume_sweep(sweep_dir, address=args.address, tracking_uri=args.tracking_uri,
+                                        analyze=False if args.no_analyze else None), sweep_dir)
+
+
+def _finish(go, sweep_dir: str) -> int:
+    """Run a sweep; print its front, or how to continue it when it was stopped (exit 130)."""
+    from dnasweep.sweep.study import format_front, read_space
 
     try:
-        result = run_sweep(space, name, root=args.root, address=args.address,
-                           analyze=False if args.no_analyze else None)
-    except KeyboardInterrupt:
-        # Honest until `dnasweep resume` exists: finished trials are kept, the rest must be re-run.
-        print(f"\ninterrupted; finished trials are kept in {os.path.join(args.root, name)} (dnasweep pareto "
-              f"{os.path.join(args.root, name)} shows them); resuming a sweep is not implemented yet", file=sys.stderr)
+        result = go()
+    except KeyboardInterrupt:  # a second Ctrl-C: Ray Tune's last saved state is still there
+        print(f"\ninterrupted; continue with: dnasweep resume {sweep_dir}", file=sys.stderr)
         return 130
-    print(format_front(result, space))
+    if result.interrupted:
+        return 130  # the runner printed the resume command
+    print(format_front(result, read_space(result.sweep_dir)))
     return 0
 
 
 def _analyze(args: argparse.Namespace) -> int:
     import os
 
-    from dnasweep.sweep.runner import is_sweep_dir as is_sweep  # imports no ray/optuna/mlflow at module level
+    from dnasweep.sweep.study import is_sweep_dir as is_sweep  # imports no ray/optuna/mlflow at module level
 
     target = os.path.normpath(args.target)
     parent, grand = os.path.dirname(target), os.path.dirname(os.path.dirname(target))
@@ -97,7 +121,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _pareto(args: argparse.Namespace) -> int:
-    from dnasweep.sweep.runner import format_front, load_sweep
+    from dnasweep.sweep.study import format_front, load_sweep
 
     result, space = load_sweep(args.sweep)
     print(json.dumps(result.front) if args.json else format_front(result, space))
@@ -105,15 +129,21 @@ def _pareto(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    from dnasweep.sweep.runner import list_sweeps
+    from dnasweep.sweep.study import list_sweeps
 
     rows = list_sweeps(args.root)
     if not rows:
         print(f"no sweeps under {args.root}")
     for r in rows:
         print(f"{r['name']:<40} {r['complete']:>4}/{r['budget']} complete  {r['failed']:>3} failed  "
-              f"{r['running']:>3} running")
+              f"{r['running']:>3} running" + (f"  {r['abandoned']} abandoned" if r["abandoned"] else ""))
     return 0
+
+
+def _cluster_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SWEEP/mlflow.db)")
+    p.add_argument("--no-analyze", action="store_true", help="skip the reports on the Pareto-front trials at the end")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,9 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--smoke", action="store_true", help="apply the file's smoke: overlay (fast CPU run)")
     r.add_argument("--name", help="sweep name (default: SPACE-DATE-TIME)")
     r.add_argument("--root", default="runs/sweeps", help="directory holding sweep directories")
-    r.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
-    r.add_argument("--no-analyze", action="store_true", help="skip the reports on the Pareto-front trials at the end")
+    r.add_argument("--resume", action="store_true", help="if sweep --name exists, continue it instead of refusing")
+    _cluster_flags(r)
     r.set_defaults(fn=_run)
+    rs = sub.add_parser("resume", help="continue a stopped sweep (Ctrl-C, SIGTERM, killed driver) to its budget")
+    rs.add_argument("sweep", help="sweep directory, e.g. runs/sweeps/NAME")
+    _cluster_flags(rs)
+    rs.set_defaults(fn=_resume)
     a = sub.add_parser("analyze", help="routing report (paths, power law, specialisation, compute) of trained trials")
     a.add_argument("target", help="trial directory, SWEEP/TRIAL (Ray id or Optuna number), or a sweep (its front)")
     a.add_argument("--out", help="report directory for a single trial (default: TARGET/analysis)")
@@ -171,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # `dnasweep train`: its checkpoint is where the same command goes on
         print("\ninterrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
 

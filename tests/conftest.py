@@ -21,3 +21,13 @@ def tiny_cfg(task: str = "lm", router: str = "topk", **kw) -> ModelConfig:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray instance for the whole session (ray.init takes seconds). address="local":
+    always a fresh cluster of our own, even when `ray start` left one running on this machine."""
+    ray = pytest.importorskip("ray", reason="the sweep extra (ray[tune], optuna, mlflow) is not installed")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

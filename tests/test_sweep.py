@@ -28,13 +28,6 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _interval(trial_dir):
     start = os.path.getctime(os.path.join(trial_dir, "config.yaml"))
     return start, os.path.getmtime(os.path.join(trial_dir, "result.json"))
@@ -45,7 +38,8 @@ def test_smoke_sweep_end_to_end(ray_cluster, tmp_path):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    from dnasweep.sweep.runner import format_front, run_sweep
+    from dnasweep.sweep.runner import run_sweep
+    from dnasweep.sweep.study import format_front
 
     space = parse_space(TINY, "tiny.yaml")
     lines = []
@@ -141,8 +135,9 @@ def test_gpu_request_on_cpu_cluster_refused_before_anything_starts(ray_cluster, 
 def test_every_shipped_search_space_smoke_sweeps(ray_cluster, tmp_path, path):
     """The --smoke sweep of each shipped file, as the README runs it: the full budget completes and
     the printed front is the non-dominated set of what finished."""
-    from dnasweep.sweep.runner import load_sweep, run_sweep
+    from dnasweep.sweep.runner import run_sweep
     from dnasweep.sweep.space import load_space
+    from dnasweep.sweep.study import load_sweep
 
     space = load_space(path, smoke=True)
     assert space.trials >= 8 and space.concurrent >= 2

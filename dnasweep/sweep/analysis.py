@@ -16,9 +16,9 @@ def trial_dir(sweep_dir: str, trial: str) -> str:
     if os.path.isdir(direct):
         return direct
     if trial.isdigit():
-        from dnasweep.sweep.runner import _study
+        from dnasweep.sweep.study import open_study
 
-        by_number = {t.number: t for t in _study(sweep_dir).trials}
+        by_number = {t.number: t for t in open_study(sweep_dir).trials}
         t = by_number.get(int(trial))
         if t is not None and t.user_attrs.get("ray_trial_id"):
             return os.path.join(sweep_dir, "trials", t.user_attrs["ray_trial_id"])
@@ -64,7 +64,7 @@ def analyze_in_sweep(sweep_dir: str, trial_dirs: list[str], log=print, uri: str 
 
 def front_dirs(sweep_dir: str) -> list[str]:
     """Trial directories of the sweep's current Pareto front."""
-    from dnasweep.sweep.runner import front_trial_dirs, load_sweep
+    from dnasweep.sweep.study import front_trial_dirs, load_sweep
 
     res, _ = load_sweep(sweep_dir)
     return front_trial_dirs(sweep_dir, res.front)

@@ -14,9 +14,11 @@ from dnasweep.sweep.space import SearchSpace
 class Progress(Callback):
     """Tune callback printing one line per started / finished trial (Ray's own table is off)."""
 
-    def __init__(self, space: SearchSpace, log):
+    def __init__(self, space: SearchSpace, log, before: dict | None = None):
         self.space, self.log = space, log
-        self.started = self.done = self.failed = 0
+        before = before or {}  # a resumed sweep counts the trials its earlier runs finished
+        self.done, self.failed = before.get("complete", 0), before.get("failed", 0)
+        self.started = self.done + self.failed
         self.t0 = time.time()
 
     def _head(self) -> str:
@@ -38,7 +40,7 @@ class Progress(Callback):
             self.log(f"{self._head()}  done  {trial.trial_id}: {shown}")
         else:
             self.failed += 1
-            self.log(f"{self._head()}  FAIL  {trial.trial_id}: {res.get('reason', 'no finite objectives')}")
+            self.log(f"{self._head()}  FAIL  {trial.trial_id}: {res.get('reason') or 'no finite objectives'}")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self.log(f"{self._head()}  RETRY {trial.trial_id}: its worker died; restarting from its last checkpoint")

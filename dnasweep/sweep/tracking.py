@@ -8,8 +8,10 @@ Default store: sqlite:///SWEEP/mlflow.db, opened with
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -17,9 +19,12 @@ from pathlib import Path
 from ray.tune import Callback
 
 from dnasweep.config import flatten
+from dnasweep.errors import ConfigError, Problem
 from dnasweep.sweep.space import SearchSpace
 
 FLUSH_EVERY_S = 5.0  # buffered metrics are written at least this often (and when a trial ends)
+STATE_FILE = "tracking.json"  # SWEEP/tracking.json: experiment, parent run, Ray trial id -> MLflow run id
+BACKLOG_FILE = "tracking_backlog.json"  # results the store did not take before the driver stopped
 
 # Ray adds bookkeeping keys to every result; only our metrics (name with a "/") are logged.
 _SKIP_PREFIXES = ("config/",)
@@ -29,31 +34,83 @@ def default_uri(sweep_dir: str) -> str:
     return f"sqlite:///{os.path.join(sweep_dir, 'mlflow.db')}"
 
 
+def redact(uri: str) -> str:
+    """`uri` with any password replaced by ***, for printing and for files in the sweep directory."""
+    return re.sub(r"(//[^/:@]+):[^/@]+@", r"\1:***@", uri)
+
+
+def check_reachable(uri: str, source: str = "tracking") -> None:
+    """Fail fast (exit 2, before Ray or any trial starts) when a remote tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return  # file and database stores are created on first use
+    _quick_http_failures()
+    from mlflow import MlflowClient
+
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as e:
+        raise ConfigError([Problem("MLFLOW_TRACKING_URI", f"the MLflow tracking server {redact(uri)} does not answer "
+                                   f"({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+                                   "start it (mlflow server --host 127.0.0.1 --port 5000), fix the URI, or unset "
+                                   "MLFLOW_TRACKING_URI to use the sweep's own SQLite store")], source) from None
+
+
+def _quick_http_failures() -> None:
+    # MLflow retries a failed HTTP call 7 times with backoff (minutes) by default. Tracking runs on
+    # the driver between Tune events, so a down server would stall the whole sweep; we buffer and
+    # retry ourselves instead. A user's own setting wins.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
 def _guarded(fn):
     """A tracking failure is reported, never raised: an exception in a Tune callback would end the
-    whole sweep, and losing a metric is better than losing the trials."""
+    whole sweep, and a late metric is better than lost trials."""
 
     @functools.wraps(fn)
     def wrapper(self, *args, **kwargs):
         try:
             return fn(self, *args, **kwargs)
         except Exception as e:
-            self.errors.append(f"{fn.__name__}: {type(e).__name__}: {e}")
-            print(f"warning: MLflow tracking failed in {fn.__name__}: {type(e).__name__}: {e}", file=sys.stderr)
+            self._failed(fn.__name__, e)
 
     return wrapper
 
 
 class MLflowSweepLogger(Callback):
-    """Ray Tune callback (runs on the driver): mirrors trials into MLflow child runs."""
+    """Ray Tune callback (runs on the driver): mirrors trials into MLflow child runs.
 
-    def __init__(self, space: SearchSpace, name: str, sweep_dir: str, uri: str):
+    Lifecycle: created before the Tuner (opens or, on resume, reopens the parent run); Tune calls
+    on_trial_result / on_trial_complete / on_trial_error; `finish` closes the parent run, or
+    `suspend` leaves it RUNNING for `dnasweep resume`. Everything goes through a buffer: when the
+    server is down, results wait (and runs are created late) until it answers again.
+    """
+
+    def __init__(self, space: SearchSpace, name: str, sweep_dir: str, uri: str, resume: bool = False):
         from mlflow import MlflowClient
 
-        self.space, self.sweep_dir = space, sweep_dir
+        _quick_http_failures()
+        self.space, self.sweep_dir, self.uri = space, sweep_dir, uri
+        self.state_path = os.path.join(sweep_dir, STATE_FILE)
         # An explicit client, never mlflow.set_tracking_uri: that also sets MLFLOW_TRACKING_URI in
         # os.environ, so the next sweep started from the same process would log into this store.
         self.client = MlflowClient(uri)
+        self.errors: list[str] = []  # tracking failures (reported, never raised)
+        self.down_since: float | None = None  # set while the store fails; one warning per outage
+        # Results wait here and go out in batches: one commit per few seconds instead of one per
+        # report keeps the driver (which shares the CPUs with the trials) nearly idle.
+        self.pending: dict[str, list] = {}  # Ray trial id -> metrics not yet written
+        self.configs: dict[str, dict] = {}  # Ray trial id -> sampled values (params go with the run)
+        self.ended: dict[str, tuple[str, dict]] = {}  # Ray trial id -> (status, tags) not yet written
+        self.logged: dict[str, dict[str, int]] = {}  # Ray trial id -> metric -> last step taken
+        self.params_todo: set[str] = set()  # Ray trial ids whose run has no params yet
+        self.last_flush = time.monotonic()
+        state = _read_json(self.state_path) if resume else None
+        if state:  # `dnasweep resume`: the same parent run, the same child run per trial
+            self.exp_id, self.parent_id, self.runs = state["experiment_id"], state["parent"], state["runs"]
+            self.client.update_run(self.parent_id, status="RUNNING")
+            self._load_logged_steps()
+            return
         exp = self.client.get_experiment_by_name(space.experiment)
         # A new experiment keeps its artifacts in the sweep directory (MLflow's default would be
         # ./mlruns under whatever directory the user happened to start from).
@@ -61,23 +118,42 @@ class MLflowSweepLogger(Callback):
             space.experiment, artifact_location=Path(sweep_dir, "mlartifacts").resolve().as_uri())
         parent = self.client.create_run(self.exp_id, run_name=name, tags={"dnasweep.sweep": name})
         self.parent_id = parent.info.run_id
+        self.runs: dict[str, str] = {}  # Ray trial id -> MLflow run id (persisted: resume reuses it)
+        self._save_state()
         base = flatten(space.base)
         self._log_params(self.parent_id, {f"base.{k}": v for k, v in base.items()})
-        self.runs: dict[str, str] = {}  # Ray trial id -> MLflow run id
-        self.errors: list[str] = []  # tracking failures (reported, never raised)
-        # Metrics wait here and go out in batches: one SQLite commit per few seconds instead of one
-        # per report keeps the driver (which shares the CPUs with the trials) nearly idle.
-        self.pending: dict[str, list] = {}  # MLflow run id -> metrics not yet written
-        self.logged: dict[str, dict[str, int]] = {}  # MLflow run id -> metric -> last step taken
-        self.last_flush = time.monotonic()
 
-    def _run(self, trial) -> str:
-        if trial.trial_id not in self.runs:
-            run = self.client.create_run(self.exp_id, run_name=trial.trial_id,
-                                         tags={"mlflow.parentRunId": self.parent_id, "dnasweep.trial": trial.trial_id})
-            self.runs[trial.trial_id] = run.info.run_id
-            self._log_params(run.info.run_id, self._trial_params(trial.trial_id, trial.config))
-        return self.runs[trial.trial_id]
+    def _save_state(self) -> None:
+        # Written before any metric goes to a new run, so a killed driver never leaves a run that a
+        # resumed sweep would not find (and duplicate).
+        _write_json(self.state_path, {"uri": redact(self.uri), "experiment_id": self.exp_id,
+                                      "parent": self.parent_id, "runs": self.runs})
+
+    def _load_logged_steps(self) -> None:
+        """Per run and metric, the last step the store already has: re-reported steps are skipped."""
+        for tid, rid in self.runs.items():
+            seen = self.logged.setdefault(tid, {})
+            for key in self.client.get_run(rid).data.metrics:
+                seen[key] = max((m.step for m in self.client.get_metric_history(rid, key)), default=-1)
+
+    def _failed(self, where: str, e: Exception) -> None:
+        self.errors.append(f"{where}: {type(e).__name__}: {e}")
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            print(f"warning: MLflow tracking failed in {where} ({type(e).__name__}: {str(e)[:200]}); "
+                  "training goes on and the results wait on the driver until the store answers", file=sys.stderr)
+
+    def _ensure_run(self, trial_id: str) -> str:
+        if trial_id not in self.runs:
+            run = self.client.create_run(self.exp_id, run_name=trial_id,
+                                         tags={"mlflow.parentRunId": self.parent_id, "dnasweep.trial": trial_id})
+            self.runs[trial_id] = run.info.run_id
+            self._save_state()
+            self.params_todo.add(trial_id)
+        if trial_id in self.params_todo:  # kept until written: the store may drop between the two calls
+            self._log_params(self.runs[trial_id], self._trial_params(trial_id, self.configs.get(trial_id, {})))
+            self.params_todo.discard(trial_id)
+        return self.runs[trial_id]
 
     def _trial_params(self, trial_id: str, sampled: dict) -> dict:
         """The trial's complete config, flattened (base + sampled values), so runs compare on any key."""
@@ -92,53 +168,121 @@ class MLflowSweepLogger(Callback):
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(run_id, params=items[i:i + 100])
 
-    @_guarded
     def on_trial_result(self, iteration, trials, trial, result, **info):
         from mlflow.entities import Metric
 
-        run_id = self._run(trial)
+        tid = trial.trial_id
+        self.configs.setdefault(tid, dict(trial.config))
         step = int(result.get("step", 0))
         ts = int(result.get("timestamp", 0)) * 1000
         metrics = [Metric(k, float(v), ts, step) for k, v in result.items()
                    if "/" in k and not k.startswith(_SKIP_PREFIXES) and isinstance(v, int | float)
                    and not isinstance(v, bool) and math.isfinite(v)]
-        # A retried trial re-runs the steps after its last checkpoint and reports them again, with the
-        # same values (resume is exact): keep the first report of each (metric, step) only.
-        seen = self.logged.setdefault(run_id, {})
+        # A retried or resumed trial re-runs the steps after its last checkpoint and reports them
+        # again, with the same values (resume is exact): keep the first report of each (metric, step).
+        seen = self.logged.setdefault(tid, {})
         fresh = [m for m in metrics if step > seen.get(m.key, -1)]
         for m in fresh:
             seen[m.key] = step
-        self.pending.setdefault(run_id, []).extend(fresh)
+        self.pending.setdefault(tid, []).extend(fresh)
         if time.monotonic() - self.last_flush > FLUSH_EVERY_S:
             self.flush()
 
-    def flush(self, run_id: str | None = None) -> None:
-        """Write the buffered metrics (of one run, or all), at most 1000 per call (MLflow's limit)."""
-        for rid in [run_id] if run_id else list(self.pending):
-            batch = self.pending.get(rid, [])
-            while batch:  # trimmed only after a write succeeded: a failed write is retried later
-                self.client.log_batch(rid, metrics=batch[:1000])
-                del batch[:1000]
-        if run_id is None:
-            self.last_flush = time.monotonic()
+    def flush(self) -> bool:
+        """Write what is buffered: runs not yet created, metrics (at most 1000 per call, MLflow's
+        limit), ended runs' artifacts and status. Stops at the first failure and keeps the rest for
+        the next call. True when nothing is left."""
+        self.last_flush = time.monotonic()
+        try:
+            for tid in list(self.pending):
+                rid = self._ensure_run(tid)
+                batch = self.pending[tid]
+                while batch:  # trimmed only after a write succeeded
+                    self.client.log_batch(rid, metrics=batch[:1000])
+                    del batch[:1000]
+            for tid, (status, tags) in list(self.ended.items()):
+                self._close(tid, status, tags)
+                del self.ended[tid]
+        except Exception as e:
+            self._failed("flush", e)
+            return False
+        if self.down_since is not None:
+            print(f"MLflow tracking answers again after {time.monotonic() - self.down_since:.0f} s; "
+                  "the buffered results are written", file=sys.stderr)
+            self.down_since = None
+        return True
 
-    @_guarded
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._finish(trial, "FINISHED")
+        res = trial.last_result or {}
+        if res.get("failed"):  # diverged or out of memory: the trial said why
+            self._end(trial, "FAILED", {"dnasweep.fail_reason": str(res.get("reason", "unknown"))[:5000],
+                                        "dnasweep.status": str(res.get("status", "failed"))})
+        else:
+            self._end(trial, "FINISHED", {})
 
-    @_guarded
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._finish(trial, "FAILED")
+        self._end(trial, "FAILED", {"dnasweep.fail_reason": "the trial raised or its worker died beyond "
+                                    f"budget.retries={self.space.retries} (see {trial.local_path or 'its log'})",
+                                    "dnasweep.status": "error"})
 
-    def _finish(self, trial, status: str):
-        run_id = self._run(trial)
-        self.flush(run_id)
-        trial_dir = os.path.join(self.sweep_dir, "trials", trial.trial_id)
-        for name in ("config.yaml", "metrics.jsonl", "result.json"):
+    def _end(self, trial, status: str, tags: dict) -> None:
+        self.configs.setdefault(trial.trial_id, dict(trial.config))
+        self.pending.setdefault(trial.trial_id, [])  # a trial that never reported still gets its run
+        self.ended[trial.trial_id] = (status, tags)
+        self.flush()
+
+    def _close(self, tid: str, status: str, tags: dict) -> None:
+        rid = self.runs[tid]
+        for k, v in tags.items():
+            self.client.set_tag(rid, k, v)
+        trial_dir = os.path.join(self.sweep_dir, "trials", tid)
+        for name in ("config.yaml", "metrics.jsonl", "result.json", "attempts.log"):
             path = os.path.join(trial_dir, name)
             if os.path.exists(path):
-                self.client.log_artifact(run_id, path)
-        self.client.set_terminated(run_id, status)
+                self.client.log_artifact(rid, path)
+        self.client.set_terminated(rid, status)
+
+    def drain(self, wait_s: float) -> bool:
+        """Flush, retrying for up to `wait_s` while the store is down; what still cannot be written
+        is saved to SWEEP/tracking_backlog.json (a later `dnasweep resume` writes it)."""
+        deadline = time.monotonic() + wait_s
+        while not self.flush():
+            if time.monotonic() > deadline:
+                self._save_backlog()
+                return False
+            time.sleep(2.0)
+        backlog = os.path.join(self.sweep_dir, BACKLOG_FILE)
+        if os.path.exists(backlog):
+            os.remove(backlog)
+        return True
+
+    def _save_backlog(self) -> None:
+        _write_json(os.path.join(self.sweep_dir, BACKLOG_FILE), {
+            "pending": {t: [[m.key, m.value, m.timestamp, m.step] for m in ms] for t, ms in self.pending.items()},
+            "ended": self.ended, "configs": self.configs})
+
+    def load_backlog(self) -> None:
+        """Results a previous run of this sweep could not write (its store was down at the end)."""
+        from mlflow.entities import Metric
+
+        b = _read_json(os.path.join(self.sweep_dir, BACKLOG_FILE))
+        if b:
+            for t, ms in b["pending"].items():
+                self.pending.setdefault(t, []).extend(Metric(*m) for m in ms)
+            self.ended.update({t: tuple(v) for t, v in b["ended"].items()})
+            self.configs.update(b["configs"])
+
+    def abandon(self, trial_ids: list[str], reason: str) -> None:
+        """Close the runs of trials that no longer exist in Ray Tune's state (FAILED, with the reason)."""
+        for tid in trial_ids:
+            if tid in self.runs and self.client.get_run(self.runs[tid]).info.status == "RUNNING":
+                self.ended[tid] = ("FAILED", {"dnasweep.fail_reason": reason, "dnasweep.status": "abandoned"})
+                self.pending.setdefault(tid, [])
+        self.flush()
+
+    def suspend(self) -> None:
+        """The sweep stopped early (Ctrl-C / SIGTERM): write what is buffered, leave runs open."""
+        self.drain(wait_s=10.0)
 
     @_guarded
     def finish(self, front: list[dict], rows: list[dict]) -> None:
@@ -150,7 +294,7 @@ class MLflowSweepLogger(Callback):
         from dnasweep.sweep import plots
         from dnasweep.sweep.pareto import hypervolume_history, pareto_mask, reference_point
 
-        self.flush()
+        self.drain(wait_s=120.0)
         modes = [o.mode for o in self.space.objectives]
         paths = [_write_csv(os.path.join(self.sweep_dir, "pareto_front.csv"), front)]
         paths.append(_write_csv(os.path.join(self.sweep_dir, "trials.csv"), [
@@ -190,3 +334,17 @@ def _param(key: str, value):
     from mlflow.entities import Param
 
     return Param(key, str(value)[:6000])
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)  # atomic: a kill mid-write leaves the old file, never half of one
+
+
+def _read_json(path: str):
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)

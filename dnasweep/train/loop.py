@@ -22,6 +22,7 @@ from dnasweep.errors import ConfigError, Problem
 from dnasweep.model import build_model, compute_loss
 from dnasweep.train import checkpoint
 from dnasweep.train.evaluate import evaluate
+from dnasweep.train.limits import is_oom
 from dnasweep.train.optim import lr_at, make_optimizer
 from dnasweep.train.report import JsonlReporter, Reporter, Reporters
 
@@ -33,7 +34,7 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10
 class TrialResult:
     """How a trial ended."""
 
-    status: str  # completed | diverged
+    status: str  # completed | diverged | oom
     reason: str  # one line: why it stopped
     step: int  # optimizer steps done
     metrics: dict[str, float] = field(default_factory=dict)  # the last evaluation's metrics
@@ -176,8 +177,18 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
                 save()
             if timed_out:
                 break
+        if status == "completed" and not last:  # resumed from the final checkpoint: report its evaluation
+            last = do_eval()
+            rep.report(last)
+    except Exception as e:
+        if not is_oom(e):
+            raise
+        # CUDA OOM, or the host memory limit (resources.memory_gb): this trial fails, the sweep goes on
+        status, reason = "oom", f"out of memory at step {step + 1}: {str(e).splitlines()[0][:300]}"
     finally:
         rep.close()
+    if status == "oom" and device.type == "cuda":  # after the except block has dropped its frames
+        torch.cuda.empty_cache()
     result = TrialResult(status, reason, step, last, cfg.out_dir)
     with open(os.path.join(cfg.out_dir, "result.json"), "w") as f:
         json.dump(result.to_json(), f, indent=1)

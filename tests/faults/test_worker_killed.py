@@ -28,13 +28,6 @@ SPACE = {
 }
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _kill_first_worker_after_checkpoint(sweep_dir: str, killed: dict, min_step: int = 30) -> None:
     """Wait until some trial has a checkpoint at >= min_step, then SIGKILL its worker process."""
     deadline = time.time() + 300
