@@ -35,8 +35,9 @@ def default_uri(sweep_dir: str) -> str:
 
 
 def redact(uri: str) -> str:
-    """`uri` with any password replaced by ***, for printing and for files in the sweep directory."""
-    return re.sub(r"(//[^/:@]+):[^/@]+@", r"\1:***@", uri)
+    """`uri` (or any text quoting one) with passwords replaced by ***, for printing and for files
+    in the sweep directory."""
+    return re.sub(r"(//[^/:@\s]+):[^/@\s]+@", r"\1:***@", uri)
 
 
 def check_reachable(uri: str, source: str = "tracking") -> None:
@@ -50,7 +51,7 @@ def check_reachable(uri: str, source: str = "tracking") -> None:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as e:
         raise ConfigError([Problem("MLFLOW_TRACKING_URI", f"the MLflow tracking server {redact(uri)} does not answer "
-                                   f"({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+                                   f"({type(e).__name__}: {redact(str(e).splitlines()[0][:200])})",
                                    "start it (mlflow server --host 127.0.0.1 --port 5000), fix the URI, or unset "
                                    "MLFLOW_TRACKING_URI to use the sweep's own SQLite store")], source) from None
 
@@ -137,10 +138,11 @@ class MLflowSweepLogger(Callback):
                 seen[key] = max((m.step for m in self.client.get_metric_history(rid, key)), default=-1)
 
     def _failed(self, where: str, e: Exception) -> None:
-        self.errors.append(f"{where}: {type(e).__name__}: {e}")
+        text = redact(str(e))  # MLflow's HTTP errors quote the URL, password included
+        self.errors.append(f"{where}: {type(e).__name__}: {text}")
         if self.down_since is None:
             self.down_since = time.monotonic()
-            print(f"warning: MLflow tracking failed in {where} ({type(e).__name__}: {str(e)[:200]}); "
+            print(f"warning: MLflow tracking failed in {where} ({type(e).__name__}: {text[:200]}); "
                   "training goes on and the results wait on the driver until the store answers", file=sys.stderr)
 
     def _ensure_run(self, trial_id: str) -> str:

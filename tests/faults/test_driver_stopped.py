@@ -65,9 +65,9 @@ def test_stopped_driver_resumes_to_the_budget(ray_cluster, tmp_path, sig):
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(SPACE))
     sweep = tmp_path / "root" / "s"
-    log = open(tmp_path / "first.log", "w")
-    driver = subprocess.Popen(_cli("run", str(space), "--name", "s", "--root", str(tmp_path / "root"),
-                                   "--address", address), stdout=log, stderr=subprocess.STDOUT, env=_env())
+    with open(tmp_path / "first.log", "w") as log:  # the child keeps its own copy of the descriptor
+        driver = subprocess.Popen(_cli("run", str(space), "--name", "s", "--root", str(tmp_path / "root"),
+                                       "--address", address), stdout=log, stderr=subprocess.STDOUT, env=_env())
     # Stop it once one trial has finished and another is past a checkpoint but not done.
     deadline, at = time.time() + 240, {}
     while time.time() < deadline and driver.poll() is None:
