@@ -82,6 +82,17 @@ def parse_overrides(overrides: list[str]) -> tuple[dict, list[Problem]]:
                                   "values are YAML scalars or flow lists, e.g. key=3e-4 or key=[1,2]")]
 
 
+def _yaml_message(e: Exception) -> str:
+    """'line L, column C: what went wrong' of a YAML error. PyYAML's own first line ("while
+    parsing a flow mapping") names no line; its marks do (counted from 0)."""
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+    if mark is None or not problem:  # OmegaConf's own errors (e.g. a bad ${...}) carry no mark
+        return str(e).splitlines()[0]
+    msg = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+    return msg + (f" ({context} from line {start.line + 1})" if context and start else "")
+
+
 def read_yaml(path: str) -> dict:
     """A YAML file as a plain dict; a missing file or malformed YAML is a ConfigError."""
     if not os.path.isfile(path):
@@ -89,8 +100,9 @@ def read_yaml(path: str) -> dict:
     try:
         data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     except Exception as e:  # yaml.YAMLError and OmegaConf's own: both mean "not valid YAML"
-        raise ConfigError([Problem("<file>", f"not valid YAML: {e}".splitlines()[0],
-                                   "fix the syntax (indentation, colons, quotes)")], source=path) from None
+        raise ConfigError([Problem("<file>", f"not valid YAML: {_yaml_message(e)}",
+                                   "fix the syntax there (indent with spaces, not tabs; a colon after "
+                                   "each key; close brackets and quotes)")], source=path) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

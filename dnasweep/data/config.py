@@ -1,8 +1,9 @@
 """The data section of a run config (`DataConfig`) and its cheap validation (`check_data`).
 
 `check_data` owns every check that needs no corpus read: it looks at field values, whether
-paths exist and whether optional packages are importable. Checks that need the data itself
-(empty files, token ids, image sizes, labels) live in the loaders and are raised by `load_data`.
+paths exist and hold any data (file sizes, one matching file in a folder), and whether optional
+packages are importable. Checks that need the data itself (token ids, UTF-8, image sizes,
+labels) live in the loaders and are raised by `load_data`.
 """
 
 # No `from __future__ import annotations` here: OmegaConf reads these annotations at runtime.
@@ -22,6 +23,10 @@ TOKEN_SUFFIXES = (".bin", ".npy")
 # Sources whose corpus is raw UTF-8 bytes: the vocabulary is the 256 byte values.
 BYTE_SOURCES = ("pystdlib", "text", "hf")
 _NEEDS_PATH = {"text", "tokens", "npz", "folder"}
+# Suffixes read from a text folder: anything else (e.g. __pycache__/*.pyc, images) is skipped.
+TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst", ".py", ".json", ".jsonl", ".csv", ".tsv",
+                 ".html", ".xml", ".tex", ".c", ".h")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 HF_FIX = "pip install 'dnasweep[hf]'"
 IMAGES_FIX = "pip install 'dnasweep[images]'"
 
@@ -89,6 +94,28 @@ def _type_problems(cfg) -> tuple[list[Problem], set[str]]:
     return problems, bad
 
 
+def _holds_data(root: Path, suffixes: tuple[str, ...]) -> bool:
+    """True when `root` holds a non-empty, non-hidden file with one of `suffixes` (as the loaders
+    read them). Stops at the first one, so a large folder costs a few stat calls, not a walk."""
+    return any(p.suffix.lower() in suffixes and not any(s.startswith(".") for s in p.relative_to(root).parts)
+               and p.is_file() and p.stat().st_size > 0 for p in root.rglob("*"))
+
+
+def _empty_problems(p: Path, source: str) -> list[Problem]:
+    """An existing path of the right kind that holds nothing to train on. Caught here, not by the
+    loader, so a sweep refuses it before any trial starts (a loader runs inside each trial)."""
+    if p.is_file() and p.stat().st_size == 0:
+        return [Problem("data.path", f"{p} is empty (0 bytes; source {source!r})", "give a file with data in it")]
+    if source == "text" and p.is_dir() and not _holds_data(p, TEXT_SUFFIXES):
+        return [Problem("data.path", f"folder {p} holds no text files with any text in them "
+                        f"({', '.join('*' + s for s in TEXT_SUFFIXES)})",
+                        "point data.path at a folder of such files, or at one file")]
+    if source == "folder" and not _holds_data(p, IMAGE_SUFFIXES):
+        return [Problem("data.path", f"folder {p} holds no images ({', '.join(IMAGE_SUFFIXES)})",
+                        "lay out images as PATH/<class name>/<image file>")]
+    return []
+
+
 def _path_problems(cfg, source: str) -> list[Problem]:
     """Is the path given, present and of the right kind (file / folder / suffix) for `source`."""
     if source not in _NEEDS_PATH:
@@ -111,7 +138,7 @@ def _path_problems(cfg, source: str) -> list[Problem]:
     if source == "npz" and p.suffix != ".npz":
         return [Problem("data.path", f"{p} has suffix {p.suffix!r}, not .npz",
                         "save with np.savez(path, images=..., labels=...)")]
-    return []
+    return _empty_problems(p, source)
 
 
 def _vocab_problems(cfg, source: str | None) -> list[Problem]:

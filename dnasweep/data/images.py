@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dnasweep.data.config import HF_FIX, IMAGES_FIX, DataConfig, resolve
+from dnasweep.data.config import HF_FIX, IMAGE_SUFFIXES, IMAGES_FIX, DataConfig, resolve
 from dnasweep.data.vision import VisionData, cap_count, label_problems, make_vision
 from dnasweep.errors import ConfigError, Problem, raise_if
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # Pillow modes kept as one channel
 _MAX_NAMED = 5  # unreadable files named one by one; the rest are counted
 

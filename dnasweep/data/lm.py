@@ -14,14 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dnasweep.data.config import HF_FIX, DataConfig, resolve
+from dnasweep.data.config import HF_FIX, TEXT_SUFFIXES, DataConfig, resolve
 from dnasweep.errors import ConfigError, Problem, raise_if
 
 SEP = 0  # byte placed between two documents (never occurs in UTF-8 text, so it marks a boundary)
 HF_DEFAULT_BYTES = 50_000_000  # bytes streamed from a Hugging Face dataset when max_bytes is unset
-# Suffixes read from a text folder: anything else (e.g. __pycache__/*.pyc, images) is skipped.
-TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst", ".py", ".json", ".jsonl", ".csv", ".tsv",
-                 ".html", ".xml", ".tex", ".c", ".h")
 _CHUNK = 1 << 24  # elements per chunk of the token-id range check (64 MiB of uint32 at most)
 
 
