@@ -63,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume and is_sweep_dir(sweep_dir):
         print(f"resuming {sweep_dir} with the space it was started with", file=sys.stderr)
         return _resume_in(sweep_dir, args)
-    return _finish(lambda: run_sweep(space, name, root=args.root, address=args.address,
+    return _finish(lambda: run_sweep(space, name, root=args.root, address=args.address, storage=args.storage,
                                      tracking_uri=args.tracking_uri, analyze=False if args.no_analyze else None),
                    sweep_dir)
 
@@ -76,7 +76,7 @@ def _resume_in(sweep_dir: str, args: argparse.Namespace) -> int:
     from dnasweep.sweep.runner import resume_sweep
 
     return _finish(lambda: resume_sweep(sweep_dir, address=args.address, tracking_uri=args.tracking_uri,
-                                        analyze=False if args.no_analyze else None), sweep_dir)
+                                        analyze=False if args.no_analyze else None, root=args.root), sweep_dir)
 
 
 def _finish(go, sweep_dir: str) -> int:
@@ -169,10 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--name", help="sweep name (default: SPACE-DATE-TIME)")
     r.add_argument("--root", default="runs/sweeps", help="directory holding sweep directories")
     r.add_argument("--resume", action="store_true", help="if sweep --name exists, continue it instead of refusing")
+    r.add_argument("--storage", help="object store that keeps the sweep for multi-node runs, e.g. s3://BUCKET/sweeps "
+                   "(default: $DNASWEEP_STORAGE, else ROOT only)")
     _cluster_flags(r)
     r.set_defaults(fn=_run)
     rs = sub.add_parser("resume", help="continue a stopped sweep (Ctrl-C, SIGTERM, killed driver) to its budget")
-    rs.add_argument("sweep", help="sweep directory, e.g. runs/sweeps/NAME")
+    rs.add_argument("sweep", help="sweep directory (runs/sweeps/NAME) or its object-store URI (s3://BUCKET/sweeps/NAME)")
+    rs.add_argument("--root", default="runs/sweeps", help="where the local copy of a sweep resumed from a URI goes")
     _cluster_flags(rs)
     rs.set_defaults(fn=_resume)
     a = sub.add_parser("analyze", help="routing report (paths, power law, specialisation, compute) of trained trials")

@@ -18,6 +18,7 @@ import dataclasses
 import gc
 import json
 import os
+import shutil
 import signal
 import time
 
@@ -51,18 +52,23 @@ class _TuneReporter:
         pass
 
 
-def _trial(config: dict, space: SearchSpace, sweep_dir: str) -> None:
+def _trial(config: dict, space: SearchSpace, sweep_dir: str, store_uri: str | None = None) -> None:
     """One Ray Tune trial: the sampled values -> a trial config -> run_trial."""
     from ray import tune
 
+    from dnasweep.sweep.storage import Store, scratch_dir
     from dnasweep.train import checkpoint
     from dnasweep.train.limits import is_oom, memory_limit
     from dnasweep.train.loop import run_trial
 
     trial_id = tune.get_context().get_trial_id()
     values = {p.path: config[p.path] for p in space.params if p.path in config}
-    out = os.path.join(sweep_dir, "trials", trial_id)
+    store = Store(store_uri) if store_uri else None
+    # With object storage the trial trains in node-local scratch and uploads its directory at the end.
+    out = scratch_dir(os.path.basename(sweep_dir), trial_id) if store else os.path.join(sweep_dir, "trials", trial_id)
     done = os.path.join(out, "result.json")
+    if store and not os.path.exists(done):
+        store.get(f"trials/{trial_id}/result.json", done)
     if os.path.exists(done):  # finished just before a driver died, after Tune last saved its state
         with open(done) as f:
             saved = json.load(f)
@@ -88,6 +94,9 @@ def _trial(config: dict, space: SearchSpace, sweep_dir: str) -> None:
         if not is_oom(e):
             raise
         status, reason = "oom", f"out of memory before training: {str(e).splitlines()[0][:300]}"
+    if store:  # before returning: Tune then calls the trial complete and the driver fetches it
+        store.put(out, f"trials/{trial_id}")
+        shutil.rmtree(out, ignore_errors=True)  # the store has it; scratch must not fill the node's disk
     if status != "completed":  # no objectives in the last report: the searcher tells FAIL
         gc.collect()  # the worker is reused for the next trial
         tune.report({"failed": 1.0, "status": status, "reason": reason})
@@ -108,39 +117,67 @@ def _check_fits(space: SearchSpace, resources: dict) -> None:
 
 
 def run_sweep(space: SearchSpace, name: str, root: str = "runs/sweeps", address: str | None = None,
-              log=print, tracking_uri: str | None = None, analyze: bool | None = None) -> SweepResult:
+              log=print, tracking_uri: str | None = None, analyze: bool | None = None,
+              storage: str | None = None) -> SweepResult:
     """Run `space` to its budget; returns the Pareto front read back from the Optuna storage.
-    Stopped early (Ctrl-C, SIGTERM) it returns with `interrupted` set; `resume_sweep` goes on."""
+    Stopped early (Ctrl-C, SIGTERM) it returns with `interrupted` set; `resume_sweep` goes on.
+    `storage` (or $DNASWEEP_STORAGE): an object-store URI that keeps the sweep (storage.py)."""
     from dnasweep.sweep.space import space_warnings
+    from dnasweep.sweep.storage import SETTINGS, Store, check_shared, is_uri
     from dnasweep.sweep.tracking import check_reachable, default_uri
 
     sweep_dir = os.path.abspath(os.path.join(root, name))
-    if os.path.exists(sweep_dir):
-        raise ConfigError([Problem("--name", f"a sweep named {name!r} already exists in {sweep_dir}",
-                                   f"continue it with: dnasweep resume {sweep_dir} (or add --resume), "
-                                   "or pick another --name")], "run")
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(sweep_dir)
+    storage = storage or os.environ.get("DNASWEEP_STORAGE") or None
+    if storage and not is_uri(storage):
+        raise ConfigError([Problem("--storage", f"{storage!r} is not a URI", "use s3://BUCKET/PREFIX or gs://...; "
+                                   "for a shared filesystem (NFS) pass it as --root instead")], "run")
+    store = Store(f"{storage.rstrip('/')}/{name}") if storage else None
+    if os.path.exists(sweep_dir) or (store and store.exists("space.json")):
+        where = f"{sweep_dir}" + (f" / {store.uri}" if store else "")
+        raise ConfigError([Problem("--name", f"a sweep named {name!r} already exists ({where})",
+                                   f"continue it with: dnasweep resume {store.uri if store else sweep_dir} "
+                                   "(or add --resume), or pick another --name")], "run")
+    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or getattr(space, "tracking_uri", None)
+    uri = tracking_uri or default_uri(sweep_dir)
     check_reachable(uri, "run")  # before anything is created
     for w in space_warnings(space):
         log(f"warning: {w}")
     _init_ray(space, address, log)
+    if not store:
+        check_shared(root)
     os.makedirs(os.path.join(sweep_dir, "trials"))
     with open(os.path.join(sweep_dir, "space.json"), "w") as f:
         json.dump(dataclasses.asdict(space), f, indent=1)
-    return _drive(space, name, sweep_dir, uri, log, analyze, resume=False)
+    with open(os.path.join(sweep_dir, SETTINGS), "w") as f:
+        json.dump({"storage": storage}, f)
+    return _drive(space, name, sweep_dir, uri, log, analyze, resume=False, store=store)
 
 
 def resume_sweep(sweep_dir: str, address: str | None = None, log=print, tracking_uri: str | None = None,
-                 analyze: bool | None = None) -> SweepResult:
+                 analyze: bool | None = None, root: str = "runs/sweeps") -> SweepResult:
     """Continue a sweep whose driver stopped (Ctrl-C, SIGTERM, SIGKILL, lost node): finished trials
     stay, unfinished ones continue from their checkpoints, the budget is filled up. Resuming a
-    finished sweep only writes what its tracker could not (and re-prints the front)."""
-    from dnasweep.sweep.tracking import STATE_FILE, _read_json, check_reachable, default_uri
+    finished sweep only writes what its tracker could not (and re-prints the front).
+    `sweep_dir` may be the sweep's object-store URI (a new head node): its copy lands in ROOT/NAME."""
+    from dnasweep.sweep.storage import SETTINGS, Store, is_uri
+    from dnasweep.sweep.tracking import STATE_FILE, check_reachable, default_uri, read_json
 
+    store = None
+    if is_uri(sweep_dir):
+        store = Store(sweep_dir)
+        if not store.exists("space.json"):
+            raise ConfigError([Problem("SWEEP", f"{sweep_dir} holds no sweep (no space.json)",
+                                       "pass STORAGE/NAME of a sweep started with --storage STORAGE")], "resume")
+        sweep_dir = os.path.join(root, os.path.basename(store.uri))
+        if not is_sweep_dir(sweep_dir):
+            store.pull_sweep(sweep_dir)
     sweep_dir = os.path.abspath(sweep_dir)
     open_study(sweep_dir, "resume")  # refuses a directory that is not a sweep (exit 2)
+    settings = read_json(os.path.join(sweep_dir, SETTINGS)) or {}
+    if store is None and settings.get("storage"):
+        store = Store(f"{settings['storage'].rstrip('/')}/{os.path.basename(sweep_dir)}")
     space = read_space(sweep_dir)
-    stored = (_read_json(os.path.join(sweep_dir, STATE_FILE)) or {"uri": default_uri(sweep_dir)})["uri"]
+    stored = (read_json(os.path.join(sweep_dir, STATE_FILE)) or {}).get("uri") or default_uri(sweep_dir)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or stored
     if "***@" in uri:
         raise ConfigError([Problem("MLFLOW_TRACKING_URI", "this sweep logged to a tracking server with a password, "
@@ -148,7 +185,7 @@ def resume_sweep(sweep_dir: str, address: str | None = None, log=print, tracking
                                    "password before resuming")], "resume")
     check_reachable(uri, "resume")
     _init_ray(space, address, log)
-    return _drive(space, os.path.basename(sweep_dir), sweep_dir, uri, log, analyze, resume=True)
+    return _drive(space, os.path.basename(sweep_dir), sweep_dir, uri, log, analyze, resume=True, store=store)
 
 
 def _init_ray(space: SearchSpace, address: str | None, log) -> None:
@@ -165,13 +202,14 @@ def _init_ray(space: SearchSpace, address: str | None, log) -> None:
 
 
 def _drive(space: SearchSpace, name: str, sweep_dir: str, uri: str, log, analyze: bool | None,
-           resume: bool) -> SweepResult:
+           resume: bool, store=None) -> SweepResult:
     """Build (or restore) the Tuner, run it to the budget or to a stop signal, close the books."""
     import optuna
     from ray import tune
 
     from dnasweep.sweep.progress import Progress
     from dnasweep.sweep.searcher import ParetoOptunaSearch, abandon
+    from dnasweep.sweep.storage import StoreMirror
     from dnasweep.sweep.tracking import MLflowSweepLogger, redact
 
     storage = journal(sweep_dir)
@@ -180,21 +218,24 @@ def _drive(space: SearchSpace, name: str, sweep_dir: str, uri: str, log, analyze
     # directory) even if the driver dies before the first trial.
     study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
                                 directions=["minimize" if o.mode == "min" else "maximize" for o in space.objectives])
-    tracker = MLflowSweepLogger(space, name, sweep_dir, uri, resume=resume)
+    tracker = MLflowSweepLogger(space, name, sweep_dir, uri, resume=resume, fetch=_fetcher(store, sweep_dir))
     if resume:
         tracker.load_backlog()
     progress = Progress(space, log, counts(study))
-    trainable = tune.with_resources(tune.with_parameters(_trial, space=space, sweep_dir=sweep_dir),
+    callbacks = [tracker, progress] + ([StoreMirror(store, sweep_dir)] if store else [])
+    trainable = tune.with_resources(tune.with_parameters(_trial, space=space, sweep_dir=sweep_dir,
+                                                         store_uri=store.uri if store else None),
                                     _trial_resources(space))
     # Trials report training metrics between evaluations; only evaluations carry the objectives.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    tune_dir = os.path.join(sweep_dir, "tune")
+    tune_dir = f"{store.uri}/tune" if store else os.path.join(sweep_dir, "tune")
     t0 = time.time()
     restored = resume and tune.Tuner.can_restore(tune_dir)
     if restored:
         tuner = tune.Tuner.restore(tune_dir, trainable, resume_unfinished=True, resume_errored=False)
         # Tune unpickles the callbacks of the first run; ours carry this run's tracker state.
-        tuner._local_tuner.get_run_config().callbacks = [tracker, progress]
+        tuner._local_tuner.get_run_config().callbacks = callbacks
+        tuner._local_tuner._tune_config.search_alg.live_storage = storage  # this head's copy of the study
         known = {t.trial_id for t in tune.ExperimentAnalysis(tune_dir).trials}
     else:
         known = set()
@@ -216,9 +257,9 @@ def _drive(space: SearchSpace, name: str, sweep_dir: str, uri: str, log, analyze
                            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=todo,
                                                        max_concurrent_trials=space.concurrent, reuse_actors=True),
                            # A trial whose worker dies is restarted (from its checkpoint) up to retries times.
-                           run_config=tune.RunConfig(name="tune", storage_path=sweep_dir, verbose=0,
-                                                     failure_config=tune.FailureConfig(max_failures=space.retries),
-                                                     callbacks=[tracker, progress]))
+                           run_config=tune.RunConfig(name="tune", storage_path=store.uri if store else sweep_dir,
+                                                     verbose=0, callbacks=callbacks,
+                                                     failure_config=tune.FailureConfig(max_failures=space.retries)))
     if restored or todo > 0:
         with _sigterm_as_sigint():
             tuner.fit()
@@ -226,8 +267,10 @@ def _drive(space: SearchSpace, name: str, sweep_dir: str, uri: str, log, analyze
     c = counts(study)
     if c["complete"] + c["failed"] < space.trials:
         tracker.suspend()
+        if store:
+            store.mirror(sweep_dir)
         log(f"sweep {name} stopped at {c['complete'] + c['failed']}/{space.trials} finished trials; its state "
-            f"is saved. Continue it with:\n  dnasweep resume {sweep_dir}")
+            f"is saved. Continue it with:\n  dnasweep resume {store.uri if store else sweep_dir}")
         return result_of(study, space, sweep_dir, tracking_errors=tracker.errors, interrupted=True)
     front = result_of(study, space, sweep_dir).front
     tracker.finish(front, trial_rows(study, space))
@@ -237,6 +280,9 @@ def _drive(space: SearchSpace, name: str, sweep_dir: str, uri: str, log, analyze
     log(f"compare trials: mlflow ui --backend-store-uri {redact(uri)}")
     if (space.analyze["front"] if analyze is None else analyze) and front:
         _analyze_front(sweep_dir, front, uri, space, log)
+    if store:
+        store.mirror(sweep_dir)
+        log(f"sweep kept in {store.uri}")
     if tracker.errors:
         log(f"warning: {len(tracker.errors)} MLflow tracking calls failed; first: {tracker.errors[0]}")
     return result_of(study, space, sweep_dir, tracking_errors=tracker.errors)
@@ -247,6 +293,19 @@ def _trial_resources(space: SearchSpace) -> dict:
     if space.resources.get("memory_gb"):  # Ray then packs no more trials on a node than its memory holds
         res["memory"] = int(space.resources["memory_gb"] * 2**30)
     return res
+
+
+def _fetcher(store, sweep_dir: str):
+    """With object storage, the driver's copy of a finished trial's directory comes from the store."""
+    if store is None:
+        return None
+
+    def fetch(trial_id: str) -> None:
+        local = os.path.join(sweep_dir, "trials", trial_id)
+        if not os.path.exists(os.path.join(local, "result.json")):
+            store.get(f"trials/{trial_id}", local)
+
+    return fetch
 
 
 class _sigterm_as_sigint:

@@ -68,6 +68,20 @@ class ParetoOptunaSearch(OptunaSearch):
         super().__init__(space=DefineByRun(space), metric=[o.metric for o in space.objectives],
                          mode=[o.mode for o in space.objectives], sampler=make_sampler(space), **kw)
 
+    def restore(self, checkpoint_path: str):
+        """Tune's saved state pickles the study with its storage *path*; a sweep resumed elsewhere
+        (a new head node, another root) re-opens the study from `live_storage` when it is set."""
+        import optuna
+
+        live = getattr(self, "live_storage", None)
+        super().restore(checkpoint_path)
+        if live is not None:
+            self.live_storage = live
+            self._ot_study = optuna.load_study(study_name=self._ot_study.study_name, storage=live,
+                                               sampler=self._ot_study.sampler)
+            self._ot_trials = {tid: optuna.trial.Trial(self._ot_study, t._trial_id)
+                               for tid, t in self._ot_trials.items()}
+
     def suggest(self, trial_id):
         config = super().suggest(trial_id)
         if trial_id in self._ot_trials:

@@ -87,11 +87,13 @@ class MLflowSweepLogger(Callback):
     server is down, results wait (and runs are created late) until it answers again.
     """
 
-    def __init__(self, space: SearchSpace, name: str, sweep_dir: str, uri: str, resume: bool = False):
+    def __init__(self, space: SearchSpace, name: str, sweep_dir: str, uri: str, resume: bool = False,
+                 fetch=None):
         from mlflow import MlflowClient
 
         _quick_http_failures()
         self.space, self.sweep_dir, self.uri = space, sweep_dir, uri
+        self.fetch = fetch  # trial id -> None: brings SWEEP/trials/ID from object storage (storage.py)
         self.state_path = os.path.join(sweep_dir, STATE_FILE)
         # An explicit client, never mlflow.set_tracking_uri: that also sets MLFLOW_TRACKING_URI in
         # os.environ, so the next sweep started from the same process would log into this store.
@@ -106,7 +108,7 @@ class MLflowSweepLogger(Callback):
         self.logged: dict[str, dict[str, int]] = {}  # Ray trial id -> metric -> last step taken
         self.params_todo: set[str] = set()  # Ray trial ids whose run has no params yet
         self.last_flush = time.monotonic()
-        state = _read_json(self.state_path) if resume else None
+        state = read_json(self.state_path) if resume else None
         if state:  # `dnasweep resume`: the same parent run, the same child run per trial
             self.exp_id, self.parent_id, self.runs = state["experiment_id"], state["parent"], state["runs"]
             self.client.update_run(self.parent_id, status="RUNNING")
@@ -127,7 +129,9 @@ class MLflowSweepLogger(Callback):
     def _save_state(self) -> None:
         # Written before any metric goes to a new run, so a killed driver never leaves a run that a
         # resumed sweep would not find (and duplicate).
-        _write_json(self.state_path, {"uri": redact(self.uri), "experiment_id": self.exp_id,
+        # The default store is written as null: a sweep resumed from a copy elsewhere uses its own.
+        uri = None if self.uri == default_uri(self.sweep_dir) else redact(self.uri)
+        _write_json(self.state_path, {"uri": uri, "experiment_id": self.exp_id,
                                       "parent": self.parent_id, "runs": self.runs})
 
     def _load_logged_steps(self) -> None:
@@ -235,6 +239,8 @@ class MLflowSweepLogger(Callback):
 
     def _close(self, tid: str, status: str, tags: dict) -> None:
         rid = self.runs[tid]
+        if self.fetch:
+            self.fetch(tid)
         for k, v in tags.items():
             self.client.set_tag(rid, k, v)
         trial_dir = os.path.join(self.sweep_dir, "trials", tid)
@@ -267,7 +273,7 @@ class MLflowSweepLogger(Callback):
         """Results a previous run of this sweep could not write (its store was down at the end)."""
         from mlflow.entities import Metric
 
-        b = _read_json(os.path.join(self.sweep_dir, BACKLOG_FILE))
+        b = read_json(os.path.join(self.sweep_dir, BACKLOG_FILE))
         if b:
             for t, ms in b["pending"].items():
                 self.pending.setdefault(t, []).extend(Metric(*m) for m in ms)
@@ -345,7 +351,7 @@ def _write_json(path: str, obj) -> None:
     os.replace(tmp, path)  # atomic: a kill mid-write leaves the old file, never half of one
 
 
-def _read_json(path: str):
+def read_json(path: str):
     if not os.path.exists(path):
         return None
     with open(path) as f:

@@ -1,0 +1,139 @@
+"""Where a sweep's files live when it spans machines.
+
+Local disk or a shared filesystem (NFS): everything is in SWEEP = ROOT/NAME, which every node
+sees at the same path (`check_shared` refuses a multi-node cluster that cannot see it).
+
+Object storage (`--storage s3://bucket/sweeps`, `gs://...`; `file://` behaves the same and is what
+the tests use): STORE = URI/NAME holds the copy that survives losing the head node:
+  STORE/tune/          Ray Tune's experiment state and trial checkpoints (Tune writes it directly)
+  STORE/trials/ID/     each trial's out_dir, uploaded by the trial when it ends (trials train in a
+                       node-local scratch directory, so no node needs a shared filesystem)
+  STORE/space.json, optuna.log, tracking.json, mlflow.db, ...   the driver's files, mirrored after
+                       every finished trial and at the end (`dnasweep resume URI/NAME` starts there)
+Only the driver writes the Optuna journal and the MLflow store, so concurrent trials never touch
+them; the mirror is a copy, never written by two processes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from ray.tune import Callback
+
+from dnasweep.errors import ConfigError, Problem
+
+SETTINGS = "sweep.json"  # {"storage": URI or null}: how this sweep was run, read back by resume
+MIRRORED = ("space.json", "optuna.log", "tracking.json", "tracking_backlog.json", SETTINGS, "mlflow.db",
+            "pareto_front.csv", "trials.csv", "pareto.png", "pareto.html", "hypervolume.png")
+
+
+def is_uri(path: str | None) -> bool:
+    return bool(path) and "://" in path
+
+
+class Store:
+    """A sweep's directory in object storage (any URI pyarrow opens: s3://, gs://, file://)."""
+
+    def __init__(self, uri: str):
+        import pyarrow.fs as pafs
+
+        self.uri = uri.rstrip("/")
+        self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
+
+    def _p(self, rel: str) -> str:
+        return f"{self.root}/{rel}".rstrip("/")
+
+    def exists(self, rel: str) -> bool:
+        import pyarrow.fs as pafs
+
+        return self.fs.get_file_info(self._p(rel)).type != pafs.FileType.NotFound
+
+    def put(self, local: str, rel: str) -> None:
+        """Upload a file or a directory tree (replacing files of the same name)."""
+        import pyarrow.fs as pafs
+
+        if os.path.isdir(local):
+            self.fs.create_dir(self._p(rel), recursive=True)
+            pafs.copy_files(local, self._p(rel), source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=self.fs)
+        elif os.path.exists(local):
+            self.fs.create_dir(self._p(os.path.dirname(rel)), recursive=True)
+            pafs.copy_files(local, self._p(rel), source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=self.fs)
+
+    def get(self, rel: str, local: str) -> bool:
+        """Download a file or a directory tree; False when the store does not have it."""
+        import pyarrow.fs as pafs
+
+        info = self.fs.get_file_info(self._p(rel))
+        if info.type == pafs.FileType.NotFound:
+            return False
+        os.makedirs(local if info.type == pafs.FileType.Directory else os.path.dirname(local), exist_ok=True)
+        pafs.copy_files(self._p(rel), local, source_filesystem=self.fs,
+                        destination_filesystem=pafs.LocalFileSystem())
+        return True
+
+    def mirror(self, sweep_dir: str) -> None:
+        """The driver's files (small, single writer) and any analysis reports, copied up."""
+        for name in MIRRORED:
+            self.put(os.path.join(sweep_dir, name), name)
+        for extra in ("mlartifacts",):
+            self.put(os.path.join(sweep_dir, extra), extra)
+        trials = os.path.join(sweep_dir, "trials")
+        for tid in os.listdir(trials) if os.path.isdir(trials) else []:
+            self.put(os.path.join(trials, tid, "analysis"), f"trials/{tid}/analysis")
+
+    def pull_sweep(self, sweep_dir: str) -> None:
+        """A local working copy of the sweep (resume on a new head node)."""
+        for name in MIRRORED:
+            self.get(name, os.path.join(sweep_dir, name))
+        self.get("mlartifacts", os.path.join(sweep_dir, "mlartifacts"))
+        os.makedirs(os.path.join(sweep_dir, "trials"), exist_ok=True)
+
+
+class StoreMirror(Callback):
+    """Ray Tune callback: copies the driver's files to the store after every finished trial
+    (listed after the tracker, so the copy has the trial's MLflow run)."""
+
+    def __init__(self, store: Store, sweep_dir: str):
+        self.store, self.sweep_dir = store, sweep_dir
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.store.mirror(self.sweep_dir)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.store.mirror(self.sweep_dir)
+
+
+def scratch_dir(name: str, trial_id: str) -> str:
+    """Node-local out_dir of a trial whose sweep keeps its files in object storage."""
+    return os.path.join(tempfile.gettempdir(), "dnasweep-scratch", name, trial_id)
+
+
+def check_shared(root: str) -> None:
+    """On a multi-node cluster, every node must see ROOT (a shared filesystem), or the sweep must
+    use object storage: otherwise trials would write where the driver never looks."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if len(nodes) < 2:
+        return
+    os.makedirs(root, exist_ok=True)
+    marker = os.path.join(os.path.abspath(root), f".dnasweep-shared-{uuid.uuid4().hex}")
+    open(marker, "w").close()
+    try:
+        probe = ray.remote(num_cpus=0)(os.path.exists)
+        seen = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                        .remote(marker) for n in nodes])
+    finally:
+        os.remove(marker)
+    blind = [n["NodeManagerAddress"] for n, ok in zip(nodes, seen, strict=True) if not ok]
+    if blind:
+        raise ConfigError([Problem("--root", f"{os.path.abspath(root)} is not visible from node(s) {', '.join(blind)} "
+                                   f"of this {len(nodes)}-node cluster: trials there would write where the driver "
+                                   "never looks", "put --root on a filesystem every node mounts (NFS), or keep the "
+                                   "sweep in object storage: --storage s3://BUCKET/sweeps")], "run")
