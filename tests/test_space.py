@@ -134,3 +134,31 @@ def test_budget_retries_rules():
     assert parse_space({**OK, "budget": {"retries": 0}}, "s.yaml").retries == 0
     p = _problems(budget={"retries": -1, "trails": 3})
     assert "budget.retries" in p and "budget.trails" in p and "trials" in p["budget.trails"].fix
+
+
+def test_tracking_uri_rules():
+    assert parse_space({**OK}, "s.yaml").tracking_uri is None
+    s = parse_space({**OK, "tracking": {"experiment": "lm", "uri": "http://mlflow-host:5000"}}, "s.yaml")
+    assert s.tracking_uri == "http://mlflow-host:5000" and s.experiment == "lm"
+    assert parse_space({**OK}, "s.yaml", ["tracking.uri=sqlite:///x/mlflow.db"]).tracking_uri == "sqlite:///x/mlflow.db"
+    p = _problems(tracking={"uri": 5000, "urii": "x"})
+    assert "tracking.uri" in p and "5000" in p["tracking.uri"].message and "uri" in p["tracking.urii"].fix
+
+
+def test_space_json_without_tracking_uri_still_loads(tmp_path):
+    import dataclasses
+    import json
+
+    from dnasweep.sweep.study import read_space
+
+    d = dataclasses.asdict(parse_space({**OK}, "s.yaml"))
+    del d["tracking_uri"]  # a space.json written before tracking.uri existed
+    (tmp_path / "space.json").write_text(json.dumps(d))
+    assert read_space(str(tmp_path)).tracking_uri is None
+
+
+def test_tracking_uri_with_a_password_is_refused():
+    with pytest.raises(ConfigError) as e:
+        parse_space({**OK, "tracking": {"uri": "http://me:hunter2@mlflow:5000"}}, "s.yaml")
+    assert "tracking.uri" in str(e.value) and "MLFLOW_TRACKING_PASSWORD" in str(e.value)
+    assert "hunter2" not in str(e.value)

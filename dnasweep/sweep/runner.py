@@ -137,7 +137,7 @@ def run_sweep(space: SearchSpace, name: str, root: str = "runs/sweeps", address:
         raise ConfigError([Problem("--name", f"a sweep named {name!r} already exists ({where})",
                                    f"continue it with: dnasweep resume {store.uri if store else sweep_dir} "
                                    "(or add --resume), or pick another --name")], "run")
-    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or getattr(space, "tracking_uri", None)
+    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or space.tracking_uri
     uri = tracking_uri or default_uri(sweep_dir)
     check_reachable(uri, "run")  # before anything is created
     for w in space_warnings(space):
