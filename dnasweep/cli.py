@@ -64,6 +64,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"resuming {sweep_dir} with the space it was started with", file=sys.stderr)
         return _resume_in(sweep_dir, args)
     return _finish(lambda: run_sweep(space, name, root=args.root, address=args.address, storage=args.storage,
+                                     autoscaling=args.autoscaling or None,
                                      tracking_uri=args.tracking_uri, analyze=False if args.no_analyze else None),
                    sweep_dir)
 
@@ -76,7 +77,8 @@ def _resume_in(sweep_dir: str, args: argparse.Namespace) -> int:
     from dnasweep.sweep.runner import resume_sweep
 
     return _finish(lambda: resume_sweep(sweep_dir, address=args.address, tracking_uri=args.tracking_uri,
-                                        analyze=False if args.no_analyze else None, root=args.root), sweep_dir)
+                                        analyze=False if args.no_analyze else None, root=args.root,
+                                        autoscaling=args.autoscaling or None), sweep_dir)
 
 
 def _finish(go, sweep_dir: str) -> int:
@@ -144,6 +146,8 @@ def _cluster_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SWEEP/mlflow.db)")
     p.add_argument("--no-analyze", action="store_true", help="skip the reports on the Pareto-front trials at the end")
+    p.add_argument("--autoscaling", action="store_true", help="no node holds a trial yet: ask Ray's autoscaler for "
+                   "one and wait (default: $DNASWEEP_AUTOSCALING=1; else refuse)")
 
 
 def build_parser() -> argparse.ArgumentParser:

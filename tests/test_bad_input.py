@@ -245,5 +245,19 @@ def test_gpu_requested_on_a_cluster_without_gpus():
         _check_fits(space, {"CPU": 2})
     (p,) = e.value.problems
     assert e.value.source == "space.yaml" and p.key == "resources.gpu"
-    assert "asks for 1 GPUs, the cluster has 0" in p.message and "resources.gpu=0" in p.fix
+    assert "asks for 1 GPU, the largest node of the cluster has 0" in p.message and "--autoscaling" in p.fix
     _check_fits(space, {"CPU": 2, "GPU": 1})  # fits
+
+
+def test_a_trial_must_fit_on_one_node_not_on_the_cluster_total():
+    from dnasweep.sweep.runner import _check_fits
+
+    space = parse_space({**OK, "resources": {"cpu": 2, "custom": {"a100": 1}}}, "s.yaml")
+    two_small = [{"CPU": 1.0, "a100": 1.0}, {"CPU": 1.0}]
+    with pytest.raises(ConfigError) as e:
+        _check_fits(space, two_small)  # 2 CPUs in total, but no node has 2
+    assert "resources.cpu" in str(e.value) and "largest node" in str(e.value) and "--autoscaling" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        _check_fits(space, [{"CPU": 4.0}])
+    assert "resources.custom.a100" in str(e.value)
+    _check_fits(space, [{"CPU": 1.0}, {"CPU": 2.0, "a100": 1.0}])  # one node holds a whole trial

@@ -54,6 +54,7 @@ class _TuneReporter:
 
 def _trial(config: dict, space: SearchSpace, sweep_dir: str, store_uri: str | None = None) -> None:
     """One Ray Tune trial: the sampled values -> a trial config -> run_trial."""
+    import ray
     from ray import tune
 
     from dnasweep.sweep.storage import Store, scratch_dir
@@ -84,8 +85,9 @@ def _trial(config: dict, space: SearchSpace, sweep_dir: str, store_uri: str | No
         reported.to_directory(own)
     os.makedirs(out, exist_ok=True)
     start = int(checkpoint.load(own)["step"]) if checkpoint.exists(own) else 0
-    with open(os.path.join(out, "attempts.log"), "a") as f:  # one line per (re)start: pid, step resumed from
-        f.write(f"pid {os.getpid()} start_step {start} time {time.time():.1f}\n")
+    node = ray.get_runtime_context().get_node_id()
+    with open(os.path.join(out, "attempts.log"), "a") as f:  # one line per (re)start: pid, resumed step, node
+        f.write(f"pid {os.getpid()} start_step {start} time {time.time():.1f} node {node}\n")
     try:
         with memory_limit(space.resources.get("memory_gb")):
             result = run_trial(cfg, _TuneReporter())
@@ -102,23 +104,37 @@ def _trial(config: dict, space: SearchSpace, sweep_dir: str, store_uri: str | No
         tune.report({"failed": 1.0, "status": status, "reason": reason})
 
 
-def _check_fits(space: SearchSpace, resources: dict) -> None:
-    cpu, gpu = space.resources["cpu"], space.resources["gpu"]
-    have_cpu, have_gpu = resources.get("CPU", 0), resources.get("GPU", 0)
+def _bundle(space: SearchSpace) -> dict:
+    """One trial's resources in Ray's node-resource names."""
+    b = {"CPU": space.resources["cpu"], "GPU": space.resources["gpu"], **space.resources.get("custom", {})}
+    if space.resources.get("memory_gb"):
+        b["memory"] = space.resources["memory_gb"] * 2**30
+    return {k: v for k, v in b.items() if v}
+
+
+def _check_fits(space: SearchSpace, nodes: list[dict] | dict) -> None:
+    """Some node must hold one whole trial (a cluster total can hide that none does)."""
+    nodes = [nodes] if isinstance(nodes, dict) else nodes
+    need = _bundle(space)
+    if any(all(n.get(k, 0) >= v for k, v in need.items()) for n in nodes):
+        return
+    key = {"CPU": "resources.cpu", "GPU": "resources.gpu", "memory": "resources.memory_gb"}
     p = []
-    if cpu > have_cpu:
-        p.append(Problem("resources.cpu", f"each trial asks for {cpu} CPUs, the cluster has {have_cpu:g}",
-                         f"set resources.cpu <= {have_cpu:g}"))
-    if gpu > have_gpu:
-        p.append(Problem("resources.gpu", f"each trial asks for {gpu} GPUs, the cluster has {have_gpu:g}: "
-                         "it would stay PENDING forever", "set resources.gpu=0 or connect to a GPU cluster"))
-    if p:
-        raise ConfigError(p, space.source)
+    for k, v in need.items():
+        best = max((n.get(k, 0) for n in nodes), default=0)
+        if best < v:
+            shown = (lambda x: f"{x / 2**30:.3g} GiB") if k == "memory" else (lambda x: f"{x:g}")
+            p.append(Problem(key.get(k, f"resources.custom.{k}"),
+                             f"each trial asks for {shown(v)} {k}, the largest node of the cluster has {shown(best)}: "
+                             "it would stay PENDING forever",
+                             "lower it, connect to a cluster that has it (--address), or on an autoscaling cluster "
+                             "pass --autoscaling so dnasweep asks for a node and waits"))
+    raise ConfigError(p, space.source)
 
 
 def run_sweep(space: SearchSpace, name: str, root: str = "runs/sweeps", address: str | None = None,
               log=print, tracking_uri: str | None = None, analyze: bool | None = None,
-              storage: str | None = None) -> SweepResult:
+              storage: str | None = None, autoscaling: bool | None = None) -> SweepResult:
     """Run `space` to its budget; returns the Pareto front read back from the Optuna storage.
     Stopped early (Ctrl-C, SIGTERM) it returns with `interrupted` set; `resume_sweep` goes on.
     `storage` (or $DNASWEEP_STORAGE): an object-store URI that keeps the sweep (storage.py)."""
@@ -142,7 +158,7 @@ def run_sweep(space: SearchSpace, name: str, root: str = "runs/sweeps", address:
     check_reachable(uri, "run")  # before anything is created
     for w in space_warnings(space):
         log(f"warning: {w}")
-    _init_ray(space, address, log)
+    _init_ray(space, address, log, autoscaling)
     if not store:
         check_shared(root)
     os.makedirs(os.path.join(sweep_dir, "trials"))
@@ -154,7 +170,8 @@ def run_sweep(space: SearchSpace, name: str, root: str = "runs/sweeps", address:
 
 
 def resume_sweep(sweep_dir: str, address: str | None = None, log=print, tracking_uri: str | None = None,
-                 analyze: bool | None = None, root: str = "runs/sweeps") -> SweepResult:
+                 analyze: bool | None = None, root: str = "runs/sweeps",
+                 autoscaling: bool | None = None) -> SweepResult:
     """Continue a sweep whose driver stopped (Ctrl-C, SIGTERM, SIGKILL, lost node): finished trials
     stay, unfinished ones continue from their checkpoints, the budget is filled up. Resuming a
     finished sweep only writes what its tracker could not (and re-prints the front).
@@ -184,21 +201,58 @@ def resume_sweep(sweep_dir: str, address: str | None = None, log=print, tracking
                                    "which dnasweep does not store", "export MLFLOW_TRACKING_URI with the "
                                    "password before resuming")], "resume")
     check_reachable(uri, "resume")
-    _init_ray(space, address, log)
+    _init_ray(space, address, log, autoscaling)
     return _drive(space, os.path.basename(sweep_dir), sweep_dir, uri, log, analyze, resume=True, store=store)
 
 
-def _init_ray(space: SearchSpace, address: str | None, log) -> None:
+def _node_resources() -> list[dict]:
+    import ray
+
+    return [n["Resources"] for n in ray.nodes() if n["Alive"]]
+
+
+def _init_ray(space: SearchSpace, address: str | None, log, autoscaling: bool | None = None) -> None:
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
     # The dashboard of a cluster we start binds to 127.0.0.1 only (ssh -L 8265 to watch it remotely).
     ctx = ray.init(address=address, ignore_reinit_error=True, include_dashboard=address is None,
                    dashboard_host="127.0.0.1", log_to_driver=False)
-    _check_fits(space, ray.cluster_resources())
+    if autoscaling is None:
+        autoscaling = os.environ.get("DNASWEEP_AUTOSCALING", "") not in ("", "0")
+    try:
+        _check_fits(space, _node_resources())
+    except ConfigError:
+        if not autoscaling:
+            raise
+        _wait_for_a_node(space, log)
     dash = getattr(ctx, "dashboard_url", None)
     if dash:
         log(f"Ray dashboard: http://{dash}")
+
+
+def _wait_for_a_node(space: SearchSpace, log) -> None:
+    """An autoscaling cluster (`ray up`, workers from zero) has no node for a trial yet: ask the
+    autoscaler for one trial's bundle and wait until a node holds it (Tune's own pending trials
+    keep the nodes up afterwards)."""
+    from ray.autoscaler.sdk import request_resources
+
+    wait_s = float(os.environ.get("DNASWEEP_AUTOSCALING_WAIT_S", 900))
+    log(f"no node can hold a trial ({_bundle(space)}) yet; asking the autoscaler and waiting up to {wait_s:.0f} s")
+    request_resources(bundles=[_bundle(space)])
+    deadline = time.time() + wait_s
+    try:
+        while True:
+            try:
+                _check_fits(space, _node_resources())
+                log("a node that holds a trial is up")
+                return
+            except ConfigError:
+                if time.time() > deadline:
+                    raise
+            time.sleep(5.0)
+    finally:
+        request_resources(bundles=[])
 
 
 def _drive(space: SearchSpace, name: str, sweep_dir: str, uri: str, log, analyze: bool | None,
@@ -289,7 +343,7 @@ def _drive(space: SearchSpace, name: str, sweep_dir: str, uri: str, log, analyze
 
 
 def _trial_resources(space: SearchSpace) -> dict:
-    res = {"cpu": space.resources["cpu"], "gpu": space.resources["gpu"]}
+    res = {"cpu": space.resources["cpu"], "gpu": space.resources["gpu"], **space.resources.get("custom", {})}
     if space.resources.get("memory_gb"):  # Ray then packs no more trials on a node than its memory holds
         res["memory"] = int(space.resources["memory_gb"] * 2**30)
     return res

@@ -198,8 +198,8 @@ def _budget(data: dict, p: list[Problem]) -> dict:
 
 
 def _resources(data: dict, p: list[Problem]) -> dict:
-    resources = _section(data, "resources", {"cpu": 1, "gpu": 0, "memory_gb": None}, p,
-                         "e.g. resources: {cpu: 1, gpu: 0.25, memory_gb: 8}")
+    resources = _section(data, "resources", {"cpu": 1, "gpu": 0, "memory_gb": None, "custom": {}}, p,
+                         "e.g. resources: {cpu: 1, gpu: 0.25, memory_gb: 8, custom: {a100: 1}}")
     if not _is_number(resources["cpu"]) or resources["cpu"] <= 0:
         p.append(Problem("resources.cpu", f"must be a number > 0, got {resources['cpu']!r}"))
     if not _is_number(resources["gpu"]) or resources["gpu"] < 0:
@@ -208,6 +208,13 @@ def _resources(data: dict, p: list[Problem]) -> dict:
     if mem is not None and (not _is_number(mem) or mem <= 0):
         p.append(Problem("resources.memory_gb", f"must be a number > 0 (GiB of host memory per trial) or null, "
                          f"got {mem!r}", "a trial that allocates more fails as out of memory; null: no limit"))
+    custom = resources["custom"]
+    # Custom Ray resources (`ray start --resources='{"a100": 1}'`) pin trials to the nodes that have them.
+    if not isinstance(custom, dict) or not all(isinstance(k, str) and _is_number(v) and v > 0
+                                               for k, v in custom.items()):
+        p.append(Problem("resources.custom", f"must map Ray resource names to amounts > 0, got {custom!r}",
+                         'e.g. custom: {a100: 1} for nodes started with --resources=\'{"a100": 1}\''))
+        resources["custom"] = {}
     return resources
 
 
