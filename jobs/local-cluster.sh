@@ -9,6 +9,7 @@
 #
 # Settings (environment): RAY (the ray executable, default: ray on PATH), RAY_PORT (GCS port, 6379),
 # HEAD_CPUS (0: like the cloud head, no trials on it), WORKER_CPUS (1 per worker raylet),
+# HEAD_RESOURCES / WORKER_RESOURCES (custom Ray resources, JSON; default {"head": 1} / {"worker_node": 1}),
 # DASHBOARD_PORT (8265), OBJECT_STORE_BYTES (per node, 500 MB), LOCAL_CLUSTER_DIR (per-node temp
 # dirs, /tmp/ray-local-PORT).
 #
@@ -19,6 +20,8 @@ RAY=${RAY:-ray}
 PORT=${RAY_PORT:-6379}
 HEAD_CPUS=${HEAD_CPUS:-0}
 WORKER_CPUS=${WORKER_CPUS:-1}
+HEAD_RESOURCES=${HEAD_RESOURCES:-'{"head": 1}'}
+WORKER_RESOURCES=${WORKER_RESOURCES:-'{"worker_node": 1}'}
 # Every raylet on a host sizes its object store at 30% of RAM by default, as if it had the machine
 # to itself: N+1 of them would promise more /dev/shm than there is.
 OBJECT_STORE_BYTES=${OBJECT_STORE_BYTES:-500000000}
@@ -84,7 +87,7 @@ start() {
   # --resources head: lets a task pin itself to the head ({"head": 0.01}) if ever needed.
   # --disable-usage-stats: no usage report leaves a development machine.
   "$RAY" start --head --port="$PORT" --dashboard-host=127.0.0.1 --num-cpus="$HEAD_CPUS" \
-    --dashboard-port="$DASHBOARD_PORT" --resources='{"head": 1}' --object-store-memory="$OBJECT_STORE_BYTES" \
+    --dashboard-port="$DASHBOARD_PORT" --resources="$HEAD_RESOURCES" --object-store-memory="$OBJECT_STORE_BYTES" \
     --disable-usage-stats --temp-dir="$LOCAL_CLUSTER_DIR/head" \
     --dashboard-agent-listen-port="$(free_port)" --ray-client-server-port="$(free_port)"
   local i
@@ -93,7 +96,7 @@ start() {
     # are random by default) given two things: the dashboard agent's HTTP port is fixed at 52365,
     # so a second agent fails to bind ("Agent port #52365 failed to bind after 6 attempts"): each
     # node gets a free one; and the per-node --temp-dir (see LOCAL_CLUSTER_DIR above).
-    "$RAY" start --address="127.0.0.1:$PORT" --num-cpus="$WORKER_CPUS" --resources='{"worker_node": 1}' \
+    "$RAY" start --address="127.0.0.1:$PORT" --num-cpus="$WORKER_CPUS" --resources="$WORKER_RESOURCES" \
       --dashboard-agent-listen-port="$(free_port)" --object-store-memory="$OBJECT_STORE_BYTES" \
       --disable-usage-stats --temp-dir="$LOCAL_CLUSTER_DIR/w$i"
   done

@@ -1,0 +1,117 @@
+"""A real two-node Ray cluster on this machine (jobs/local-cluster.sh: a head and one worker
+raylet, token authentication on), a smoke sweep submitted with `ray job submit`, exactly as on a
+cloud cluster. Each node has one CPU and one `trial_slot` custom resource, and trials ask for both,
+so two concurrent trials must run one per node."""
+
+import json
+import os
+import pathlib
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import yaml
+
+pytest.importorskip("ray", reason="the sweep extra (ray[tune], optuna, mlflow) is not installed")
+if not os.path.isdir("/proc"):
+    pytest.skip("jobs/local-cluster.sh stops its processes through /proc (Linux only)", allow_module_level=True)
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BIN = pathlib.Path(sys.executable).parent
+SPACE = {
+    "base": {"model": {"d_model": 32, "n_heads": 4, "seq_len": 32, "n_steps": 2},
+             "data": {"source": "pystdlib", "max_bytes": 2000000},
+             "train": {"max_steps": 40, "batch_size": 4, "eval_every": 20, "eval_batches": 2, "log_every": 5}},
+    "search": {"train.lr": {"float": [1e-3, 1e-2], "log": True}, "loss.compute_weight": {"choice": [0.0, 0.3]}},
+    "objectives": [{"metric": "val/loss", "mode": "min"}, {"metric": "compute/flops_per_token", "mode": "min"}],
+    "budget": {"trials": 4, "concurrent": 2},
+    "resources": {"cpu": 1, "gpu": 0, "custom": {"trial_slot": 1}},
+    "analyze": {"front": False},
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # A short directory: Ray's Unix socket paths must stay under 107 bytes.
+    d = pathlib.Path(tempfile.mkdtemp(prefix="dn", dir="/tmp"))
+    token = d / "token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    env = {**os.environ, "RAY": str(BIN / "ray"), "RAY_PORT": str(_free_port()), "DASHBOARD_PORT": str(_free_port()),
+           "HEAD_CPUS": "1", "WORKER_CPUS": "1", "LOCAL_CLUSTER_DIR": str(d / "c"),
+           "HEAD_RESOURCES": '{"head": 1, "trial_slot": 1}', "WORKER_RESOURCES": '{"worker_node": 1, "trial_slot": 1}',
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    script = str(REPO / "jobs" / "local-cluster.sh")
+    try:
+        up = subprocess.run(["bash", script, "start", "1"], env=env, capture_output=True, text=True, timeout=240)
+        assert up.returncode == 0, (up.stdout + up.stderr)[-3000:]
+        yield env, f"http://127.0.0.1:{env['DASHBOARD_PORT']}", token.read_text().strip(), d
+    finally:
+        subprocess.run(["bash", script, "stop"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _get(url: str, token: str | None):
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_sweep_submitted_as_a_ray_job_runs_on_both_nodes(cluster):
+    import optuna
+    from mlflow import MlflowClient
+
+    env, dash, token, d = cluster
+    (d / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    root = d / "sweeps"
+    sub = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", dash, "--working-dir", str(REPO),
+                          "--submission-id", "dnasweep-two-nodes", "--no-wait", "--",
+                          sys.executable, "-m", "dnasweep.cli", "run", str(d / "space.yaml"), "--name", "two",
+                          "--root", str(root)], env=env, capture_output=True, text=True, timeout=180)
+    assert sub.returncode == 0, (sub.stdout + sub.stderr)[-3000:]
+
+    # Token auth is on: the Jobs API answers 401 without the token, and lists the job with it.
+    with pytest.raises(urllib.error.HTTPError) as e:
+        _get(f"{dash}/api/jobs/", None)
+    assert e.value.code == 401
+    assert "dnasweep-two-nodes" in {j["submission_id"] for j in _get(f"{dash}/api/jobs/", token)}
+
+    deadline, status = time.time() + 480, None
+    while time.time() < deadline:
+        status = _get(f"{dash}/api/jobs/dnasweep-two-nodes", token)["status"]
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            break
+        time.sleep(2)
+    logs = _get(f"{dash}/api/jobs/dnasweep-two-nodes/logs", token)["logs"]
+    assert status == "SUCCEEDED", logs[-4000:]
+    assert "Pareto front" in logs
+
+    sweep = root / "two"
+    nodes = set()
+    for t in (sweep / "trials").iterdir():
+        nodes |= {ln.split(" node ")[1] for ln in (t / "attempts.log").read_text().splitlines()}
+    alive = {n["node_id"] for n in _get(f"{dash}/api/v0/nodes?view=summary", token)["data"]["result"]["result"]}
+    assert len(nodes) == 2 and nodes <= alive, (nodes, alive)  # trials ran on both nodes
+
+    study = optuna.load_study(study_name="two", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(sweep / "optuna.log"))))
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 4
+    assert (sweep / "pareto_front.csv").read_text().count("\n") >= 2  # header + at least one trial
+    client = MlflowClient(f"sqlite:///{sweep / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("dnasweep").experiment_id], max_results=20)
+    assert sum(r.info.status == "FINISHED" and "mlflow.parentRunId" in r.data.tags for r in runs) == 4
