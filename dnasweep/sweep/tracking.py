@@ -105,7 +105,8 @@ class MLflowSweepLogger(Callback):
         self.pending: dict[str, list] = {}  # Ray trial id -> metrics not yet written
         self.configs: dict[str, dict] = {}  # Ray trial id -> sampled values (params go with the run)
         self.ended: dict[str, tuple[str, dict]] = {}  # Ray trial id -> (status, tags) not yet written
-        self.logged: dict[str, dict[str, int]] = {}  # Ray trial id -> metric -> last step taken
+        self.logged: dict[str, dict[str, set]] = {}  # Ray trial id -> metric -> steps written or pending
+        self.backfilled: set[str] = set()  # ended trials whose metrics.jsonl has been checked
         self.params_todo: set[str] = set()  # Ray trial ids whose run has no params yet
         self.last_flush = time.monotonic()
         state = read_json(self.state_path) if resume else None
@@ -135,11 +136,11 @@ class MLflowSweepLogger(Callback):
                                       "parent": self.parent_id, "runs": self.runs})
 
     def _load_logged_steps(self) -> None:
-        """Per run and metric, the last step the store already has: re-reported steps are skipped."""
+        """Per run and metric, the steps the store already has: re-reported steps are skipped."""
         for tid, rid in self.runs.items():
             seen = self.logged.setdefault(tid, {})
             for key in self.client.get_run(rid).data.metrics:
-                seen[key] = max((m.step for m in self.client.get_metric_history(rid, key)), default=-1)
+                seen[key] = {m.step for m in self.client.get_metric_history(rid, key)}
 
     def _failed(self, where: str, e: Exception) -> None:
         text = redact(str(e))  # MLflow's HTTP errors quote the URL, password included
@@ -186,13 +187,34 @@ class MLflowSweepLogger(Callback):
                    and not isinstance(v, bool) and math.isfinite(v)]
         # A retried or resumed trial re-runs the steps after its last checkpoint and reports them
         # again, with the same values (resume is exact): keep the first report of each (metric, step).
-        seen = self.logged.setdefault(tid, {})
-        fresh = [m for m in metrics if step > seen.get(m.key, -1)]
-        for m in fresh:
-            seen[m.key] = step
-        self.pending.setdefault(tid, []).extend(fresh)
+        self._add(tid, metrics)
         if time.monotonic() - self.last_flush > FLUSH_EVERY_S:
             self.flush()
+
+    def _add(self, tid: str, metrics: list) -> None:
+        seen = self.logged.setdefault(tid, {})
+        fresh = [m for m in metrics if m.step not in seen.setdefault(m.key, set())]
+        for m in fresh:
+            seen[m.key].add(m.step)
+        self.pending.setdefault(tid, []).extend(fresh)
+
+    def _backfill(self, tid: str) -> None:
+        """An ended trial's metrics.jsonl (written by the trial itself) fills any step the store
+        lacks: steps a killed driver held in its buffer, which a resumed trial never re-reports
+        (it continues after its checkpoint)."""
+        from mlflow.entities import Metric
+
+        if self.fetch:
+            self.fetch(tid)
+        path = os.path.join(self.sweep_dir, "trials", tid, "metrics.jsonl")
+        ts = int(time.time() * 1000)
+        if os.path.exists(path):
+            with open(path) as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+            self._add(tid, [Metric(k, float(v), ts, int(r.get("step", 0))) for r in rows for k, v in r.items()
+                            if "/" in k and isinstance(v, int | float) and not isinstance(v, bool)
+                            and math.isfinite(v)])
+        self.backfilled.add(tid)
 
     def flush(self) -> bool:
         """Write what is buffered: runs not yet created, metrics (at most 1000 per call, MLflow's
@@ -200,6 +222,9 @@ class MLflowSweepLogger(Callback):
         the next call. True when nothing is left."""
         self.last_flush = time.monotonic()
         try:
+            for tid in self.ended:
+                if tid not in self.backfilled:
+                    self._backfill(tid)
             for tid in list(self.pending):
                 rid = self._ensure_run(tid)
                 batch = self.pending[tid]
@@ -239,8 +264,6 @@ class MLflowSweepLogger(Callback):
 
     def _close(self, tid: str, status: str, tags: dict) -> None:
         rid = self.runs[tid]
-        if self.fetch:
-            self.fetch(tid)
         for k, v in tags.items():
             self.client.set_tag(rid, k, v)
         trial_dir = os.path.join(self.sweep_dir, "trials", tid)

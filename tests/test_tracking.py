@@ -1,0 +1,61 @@
+"""The MLflow tracker without Ray running (fake Tune trials, a real SQLite MLflow store): a driver
+killed with metrics still in its buffer loses none of them once the sweep is resumed."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("mlflow", reason="the sweep extra (ray[tune], optuna, mlflow) is not installed")
+
+from dnasweep.sweep.space import parse_space  # noqa: E402
+
+SPACE = {"base": {"model": {"d_model": 32, "n_heads": 4, "seq_len": 32, "n_steps": 2}, "train": {"max_steps": 50}},
+         "search": {"train.lr": {"float": [1e-3, 1e-2], "log": True}},
+         "objectives": [{"metric": "val/loss", "mode": "min"}]}
+
+
+def _trial(tid, last=None):
+    return SimpleNamespace(trial_id=tid, config={"train.lr": 3e-3}, last_result=last or {}, local_path=None)
+
+
+def _report(tracker, trial, step):
+    tracker.on_trial_result(0, [], trial, {"step": step, "train/loss": 10.0 - step / 10, "timestamp": 1})
+
+
+def test_steps_buffered_by_a_killed_driver_come_back_from_metrics_jsonl(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from dnasweep.sweep import tracking
+
+    monkeypatch.setattr(tracking, "FLUSH_EVERY_S", 1e9)  # only explicit flushes write
+    space = parse_space(SPACE, "s.yaml")
+    sweep = tmp_path / "s"
+    (sweep / "trials" / "t1").mkdir(parents=True)
+    uri = tracking.default_uri(str(sweep))
+    first = tracking.MLflowSweepLogger(space, "s", str(sweep), uri)
+    t = _trial("t1")
+    for step in (5, 10, 15, 20):
+        _report(first, t, step)
+    first.flush()  # steps 5..20 reach the store
+    for step in (25, 30, 35, 40):
+        _report(first, t, step)  # buffered only: the driver is killed now (never flushed)
+    # The trial itself wrote every step to its metrics.jsonl, and resumes after its step-40 checkpoint.
+    with open(sweep / "trials" / "t1" / "metrics.jsonl", "w") as f:
+        f.writelines(json.dumps({"step": s, "train/loss": 10.0 - s / 10}) + "\n" for s in range(5, 45, 5))
+
+    second = tracking.MLflowSweepLogger(space, "s", str(sweep), uri, resume=True)
+    assert second.runs == first.runs and second.parent_id == first.parent_id  # no second run for t1
+    for step in (45, 50):
+        _report(second, t, step)
+        with open(sweep / "trials" / "t1" / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "train/loss": 10.0 - step / 10}) + "\n")
+    _report(second, t, 20)  # a re-reported step is not written twice
+    second.on_trial_complete(0, [], _trial("t1", {"val/loss": 1.0}))
+
+    client = MlflowClient(uri)
+    rid = first.runs["t1"]
+    steps = sorted(m.step for m in client.get_metric_history(rid, "train/loss"))
+    assert steps == list(range(5, 55, 5))
+    assert client.get_run(rid).info.status == "FINISHED"
+    assert json.loads((sweep / "tracking.json").read_text())["uri"] is None  # default store: not pinned
