@@ -32,7 +32,8 @@ def _validate(args: argparse.Namespace) -> int:
     from dnasweep.config import load_trial, read_yaml
     from dnasweep.model import nominal
 
-    if "search" not in read_yaml(args.config):
+    # A search space has base:/search:/objectives:; a trial config has none of them (model:, train:, ...).
+    if not {"base", "search", "objectives"} & set(read_yaml(args.config) or {}):
         cfg = load_trial(args.config, list(args.overrides))
         n = nominal(cfg.model)
         print(f"{args.config}: valid trial ({cfg.model.kind} {cfg.model.task}, {n.params_total:,} parameters, "

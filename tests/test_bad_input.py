@@ -261,3 +261,9 @@ def test_a_trial_must_fit_on_one_node_not_on_the_cluster_total():
         _check_fits(space, [{"CPU": 4.0}])
     assert "resources.custom.a100" in str(e.value)
     _check_fits(space, [{"CPU": 1.0}, {"CPU": 2.0, "a100": 1.0}])  # one node holds a whole trial
+
+
+def test_validate_judges_a_space_without_search_as_a_space(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump({"base": {"model": {"d_model": 32}}, "objectives": [{"metric": "val/los"}]}))
+    assert main(["validate", str(f)]) == 2  # was "valid trial": objectives were never looked at
