@@ -1,8 +1,9 @@
 """The cloud cluster configs (jobs/aws.yaml, jobs/gcp.yaml) checked offline: Ray's own cluster-config
 schema, as `ray up` applies it before it talks to the cloud, plus what the schema cannot see (scale
 from zero, GPU resources that match the machine, a head that runs no trials, token auth on every
-`ray start`, MLflow never on 0.0.0.0, the repository and the token mounted). Nothing here starts Ray
-or contacts AWS / GCP; the cloud side itself is untested (no cloud access from the dev machine)."""
+`ray start`, MLflow never on 0.0.0.0, the repository and the token mounted, the sweeps kept in the
+bucket by dnasweep itself with the autoscaling wait on, no FUSE mount). Nothing here starts Ray or
+contacts AWS / GCP; the cloud side itself is untested (no cloud access from the dev machine)."""
 
 import copy
 import pathlib
@@ -177,6 +178,60 @@ def test_mlflow_server_on_the_head_internal_address(name):
     # The job drivers (on the head) find it through MLFLOW_TRACKING_URI.
     exported = [c for c in cfg["head_setup_commands"] if "MLFLOW_TRACKING_URI=" in c]
     assert exported and ":5000" in exported[0]
+
+
+def env_of_ray_start(cmd: str) -> dict[str, str]:
+    """The VAR=VALUE words that prefix `ray start` in a shell command: the environment of that
+    process (and of everything it starts) on top of the login shell's."""
+    simple = cmd[: cmd.index("ray start")].split(";")[-1]  # the simple command that runs ray start
+    words = shlex.split(simple)
+    assert all(re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", w) for w in words), simple
+    return dict(w.split("=", 1) for w in words)
+
+
+def test_dnasweep_reads_the_variables_the_configs_set():
+    """The names below are dnasweep's (--storage / --autoscaling defaults); a rename there must show
+    up here, or the cluster would silently run without them."""
+    runner = (ROOT / "dnasweep" / "sweep" / "runner.py").read_text()
+    for var in ("DNASWEEP_STORAGE", "DNASWEEP_AUTOSCALING"):
+        assert f'os.environ.get("{var}"' in runner, var
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_sweeps_go_to_the_bucket_and_wait_for_nodes(name):
+    """Every job driver runs on the head and inherits the environment of its `ray start` (Ray's job
+    supervisor copies its own): the sweep goes to the bucket without a mount, and a sweep submitted
+    while no worker is up asks the autoscaler for one instead of being refused."""
+    cfg = load(name)
+    (start,) = ray_start_commands(cfg, "head_start_ray_commands")
+    env = env_of_ray_start(start)
+    assert env.get("RAY_AUTH_MODE") == "token"
+    assert env.get("DNASWEEP_STORAGE") == f"{BUCKET_SCHEME[name]}BUCKET/sweeps", env
+    assert env.get("DNASWEEP_AUTOSCALING") == "1", env
+    # the same bucket as MLflow's artifacts, and a prefix of its own
+    mlflow = next(c for c in cfg["head_start_ray_commands"] if "mlflow server" in c)
+    assert option(mlflow, "--artifacts-destination").rsplit("/", 1)[0] == env["DNASWEEP_STORAGE"].rsplit("/", 1)[0]
+    # Workers run trials only; the driver hands them the store, they need no variable of their own.
+    for cmd in ray_start_commands(cfg, "worker_start_ray_commands"):
+        assert "DNASWEEP_" not in cmd
+    # The documented submit command keeps the driver's working copy at an absolute path on the head
+    # (a relative one would land in the job's temporary copy of --working-dir).
+    header = (JOBS / f"{name}.yaml").read_text().split("\ncluster_name:", 1)[0]
+    root = option(re.search(r"dnasweep run .*", header).group(0), "--root")
+    assert root and root.startswith(f"/home/{cfg['auth']['ssh_user']}/"), root
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_no_fuse_mount(name):
+    """dnasweep reaches the bucket through pyarrow; a FUSE mount (s3fs, gcsfuse, Mountpoint) would be
+    a second, slower path to the same objects and one more thing to install."""
+    cfg = load(name)
+    commands = "\n".join(c for key in COMMAND_LISTS for c in cfg.get(key) or [])
+    for word in ("s3fs", "gcsfuse", "mount-s3", "mountpoint", "/mnt/"):
+        assert word not in commands, word
+    assert not any(remote.startswith("/mnt") for remote in cfg["file_mounts"])
+    assert "/mnt/dnasweep" not in (JOBS / f"{name}.yaml").read_text()
+    assert "/mnt/dnasweep" not in (JOBS / "README.md").read_text()
 
 
 @pytest.mark.parametrize("name", CONFIGS)

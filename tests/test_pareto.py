@@ -11,7 +11,7 @@ from dnasweep.sweep import plots
 from dnasweep.sweep.pareto import hypervolume, hypervolume_history, reference_point
 from dnasweep.sweep.space import parse_space
 
-SPACE = {"base": {"model": {"d_model": 32}},
+SPACE = {"base": {"model": {"task": "vision", "d_model": 32}, "data": {"source": "digits"}},
          "search": {"train.lr": {"float": [1e-4, 1e-2], "log": True},
                     "model.router.type": {"choice": ["topk", "hash"]}},
          "objectives": [{"metric": "val/acc", "mode": "max"}, {"metric": "compute/flops_per_token", "mode": "min"}]}
