@@ -59,3 +59,32 @@ def test_steps_buffered_by_a_killed_driver_come_back_from_metrics_jsonl(tmp_path
     assert steps == list(range(5, 55, 5))
     assert client.get_run(rid).info.status == "FINISHED"
     assert json.loads((sweep / "tracking.json").read_text())["uri"] is None  # default store: not pinned
+
+
+def test_resume_against_a_store_without_the_runs_recreates_them(tmp_path):
+    """A lost head took its MLflow server's database: the resumed sweep's new store gets a parent
+    run and, from the trial directories, the runs of the trials that had already ended."""
+    from mlflow import MlflowClient
+
+    from dnasweep.sweep import tracking
+
+    space = parse_space(SPACE, "s.yaml")
+    sweep = tmp_path / "s"
+    d = sweep / "trials" / "t1"
+    d.mkdir(parents=True)
+    old = tracking.MLflowSweepLogger(space, "s", str(sweep), f"sqlite:///{tmp_path / 'old.db'}")
+    t = _trial("t1")
+    for step in (5, 10):
+        _report(old, t, step)
+    (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "train/loss": 1.0 * s}) + "\n" for s in (5, 10)))
+    (d / "result.json").write_text(json.dumps({"status": "completed", "step": 10, "val/loss": 2.0}))
+    (d / "config.yaml").write_text("train:\n  lr: 0.003\nmodel:\n  d_model: 32\n")
+    old.on_trial_complete(0, [], _trial("t1", {"val/loss": 2.0}))
+
+    new_uri = f"sqlite:///{tmp_path / 'new.db'}"
+    new = tracking.MLflowSweepLogger(space, "s", str(sweep), new_uri, resume=True)
+    assert new.parent_id != old.parent_id and not new.errors
+    client = MlflowClient(new_uri)
+    run = client.get_run(new.runs["t1"])
+    assert run.info.status == "FINISHED" and run.data.params["train.lr"] == "0.003"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == [5, 10]

@@ -110,11 +110,47 @@ class MLflowSweepLogger(Callback):
         self.params_todo: set[str] = set()  # Ray trial ids whose run has no params yet
         self.last_flush = time.monotonic()
         state = read_json(self.state_path) if resume else None
-        if state:  # `dnasweep resume`: the same parent run, the same child run per trial
+        if state and self._has_run(state["parent"]):  # `dnasweep resume`: the same parent and child runs
             self.exp_id, self.parent_id, self.runs = state["experiment_id"], state["parent"], state["runs"]
             self.client.update_run(self.parent_id, status="RUNNING")
             self._load_logged_steps()
             return
+        self._open(name)
+        if state:  # resumed against a store without this sweep's runs (a new server after a lost head)
+            self._rebuild(state["runs"])
+
+    def _has_run(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_run(run_id)
+            return True
+        except MlflowException as e:
+            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise
+
+    def _rebuild(self, old_runs: dict[str, str]) -> None:
+        """Recreate the runs of trials that ended before the sweep moved to this store, from their
+        directories (config, metrics.jsonl, result.json): queued as ended, written by flush."""
+        print(f"MLflow store {redact(self.uri)} has none of this sweep's runs: recreating the {len(old_runs)} "
+              "trials' runs from their directories", file=sys.stderr)
+        for tid in old_runs:
+            if self.fetch:
+                self.fetch(tid)
+            res = read_json(os.path.join(self.sweep_dir, "trials", tid, "result.json"))
+            if res is None:
+                continue  # still running: its run is created when it reports again
+            status = "FINISHED" if res.get("status") == "completed" else "FAILED"
+            tags = {} if status == "FINISHED" else {"dnasweep.fail_reason": str(res.get("reason", "")),
+                                                   "dnasweep.status": str(res.get("status"))}
+            self.pending.setdefault(tid, [])
+            self.ended[tid] = (status, tags)
+        self.flush()
+
+    def _open(self, name: str) -> None:
+        """A new parent run (and the experiment, if the store lacks it)."""
+        space, sweep_dir = self.space, self.sweep_dir
         exp = self.client.get_experiment_by_name(space.experiment)
         # A new experiment keeps its artifacts in the sweep directory (MLflow's default would be
         # ./mlruns under whatever directory the user happened to start from).
@@ -158,14 +194,17 @@ class MLflowSweepLogger(Callback):
             self._save_state()
             self.params_todo.add(trial_id)
         if trial_id in self.params_todo:  # kept until written: the store may drop between the two calls
-            self._log_params(self.runs[trial_id], self._trial_params(trial_id, self.configs.get(trial_id, {})))
+            self._log_params(self.runs[trial_id], self._trial_params(trial_id, self.configs.get(trial_id)))
             self.params_todo.discard(trial_id)
         return self.runs[trial_id]
 
-    def _trial_params(self, trial_id: str, sampled: dict) -> dict:
+    def _trial_params(self, trial_id: str, sampled: dict | None) -> dict:
         """The trial's complete config, flattened (base + sampled values), so runs compare on any key."""
         from omegaconf import OmegaConf
 
+        if sampled is None:  # a run recreated from the trial's directory: its own config.yaml
+            path = os.path.join(self.sweep_dir, "trials", trial_id, "config.yaml")
+            return flatten(OmegaConf.to_container(OmegaConf.load(path))) if os.path.exists(path) else {}
         values = {p.path: sampled[p.path] for p in self.space.params if p.path in sampled}
         cfg = self.space.trial_config(values, os.path.join(self.sweep_dir, "trials", trial_id))
         return flatten(OmegaConf.to_container(OmegaConf.structured(cfg)))
