@@ -33,3 +33,23 @@ def test_existing_name_is_refused(tmp_path, capsys):
     assert "already exists" in err and "dnasweep resume" in err and "--resume" in err
     assert json.loads((old / "space.json").read_text()) == {"keep": "me"}  # nothing lost
     assert sorted(p.name for p in old.iterdir()) == ["space.json"]
+
+
+def test_a_dead_cluster_left_by_ray_start_is_not_joined(tmp_path, monkeypatch):
+    import socket
+    import tempfile
+
+    from dnasweep.sweep.runner import _stale_cluster_guard
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    lines = []
+    assert _stale_cluster_guard(lines.append) is None  # no `ray start` cluster: ray.init decides
+    (tmp_path / "ray").mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]  # closed again when the block ends: nobody listens there
+    (tmp_path / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{dead}")
+    assert _stale_cluster_guard(lines.append) == "local" and "does not answer" in lines[-1]
+    with socket.create_server(("127.0.0.1", 0)) as live:
+        (tmp_path / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{live.getsockname()[1]}")
+        assert _stale_cluster_guard(lines.append) is None  # a live cluster is joined

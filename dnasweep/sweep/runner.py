@@ -214,9 +214,9 @@ def _node_resources() -> list[dict]:
 def _init_ray(space: SearchSpace, address: str | None, log, autoscaling: bool | None = None) -> None:
     import ray
 
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS") or _stale_cluster_guard(log)
     # The dashboard of a cluster we start binds to 127.0.0.1 only (ssh -L 8265 to watch it remotely).
-    ctx = ray.init(address=address, ignore_reinit_error=True, include_dashboard=address is None,
+    ctx = ray.init(address=address, ignore_reinit_error=True, include_dashboard=address in (None, "local"),
                    dashboard_host="127.0.0.1", log_to_driver=False)
     if autoscaling is None:
         autoscaling = os.environ.get("DNASWEEP_AUTOSCALING", "") not in ("", "0")
@@ -229,6 +229,27 @@ def _init_ray(space: SearchSpace, address: str | None, log, autoscaling: bool | 
     dash = getattr(ctx, "dashboard_url", None)
     if dash:
         log(f"Ray dashboard: http://{dash}")
+
+
+def _stale_cluster_guard(log) -> str | None:
+    """With no address, ray.init joins the cluster `ray start` recorded in /tmp/ray/ray_current_cluster;
+    if that cluster died without `ray stop` (SIGKILL, reboot), it waits on it for minutes. A dead
+    one is reported and a local cluster started instead ("local"); a live one is joined (None)."""
+    import socket
+    import tempfile
+
+    path = os.path.join(tempfile.gettempdir(), "ray", "ray_current_cluster")
+    try:
+        with open(path) as f:
+            host, port = f.read().strip().rsplit(":", 1)
+        socket.create_connection((host, int(port)), timeout=2).close()
+        return None
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        log(f"warning: {path} names a Ray cluster that does not answer (stopped without `ray stop`?); "
+            "starting a local one instead (pass --address to join a cluster)")
+        return "local"
 
 
 def _wait_for_a_node(space: SearchSpace, log) -> None:
