@@ -71,7 +71,7 @@ def run_dnasweep(space, root: str) -> tuple[float, float, list[float], list[dict
     from dnasweep.sweep.study import open_study
 
     t0 = time.perf_counter()
-    ray.init(include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)  # ours, never a `ray start` one
     t_init = time.perf_counter() - t0
     t0, w0 = time.perf_counter(), time.time()
     res = run_sweep(space, "bench", root=root, log=lambda *_: None, analyze=False)
