@@ -3,6 +3,7 @@
 # (ray job submit, dnasweep run --address, several nodes, a head that runs no trials) locally.
 #
 #   bash jobs/local-cluster.sh start [N_WORKERS]   head + N worker raylets (default 2), prints how to use it
+#   bash jobs/local-cluster.sh add-worker          one more worker raylet (scaling up by hand)
 #   bash jobs/local-cluster.sh status              ray status (nodes, resources, pending demands)
 #   bash jobs/local-cluster.sh stop                SIGKILL this cluster's processes (only those)
 #   bash jobs/local-cluster.sh stop --all          ray stop --force: EVERY Ray process of this user here
@@ -73,6 +74,25 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+start_worker() {
+  # Several raylets on one host work in Ray 2.60 (node-manager, object-manager, metrics ports
+  # are random by default) given two things: the dashboard agent's HTTP port is fixed at 52365,
+  # so a second agent fails to bind ("Agent port #52365 failed to bind after 6 attempts"): each
+  # node gets a free one; and the per-node --temp-dir (see LOCAL_CLUSTER_DIR above).
+  export "${MARK?}"
+  "$RAY" start --address="127.0.0.1:$PORT" --num-cpus="$WORKER_CPUS" --resources="$WORKER_RESOURCES" \
+    --dashboard-agent-listen-port="$(free_port)" --object-store-memory="$OBJECT_STORE_BYTES" \
+    --disable-usage-stats --temp-dir="$LOCAL_CLUSTER_DIR/w$1"
+}
+
+# A worker joining a running cluster: what an autoscaler does when trials wait for resources.
+add_worker() {
+  ensure_token
+  local i=1
+  while [[ -e $LOCAL_CLUSTER_DIR/w$i ]]; do i=$((i + 1)); done
+  start_worker "$i"
+}
+
 start() {
   local n=${1:-2}
   [[ $n =~ ^[0-9]+$ ]] || { echo "N_WORKERS must be a number, got '$n'" >&2; exit 2; }
@@ -92,13 +112,7 @@ start() {
     --dashboard-agent-listen-port="$(free_port)" --ray-client-server-port="$(free_port)"
   local i
   for ((i = 1; i <= n; i++)); do
-    # Several raylets on one host work in Ray 2.60 (node-manager, object-manager, metrics ports
-    # are random by default) given two things: the dashboard agent's HTTP port is fixed at 52365,
-    # so a second agent fails to bind ("Agent port #52365 failed to bind after 6 attempts"): each
-    # node gets a free one; and the per-node --temp-dir (see LOCAL_CLUSTER_DIR above).
-    "$RAY" start --address="127.0.0.1:$PORT" --num-cpus="$WORKER_CPUS" --resources="$WORKER_RESOURCES" \
-      --dashboard-agent-listen-port="$(free_port)" --object-store-memory="$OBJECT_STORE_BYTES" \
-      --disable-usage-stats --temp-dir="$LOCAL_CLUSTER_DIR/w$i"
+    start_worker "$i"
   done
   cat <<EOF
 
@@ -148,7 +162,8 @@ stop() {
 
 case ${1:-} in
   start) start "${2:-2}" ;;
+  add-worker) add_worker ;;
   status) "$RAY" status --address="127.0.0.1:$PORT" ;;
   stop) stop "${2:-}" ;;
-  *) echo "usage: bash jobs/local-cluster.sh start [N_WORKERS] | status | stop [--all]" >&2; exit 2 ;;
+  *) echo "usage: bash jobs/local-cluster.sh start [N_WORKERS] | add-worker | status | stop [--all]" >&2; exit 2 ;;
 esac

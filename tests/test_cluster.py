@@ -3,6 +3,7 @@ raylet, token authentication on), a smoke sweep submitted with `ray job submit`,
 cloud cluster. Each node has one CPU and one `trial_slot` custom resource, and trials ask for both,
 so two concurrent trials must run one per node."""
 
+import contextlib
 import json
 import os
 import pathlib
@@ -43,27 +44,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def cluster():
+@contextlib.contextmanager
+def _local_cluster(workers: int, head_cpus: int = 1):
+    """jobs/local-cluster.sh on free ports with a token file of its own; yields (env, script, dir)."""
     # A short directory: Ray's Unix socket paths must stay under 107 bytes.
     d = pathlib.Path(tempfile.mkdtemp(prefix="dn", dir="/tmp"))
     token = d / "token"
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
     env = {**os.environ, "RAY": str(BIN / "ray"), "RAY_PORT": str(_free_port()), "DASHBOARD_PORT": str(_free_port()),
-           "HEAD_CPUS": "1", "WORKER_CPUS": "1", "LOCAL_CLUSTER_DIR": str(d / "c"),
+           "HEAD_CPUS": str(head_cpus), "WORKER_CPUS": "1", "LOCAL_CLUSTER_DIR": str(d / "c"),
            "HEAD_RESOURCES": '{"head": 1, "trial_slot": 1}', "WORKER_RESOURCES": '{"worker_node": 1, "trial_slot": 1}',
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     env.pop("MLFLOW_TRACKING_URI", None)
     script = str(REPO / "jobs" / "local-cluster.sh")
     try:
-        up = subprocess.run(["bash", script, "start", "1"], env=env, capture_output=True, text=True, timeout=240)
+        up = subprocess.run(["bash", script, "start", str(workers)], env=env, capture_output=True, text=True,
+                            timeout=240)
         assert up.returncode == 0, (up.stdout + up.stderr)[-3000:]
-        yield env, f"http://127.0.0.1:{env['DASHBOARD_PORT']}", token.read_text().strip(), d
+        yield env, script, d
     finally:
         subprocess.run(["bash", script, "stop"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with _local_cluster(workers=1) as (env, _, d):
+        yield env, f"http://127.0.0.1:{env['DASHBOARD_PORT']}", (d / "token").read_text().strip(), d
 
 
 def _get(url: str, token: str | None):
@@ -115,3 +124,29 @@ def test_sweep_submitted_as_a_ray_job_runs_on_both_nodes(cluster):
     client = MlflowClient(f"sqlite:///{sweep / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("dnasweep").experiment_id], max_results=20)
     assert sum(r.info.status == "FINISHED" and "mlflow.parentRunId" in r.data.tags for r in runs) == 4
+
+
+def test_autoscaling_waits_for_a_node_to_join(tmp_path):
+    """A cluster with no node that can hold a trial (a head with 0 CPUs, as `ray up` starts it):
+    `dnasweep run --autoscaling` asks Ray's autoscaler for a trial's bundle and waits; a worker that
+    joins (here by hand, as the autoscaler would) lets the sweep start and finish."""
+    space = {**SPACE, "budget": {"trials": 2, "concurrent": 1}, "resources": {"cpu": 1, "gpu": 0},
+             "base": {**SPACE["base"], "train": {**SPACE["base"]["train"], "max_steps": 20}}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(space))
+    with _local_cluster(workers=0, head_cpus=0) as (env, script, _):
+        log = tmp_path / "run.log"
+        with open(log, "w") as f:
+            run = subprocess.Popen([sys.executable, "-m", "dnasweep.cli", "run", str(tmp_path / "s.yaml"), "--name",
+                                    "auto", "--root", str(tmp_path / "root"), "--address",
+                                    f"127.0.0.1:{env['RAY_PORT']}", "--autoscaling", "--no-analyze"],
+                                   env={**env, "DNASWEEP_AUTOSCALING_WAIT_S": "240"}, stdout=f,
+                                   stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while "asking the autoscaler" not in log.read_text() and run.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert "asking the autoscaler" in log.read_text(), log.read_text()[-3000:]
+        added = subprocess.run(["bash", script, "add-worker"], env=env, capture_output=True, text=True, timeout=120)
+        assert added.returncode == 0, (added.stdout + added.stderr)[-3000:]
+        assert run.wait(timeout=400) == 0, log.read_text()[-4000:]
+    out = log.read_text()
+    assert "a node that holds a trial is up" in out and "2 complete, 0 failed" in out
