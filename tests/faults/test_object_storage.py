@@ -22,8 +22,16 @@ pytestmark = pytest.mark.faults
 
 
 def _store_results(bucket) -> int:
+    """Trials the store has seen end: uploaded result.json and, mirrored after it, COMPLETE in the journal."""
+    import optuna
+
     trials = bucket / "trials"
-    return sum((trials / t / "result.json").exists() for t in os.listdir(trials)) if trials.is_dir() else 0
+    uploaded = sum((trials / t / "result.json").exists() for t in os.listdir(trials)) if trials.is_dir() else 0
+    if not uploaded or not (bucket / "optuna.log").exists():
+        return 0
+    study = optuna.load_study(study_name="objs", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(bucket / "optuna.log"))))
+    return min(uploaded, sum(t.state.name == "COMPLETE" for t in study.trials))
 
 
 def test_sweep_in_object_storage_resumes_on_a_new_head(ray_cluster, tmp_path):
@@ -42,7 +50,6 @@ def test_sweep_in_object_storage_resumes_on_a_new_head(ray_cluster, tmp_path):
     while time.time() < deadline and driver.poll() is None and _store_results(store) < 1:
         time.sleep(0.2)
     assert _store_results(store) >= 1, (tmp_path / "first.log").read_text()[-3000:]
-    time.sleep(1.0)  # let the mirror of that trial's driver files land
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=60)
     shutil.rmtree(tmp_path / "head1")  # the head node is gone; only the store is left
