@@ -349,11 +349,10 @@ def _drive(space: SearchSpace, name: str, sweep_dir: str, uri: str, log, analyze
         log(f"sweep {name} stopped at {c['complete'] + c['failed']}/{space.trials} finished trials; its state "
             f"is saved. Continue it with:\n  dnasweep resume {store.uri if store else sweep_dir}")
         return result_of(study, space, sweep_dir, tracking_errors=tracker.errors, interrupted=True)
-    if store:  # trials that ended under an earlier head (resume from the store) are fetched too
-        fetch = _fetcher(store, sweep_dir)
+    if tracker.fetch:  # trials that ended under an earlier head (resume from the store) are fetched too
         for t in study.get_trials(deepcopy=False):
             if t.user_attrs.get("ray_trial_id"):
-                fetch(t.user_attrs["ray_trial_id"])
+                tracker.fetch(t.user_attrs["ray_trial_id"])
     front = result_of(study, space, sweep_dir).front
     tracker.finish(front, trial_rows(study, space))
     lost = f", {c['abandoned']} abandoned" if c["abandoned"] else ""

@@ -218,7 +218,8 @@ class MLflowSweepLogger(Callback):
         from mlflow.entities import Metric
 
         tid = trial.trial_id
-        self.configs.setdefault(tid, dict(trial.config))
+        if tid not in self.configs:  # once per trial: this runs on every report
+            self.configs[tid] = dict(trial.config)
         step = int(result.get("step", 0))
         ts = int(result.get("timestamp", 0)) * 1000
         metrics = [Metric(k, float(v), ts, step) for k, v in result.items()
