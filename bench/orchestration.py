@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from dnasweep.sweep.space import load_space
+from dnasweep.space import load_space
 
 SPACE = "search_spaces/lm.yaml"
 OVERRIDES = ["budget.trials=8", "budget.concurrent=2", "base.train.max_steps=150", "base.train.eval_every=75",
@@ -78,7 +78,8 @@ def run_dnasweep(space, root: str) -> tuple[float, float, list[float], list[dict
     wall, w1 = time.perf_counter() - t0, time.time()
     trials = os.path.join(res.sweep_dir, "trials")
     times = [_trial_time(os.path.join(trials, d)) for d in os.listdir(trials)]
-    parts = idle_breakdown([_span(os.path.join(trials, d)) for d in os.listdir(trials)], w0, w1, space.concurrent)
+    spans = [_span(os.path.join(trials, d)) for d in os.listdir(trials)]
+    parts = idle_breakdown(spans, w0, w1, space.budget.concurrent)
     print("dnasweep idle slot time, in wall seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()))
     study = open_study(res.sweep_dir)
     return t_init, wall, times, [t.params for t in sorted(study.trials, key=lambda t: t.number)]
@@ -101,7 +102,7 @@ def run_plain_optuna(space, params: list[dict], root: str) -> tuple[float, list[
     def objective(trial):
         define(trial)
         out = os.path.join(root, f"t{trial.number}")
-        res = run_trial(space.trial_config(trial.params, out))
+        res = run_trial(space.apply(trial.params, out))
         with lock:
             times.append(_trial_time(out))
         return [res.metrics[o.metric] for o in space.objectives]
@@ -128,14 +129,14 @@ def main(argv: list[str]) -> None:
             p.choices = [64, 128]
     with tempfile.TemporaryDirectory() as root:
         t_init, wall_d, times_d, params = run_dnasweep(space, root)
-        ideal_d = _report("dnasweep", wall_d, times_d, space.concurrent)
+        ideal_d = _report("dnasweep", wall_d, times_d, space.budget.concurrent)
         print(f"(starting the local Ray cluster took {t_init:.1f} s more: overhead with it "
               f"{(wall_d + t_init) / ideal_d - 1:+.3f})")
         import ray
 
         ray.shutdown()
         wall_o, times_o = run_plain_optuna(space, params, os.path.join(root, "plain"))
-        _report("optuna", wall_o, times_o, space.concurrent)
+        _report("optuna", wall_o, times_o, space.budget.concurrent)
     print(f"wall dnasweep / wall plain optuna n_jobs=2: {wall_d / wall_o:.3f}")
     print(f"dnasweep overhead over ideal: {wall_d / ideal_d - 1:.3f}")
 

@@ -22,8 +22,8 @@ import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
+from dnasweep.space import load_space
 from dnasweep.sweep.searcher import DefineByRun, make_sampler
-from dnasweep.sweep.space import load_space
 
 
 def history(space, n: int, seed: int = 0) -> list:
@@ -41,7 +41,7 @@ def history(space, n: int, seed: int = 0) -> list:
 
 
 def time_sampler(space, kind: str, past: list, repeats: int) -> list[float]:
-    space.sampler["type"] = kind
+    space.sampler.type = kind
     with tempfile.TemporaryDirectory() as d:
         storage = JournalStorage(JournalFileBackend(os.path.join(d, "optuna.log")))
         study = optuna.create_study(study_name="bench", storage=storage, sampler=make_sampler(space),

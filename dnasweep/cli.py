@@ -21,7 +21,10 @@ def _train(args: argparse.Namespace) -> int:
     cfg = load_trial(args.config, overrides)
     console = None if args.quiet else ConsoleReporter(cfg.train.max_steps)
     result = run_trial(cfg, console, resume=not args.no_resume)
-    if not args.quiet:
+    if result.already_done:  # even with --quiet: this command trained nothing, its numbers are not new
+        print(f"{result.reason}: the metrics are that checkpoint's, re-evaluated. Raise train.max_steps to train "
+              f"further, or pass --no-resume to start over; outputs in {result.out_dir}", file=sys.stderr)
+    elif not args.quiet:
         print(f"{result.status}: {result.reason}; outputs in {result.out_dir}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_json()))
@@ -39,12 +42,22 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"{args.config}: valid trial ({cfg.model.kind} {cfg.model.task}, {n.params_total:,} parameters, "
               f"{n.params_active:,.0f} active per token, {n.flops_per_token:,.0f} forward FLOPs per token nominal)")
         return 0
-    from dnasweep.sweep.space import load_space, space_warnings, summarize
+    from dnasweep.space import load_space, space_warnings, summarize
 
     space = load_space(args.config, list(args.overrides), smoke=args.smoke)
     print(summarize(space))
     for w in space_warnings(space):
         print(f"warning: {w}", file=sys.stderr)
+    if args.samples:
+        from dnasweep.space.sample import check_samples
+
+        report = check_samples(space, args.samples, seed=space.sampler.seed)
+        print(report.text())
+        if report.invalid:
+            print(f"error: {report.invalid} of {args.samples} sampled points break a rule of the trial config: each "
+                  "would be a failed trial. Add a when: to the dimension that causes it (see the rule above)",
+                  file=sys.stderr)
+            return 2
     return 0
 
 
@@ -52,7 +65,7 @@ def _run(args: argparse.Namespace) -> int:
     import datetime
     import os
 
-    from dnasweep.sweep.space import load_space
+    from dnasweep.space import load_space
 
     space = load_space(args.space, list(args.overrides), smoke=args.smoke)
     stem = os.path.splitext(os.path.basename(args.space))[0]
@@ -112,7 +125,7 @@ def _analyze(args: argparse.Namespace) -> int:
         else:
             sweep = parent if is_sweep(parent) else grand
             dirs = [trial_dir(sweep, os.path.basename(target))]
-        for r in analyze_in_sweep(sweep, dirs, max_examples=args.examples):
+        for r in analyze_in_sweep(sweep, dirs, max_examples=args.examples, uri=args.tracking_uri):
             print(r["summary"]["text"], "\n")
         return 0
     from dnasweep.analyze.trial import analyze_trial
@@ -166,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("config")
     v.add_argument("overrides", nargs="*")
     v.add_argument("--smoke", action="store_true", help="apply the file's smoke: overlay first")
+    v.add_argument("--samples", type=int, default=0, metavar="N",
+                   help="also apply N seeded random points; exit 2 if any breaks a rule of the trial config")
     v.set_defaults(fn=_validate)
     r = sub.add_parser("run", help="run a sweep: trials on Ray, chosen by Optuna against the objectives")
     r.add_argument("space", help="search-space YAML")
@@ -188,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", help="report directory for a single trial (default: TARGET/analysis)")
     a.add_argument("--examples", type=int, help="held-out sequences / images to run (default: 256 / all)")
     a.add_argument("--device", default="cpu", help="cpu or cuda")
+    a.add_argument("--tracking-uri", help="MLflow store of a sweep (default: $MLFLOW_TRACKING_URI, else the one the "
+                   "sweep logged to)")
     a.set_defaults(fn=_analyze)
     pf = sub.add_parser("pareto", help="the current Pareto front of a sweep (running or finished)")
     pf.add_argument("sweep", help="sweep directory, e.g. runs/sweeps/NAME")
@@ -209,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]
     try:
+        from dnasweep.plugins import load_plugins
+        load_plugins()  # $DNASWEEP_PLUGINS: routers (and the like) registered from outside the package
         return args.fn(args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

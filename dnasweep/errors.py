@@ -29,6 +29,11 @@ class ConfigError(ValueError):
         head = f"{source}: {n} problem{'s' if n != 1 else ''}"
         super().__init__("\n".join([head, *(p.render() for p in self.problems)]))
 
+    def __reduce__(self):
+        # Pickled across processes (a Ray worker's error reaches the driver): rebuild from the
+        # problems, not from the rendered text, which __init__ would take for a problem list.
+        return (ConfigError, (self.problems, self.source))
+
 
 def raise_if(problems: list[Problem], source: str = "config") -> None:
     """Raise a ConfigError when `problems` is non-empty."""

@@ -12,7 +12,7 @@ import yaml
 
 from dnasweep.cli import main
 from dnasweep.errors import ConfigError
-from dnasweep.sweep.space import load_space, parse_space
+from dnasweep.space import load_space, parse_space
 
 # A valid space to break one section at a time (`search:` makes `dnasweep validate` read it as one).
 OK = {"base": {"model": {"d_model": 32}}, "search": {"train.lr": {"float": [1.0e-3, 1.0e-2], "log": True}},
@@ -79,8 +79,8 @@ def test_unknown_keys_anywhere_suggest_the_known_one(tmp_path, capsys):
                    "search.model.d_modle", "objectives[0].mod", "sampler.typ", "budget.trails", "resources.gpus",
                    "tracking.experimnt")
     for fix in ("did you mean search?", "did you mean base.train.max_steps?", "did you mean log?",
-                "did you mean model.d_model?", "did you mean mode?", "did you mean type?", "did you mean trials?",
-                "did you mean gpu?", "did you mean experiment?"):
+                "did you mean model.d_model?", "did you mean objectives[0].mode?", "did you mean sampler.type?",
+                "did you mean budget.trials?", "did you mean resources.gpu?", "did you mean tracking.experiment?"):
         assert f"fix: {fix}" in err
     assert "9 problems" in err
 
@@ -168,7 +168,7 @@ def test_unsatisfiable_constraint(tmp_path, capsys):
     err = _refused(tmp_path, capsys, bad, "constraints[0]")
     from dnasweep.model import nominal
 
-    least = nominal(parse_space({**bad, "constraints": []}, "s").trial_config(
+    least = nominal(parse_space({**bad, "constraints": []}, "s").apply(
         {"model.d_model": 64, "model.n_steps": 2}, "/tmp/unused").model).params_total
     assert "params/total <= 10 holds at no point of the search space" in err
     assert f"smallest params/total is {least:,} (model.d_model=64, model.n_steps=2)" in err
@@ -186,7 +186,7 @@ def test_unsatisfiable_constraint_is_judged_at_the_true_extreme():
                 "model.router.top_k": 1}
     from dnasweep.model import nominal
 
-    least = nominal(space.trial_config(smallest, "/tmp/unused").model).params_total
+    least = nominal(space.apply(smallest, "/tmp/unused").model).params_total
     assert load_space("search_spaces/lm.yaml", [f"constraints=[params/total <= {least}]"]).constraints
     with pytest.raises(ConfigError) as e:
         load_space("search_spaces/lm.yaml", [f"constraints=[params/total <= {least - 1}]"])
@@ -238,7 +238,7 @@ def test_data_path_missing_or_without_data(tmp_path, capsys, case, text):
 # 9. GPUs requested on a cluster without them (checked once Ray is up, before any trial)
 
 def test_gpu_requested_on_a_cluster_without_gpus():
-    from dnasweep.sweep.runner import _check_fits
+    from dnasweep.sweep.cluster import check_fits as _check_fits
 
     space = parse_space({**OK, "resources": {"cpu": 1, "gpu": 1}}, "space.yaml")
     with pytest.raises(ConfigError) as e:
@@ -250,7 +250,7 @@ def test_gpu_requested_on_a_cluster_without_gpus():
 
 
 def test_a_trial_must_fit_on_one_node_not_on_the_cluster_total():
-    from dnasweep.sweep.runner import _check_fits
+    from dnasweep.sweep.cluster import check_fits as _check_fits
 
     space = parse_space({**OK, "resources": {"cpu": 2, "custom": {"a100": 1}}}, "s.yaml")
     two_small = [{"CPU": 1.0, "a100": 1.0}, {"CPU": 1.0}]

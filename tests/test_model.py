@@ -5,10 +5,9 @@ import torch
 from conftest import tiny_cfg
 
 from dnasweep.errors import ConfigError
-from dnasweep.model import ROUTERS, LossConfig, build_model, compute_loss, nominal
-from dnasweep.model.config import VISION_ONLY_ROUTERS
+from dnasweep.model import LossConfig, build_model, compute_loss, nominal, router_names, router_spec
 
-LM_ROUTERS = [r for r in sorted(ROUTERS) if r not in VISION_ONLY_ROUTERS]
+LM_ROUTERS = router_names(causal=True)
 
 
 @pytest.mark.parametrize("router", LM_ROUTERS)
@@ -27,9 +26,9 @@ def test_lm_is_causal(router, kind):
         assert torch.equal(a.paths[:, :12], b.paths[:, :12])
 
 
-@pytest.mark.parametrize("router", [r for r in sorted(ROUTERS) if r != "hash"])
+@pytest.mark.parametrize("router", router_names(learns=True))
 def test_gradients_reach_every_router(router):
-    task = "vision" if router in VISION_ONLY_ROUTERS else "lm"
+    task = "lm" if router_spec(router).causal else "vision"
     model = build_model(tiny_cfg(task, router))
     x = torch.randint(0, 256, (4, 24)) if task == "lm" else torch.randn(4, 1, 8, 8)
     y = torch.randint(0, 256, (4, 24)) if task == "lm" else torch.randint(0, 10, (4,))

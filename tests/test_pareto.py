@@ -7,9 +7,9 @@ import re
 import numpy as np
 import pytest
 
+from dnasweep.space import parse_space
 from dnasweep.sweep import plots
 from dnasweep.sweep.pareto import hypervolume, hypervolume_history, reference_point
-from dnasweep.sweep.space import parse_space
 
 SPACE = {"base": {"model": {"task": "vision", "d_model": 32}, "data": {"source": "digits"}},
          "search": {"train.lr": {"float": [1e-4, 1e-2], "log": True},

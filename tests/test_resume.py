@@ -1,11 +1,14 @@
-"""Bad input around resuming (Ray-free: both are refused before a cluster starts)."""
+"""Resuming: bad input around sweeps (Ray-free: refused before a cluster starts), and `dnasweep train`
+into an out_dir that holds a checkpoint (continued only when it is the same run)."""
 
 import json
 
 import pytest
+import torch
 import yaml
 
 from dnasweep.cli import main
+from dnasweep.train import loop
 
 SPACE = {"base": {"model": {"d_model": 32, "n_heads": 4, "seq_len": 32, "n_steps": 2},
                   "train": {"max_steps": 10}},
@@ -53,3 +56,153 @@ def test_a_dead_cluster_left_by_ray_start_is_not_joined(tmp_path, monkeypatch):
     with socket.create_server(("127.0.0.1", 0)) as live:
         (tmp_path / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{live.getsockname()[1]}")
         assert _stale_cluster_guard(lines.append) is None  # a live cluster is joined
+
+
+# --- `dnasweep train` into an out_dir that holds a checkpoint: continue only the same run ---
+TRIAL = {"model": {"kind": "dna", "task": "lm", "d_model": 32, "n_heads": 4, "seq_len": 24, "n_steps": 2,
+                   "pool": {"n_transformer": 1, "n_attention": 1, "n_mlp": 1, "n_identity": 1}},
+         "data": {"source": "pystdlib", "max_bytes": 200000},
+         "train": {"batch_size": 2, "eval_every": 3, "eval_batches": 2, "warmup_steps": 1, "log_every": 1,
+                   "device": "cpu"}}
+
+
+@pytest.fixture
+def trial(tmp_path):
+    path = tmp_path / "trial.yaml"
+    path.write_text(yaml.safe_dump(TRIAL))
+    return str(path)
+
+
+def _train(trial, out, *args):
+    return main(["train", trial, *args, "--out", str(out), "--quiet"])
+
+
+def _snapshot(out):
+    """Everything a refused or already-complete run must leave exactly as it was."""
+    state = out / "checkpoint" / "state.pt"
+    return (torch.load(state, weights_only=True)["step"], state.stat().st_mtime_ns,
+            *((out / n).read_text() for n in ("metrics.jsonl", "config.yaml", "result.json")))
+
+
+def _rows(out):
+    with open(out / "metrics.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def _train_steps(out):
+    return [r["step"] for r in _rows(out) if "train/loss" in r]
+
+
+def _interrupt_at_eval(monkeypatch):
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "evaluate", boom)  # before the checkpoint of that evaluation
+
+
+def test_changed_lr_is_refused_and_the_checkpoint_left_alone(tmp_path, trial, capsys):
+    out = tmp_path / "run"
+    assert _train(trial, out, "train.max_steps=6") == 0
+    before = _snapshot(out)
+    capsys.readouterr()
+    # more steps too: only the lr is a problem (the budget may change)
+    assert _train(trial, out, "train.max_steps=9", "train.lr=0.001") == 2
+    err = capsys.readouterr().err
+    assert "1 problem" in err and "train.lr" in err and "0.003" in err and "0.001" in err
+    assert "--no-resume" in err and "train.max_steps" not in err and "Traceback" not in err
+    assert _snapshot(out) == before
+
+
+def test_other_data_is_refused(tmp_path, trial, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog, again and again.\n" * 2000)
+    out = tmp_path / "run"
+    assert _train(trial, out, "train.max_steps=6", "data.source=text", f"data.path={corpus}") == 0
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert _train(trial, out, "train.max_steps=6") == 2  # the embedded corpus
+    err = capsys.readouterr().err
+    assert "data.source" in err and "'text'" in err and "'pystdlib'" in err
+    assert "data.path" in err and str(corpus) in err
+    assert _snapshot(out) == before
+
+
+def test_identical_rerun_says_already_complete_and_trains_nothing(tmp_path, trial, capsys):
+    out = tmp_path / "run"
+    assert _train(trial, out, "train.max_steps=6") == 0
+    assert json.loads((out / "result.json").read_text())["already_done"] is False
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert _train(trial, out, "train.max_steps=6", "--json") == 0
+    cap = capsys.readouterr()
+    assert "already complete" in cap.err and "step 6" in cap.err and "nothing trained" in cap.err
+    res = json.loads(cap.out.strip().splitlines()[-1])
+    assert res["already_done"] is True and res["step"] == 6 and "already complete" in res["reason"]
+    assert _snapshot(out) == before  # no metrics row added, the earlier result.json kept
+    # a smaller budget than the checkpoint's step: still nothing trained, and said so
+    assert _train(trial, out, "train.max_steps=3", "--json") == 0
+    cap = capsys.readouterr()
+    res = json.loads(cap.out.strip().splitlines()[-1])
+    assert res["already_done"] is True and res["step"] == 6 and "already complete" in cap.err
+    assert _snapshot(out) == before  # config.yaml still says the 6 steps it was trained with
+
+
+def test_more_max_steps_extends_the_run(tmp_path, trial, capsys):
+    out = tmp_path / "run"
+    assert _train(trial, out, "train.max_steps=6") == 0
+    first = _rows(out)
+    capsys.readouterr()
+    assert _train(trial, out, "train.max_steps=9", "--json") == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["step"] == 9 and res["already_done"] is False
+    assert "continued from step 6" in res["reason"] and "train.max_steps=6" in res["reason"]
+    saved = json.loads((out / "result.json").read_text())
+    assert saved["step"] == 9 and saved["reason"] == res["reason"]
+    rows = _rows(out)
+    assert rows[:len(first)] == first  # the first 6 steps are the old run's: resumed, not retrained
+    assert _train_steps(out) == list(range(1, 10))  # no duplicated steps
+    assert [r["step"] for r in rows if "val/loss" in r] == [3, 6, 9]
+    assert torch.load(out / "checkpoint" / "state.pt", weights_only=True)["step"] == 9
+
+
+def test_no_resume_starts_over_even_when_interrupted(tmp_path, trial, monkeypatch):
+    out = tmp_path / "run"
+    assert _train(trial, out, "train.max_steps=6") == 0
+    # interrupted at its first evaluation, before it wrote any checkpoint: nothing of the old run may
+    # remain for a later command to resume or report as its own
+    with monkeypatch.context() as m:
+        _interrupt_at_eval(m)
+        assert _train(trial, out, "train.max_steps=6", "train.lr=0.001", "--no-resume") == 130
+    assert not (out / "checkpoint").exists() and not (out / "result.json").exists()
+    assert _train_steps(out) == [1, 2, 3]  # only the new run's rows
+    assert _train(trial, out, "train.max_steps=6", "train.lr=0.001", "--no-resume") == 0
+    assert _train_steps(out) == list(range(1, 7))
+    res = json.loads((out / "result.json").read_text())
+    assert res["step"] == 6 and res["already_done"] is False and "continued" not in res["reason"]
+    assert yaml.safe_load((out / "checkpoint" / "config.yaml").read_text())["train"]["lr"] == 0.001
+
+
+def test_an_old_result_does_not_outlive_a_crashed_extension(tmp_path, trial, monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert _train(trial, out, "train.max_steps=6") == 0
+    with monkeypatch.context() as m:
+        _interrupt_at_eval(m)  # at step 9, before its checkpoint and result
+        assert _train(trial, out, "train.max_steps=9") == 130
+    assert not (out / "result.json").exists()  # the 6-step result is not this 9-step run's
+    assert _train_steps(out) == list(range(1, 10))
+    assert _train(trial, out, "train.max_steps=9") == 0  # resumes from step 6 again
+    assert json.loads((out / "result.json").read_text())["step"] == 9
+    assert _train_steps(out) == list(range(1, 10))
+
+
+def test_a_run_stopped_by_its_time_limit_is_complete(tmp_path, trial, capsys):
+    out = tmp_path / "run"
+    assert _train(trial, out, "train.max_steps=1000", "train.time_limit_s=0.001") == 0
+    step = json.loads((out / "result.json").read_text())["step"]
+    assert step < 1000
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert _train(trial, out, "train.max_steps=1000", "train.time_limit_s=0.001", "--json") == 0
+    cap = capsys.readouterr()
+    assert "already complete" in cap.err and json.loads(cap.out.strip().splitlines()[-1])["step"] == step
+    assert _snapshot(out) == before  # not one more step per rerun

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from dnasweep.errors import ConfigError
+from dnasweep.space import corners, load_space, parse_space
 from dnasweep.sweep.pareto import hypervolume_2d, pareto_mask
-from dnasweep.sweep.space import corners, load_space, parse_space
 
 OK = {"base": {"model": {"d_model": 32}}, "objectives": [{"metric": "val/loss", "mode": "min"}]}
 
@@ -22,10 +22,10 @@ def test_valid_space_parses_with_defaults():
                                       "model.router.top_k": {"int": [1, 3], "when": {"model.router.type": "topk"}}}},
                     "space.yaml")
     assert [p.path for p in s.params] == ["train.lr", "model.router.type", "model.router.top_k"]
-    assert s.params[0].log and s.sampler["type"] == "tpe" and s.trials == 8 and s.concurrent == 2
+    assert s.params[0].log and s.sampler.type == "tpe" and s.budget.trials == 8 and s.budget.concurrent == 2
     top_k = s.params[2]
-    assert s.active(top_k, {"model.router.type": "topk"}) and not s.active(top_k, {"model.router.type": "hash"})
-    cfg = s.trial_config({"train.lr": 1e-3, "model.router.type": "hash"}, "/tmp/x")
+    assert top_k.active({"model.router.type": "topk"}) and not top_k.active({"model.router.type": "hash"})
+    cfg = s.apply({"train.lr": 1e-3, "model.router.type": "hash"}, "/tmp/x")
     assert cfg.train.lr == 1e-3 and cfg.model.router.type == "hash" and cfg.model.d_model == 32
 
 
@@ -77,14 +77,14 @@ def test_smoke_overlay_and_overrides(tmp_path):
     f = tmp_path / "s.yaml"
     f.write_text("base: {train: {max_steps: 100}}\nobjectives: [{metric: val/loss}]\n"
                  "budget: {trials: 20}\nsmoke: {base: {train: {max_steps: 5}}, budget: {trials: 2}}\n")
-    assert load_space(str(f)).trials == 20
+    assert load_space(str(f)).budget.trials == 20
     s = load_space(str(f), ["budget.concurrent=1"], smoke=True)
-    assert s.trials == 2 and s.concurrent == 1 and s.base["train"]["max_steps"] == 5
+    assert s.budget.trials == 2 and s.budget.concurrent == 1 and s.base.train.max_steps == 5
 
 
 def test_corners_cover_every_choice_and_range_end():
     s = parse_space({**OK, "search": {"model.d_model": {"choice": [32, 64]}, "model.n_steps": {"int": [1, 4]}}}, "x")
-    pts = corners(s)
+    pts = corners(s.params)
     assert len(pts) == 4 and {(p["model.d_model"], p["model.n_steps"]) for p in pts} == {(32, 1), (32, 4), (64, 1),
                                                                                           (64, 4)}
 
@@ -115,7 +115,7 @@ def test_cli_run_with_bad_space_exits_2_and_creates_nothing(tmp_path):
 
 
 def test_gp_sampler_with_a_long_budget_warns():
-    from dnasweep.sweep.space import space_warnings
+    from dnasweep.space import space_warnings
 
     assert space_warnings(parse_space({**OK, "sampler": {"type": "gp"}, "budget": {"trials": 500}}, "s.yaml"))
     assert not space_warnings(parse_space({**OK, "sampler": {"type": "gp"}, "budget": {"trials": 50}}, "s.yaml"))
@@ -125,36 +125,40 @@ def test_gp_sampler_with_a_long_budget_warns():
 def test_analyze_section_rules():
     p = _problems(analyze={"front": "yes", "exemples": 3})
     assert "analyze.front" in p and "analyze.exemples" in p and "examples" in p["analyze.exemples"].fix
-    assert parse_space({**OK, "analyze": {"front": False, "examples": 8}}, "s.yaml").analyze == {
-        "front": False, "examples": 8}
+    analyze = parse_space({**OK, "analyze": {"front": False, "examples": 8}}, "s.yaml").analyze
+    assert analyze.front is False and analyze.examples == 8
 
 
 def test_budget_retries_rules():
-    assert parse_space({**OK}, "s.yaml").retries == 2
-    assert parse_space({**OK, "budget": {"retries": 0}}, "s.yaml").retries == 0
+    assert parse_space({**OK}, "s.yaml").budget.retries == 2
+    assert parse_space({**OK, "budget": {"retries": 0}}, "s.yaml").budget.retries == 0
     p = _problems(budget={"retries": -1, "trails": 3})
     assert "budget.retries" in p and "budget.trails" in p and "trials" in p["budget.trails"].fix
 
 
 def test_tracking_uri_rules():
-    assert parse_space({**OK}, "s.yaml").tracking_uri is None
+    assert parse_space({**OK}, "s.yaml").tracking.uri is None
     s = parse_space({**OK, "tracking": {"experiment": "lm", "uri": "http://mlflow-host:5000"}}, "s.yaml")
-    assert s.tracking_uri == "http://mlflow-host:5000" and s.experiment == "lm"
-    assert parse_space({**OK}, "s.yaml", ["tracking.uri=sqlite:///x/mlflow.db"]).tracking_uri == "sqlite:///x/mlflow.db"
+    assert s.tracking.uri == "http://mlflow-host:5000" and s.tracking.experiment == "lm"
+    over = parse_space({**OK}, "s.yaml", ["tracking.uri=sqlite:///x/mlflow.db"])
+    assert over.tracking.uri == "sqlite:///x/mlflow.db"
     p = _problems(tracking={"uri": 5000, "urii": "x"})
     assert "tracking.uri" in p and "5000" in p["tracking.uri"].message and "uri" in p["tracking.urii"].fix
 
 
-def test_space_json_without_tracking_uri_still_loads(tmp_path):
-    import dataclasses
+def test_space_json_round_trip_and_old_format(tmp_path):
     import json
 
     from dnasweep.sweep.study import read_space
 
-    d = dataclasses.asdict(parse_space({**OK}, "s.yaml"))
-    del d["tracking_uri"]  # a space.json written before tracking.uri existed
-    (tmp_path / "space.json").write_text(json.dumps(d))
-    assert read_space(str(tmp_path)).tracking_uri is None
+    s = parse_space({**OK, "search": {"model.router.type": {"choice": ["topk", "hash"]}},
+                     "budget": {"trials": 3}, "resources": {"custom": {"a100": 1}}}, "s.yaml")
+    (tmp_path / "space.json").write_text(json.dumps(s.to_dict()))
+    back = read_space(str(tmp_path))
+    assert back.config == s.config and back.params == s.params and back.source == "s.yaml"
+    (tmp_path / "space.json").write_text(json.dumps({"source": "s.yaml", "trials": 3}))  # before the typed config
+    with pytest.raises(ConfigError, match="older dnasweep"):
+        read_space(str(tmp_path))
 
 
 def test_tracking_uri_with_a_password_is_refused():

@@ -9,8 +9,8 @@ import pytest
 ray = pytest.importorskip("ray", reason="the sweep extra (ray[tune], optuna, mlflow) is not installed")
 
 from dnasweep.errors import ConfigError  # noqa: E402
+from dnasweep.space import parse_space  # noqa: E402
 from dnasweep.sweep.pareto import pareto_mask  # noqa: E402
-from dnasweep.sweep.space import parse_space  # noqa: E402
 
 TINY = {
     "base": {"model": {"d_model": 32, "n_heads": 4, "seq_len": 32, "n_steps": 2},
@@ -135,14 +135,14 @@ def test_gpu_request_on_cpu_cluster_refused_before_anything_starts(ray_cluster, 
 def test_every_shipped_search_space_smoke_sweeps(ray_cluster, tmp_path, path):
     """The --smoke sweep of each shipped file, as the README runs it: the full budget completes and
     the printed front is the non-dominated set of what finished."""
+    from dnasweep.space import load_space
     from dnasweep.sweep.runner import run_sweep
-    from dnasweep.sweep.space import load_space
     from dnasweep.sweep.study import load_sweep
 
     space = load_space(path, smoke=True)
-    assert space.trials >= 8 and space.concurrent >= 2
+    assert space.budget.trials >= 8 and space.budget.concurrent >= 2
     res = run_sweep(space, "smoke", root=str(tmp_path), log=lambda *_: None)
-    assert res.n_complete == space.trials and res.n_failed == 0 and not res.tracking_errors
+    assert res.n_complete == space.budget.trials and res.n_failed == 0 and not res.tracking_errors
     objs = [o.metric for o in space.objectives]
     assert res.front and all(np.isfinite(r[m]) for r in res.front for m in objs)
     again, _ = load_sweep(res.sweep_dir)

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("mlflow", reason="the sweep extra (ray[tune], optuna, mlflow) is not installed")
 
-from dnasweep.sweep.space import parse_space  # noqa: E402
+from dnasweep.space import parse_space  # noqa: E402
 
 SPACE = {"base": {"model": {"d_model": 32, "n_heads": 4, "seq_len": 32, "n_steps": 2}, "train": {"max_steps": 50}},
          "search": {"train.lr": {"float": [1e-3, 1e-2], "log": True}},

@@ -12,11 +12,13 @@ from dnasweep.model.config import BalanceConfig, ModelConfig, PoolConfig, Router
 from dnasweep.model.flops import Nominal, nominal
 from dnasweep.model.loss import LossConfig, compute_loss
 from dnasweep.model.output import ModelOutput, RoutingStats
-from dnasweep.model.routers import ROUTERS, register_router
+from dnasweep.model.registry import RouterSpec, router_names, router_spec
+from dnasweep.model.routers import ROUTERS, register_router  # importing routers registers the built-ins
 
 __all__ = [
     "BalanceConfig", "LossConfig", "ModelConfig", "ModelOutput", "Nominal", "PoolConfig", "ROUTERS",
-    "RouterConfig", "RoutingStats", "build_model", "compute_loss", "nominal", "problems", "register_router",
+    "RouterConfig", "RouterSpec", "RoutingStats", "build_model", "compute_loss", "nominal", "problems",
+    "register_router", "router_names", "router_spec",
 ]
 
 

@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from dnasweep.errors import Problem
-
-ROUTER_TYPES = ("topk", "sigmoid", "noisy_topk", "threshold", "hash", "dense", "expert_choice")
-VISION_ONLY_ROUTERS = ("expert_choice",)  # non-causal: a token's path depends on later tokens
+from dnasweep.model.registry import find_router, router_names
 
 
 @dataclass
@@ -37,7 +35,7 @@ class PoolConfig:
 class RouterConfig:
     """How each routing step picks modules for each token."""
 
-    type: str = "topk"  # one of ROUTER_TYPES; topk is the paper's (linear, softmax, hard top-k)
+    type: str = "topk"  # a registered router (model/registry.py); topk is the paper's (linear, softmax, hard top-k)
     top_k: int = 2  # modules per token per step (threshold: the maximum; dense: ignored)
     shared: bool = False  # one router for all steps instead of one per step (paper: one per step)
     normalize_gates: bool = False  # renormalise the k selected gates to sum 1 (paper: raw softmax)
@@ -95,7 +93,8 @@ class ModelConfig:
     @property
     def slots_per_token(self) -> int:
         """Modules a token is sent to per step at most (K)."""
-        return self.pool.size if self.router.type in ("dense", "expert_choice") else self.router.top_k
+        spec = find_router(self.router.type)
+        return self.pool.size if spec is not None and spec.all_modules else self.router.top_k
 
 
 def _pos(problems: list[Problem], key: str, value, allow_zero: bool = False) -> None:
@@ -143,33 +142,37 @@ def problems(cfg: ModelConfig, prefix: str = "model") -> list[Problem]:
                          "add transformer, attention or MLP modules"))
     if cfg.n_steps == 0:
         p.append(Problem(k("n_steps"), "a DNA needs at least one routing step", "set n_steps >= 1"))
-    if r.type not in ROUTER_TYPES:
+    spec = find_router(r.type)
+    if spec is None:
         p.append(Problem(f"{prefix}.router.type", f"unknown router {r.type!r}",
-                         f"use one of: {', '.join(ROUTER_TYPES)}"))
-    elif r.type in VISION_ONLY_ROUTERS and cfg.task == "lm":
+                         f"use one of: {', '.join(router_names())}; or register your own in a module named "
+                         "in DNASWEEP_PLUGINS"))
+    elif not spec.causal and cfg.task == "lm":
         p.append(Problem(f"{prefix}.router.type", f"router {r.type!r} is not causal and cannot route a "
                          "language model (a token's path would depend on later tokens)",
-                         f"use one of: {', '.join(t for t in ROUTER_TYPES if t not in VISION_ONLY_ROUTERS)}"))
-    if r.type not in ("dense", "expert_choice") and (r.top_k < 1 or r.top_k > pool.size):
+                         f"use one of: {', '.join(router_names(causal=True))}"))
+    all_modules = spec is not None and spec.all_modules
+    biasable = spec is None or spec.biasable  # an unknown router is reported once, above
+    if not all_modules and (r.top_k < 1 or r.top_k > pool.size):
         p.append(Problem(f"{prefix}.router.top_k", f"top_k={r.top_k} must be in [1, pool size "
                          f"{pool.size}]", "lower top_k or grow the pool"))
     if r.type == "threshold" and not 0 < r.threshold < 1:
         p.append(Problem(f"{prefix}.router.threshold", f"must be in (0, 1), got {r.threshold}"))
-    if r.type == "expert_choice":
+    if spec is not None and spec.capacity:
         _pos(p, f"{prefix}.router.capacity_factor", r.capacity_factor)
     _pos(p, f"{prefix}.router.noise", r.noise, allow_zero=True)
     if bal.identity_bias:
         if pool.n_identity == 0:
             p.append(Problem(f"{prefix}.balance.identity_bias", "needs identity modules, the pool has none",
                              "set pool.n_identity >= 1 or turn identity_bias off"))
-        if r.type in ("hash", "dense", "expert_choice"):
+        if not biasable:
             p.append(Problem(f"{prefix}.balance.identity_bias", f"has no effect with router {r.type!r}",
-                             "use a top-k style router (topk, sigmoid, noisy_topk, threshold)"))
+                             f"use a top-k style router ({', '.join(router_names(biasable=True))})"))
         if not 0 <= bal.target_skip < 1:
             p.append(Problem(f"{prefix}.balance.target_skip", f"must be in [0, 1), got {bal.target_skip}"))
-    if bal.loss_free and r.type in ("hash", "dense", "expert_choice"):
+    if bal.loss_free and not biasable:
         p.append(Problem(f"{prefix}.balance.loss_free", f"has no effect with router {r.type!r}",
-                         "use a top-k style router"))
+                         f"use a top-k style router ({', '.join(router_names(biasable=True))})"))
     for name in ("identity_rate", "loss_free_rate"):
         _pos(p, f"{prefix}.balance.{name}", getattr(bal, name), allow_zero=True)
     return p

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dnasweep.model.config import ModelConfig
+from dnasweep.model.registry import find_router
 
 
 def mlp_hidden(cfg: ModelConfig) -> tuple[int, int]:
@@ -42,10 +43,11 @@ def block_cost(cfg: ModelConfig) -> float:
 def effective_k(cfg: ModelConfig) -> float:
     """Slots per token per step under the nominal (uniform) routing."""
     r = cfg.router
-    if r.type == "dense":
-        return float(cfg.pool.size)
-    if r.type == "expert_choice":
+    spec = find_router(r.type)
+    if spec is not None and spec.capacity:
         return r.capacity_factor * r.top_k
+    if spec is not None and spec.all_modules:
+        return float(cfg.pool.size)
     return float(r.top_k)
 
 
@@ -104,7 +106,8 @@ def nominal(cfg: ModelConfig) -> Nominal:
         total = base_p + n * block_p
         return Nominal(total, float(base_active + n * block_p), base_f + n * block_cost(cfg))
     M, S, k = cfg.pool.size, cfg.n_steps, effective_k(cfg)
-    learns = cfg.router.type != "hash"
+    spec = find_router(cfg.router.type)
+    learns = spec is None or spec.learns
     router_p = (1 if cfg.router.shared else S) * D * M if learns else 0
     mparams = module_params(cfg)
     total = base_p + cfg.n_backbone * block_p + router_p + sum(mparams)

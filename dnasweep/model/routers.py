@@ -1,8 +1,10 @@
 """Routers: at each step, score the whole pool for every token and pick its modules.
 
-A *rule* turns router logits into a Route (which modules, with which gates); the registry maps
-`model.router.type` to a rule. `Routing` owns the linear routers (one per step, or shared), the
-selection biases updated outside the gradient, and the hash table of the hash baseline.
+A *rule* turns router logits into a Route (which modules, with which gates); the registry
+(`dnasweep.model.registry`) maps `model.router.type` to a rule and its properties, and this
+module registers the built-in rules there on import. `Routing` owns the linear routers (one per
+step, or shared), the selection biases updated outside the gradient, and the hash table of the
+hash baseline.
 
 Tensor names carry their shape:
   T flattened tokens, M pool size, K slots per token (top-k; M for dense / expert choice),
@@ -20,6 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dnasweep.model.config import ModelConfig
+from dnasweep.model.registry import ROUTERS, RouterSpec, register_router, router_spec
+
+__all__ = ["ROUTERS", "Route", "RouteContext", "RouterSpec", "Routing", "Rule", "get_rule", "register_router"]
 
 
 @dataclass
@@ -33,7 +38,6 @@ class Route:
 
 
 Rule = Callable[[torch.Tensor, torch.Tensor, "RouteContext"], Route]
-ROUTERS: dict[str, Rule] = {}
 
 
 @dataclass
@@ -45,23 +49,12 @@ class RouteContext:
     step: int
     keys_T: torch.Tensor  # routing keys: token ids (LM) or positions (vision)
     seq_len: int  # L, for rules that choose per sequence
-    hash_table: torch.Tensor | None  # [S, n_keys, K] for the hash router
-
-
-def register_router(name: str) -> Callable[[Rule], Rule]:
-    """Add a routing rule to the registry under `name` (decorator)."""
-
-    def deco(fn: Rule) -> Rule:
-        ROUTERS[name] = fn
-        return fn
-
-    return deco
+    hash_table: torch.Tensor | None  # [S, n_keys, K] for routers registered with hash_table=True (hash)
 
 
 def get_rule(name: str) -> Rule:
-    if name not in ROUTERS:
-        raise ValueError(f"unknown router type {name!r}; known: {', '.join(sorted(ROUTERS))}")
-    return ROUTERS[name]
+    """The rule of router `name`; ValueError naming the registered routers if there is none."""
+    return router_spec(name).rule
 
 
 def _topk_of(scores_TM, gates_TM, ctx: RouteContext) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +109,7 @@ def threshold_rule(logits_TM, bias_M, ctx):
     return Route(top.indices, gate_TK, active_TK, logits_TM)
 
 
-@register_router("hash")
+@register_router("hash", learns=False, biasable=False, hash_table=True)
 def hash_rule(logits_TM, bias_M, ctx):
     """Fixed random routing by token id (LM) or position (vision): the baseline that learns nothing."""
     idx_TK = ctx.hash_table[ctx.step][ctx.keys_T]
@@ -124,7 +117,7 @@ def hash_rule(logits_TM, bias_M, ctx):
     return Route(idx_TK, gate_TK, None, None)
 
 
-@register_router("dense")
+@register_router("dense", biasable=False, all_modules=True)
 def dense_rule(logits_TM, bias_M, ctx):
     """Soft mixture over the whole pool: every module runs on every token (the reference)."""
     probs_TM = logits_TM.softmax(-1)
@@ -133,7 +126,7 @@ def dense_rule(logits_TM, bias_M, ctx):
     return Route(idx_TK, probs_TM, None, logits_TM)
 
 
-@register_router("expert_choice")
+@register_router("expert_choice", causal=False, biasable=False, all_modules=True, capacity=True)
 def expert_choice_rule(logits_TM, bias_M, ctx):
     """Each module picks its top-C tokens of each image (vision only: not causal)."""
     probs_TM = logits_TM.softmax(-1)
@@ -153,9 +146,10 @@ class Routing(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.rule = get_rule(cfg.router.type)
+        spec = router_spec(cfg.router.type)
+        self.rule = spec.rule
         S, M, D = cfg.n_steps, cfg.pool.size, cfg.d_model
-        self.learns = cfg.router.type != "hash"
+        self.learns = spec.learns
         n_lin = (1 if cfg.router.shared else S) if self.learns else 0
         self.linears = nn.ModuleList(nn.Linear(D, M, bias=False) for _ in range(n_lin))
         for lin in self.linears:
@@ -166,7 +160,7 @@ class Routing(nn.Module):
         # Selection biases live in the checkpoint: they are model state, not optimizer state.
         self.register_buffer("identity_bias_S", torch.zeros(S))
         self.register_buffer("loss_free_bias_SM", torch.zeros(S, M))
-        if cfg.router.type == "hash":
+        if spec.hash_table:
             n_keys = cfg.vocab_size if cfg.task == "lm" else cfg.tokens_per_example
             g = torch.Generator().manual_seed(1234)
             table = torch.stack([torch.rand(n_keys, M, generator=g).topk(cfg.router.top_k, -1).indices

@@ -4,7 +4,6 @@ sweep and, unless switched off, at the end of `dnasweep run`."""
 
 from __future__ import annotations
 
-import json
 import os
 
 from dnasweep.errors import ConfigError, Problem
@@ -33,11 +32,12 @@ def _mlflow_run(sweep_dir: str, ray_trial_id: str, uri: str | None):
     """(client, run id) of the trial's child run, or (None, None) when the store has none."""
     from mlflow import MlflowClient
 
-    from dnasweep.sweep.tracking import default_uri
+    from dnasweep.sweep.study import read_space
+    from dnasweep.sweep.tracking import resolve_uri
 
-    with open(os.path.join(sweep_dir, "space.json")) as f:
-        experiment = json.load(f)["experiment"]
-    client = MlflowClient(uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(sweep_dir))
+    space = read_space(sweep_dir)
+    experiment = space.tracking.experiment
+    client = MlflowClient(uri or resolve_uri(None, sweep_dir, space, "analyze"))
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`dnasweep.trial` = '{ray_trial_id}'",
                               max_results=1) if exp else []

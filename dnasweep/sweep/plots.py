@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from dnasweep.sweep.space import SearchSpace
+from dnasweep.space import SearchSpace
 
 
 def _label(row: dict, space: SearchSpace) -> str:

@@ -1,37 +1,55 @@
-"""Progress of a running sweep on the console: one line per started and finished trial, with
-counts, so a user sees it move without Ray's verbose table."""
+"""Progress of a running sweep on the console: one line per started, restarted and finished trial,
+with counts, so a user sees it move without Ray's verbose table."""
 
 from __future__ import annotations
 
 import math
+import os
 import time
 
 from ray.tune import Callback
 
-from dnasweep.sweep.space import SearchSpace
+from dnasweep.space import SearchSpace
+
+
+def _why(trial) -> str:
+    """The last line of the error that ended a trial's attempt (Ray keeps it in error.txt)."""
+    path = getattr(trial, "error_file", None)
+    try:
+        with open(path) as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+        return lines[-1][:200] if lines else "no error text"
+    except (OSError, TypeError):
+        return "its worker died"
 
 
 class Progress(Callback):
-    """Tune callback printing one line per started / finished trial (Ray's own table is off)."""
+    """Tune callback printing one line per started / restarted / finished trial. A trial restarted
+    (its worker died, retried from its checkpoint) counts once as running, and apart as a restart."""
 
     def __init__(self, space: SearchSpace, log, before: dict | None = None):
         self.space, self.log = space, log
         before = before or {}  # a resumed sweep counts the trials its earlier runs finished
         self.done, self.failed = before.get("complete", 0), before.get("failed", 0)
-        self.started = self.done + self.failed
+        self.running: set[str] = set()
+        self.restarts = 0
         self.t0 = time.time()
 
     def _head(self) -> str:
-        return (f"[{time.time() - self.t0:6.0f}s] {self.done + self.failed}/{self.space.trials} finished "
-                f"({self.failed} failed, {self.started - self.done - self.failed} running)")
+        extra = f", {self.restarts} restarts" if self.restarts else ""
+        return (f"[{time.time() - self.t0:6.0f}s] {self.done + self.failed}/{self.space.budget.trials} finished "
+                f"({self.failed} failed, {len(self.running)} running{extra})")
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.started += 1
+        if trial.trial_id in self.running:
+            return  # a restart: reported by on_trial_recover
+        self.running.add(trial.trial_id)
         vals = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
                          for k, v in trial.config.items())
         self.log(f"{self._head()}  start {trial.trial_id}: {vals}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self.running.discard(trial.trial_id)
         res = trial.last_result or {}
         objs = [res.get(o.metric) for o in self.space.objectives]
         if all(isinstance(v, int | float) and math.isfinite(v) for v in objs):
@@ -40,11 +58,15 @@ class Progress(Callback):
             self.log(f"{self._head()}  done  {trial.trial_id}: {shown}")
         else:
             self.failed += 1
-            self.log(f"{self._head()}  FAIL  {trial.trial_id}: {res.get('reason') or 'no finite objectives'}")
+            why = res.get("reason") or "no finite objectives"
+            self.log(f"{self._head()}  FAIL  {trial.trial_id} ({res.get('status', 'failed')}): {why}")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self.log(f"{self._head()}  RETRY {trial.trial_id}: its worker died; restarting from its last checkpoint")
+        self.restarts += 1
+        self.log(f"{self._head()}  RETRY {trial.trial_id}: {_why(trial)}; restarting from its last checkpoint")
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self.running.discard(trial.trial_id)
         self.failed += 1
-        self.log(f"{self._head()}  ERROR {trial.trial_id}: the trial raised (see {trial.local_path or 'its log'})")
+        where = os.path.dirname(trial.error_file) if getattr(trial, "error_file", None) else "its log"
+        self.log(f"{self._head()}  ERROR {trial.trial_id}: {_why(trial)} (see {where})")

@@ -11,7 +11,9 @@ import math
 
 from ray.tune.search.optuna import OptunaSearch
 
-from dnasweep.sweep.space import SearchSpace
+from dnasweep.config.sweep import SAMPLERS
+from dnasweep.space import SearchSpace
+from dnasweep.sweep import compat
 from dnasweep.sweep.study import ABANDONED
 
 
@@ -25,7 +27,7 @@ class DefineByRun:
     def __call__(self, trial):
         values: dict = {}
         for p in self.space.params:
-            if not self.space.active(p, values):
+            if not p.active(values):
                 continue
             if p.kind == "choice":
                 values[p.path] = trial.suggest_categorical(p.path, p.choices)
@@ -39,19 +41,7 @@ class DefineByRun:
 def make_sampler(space: SearchSpace):
     import optuna
 
-    s = space.sampler
-    seed, startup = s.get("seed", 0), s.get("startup_trials", 4)
-    # Constraints reach the samplers through trial.set_constraint (Optuna 5), set when told.
-    kind = s["type"]
-    if kind == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, constant_liar=True)
-    if kind == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    if kind == "nsga3":
-        return optuna.samplers.NSGAIIISampler(seed=seed)
-    if kind == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
-    return optuna.samplers.RandomSampler(seed=seed)
+    return SAMPLERS[space.sampler.type](optuna, space.sampler)
 
 
 class ParetoOptunaSearch(OptunaSearch):
@@ -77,26 +67,27 @@ class ParetoOptunaSearch(OptunaSearch):
         super().restore(checkpoint_path)
         if live is not None:
             self.live_storage = live
-            self._ot_study = optuna.load_study(study_name=self._ot_study.study_name, storage=live,
-                                               sampler=self._ot_study.sampler)
-            self._ot_trials = {tid: optuna.trial.Trial(self._ot_study, t._trial_id)
-                               for tid, t in self._ot_trials.items()}
+            old = compat.search_study(self)
+            compat.set_search_study(self, optuna.load_study(study_name=old.study_name, storage=live,
+                                                            sampler=old.sampler))
 
     def suggest(self, trial_id):
         config = super().suggest(trial_id)
-        if trial_id in self._ot_trials:
-            self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)  # -> SWEEP/trials/ID, MLflow run
+        live = compat.search_trials(self)
+        if trial_id in live:
+            live[trial_id].set_user_attr("ray_trial_id", trial_id)  # -> SWEEP/trials/ID, MLflow run
         return config
 
     def on_trial_complete(self, trial_id, result=None, error=False):
         from optuna.trial import TrialState
 
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        done, live = compat.search_completed(self), compat.search_trials(self)
+        if trial_id in done or trial_id not in live:
             return
-        ot = self._ot_trials[trial_id]
-        self._completed_trials.add(trial_id)
+        ot, study = live[trial_id], compat.search_study(self)
+        done.add(trial_id)
         # A resumed sweep can finish a trial whose outcome was told before the driver died.
-        if self._ot_study.get_trials(deepcopy=False)[ot.number].state.is_finished():
+        if study.get_trials(deepcopy=False)[ot.number].state.is_finished():
             return
         vals = [(result or {}).get(m) for m in self.metric]
         if not error and all(isinstance(v, int | float) and math.isfinite(v) for v in vals):
@@ -104,21 +95,20 @@ class ParetoOptunaSearch(OptunaSearch):
                 v = result.get(c.metric)
                 violation = c.violation(v) if isinstance(v, int | float) and math.isfinite(v) else 1.0
                 ot.set_constraint(c.metric, violation)
-            self._ot_study.tell(ot, [float(v) for v in vals])
+            study.tell(ot, [float(v) for v in vals])
         else:
             reason = (result or {}).get("reason") or ("the trial raised or its worker died too often" if error
                                                       else "no finite objectives reported")
             ot.set_user_attr("fail_reason", str(reason))
-            self._ot_study.tell(ot, None, state=TrialState.FAIL)
+            ot.set_user_attr("fail_status", str((result or {}).get("status", "error" if error else "failed")))
+            study.tell(ot, None, state=TrialState.FAIL)
 
 
 def abandon(study, trial_numbers: list[int], reason: str) -> None:
     """FAIL Optuna trials that no Ray trial will ever finish, marked so counts leave them out."""
-    import optuna
     from optuna.trial import TrialState
 
     for t in study.get_trials(deepcopy=False):
         if t.number in trial_numbers and t.state == TrialState.RUNNING:
-            live = optuna.trial.Trial(study, t._trial_id)  # the only handle that can set attrs on it
-            live.set_user_attr(ABANDONED, reason)
+            compat.live_trial(study, t).set_user_attr(ABANDONED, reason)
             study.tell(t.number, None, state=TrialState.FAIL)

@@ -16,7 +16,9 @@ them; the mirror is a copy, never written by two processes.
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import tempfile
 
 from ray.tune import Callback
@@ -92,18 +94,108 @@ class Store:
         os.makedirs(os.path.join(sweep_dir, "trials"), exist_ok=True)
 
 
+class LocalStore:
+    """A sweep kept in SWEEP only (local disk, or a filesystem every node mounts). The object-store
+    variant below overrides each step, so the driver and the trainable never branch on "is there
+    a store". Picklable: the trainable gets it with its parameters."""
+
+    uri: str | None = None
+
+    def __init__(self, sweep_dir: str):
+        self.sweep_dir = sweep_dir
+
+    @property
+    def where(self) -> str:
+        """What `dnasweep resume` takes to continue this sweep."""
+        return self.sweep_dir
+
+    @property
+    def tune_root(self) -> str:
+        """Ray Tune's storage_path (it writes its state under tune_root/tune)."""
+        return self.sweep_dir
+
+    def trial_out(self, trial_id: str) -> str:
+        """Where a trial trains (its out_dir)."""
+        return os.path.join(self.sweep_dir, "trials", trial_id)
+
+    def pull_result(self, trial_id: str, out: str) -> None:
+        """Bring a finished trial's result.json to `out` (a retried trial that already finished)."""
+
+    def trial_ended(self, trial_id: str, out: str) -> None:
+        """Called by the trial when it ends, before it returns to Tune."""
+
+    def fetch(self, trial_id: str) -> None:
+        """The driver's copy of a finished trial's directory."""
+
+    def mirror(self) -> None:
+        """Copy the driver's files to where the sweep is kept."""
+
+    def callbacks(self) -> list:
+        return []
+
+
+class ObjectStore(LocalStore):
+    """A sweep kept in object storage (STORE = URI/NAME; see the module doc): trials train in
+    node-local scratch and upload their directory when they end; the driver mirrors its files."""
+
+    def __init__(self, sweep_dir: str, uri: str):
+        super().__init__(sweep_dir)
+        self.uri = uri.rstrip("/")
+
+    def __getstate__(self):
+        return {"sweep_dir": self.sweep_dir, "uri": self.uri}  # pyarrow handles are opened per process
+
+    def __setstate__(self, d):
+        self.__dict__.update(d)
+
+    @functools.cached_property
+    def store(self) -> Store:
+        return Store(self.uri)
+
+    where = property(lambda self: self.uri)
+    tune_root = property(lambda self: self.uri)
+
+    def trial_out(self, trial_id: str) -> str:
+        return scratch_dir(os.path.basename(self.sweep_dir), trial_id)
+
+    def pull_result(self, trial_id: str, out: str) -> None:
+        if not os.path.exists(os.path.join(out, "result.json")):
+            self.store.get(f"trials/{trial_id}/result.json", os.path.join(out, "result.json"))
+
+    def trial_ended(self, trial_id: str, out: str) -> None:
+        self.store.put(out, f"trials/{trial_id}")
+        shutil.rmtree(out, ignore_errors=True)  # the store has it; scratch must not fill the node's disk
+
+    def fetch(self, trial_id: str) -> None:
+        local = os.path.join(self.sweep_dir, "trials", trial_id)
+        if not os.path.exists(os.path.join(local, "result.json")):
+            self.store.get(f"trials/{trial_id}", local)
+
+    def mirror(self) -> None:
+        self.store.mirror(self.sweep_dir)
+
+    def callbacks(self) -> list:
+        return [StoreMirror(self)]
+
+
+def open_store(sweep_dir: str, storage: str | None) -> LocalStore:
+    """The store of sweep SWEEP = ROOT/NAME: STORAGE/NAME in object storage, else SWEEP itself."""
+    return ObjectStore(sweep_dir, f"{storage.rstrip('/')}/{os.path.basename(sweep_dir)}") if storage \
+        else LocalStore(sweep_dir)
+
+
 class StoreMirror(Callback):
     """Ray Tune callback: copies the driver's files to the store after every finished trial
     (listed after the tracker, so the copy has the trial's MLflow run)."""
 
-    def __init__(self, store: Store, sweep_dir: str):
-        self.store, self.sweep_dir = store, sweep_dir
+    def __init__(self, store: ObjectStore):
+        self.store = store
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.store.mirror(self.sweep_dir)
+        self.store.mirror()
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.store.mirror(self.sweep_dir)
+        self.store.mirror()
 
 
 def scratch_dir(name: str, trial_id: str) -> str:

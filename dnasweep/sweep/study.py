@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 
 from dnasweep.errors import ConfigError, Problem
-from dnasweep.sweep.space import SearchSpace
+from dnasweep.space import SearchSpace
 
 ABANDONED = "abandoned"  # Optuna user attr: lost with a killed driver; FAIL in Optuna, not a failed trial
 
@@ -56,15 +56,15 @@ def open_study(sweep_dir: str, command: str = "pareto"):
 
 
 def read_space(sweep_dir: str) -> SearchSpace:
-    """The search space exactly as the sweep ran it (SWEEP/space.json)."""
-    from dnasweep.sweep.space import Constraint, Objective, Param
+    """The search space exactly as the sweep ran it (SWEEP/space.json), through the same pipeline."""
+    from dnasweep.space import space_from_dict
 
     with open(os.path.join(sweep_dir, "space.json")) as f:
         d = json.load(f)
-    d["params"] = [Param(**p) for p in d["params"]]
-    d["objectives"] = [Objective(**o) for o in d["objectives"]]
-    d["constraints"] = [Constraint(**c) for c in d["constraints"]]
-    return SearchSpace(**d)
+    if "config" not in d:
+        raise ConfigError([Problem("SWEEP", f"{sweep_dir}/space.json was written by an older dnasweep (before the "
+                                   "typed sweep config)", "read it with the dnasweep version that ran it")], "sweep")
+    return space_from_dict(d)
 
 
 def counts(study) -> dict[str, int]:
@@ -133,7 +133,7 @@ def list_sweeps(root: str) -> list[dict]:
         except ConfigError:
             continue
         with open(os.path.join(d, "space.json")) as f:
-            budget = json.load(f)["trials"]
+            budget = json.load(f).get("config", {}).get("budget", {}).get("trials", "?")
         rows.append({"name": name, "budget": budget, **counts(study)})
     return rows
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from dnasweep.config import flatten
+from dnasweep.config import flatten, to_dict
 from dnasweep.errors import ConfigError, Problem
-from dnasweep.sweep.space import SearchSpace
+from dnasweep.space import SearchSpace
 
 FLUSH_EVERY_S = 5.0  # buffered metrics are written at least this often (and when a trial ends)
 STATE_FILE = "tracking.json"  # SWEEP/tracking.json: experiment, parent run, Ray trial id -> MLflow run id
@@ -32,6 +32,20 @@ _SKIP_PREFIXES = ("config/",)
 
 def default_uri(sweep_dir: str) -> str:
     return f"sqlite:///{os.path.join(sweep_dir, 'mlflow.db')}"
+
+
+def resolve_uri(flag: str | None, sweep_dir: str, space: SearchSpace | None = None, source: str = "run") -> str:
+    """The MLflow tracking URI of a sweep, the same for run, resume and analyze: --tracking-uri, then
+    $MLFLOW_TRACKING_URI, then what the sweep recorded when it started (SWEEP/tracking.json), then the
+    space file's tracking.uri, then the sweep's own SQLite store."""
+    stored = (read_json(os.path.join(sweep_dir, STATE_FILE)) or {}).get("uri")
+    uri = flag or os.environ.get("MLFLOW_TRACKING_URI") or stored or (space and space.tracking.uri) \
+        or default_uri(sweep_dir)
+    if "***@" in uri:
+        raise ConfigError([Problem("MLFLOW_TRACKING_URI", "this sweep logged to a tracking server with a password, "
+                                   "which dnasweep does not store", "export MLFLOW_TRACKING_URI with the "
+                                   "password first")], source)
+    return uri
 
 
 def redact(uri: str) -> str:
@@ -151,16 +165,16 @@ class MLflowSweepLogger(Callback):
     def _open(self, name: str) -> None:
         """A new parent run (and the experiment, if the store lacks it)."""
         space, sweep_dir = self.space, self.sweep_dir
-        exp = self.client.get_experiment_by_name(space.experiment)
+        exp = self.client.get_experiment_by_name(space.tracking.experiment)
         # A new experiment keeps its artifacts in the sweep directory (MLflow's default would be
         # ./mlruns under whatever directory the user happened to start from).
         self.exp_id = exp.experiment_id if exp else self.client.create_experiment(
-            space.experiment, artifact_location=Path(sweep_dir, "mlartifacts").resolve().as_uri())
+            space.tracking.experiment, artifact_location=Path(sweep_dir, "mlartifacts").resolve().as_uri())
         parent = self.client.create_run(self.exp_id, run_name=name, tags={"dnasweep.sweep": name})
         self.parent_id = parent.info.run_id
         self.runs: dict[str, str] = {}  # Ray trial id -> MLflow run id (persisted: resume reuses it)
         self._save_state()
-        base = flatten(space.base)
+        base = flatten(to_dict(space.base))
         self._log_params(self.parent_id, {f"base.{k}": v for k, v in base.items()})
 
     def _save_state(self) -> None:
@@ -199,15 +213,17 @@ class MLflowSweepLogger(Callback):
         return self.runs[trial_id]
 
     def _trial_params(self, trial_id: str, sampled: dict | None) -> dict:
-        """The trial's complete config, flattened (base + sampled values), so runs compare on any key."""
+        """The trial's complete config, flattened, so runs compare on any key: the base with the
+        sampled values over it, as sampled (never rebuilt: a point that breaks a rule still gets
+        its run, with the values that broke it)."""
         from omegaconf import OmegaConf
 
         if sampled is None:  # a run recreated from the trial's directory: its own config.yaml
             path = os.path.join(self.sweep_dir, "trials", trial_id, "config.yaml")
             return flatten(OmegaConf.to_container(OmegaConf.load(path))) if os.path.exists(path) else {}
         values = {p.path: sampled[p.path] for p in self.space.params if p.path in sampled}
-        cfg = self.space.trial_config(values, os.path.join(self.sweep_dir, "trials", trial_id))
-        return flatten(OmegaConf.to_container(OmegaConf.structured(cfg)))
+        return {**flatten(to_dict(self.space.base)), **values,
+                "out_dir": os.path.join(self.sweep_dir, "trials", trial_id)}
 
     def _log_params(self, run_id: str, params: dict) -> None:
         items = [_param(k, v) for k, v in sorted(params.items())]
@@ -258,30 +274,33 @@ class MLflowSweepLogger(Callback):
 
     def flush(self) -> bool:
         """Write what is buffered: runs not yet created, metrics (at most 1000 per call, MLflow's
-        limit), ended runs' artifacts and status. Stops at the first failure and keeps the rest for
-        the next call. True when nothing is left."""
+        limit), ended runs' artifacts and status. Trial by trial: one trial's failure keeps its own
+        results for the next call and never holds back another's. True when nothing is left."""
         self.last_flush = time.monotonic()
-        try:
-            for tid in self.ended:
-                if tid not in self.backfilled:
-                    self._backfill(tid)
-            for tid in list(self.pending):
-                rid = self._ensure_run(tid)
-                batch = self.pending[tid]
-                while batch:  # trimmed only after a write succeeded
-                    self.client.log_batch(rid, metrics=batch[:1000])
-                    del batch[:1000]
-            for tid, (status, tags) in list(self.ended.items()):
-                self._close(tid, status, tags)
-                del self.ended[tid]
-        except Exception as e:
-            self._failed("flush", e)
-            return False
-        if self.down_since is not None:
+        ok = True
+        for tid in list(dict.fromkeys([*self.pending, *self.ended])):
+            try:
+                self._flush_trial(tid)
+            except Exception as e:
+                self._failed(f"flush of trial {tid}", e)
+                ok = False
+        if ok and self.down_since is not None:
             print(f"MLflow tracking answers again after {time.monotonic() - self.down_since:.0f} s; "
                   "the buffered results are written", file=sys.stderr)
             self.down_since = None
-        return True
+        return ok
+
+    def _flush_trial(self, tid: str) -> None:
+        if tid in self.ended and tid not in self.backfilled:
+            self._backfill(tid)
+        rid = self._ensure_run(tid)
+        batch = self.pending.get(tid, [])
+        while batch:  # trimmed only after a write succeeded
+            self.client.log_batch(rid, metrics=batch[:1000])
+            del batch[:1000]
+        if tid in self.ended:
+            self._close(tid, *self.ended[tid])
+            del self.ended[tid]
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         res = trial.last_result or {}
@@ -293,7 +312,7 @@ class MLflowSweepLogger(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._end(trial, "FAILED", {"dnasweep.fail_reason": "the trial raised or its worker died beyond "
-                                    f"budget.retries={self.space.retries} (see {trial.local_path or 'its log'})",
+                                    f"budget.retries={self.space.budget.retries} (see {trial.local_path or 'its log'})",
                                     "dnasweep.status": "error"})
 
     def _end(self, trial, status: str, tags: dict) -> None:

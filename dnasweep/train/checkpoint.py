@@ -3,6 +3,7 @@
 Layout: DIR/state.pt (model, optimizer, step, sampler and RNG state) and DIR/config.yaml.
 Written to a temporary directory and renamed into place, so a crash mid-write never leaves a
 half checkpoint; loaded with `torch.load(weights_only=True)` so a checkpoint cannot run code.
+DIR/config.yaml is what `check_resumable` holds a resuming config to.
 """
 
 from __future__ import annotations
@@ -51,22 +52,51 @@ def exists(directory: str) -> bool:
     return os.path.isfile(os.path.join(directory, STATE))
 
 
-def check_same_model(directory: str, cfg) -> None:
-    """Refuse to resume a checkpoint written for a different model (or task): list the keys."""
+# The keys a run may change and still continue from its checkpoint: the budget (how far to train;
+# more train.max_steps extends a run) and out_dir (a moved directory). Any other key changes what is
+# trained or measured (lr, data, model, batch, seed, ...): resuming with it would report one run's
+# weights under another run's config, so `check_resumable` refuses it.
+BUDGET_KEYS = ("train.max_steps", "train.max_tokens", "train.time_limit_s")
+RESUMABLE_CHANGES = (*BUDGET_KEYS, "out_dir")
+_MISSING = object()
+
+
+def check_resumable(directory: str, cfg) -> dict[str, tuple]:
+    """Refuse to continue the checkpoint in `directory` under a config other than the one it was
+    written with (its config.yaml), budget keys and out_dir aside: a ConfigError with one problem
+    per differing dotted key. Returns the budget keys that changed, {key: (old, new)}."""
     from omegaconf import OmegaConf
 
     from dnasweep.config import flatten
     from dnasweep.errors import ConfigError, Problem
 
-    old = OmegaConf.to_container(OmegaConf.load(os.path.join(directory, "config.yaml")))
-    new = OmegaConf.to_container(OmegaConf.structured(cfg))
-    a, b = flatten({"model": old.get("model", {})}), flatten({"model": new["model"]})
-    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    if diff:
-        raise ConfigError([Problem(k, f"the checkpoint in {directory} was written with {a.get(k)!r}, "
-                                   f"this config has {b.get(k)!r}",
-                                   "train into a new out_dir, or pass --no-resume to start over")
-                           for k in diff], source="resume")
+    fix = "pass --no-resume to start over, or train into another out_dir (--out DIR)"
+    path = os.path.join(directory, "config.yaml")
+    try:
+        old = flatten(OmegaConf.to_container(OmegaConf.load(path)) or {})
+    except Exception as e:  # missing or unreadable: what it was trained with is unknown
+        raise ConfigError([Problem("<checkpoint>", f"cannot read the config the checkpoint in {directory} was "
+                                   f"written with ({path}: {str(e).splitlines()[0][:200]})", fix)],
+                          source=f"resume from {directory}") from None
+    new = flatten(OmegaConf.to_container(OmegaConf.structured(cfg)))
+
+    def show(v) -> str:
+        return "nothing (the key is not there)" if v is _MISSING else repr(v)
+
+    keys = sorted(set(old) | set(new))
+    diff = [k for k in keys if old.get(k, _MISSING) != new.get(k, _MISSING)]
+    problems = [Problem(k, f"the checkpoint in {directory} was written with {show(old.get(k, _MISSING))}, "
+                        f"this config has {show(new.get(k, _MISSING))}", fix)
+                for k in diff if k not in RESUMABLE_CHANGES]
+    if problems:
+        raise ConfigError(problems, source=f"resume from {directory}")
+    return {k: (old.get(k), new.get(k)) for k in diff if k in BUDGET_KEYS}
+
+
+def remove(directory: str) -> None:
+    """Delete a checkpoint and the leftovers of an interrupted `save` (DIR.tmp, DIR.old)."""
+    for d in (directory, directory.rstrip("/") + ".tmp", directory.rstrip("/") + ".old"):
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def load(directory: str, map_location="cpu") -> dict:

@@ -39,9 +39,13 @@ class TrialResult:
     step: int  # optimizer steps done
     metrics: dict[str, float] = field(default_factory=dict)  # the last evaluation's metrics
     out_dir: str = ""
+    # True when OUT/checkpoint had already used this config's budget: nothing was trained by this
+    # call, `metrics` is a re-evaluation of that checkpoint (the reason says so).
+    already_done: bool = False
 
     def to_json(self) -> dict:
-        return {"status": self.status, "reason": self.reason, "step": self.step, **self.metrics}
+        return {"status": self.status, "reason": self.reason, "step": self.step, "already_done": self.already_done,
+                **self.metrics}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -78,8 +82,18 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
 
     With `resume`, continues exactly from OUT/checkpoint when one exists (same batches, same
     RNG, same optimizer state), so an interrupted-and-resumed run equals an uninterrupted one.
+    Only the same run continues: a checkpoint written with another config (budget keys and
+    out_dir aside) is a ConfigError, raised before the data is loaded or anything written. A checkpoint that
+    already used the budget trains nothing: its evaluation is re-run and reported, and the result
+    says `already_done`. Without `resume`, the checkpoint, metrics and result of an earlier run
+    there are deleted (once the config has been checked against the data), so nothing of it can
+    be resumed or reported later.
     """
     tc, task = cfg.train, cfg.model.task
+    ckpt_dir = os.path.join(cfg.out_dir, "checkpoint")
+    result_path = os.path.join(cfg.out_dir, "result.json")
+    resuming = resume and checkpoint.exists(ckpt_dir)
+    budget_changes = checkpoint.check_resumable(ckpt_dir, cfg) if resuming else {}
     device = resolve_device(tc.device)
     data = load_data(cfg.data, task)
     _check_fit(cfg, data)
@@ -102,20 +116,28 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
     if tc.max_tokens:
         total_steps = min(total_steps, math.ceil(tc.max_tokens / tokens_per_step))
 
-    ckpt_dir = os.path.join(cfg.out_dir, "checkpoint")
     step, train_time = 0, 0.0
-    if resume and checkpoint.exists(ckpt_dir):
-        checkpoint.check_same_model(ckpt_dir, cfg)
+    if resuming:
         st = checkpoint.load(ckpt_dir)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         sampler.load_state_dict(st["sampler"])
         checkpoint.set_rng_state(st["rng"])
         step, train_time = int(st["step"]), float(st["train_time"])
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    with open(os.path.join(cfg.out_dir, "config.yaml"), "w") as f:
-        f.write(to_yaml(cfg))
-    jsonl = JsonlReporter(os.path.join(cfg.out_dir, "metrics.jsonl"), truncate_after_step=step if step else None)
+    start = step
+    already_done = resuming and (step >= total_steps or (tc.time_limit_s is not None and train_time >= tc.time_limit_s))
+    if not resume:  # start over: nothing of an earlier run here may be resumed or reported later
+        checkpoint.remove(ckpt_dir)
+    if already_done:  # OUT (config.yaml, metrics.jsonl, result.json) stays as the run that trained it left it
+        jsonl = None
+    else:
+        with contextlib.suppress(FileNotFoundError):  # an earlier result is not this run's, which may crash
+            os.remove(result_path)
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        with open(os.path.join(cfg.out_dir, "config.yaml"), "w") as f:
+            f.write(to_yaml(cfg))
+        # resuming: drops the rows logged after the checkpoint; otherwise: starts the file afresh
+        jsonl = JsonlReporter(os.path.join(cfg.out_dir, "metrics.jsonl"), truncate_after_step=step if step else None)
     rep = Reporters(jsonl, reporter)
 
     def save() -> str:
@@ -138,7 +160,7 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
     deadline = None if tc.time_limit_s is None else time.perf_counter() + tc.time_limit_s - train_time
     model.train()
     try:
-        while step < total_steps:
+        while step < total_steps and not already_done:
             t0 = time.perf_counter()
             lr = lr_at(step, tc, total_steps)
             for g in opt.param_groups:
@@ -178,7 +200,7 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
             if timed_out:
                 break
         if status == "completed" and not last:  # resumed from the final checkpoint: report its evaluation
-            last = do_eval()
+            last = do_eval()  # (a sweep trial retried after its last checkpoint reports its objectives so)
             rep.report(last)
     except Exception as e:
         if not is_oom(e):
@@ -189,7 +211,43 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
         rep.close()
     if status == "oom" and device.type == "cuda":  # after the except block has dropped its frames
         torch.cuda.empty_cache()
-    result = TrialResult(status, reason, step, last, cfg.out_dir)
-    with open(os.path.join(cfg.out_dir, "result.json"), "w") as f:
-        json.dump(result.to_json(), f, indent=1)
+    if status == "completed" and already_done:
+        reason = _already_done_reason(step, total_steps, ckpt_dir, result_path)
+    elif start:
+        reason += f"; continued from step {start}" + _budget_note(budget_changes, cfg, tokens_per_step, total_steps)
+    result = TrialResult(status, reason, step, last, cfg.out_dir, already_done=already_done)
+    if not (already_done and _result_of(result_path, status, step)):  # kept: it is the run that trained
+        with open(result_path, "w") as f:
+            json.dump(result.to_json(), f, indent=1)
     return result
+
+
+def _result_of(path: str, status: str, step: int) -> bool:
+    """Whether `path` holds the result of a run that ended with `status` at `step`."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and saved.get("status") == status and saved.get("step") == step
+
+
+def _already_done_reason(step: int, total_steps: int, ckpt_dir: str, result_path: str) -> str:
+    where = result_path if _result_of(result_path, "completed", step) else ckpt_dir
+    past = f", past this config's budget of {total_steps} steps" if step > total_steps else ""
+    return f"already complete: trained to step {step} earlier ({where}){past}; nothing trained now"
+
+
+def _budget_note(changes: dict, cfg: TrialConfig, tokens_per_step: int, total_steps: int) -> str:
+    """When a run was extended: the budget it ran under until now, and the LR schedule it followed."""
+    if not changes:
+        return ""
+    note = " of a run with " + ", ".join(f"{k}={old}" for k, (old, _) in changes.items())
+    steps, tokens = (changes[k][0] if k in changes else v for k, v in
+                     (("train.max_steps", cfg.train.max_steps), ("train.max_tokens", cfg.train.max_tokens)))
+    if isinstance(steps, int) and isinstance(tokens, int | None):
+        if tokens:
+            steps = min(steps, math.ceil(tokens / tokens_per_step))
+        if steps != total_steps:
+            note += f" (its learning rate until then followed a {steps}-step schedule)"
+    return note

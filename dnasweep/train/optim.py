@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from dnasweep.train.config import TrainConfig
+from dnasweep.config.train import TrainConfig
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:

@@ -20,7 +20,7 @@ pytest.importorskip("ray", reason="the sweep extra (ray[tune], optuna, mlflow) i
 
 import contextlib
 
-from dnasweep.sweep.space import parse_space  # noqa: E402
+from dnasweep.space import parse_space  # noqa: E402
 
 pytestmark = pytest.mark.faults
 

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("ray", reason="the sweep extra (ray[tune], optuna, mlflow) is not installed")
 
-from dnasweep.sweep.space import parse_space  # noqa: E402
+from dnasweep.space import parse_space  # noqa: E402
 
 pytestmark = pytest.mark.faults
 

@@ -12,7 +12,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the sweep extra (ray[tune], optuna, mlflow) is not installed")
 
-from dnasweep.sweep.space import parse_space  # noqa: E402
+from dnasweep.space import parse_space  # noqa: E402
 
 pytestmark = pytest.mark.faults
 

@@ -1,4 +1,4 @@
-"""Configuration of the training loop: optimiser, schedule, budget, evaluation, device."""
+"""Configuration of the training loop (`dnasweep.train`): optimiser, schedule, budget, evaluation, device."""
 
 from __future__ import annotations
 

@@ -1,0 +1,163 @@
+"""The one way a YAML file and `key=value` overrides become a typed config: read, merge, and check
+a plain dict against a dataclass schema, collecting every problem (OmegaConf stops at the first).
+
+Owns: reading YAML (file, line and column in errors), override parsing, deep merge, flattening,
+and `schema_problems` (unknown keys with a "did you mean", wrong types, wrong-shaped sections).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import types
+import typing
+from dataclasses import fields, is_dataclass
+from typing import Any, Literal, Union, get_args, get_origin
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from dnasweep.errors import ConfigError, Problem
+
+
+def did_you_mean(name: Any, known) -> str:
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
+    return f"did you mean {close[0]}?" if close else ""
+
+
+def hints(cls: type) -> dict[str, Any]:
+    """Field name -> resolved type of dataclass `cls` (annotations may be strings)."""
+    return typing.get_type_hints(cls)
+
+
+def type_name(typ: Any) -> str:
+    return str(typ).replace("typing.", "") if get_origin(typ) else getattr(typ, "__name__", str(typ))
+
+
+def fits(value: Any, typ: Any) -> bool:
+    """True when `value` is, exactly, a value of field type `typ` (bool is not an int, a string is
+    not a number): what lets a sampled value reach a trial unchanged."""
+    origin = get_origin(typ)
+    if origin is Literal:
+        return any(value == a and type(value) is type(a) for a in get_args(typ))
+    if origin in (Union, types.UnionType):
+        return any(fits(value, a) for a in get_args(typ))
+    if typ is type(None):
+        return value is None
+    if typ is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if typ is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if typ is Any:
+        return True
+    return isinstance(value, origin or typ)
+
+
+def _example(schema: type) -> str:
+    """A section's defaults as a one-line YAML flow mapping: the fix for a wrong-shaped section."""
+    return OmegaConf.to_yaml(OmegaConf.structured(schema)).replace("\n", ", ").rstrip(", ")
+
+
+def schema_problems(node: Any, schema: type, prefix: str) -> list[Problem]:
+    """Unknown keys and type errors of a plain dict `node` against dataclass `schema`, all of them:
+    each leaf is merged on its own, lists of dataclasses item by item."""
+    if not isinstance(node, dict):
+        return [Problem(prefix or "<root>", f"expected a mapping, got {type(node).__name__} {node!r}",
+                        f"e.g. {prefix.split('.')[-1]}: {{{_example(schema)}}}" if prefix else "")]
+    out: list[Problem] = []
+    types_ = hints(schema)
+    for key, value in node.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in types_:
+            fix = did_you_mean(key, types_) or f"known keys here: {', '.join(types_)}"
+            out.append(Problem(dotted, "unknown key", fix.replace("did you mean ", f"did you mean {prefix}.", 1)
+                               if prefix and fix.startswith("did") else fix))
+            continue
+        typ = types_[key]
+        if is_dataclass(typ):
+            out += schema_problems(value, typ, dotted)
+        elif get_origin(typ) is list and is_dataclass(item := get_args(typ)[0]):
+            if not isinstance(value, list):
+                out.append(Problem(dotted, f"expected a list, got {type(value).__name__} {value!r}",
+                                   f"e.g. {key}: [{{{_example(item)}}}]"))
+            else:
+                for i, v in enumerate(value):
+                    out += schema_problems(v, item, f"{dotted}[{i}]")
+        elif get_origin(typ) is list and not isinstance(value, list):
+            out.append(Problem(dotted, f"expected a list, got {type(value).__name__} {value!r}"))
+        else:
+            try:
+                OmegaConf.merge(OmegaConf.structured(schema), {key: value})
+            except OmegaConfBaseException as e:
+                out.append(Problem(dotted, f"invalid value {value!r}: {str(e).splitlines()[0]}",
+                                   f"expected {type_name(typ)}"))
+                continue
+            if get_origin(typ) not in (list, dict) and not fits(value, typ):  # OmegaConf would convert it
+                out.append(Problem(dotted, f"invalid value {value!r}: a {type(value).__name__}, not a "
+                                   f"{type_name(typ)}", f"expected {type_name(typ)}"
+                                   + (" (quote it to pass text)" if fits("x", typ) else "")))
+    return out
+
+
+def build(schema: type, data: dict) -> Any:
+    """A typed `schema` instance from a dict that `schema_problems` passed."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data))
+
+
+def parse_overrides(overrides: list[str]) -> tuple[dict, list[Problem]]:
+    """`key=value` strings -> nested dict (values parsed as YAML scalars)."""
+    bad = [Problem(o, "override must look like dotted.key=value", "e.g. train.max_steps=200")
+           for o in overrides if "=" not in o or o.startswith("=")]
+    good = [o for o in overrides if "=" in o and not o.startswith("=")]
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist(good)), bad
+    except Exception as e:  # OmegaConf's own errors and yaml.YAMLError from a malformed value
+        return {}, bad + [Problem("overrides", f"cannot parse {good}: {str(e).splitlines()[0]}",
+                                  "values are YAML scalars or flow lists, e.g. key=3e-4 or key=[1,2]")]
+
+
+def _yaml_message(e: Exception) -> str:
+    """'line L, column C: what went wrong' of a YAML error. PyYAML's own first line ("while
+    parsing a flow mapping") names no line; its marks do (counted from 0)."""
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+    if mark is None or not problem:  # OmegaConf's own errors (e.g. a bad ${...}) carry no mark
+        return str(e).splitlines()[0]
+    msg = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+    return msg + (f" ({context} from line {start.line + 1})" if context and start else "")
+
+
+def read_yaml(path: str) -> dict:
+    """A YAML file as a plain dict; a missing file or malformed YAML is a ConfigError."""
+    if not os.path.isfile(path):
+        raise ConfigError([Problem("<file>", f"no such file: {path}", "check the path")], source=path)
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception as e:  # yaml.YAMLError and OmegaConf's own: both mean "not valid YAML"
+        raise ConfigError([Problem("<file>", f"not valid YAML: {_yaml_message(e)}",
+                                   "fix the syntax there (indent with spaces, not tabs; a colon after "
+                                   "each key; close brackets and quotes)")], source=path) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([Problem("<root>", f"expected a mapping, got {type(data).__name__}")], source=path)
+    return data
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested dict -> {"a.b.c": leaf}."""
+    out = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def field_names(schema: type) -> list[str]:
+    return [f.name for f in fields(schema)]

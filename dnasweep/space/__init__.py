@@ -1,0 +1,18 @@
+"""Search spaces, free of Ray, Optuna and MLflow (a test holds it to that).
+
+    params.py       the search: entries as typed Params; range and when: rules
+    space.py        SearchSpace (a typed SweepConfig + params + constraints), load_space
+    apply.py        apply(base, point) -> TrialConfig: the only way a point becomes a trial
+    feasibility.py  corners; constraints no point can meet
+    sample.py       seeded points and the share that break a rule (validate --samples)
+    summary.py      what validate prints
+"""
+
+from dnasweep.space.apply import active_values, apply
+from dnasweep.space.feasibility import corners
+from dnasweep.space.params import Param
+from dnasweep.space.space import KNOWN_METRICS, Constraint, SearchSpace, load_space, parse_space, space_from_dict
+from dnasweep.space.summary import space_warnings, summarize
+
+__all__ = ["KNOWN_METRICS", "Constraint", "Param", "SearchSpace", "active_values", "apply", "corners", "load_space",
+           "parse_space", "space_from_dict", "space_warnings", "summarize"]

@@ -1,0 +1,85 @@
+"""What the config alone says about a search space, before any trial runs.
+
+Owns the corners of a space (each range's ends, every choice) and the static check that each
+constraint on a config-determined metric (STATIC) holds somewhere in the space. Loading refuses a
+space whose constraint holds nowhere; `summarize` reports the parameter/FLOP range over the corners.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from typing import TYPE_CHECKING
+
+from dnasweep import metrics as M
+from dnasweep.config import TrialConfig
+from dnasweep.errors import Problem
+from dnasweep.space.apply import active_values, try_apply
+from dnasweep.space.params import Param
+
+if TYPE_CHECKING:
+    from dnasweep.space.space import Constraint
+
+# Metrics the config alone fixes, exactly as trials report them (nominal == the built model,
+# tests/test_model.py), so a constraint on them can be judged before any trial. Not params/active
+# nor compute/flops_per_token: trials measure those under the learned routing (identity modules,
+# thresholds), which can land far below or above the nominal uniform-routing value.
+STATIC = {M.PARAMS_TOTAL: lambda n: n.params_total}
+
+
+def corners(params: list[Param], limit: int = 256) -> list[dict]:
+    """Extreme points of the space (each range's ends, every choice), at most `limit` of them."""
+    axes = [[(q.path, v) for v in q.ends()] for q in params]
+    n = math.prod(len(a) for a in axes) if axes else 1
+    if n <= limit:
+        return [dict(c) for c in itertools.product(*axes)]
+    rnd = random.Random(0)
+    return [dict(rnd.choice(a) for a in axes) for _ in range(limit)]
+
+
+def _descend(params: list[Param], point: dict, f) -> tuple[float, dict]:
+    """Lower f(point) greedily, one dimension at a time over its extreme values, until no move helps.
+    f returns None at an invalid point, which is never moved to."""
+    best, moved = f(point), True
+    while moved:
+        moved = False
+        for q in params:
+            for v in q.ends():
+                y = f({**point, q.path: v})
+                if y is not None and y < best:
+                    best, point, moved = y, {**point, q.path: v}, True
+    return best, point
+
+
+def _closest(c: Constraint, params: list[Param], base: TrialConfig) -> tuple[float, dict] | None:
+    """(violation, point) of the point of the space that comes closest to satisfying `c` (a
+    constraint on a STATIC metric); None when no corner is a valid combination."""
+    from dnasweep.model import nominal
+
+    def violation(point: dict) -> float | None:
+        cfg = try_apply(base, active_values(params, point))
+        return None if cfg is None else c.violation(STATIC[c.metric](nominal(cfg.model)))
+
+    scored = [(v, pt) for pt in corners(params) if (v := violation(pt)) is not None]
+    return _descend(params, min(scored, key=lambda s: s[0])[1], violation) if scored else None
+
+
+def unsatisfiable(params: list[Param], constraints: list[Constraint], base: TrialConfig) -> list[Problem]:
+    """Constraints on static metrics (STATIC) that no point of the space satisfies, so every
+    trial would be infeasible. Such a metric (a parameter count) moves one way along each
+    dimension, so its extremes lie at corners: the best corner is refined by a descent over the
+    dimensions, which matters when there are too many corners to try them all."""
+    out = []
+    for i, c in enumerate(constraints):
+        found = _closest(c, params, base) if c.metric in STATIC else None
+        if found is None or found[0] <= 0:
+            continue  # satisfiable, not judged statically, or no valid corner to judge from
+        point = active_values(params, found[1])
+        v = c.bound + found[0] if c.op == "<=" else c.bound - found[0]
+        where = ", ".join(f"{k}={x}" for k, x in point.items() if k.startswith("model.")) or "the base model"
+        least, fewer = ("smallest", "smaller") if c.op == "<=" else ("largest", "larger")
+        out.append(Problem(f"constraints[{i}]", f"{c.metric} {c.op} {c.bound:g} holds at no point of the search "
+                           f"space: its {least} {c.metric} is {v:,.0f} ({where})",
+                           f"{'raise' if c.op == '<=' else 'lower'} the bound past {v:,.0f}, or search {fewer} models"))
+    return out

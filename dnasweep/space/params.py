@@ -1,0 +1,175 @@
+"""The `search:` section: each entry becomes a typed Param, checked against the trial schema.
+
+Owns: the trial schema's dotted paths and their field types, the parsing of one search entry
+({choice}, {int}, {float}, log, when), range rules and `when:` rules. Each check appends to a
+problem list and never raises, so a file's problems are reported all at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+from dnasweep.config import TrialConfig
+from dnasweep.config.load import did_you_mean, fits, hints, type_name
+from dnasweep.errors import Problem
+
+SPEC_KEYS = ("choice", "int", "float", "log", "when")  # the keys of one search: entry
+
+
+@dataclass
+class Param:
+    """One searched dimension."""
+
+    path: str  # dotted path into the trial config, e.g. "model.router.top_k"
+    kind: str  # choice | int | float
+    low: float | None = None  # int / float: lower bound (inclusive)
+    high: float | None = None  # int / float: upper bound (inclusive)
+    choices: list | None = None  # choice: the values, each of the field's exact type
+    log: bool = False  # int / float: sample on a log scale
+    when: dict[str, list] = field(default_factory=dict)  # active only if these params take these values
+
+    def active(self, values: dict) -> bool:
+        """Whether this dimension is drawn, given the values drawn before it (file order)."""
+        return all(values.get(k) in v for k, v in self.when.items())
+
+    def ends(self) -> list:
+        """The extreme values of this dimension: every choice, or a range's two ends."""
+        return self.choices if self.kind == "choice" else [self.low, self.high]
+
+
+def field_type(path: str) -> Any | None:
+    """The declared type of a dotted leaf of the trial schema; None when no such leaf."""
+    cls: Any = TrialConfig
+    *parents, leaf = path.split(".")
+    for part in parents:
+        cls = hints(cls).get(part) if is_dataclass(cls) else None
+        if cls is None or not is_dataclass(cls):
+            return None
+    typ = hints(cls).get(leaf)
+    return None if typ is None or is_dataclass(typ) else typ
+
+
+def schema_paths(cls: Any = TrialConfig, prefix: str = "") -> list[str]:
+    out = []
+    for f in fields(cls):
+        typ = hints(cls)[f.name]
+        out += schema_paths(typ, f"{prefix}{f.name}.") if is_dataclass(typ) else [f"{prefix}{f.name}"]
+    return out
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _choice_fix(c: Any, typ: Any) -> str:
+    if isinstance(c, bool | type(None)) and fits(str(c), typ):
+        return f"quote it ('{str(c).lower() if c is not None else 'null'}') to pass the text"
+    if isinstance(c, str) and (fits(1.0, typ) or fits(1, typ)):
+        return "write it as a YAML number (e.g. 1000.0, not '1e3')"
+    return f"use values of type {type_name(typ)}"
+
+
+def parse_param(path: str, spec: Any, p: list[Problem]) -> Param | None:
+    """One search: entry as a Param (None when it cannot be parsed; the problems say why)."""
+    key = f"search.{path}"
+    typ = field_type(path)
+    if typ is None:
+        p.append(Problem(key, "no such field in the trial config",
+                         did_you_mean(path, schema_paths()) or "use a dotted path such as model.d_model"))
+        return None
+    if not isinstance(spec, dict):
+        p.append(Problem(key, f"expected {{choice: [...]}}, {{int: [lo, hi]}} or {{float: [lo, hi]}}, got {spec!r}"))
+        return None
+    for k in spec:
+        if k not in SPEC_KEYS:
+            p.append(Problem(f"{key}.{k}", "unknown option", did_you_mean(k, SPEC_KEYS)
+                             or f"known options: {', '.join(SPEC_KEYS)}"))
+    kinds = [k for k in ("choice", "int", "float") if k in spec]
+    if len(kinds) != 1:
+        p.append(Problem(key, f"needs exactly one of choice / int / float (got {sorted(map(str, spec))})",
+                         "e.g. {float: [1e-4, 1e-2], log: true}"))
+        return None
+    kind, when = kinds[0], spec.get("when") or {}
+    if not isinstance(when, dict):
+        p.append(Problem(f"{key}.when", f"expected a mapping, got {type(when).__name__} {when!r}",
+                         "map a searched parameter to its values, e.g. when: {model.router.type: [threshold]}"))
+        when = {}
+    when = {str(k): v if isinstance(v, list) else [v] for k, v in when.items()}
+    if kind == "choice":
+        choices = spec["choice"]
+        if not isinstance(choices, list) or not choices:
+            p.append(Problem(f"{key}.choice", f"must be a non-empty list, got {choices!r}",
+                             f"list the values to try, e.g. {{choice: [64, 128]}}; a fixed value belongs "
+                             f"in base: ({path})"))
+            return None
+        for c in choices:  # exactly the field's type: what Optuna records is what the trial gets
+            if not fits(c, typ):
+                p.append(Problem(f"{key}.choice", f"choice {c!r} ({type(c).__name__}) does not fit {path} "
+                                 f"({type_name(typ)})", _choice_fix(c, typ)))
+        return Param(path, kind, choices=choices, when=when)
+    rng = spec[kind]
+    if not (isinstance(rng, list) and len(rng) == 2 and all(_is_number(v) for v in rng)):
+        p.append(Problem(f"{key}.{kind}", f"must be [low, high], two numbers, got {rng!r}",
+                         "e.g. {int: [2, 6]}" if kind == "int" else "e.g. {float: [1.0e-4, 1.0e-2]}"))
+        return None
+    lo, hi = rng
+    p += _range_problems(key, path, kind, typ, lo, hi)
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        p.append(Problem(f"{key}.log", f"must be true or false, got {log!r}"))
+    elif log and lo <= 0:
+        p.append(Problem(f"{key}.log", f"log scale needs low > 0, got {lo}", "raise low, or use choice to include 0"))
+    return Param(path, kind, low=lo, high=hi, log=log is True, when=when)
+
+
+def _range_problems(key: str, path: str, kind: str, typ: Any, lo: float, hi: float) -> list[Problem]:
+    """An int / float range [lo, hi] of numbers: low < high, of the field's type."""
+    out = []
+    if kind == "int" and not all(isinstance(v, int) for v in (lo, hi)):
+        out.append(Problem(f"{key}.int", f"bounds must be integers, got {[lo, hi]!r}"))
+    if not fits(1 if kind == "int" else 0.5, typ) or (kind == "int" and fits(0.5, typ)):
+        other = "float" if kind == "int" else "int"
+        out.append(Problem(key, f"{kind} range on a {type_name(typ)} field", f"use {other} or choice"))
+    # A zero-width range searches nothing (Optuna would draw the one value every time): almost
+    # certainly a typo, and a fixed value belongs in base:.
+    if lo > hi:
+        out.append(Problem(f"{key}.{kind}", f"inverted range [{lo}, {hi}]: low is above high",
+                           f"swap them: [{hi}, {lo}]"))
+    elif lo == hi:
+        out.append(Problem(f"{key}.{kind}", f"empty range [{lo}, {hi}]: low equals high, so nothing is searched",
+                           f"set {path}: {lo} under base: instead, or widen the range"))
+    return out
+
+
+def _when_fix(other: str, searched: dict, listed: str) -> str:
+    """What to do about a condition on `other`, which is not searched: search it, or fix a typo."""
+    close = [other] if field_type(other) is not None else difflib.get_close_matches(other, schema_paths(), n=1)
+    if not close:
+        return f"condition on a parameter under search: (now: {listed})"
+    guess = "" if close[0] == other else f"did you mean {close[0]}?"
+    unsearched = "" if close[0] in searched else f"{close[0]} must be under search: too (now: {listed})"
+    return " ".join(filter(None, [guess, unsearched]))
+
+
+def when_problems(params: list[Param]) -> list[Problem]:
+    """Each `when:` names a parameter searched before it, and values that parameter can take."""
+    out = []
+    order = {q.path: i for i, q in enumerate(params)}
+    searched = ", ".join(order) or "none"
+    for q in params:
+        key = f"search.{q.path}.when"
+        for other, vals in q.when.items():
+            if other not in order:
+                out.append(Problem(key, f"condition on {other!r}, which is not a searched parameter",
+                                   _when_fix(other, order, searched)))
+            elif order[other] >= order[q.path]:
+                # Parameters are drawn in file order (DefineByRun), so a later one is unset here.
+                out.append(Problem(key, f"condition on {other!r}, which is not listed before {q.path} under "
+                                   "search: parameters are drawn in that order, so the condition never holds",
+                                   f"move {other} above {q.path}"))
+            elif (choices := params[order[other]].choices) is not None and not all(
+                    any(v == c and type(v) is type(c) for c in choices) for v in vals):
+                out.append(Problem(key, f"values {vals} are not among {other}'s choices {choices}"))
+    return out

@@ -1,0 +1,193 @@
+"""A search space: a typed SweepConfig plus its parsed dimensions and constraints.
+
+`load_space` / `parse_space` run the one pipeline (dnasweep.config.sweep for the sections, this
+package for search:, objectives: and constraints:) and raise a ConfigError listing every problem
+of the file. `SearchSpace.apply(values, out_dir)` is how a sampled point becomes a trial config.
+Ray-, Optuna- and MLflow-free; dnasweep.sweep adapts it to them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from dnasweep import metrics as M
+from dnasweep.config import TrialConfig, read_yaml
+from dnasweep.config.load import did_you_mean
+from dnasweep.config.sweep import (
+    AnalyzeConfig,
+    BudgetConfig,
+    ObjectiveConfig,
+    ResourcesConfig,
+    SamplerConfig,
+    SweepConfig,
+    TrackingConfig,
+    sweep_sections,
+)
+from dnasweep.data.config import BYTE_SOURCES
+from dnasweep.errors import Problem, raise_if
+from dnasweep.space.apply import apply
+from dnasweep.space.feasibility import unsatisfiable
+from dnasweep.space.params import Param, parse_param, when_problems
+
+_CONSTRAINT = re.compile(r"^\s*([\w/.\-]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
+# Every metric a trial reports (dnasweep.metrics), the names objectives and constraints may use.
+KNOWN_METRICS = {v for k, v in vars(M).items()
+                 if k.isupper() and isinstance(v, str) and "/" in v and k != "ROUTER_LOAD_PREFIX"
+                 and not v.startswith(M.SWEEP_PREFIX)}
+
+
+@dataclass
+class Constraint:
+    """`metric op bound`, told to Optuna so infeasible trials never reach the front."""
+
+    metric: str
+    op: str  # <= | >=
+    bound: float
+
+    def violation(self, value: float) -> float:
+        """Optuna's convention: <= 0 is feasible."""
+        return value - self.bound if self.op == "<=" else self.bound - value
+
+
+@dataclass
+class SearchSpace:
+    """A parsed, validated search-space file."""
+
+    source: str  # the file it came from
+    config: SweepConfig  # every section, typed (smoke overlay and overrides applied)
+    params: list[Param]  # the searched dimensions, in file order (the order they are drawn)
+    constraints: list[Constraint]
+
+    @property
+    def base(self) -> TrialConfig:  # the trial every point starts from
+        return self.config.base
+
+    @property
+    def objectives(self) -> list[ObjectiveConfig]:
+        return self.config.objectives
+
+    @property
+    def sampler(self) -> SamplerConfig:
+        return self.config.sampler
+
+    @property
+    def budget(self) -> BudgetConfig:
+        return self.config.budget
+
+    @property
+    def resources(self) -> ResourcesConfig:
+        return self.config.resources
+
+    @property
+    def tracking(self) -> TrackingConfig:
+        return self.config.tracking
+
+    @property
+    def analyze(self) -> AnalyzeConfig:
+        return self.config.analyze
+
+    def apply(self, values: dict, out_dir: str) -> TrialConfig:
+        """The trial config of one point (its active sampled values); ConfigError if invalid."""
+        return apply(self.base, values, out_dir, source=self.source)
+
+    def to_dict(self) -> dict:
+        """The file as run (what SWEEP/space.json holds); `space_from_dict` reads it back."""
+        return {"source": self.source, "config": OmegaConf.to_container(OmegaConf.structured(self.config))}
+
+
+def is_known_metric(name: str) -> bool:
+    return name in KNOWN_METRICS or name.startswith(M.ROUTER_LOAD_PREFIX)
+
+
+def _unreported(metric: str, cfg: TrialConfig, searched) -> str:
+    """Why no trial of base `cfg` reports `metric` ("" when trials may): a task- or source-only metric.
+    Every trial would then fail (objective) or be infeasible (constraint)."""
+    if set(searched) & {"model.task", "model.kind", "data.source"}:
+        return ""  # the search decides
+    m, source = cfg.model, cfg.data.source
+    if metric == M.VAL_ACC and m.task != "vision":
+        return f"is reported by vision trials only (base.model.task is {m.task!r})"
+    if metric == M.VAL_BPB and (m.task != "lm" or source not in BYTE_SOURCES):
+        return (f"is reported by byte-level LM trials only (data.source {' / '.join(BYTE_SOURCES)}; the base has "
+                f"model.task {m.task!r}, data.source {source!r})")
+    if metric.startswith("router/") and m.kind == "dense":
+        return "is reported by routed models only (base.model.kind is 'dense')"
+    return ""
+
+
+def _metric_problem(key: str, metric: str, base: TrialConfig | None, searched, what: str) -> Problem | None:
+    if not is_known_metric(metric):
+        return Problem(key, f"unknown metric {metric!r}",
+                       did_you_mean(metric, KNOWN_METRICS) or f"known: {', '.join(sorted(KNOWN_METRICS))}")
+    if base is not None and (why := _unreported(metric, base, searched)):
+        return Problem(key, f"{metric} {why}: {what}", "use a metric these trials report, e.g. val/loss")
+    return None
+
+
+def _objectives(raw: list, base: TrialConfig | None, searched, p: list[Problem]) -> list[ObjectiveConfig]:
+    if not raw:
+        p.append(Problem("objectives", "at least one objective is needed",
+                         "e.g. [{metric: val/loss, mode: min}, {metric: compute/flops_per_token, mode: min}]"))
+    from dnasweep.config.load import build, schema_problems
+
+    out = []
+    for i, o in enumerate(raw):
+        q = schema_problems(o, ObjectiveConfig, f"objectives[{i}]")
+        if not q and not o.get("metric"):
+            q = [Problem(f"objectives[{i}]", f"expected {{metric: ..., mode: min|max}}, got {o!r}")]
+        p += q
+        if q:
+            continue
+        obj = build(ObjectiveConfig, o)
+        if bad := _metric_problem(f"objectives[{i}].metric", obj.metric, base, searched, "every trial would fail"):
+            p.append(bad)
+        out.append(obj)
+    if len({o.metric for o in out}) != len(out):
+        p.append(Problem("objectives", "the same metric appears twice"))
+    return out
+
+
+def _constraints(raw: list, base: TrialConfig | None, searched, p: list[Problem]) -> list[Constraint]:
+    out = []
+    for i, c in enumerate(raw):
+        m = _CONSTRAINT.match(str(c))
+        if not m:
+            p.append(Problem(f"constraints[{i}]", f"cannot parse {c!r}", "write 'metric <= number' or '>='"))
+            continue
+        bad = _metric_problem(f"constraints[{i}]", m.group(1), base, searched, f"no trial could satisfy {c!r}")
+        if bad:
+            p.append(bad if "unknown" in bad.message else Problem(
+                bad.key, bad.message, "drop the constraint, or use a metric these trials report"))
+        out.append(Constraint(m.group(1), m.group(2), float(m.group(3))))
+    return out
+
+
+def parse_space(data: dict, source: str, overrides: list[str] | None = None, smoke: bool = False,
+                check: bool = True) -> SearchSpace:
+    """A SearchSpace from a file's dict; ConfigError listing every problem. `check=False` reads a
+    sweep's own space.json back without re-judging data paths and constraints (another machine)."""
+    cfg, p = sweep_sections(data, source, overrides, smoke, check_base=check)
+    base_ok = not any(q.key.startswith("base") for q in p)
+    base = cfg.base if base_ok and check else None
+    params = [q for path, spec in cfg.search.items() if (q := parse_param(str(path), spec, p)) is not None]
+    p += when_problems(params)
+    if not any(q.key == "objectives" for q in p):  # a wrong-shaped section is one problem, not two
+        cfg.objectives = _objectives(cfg.objectives, base, cfg.search, p)
+    constraints = _constraints(cfg.constraints, base, cfg.search, p)
+    if base is not None and not any(q.key.startswith(("search", "constraints")) for q in p):
+        p += unsatisfiable(params, constraints, base)
+    raise_if(p, source)
+    return SearchSpace(source, cfg, params, constraints)
+
+
+def load_space(path: str, overrides: list[str] | None = None, smoke: bool = False) -> SearchSpace:
+    return parse_space(read_yaml(path), path, overrides, smoke)
+
+
+def space_from_dict(d: dict[str, Any]) -> SearchSpace:
+    """A SearchSpace from `SearchSpace.to_dict()` (SWEEP/space.json), through the same pipeline."""
+    return parse_space(d["config"], d["source"], check=False)

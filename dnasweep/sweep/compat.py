@@ -1,0 +1,76 @@
+"""Every use of a private attribute of Ray Tune or Optuna, in one place.
+
+dnasweep needs a few things the libraries do not expose: swapping the callbacks and the live
+Optuna storage into a restored Tuner (Tune unpickles the first run's, with stale state), and
+reaching OptunaSearch's study and per-trial handles (to tell FAIL, set constraints and user
+attrs). `check()` touches each of them on fresh objects; tests/test_compat.py runs it, so an
+upgrade that moves one fails loudly there instead of deep inside a resumed sweep.
+"""
+
+from __future__ import annotations
+
+
+def restored_run_config(tuner):
+    """The RunConfig a restored Tuner will run with (its callbacks can be replaced)."""
+    return tuner._local_tuner.get_run_config()
+
+
+def restored_searcher(tuner):
+    """The searcher a restored Tuner unpickled."""
+    return tuner._local_tuner._tune_config.search_alg
+
+
+def search_study(search):
+    """OptunaSearch's study."""
+    return search._ot_study
+
+
+def set_search_study(search, study) -> None:
+    """Point OptunaSearch at `study` (re-opened on this head's storage) and rebind its live trials."""
+    import optuna
+
+    search._ot_study = study
+    search._ot_trials = {tid: optuna.trial.Trial(study, t._trial_id) for tid, t in search._ot_trials.items()}
+
+
+def search_trials(search) -> dict:
+    """Ray trial id -> live optuna.trial.Trial that OptunaSearch asked for."""
+    return search._ot_trials
+
+
+def search_completed(search) -> set:
+    """Ray trial ids OptunaSearch already told."""
+    return search._completed_trials
+
+
+def live_trial(study, frozen):
+    """A live handle on a frozen trial: the only one that can set user attrs on it."""
+    import optuna
+
+    return optuna.trial.Trial(study, frozen._trial_id)
+
+
+def check() -> None:
+    """Touch every private attribute above on fresh objects; AttributeError if one moved."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    study = optuna.create_study()
+    frozen = study.ask()
+    live_trial(study, study.trials[0])
+    assert frozen.number == 0
+    search = OptunaSearch(space={"x": optuna.distributions.FloatDistribution(0, 1)}, metric="m", mode="min")
+    search.set_search_properties("m", "min", config={})
+    search.suggest("t0")
+    assert isinstance(search_trials(search), dict) and isinstance(search_completed(search), set)
+    set_search_study(search, search_study(search))
+    import tempfile
+
+    from ray import tune
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tuner = tune.Tuner(lambda config: None, tune_config=tune.TuneConfig(search_alg=search, num_samples=1),
+                           run_config=tune.RunConfig(name="compat", storage_path=tmp))
+        restored_run_config(tuner).callbacks = []
+        assert restored_run_config(tuner).callbacks == [], "the Tuner's RunConfig is a copy: callbacks not swapped"
+        assert restored_searcher(tuner) is search, "the Tuner's searcher is not where compat looks"

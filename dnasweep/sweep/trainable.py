@@ -1,0 +1,91 @@
+"""The Ray Tune trainable: one sampled point -> `space.apply` -> `run_trial`, reported to Tune.
+
+Runs in a Ray worker. A point that breaks a rule of the trial config fails that trial at once as
+`invalid` (no retry: retrying cannot fix a config); a trial that finished before the driver died
+reports its saved result instead of training again; a retried or resumed trial continues from
+its checkpoint.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import time
+
+from dnasweep.errors import ConfigError
+from dnasweep.space import SearchSpace
+from dnasweep.sweep.storage import LocalStore
+
+FAILED = "failed"  # result key: the trial ended without objectives ("status" and "reason" say why)
+
+
+class TuneReporter:
+    """Adapter from the training loop's Reporter protocol to `ray.tune.report`."""
+
+    def report(self, metrics, checkpoint_dir=None):
+        from ray import tune
+
+        ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(dict(metrics), checkpoint=ckpt)
+
+    def close(self):
+        pass
+
+
+def _fail(status: str, reason: str) -> None:
+    from ray import tune
+
+    tune.report({FAILED: 1.0, "status": status, "reason": reason})
+
+
+def trial(config: dict, space: SearchSpace, store: LocalStore) -> None:
+    """One Ray Tune trial."""
+    import ray
+    from ray import tune
+
+    from dnasweep.plugins import load_plugins
+    from dnasweep.train import checkpoint
+    from dnasweep.train.limits import is_oom, memory_limit
+    from dnasweep.train.loop import run_trial
+
+    load_plugins()  # routers (and more) registered by the user's modules, as in the driver
+    trial_id = tune.get_context().get_trial_id()
+    values = {p.path: config[p.path] for p in space.params if p.path in config}
+    out = store.trial_out(trial_id)
+    done = os.path.join(out, "result.json")
+    store.pull_result(trial_id, out)
+    if os.path.exists(done):  # finished just before a driver died, after Tune last saved its state
+        with open(done) as f:
+            saved = json.load(f)
+        status = saved.pop("status")
+        return tune.report(saved) if status == "completed" else _fail(status, saved["reason"])
+    try:
+        cfg = space.apply(values, out)
+    except ConfigError as e:  # this point breaks a rule: this trial fails, nothing else
+        return _fail("invalid", "; ".join(f"{p.key}: {p.message}" for p in e.problems))
+    # A retried or resumed trial continues from its own checkpoint in `out`; on another node
+    # without it, from the last checkpoint it reported to Tune (copied back into place first).
+    own = os.path.join(out, "checkpoint")
+    reported = tune.get_checkpoint()
+    if reported is not None and not checkpoint.exists(own):
+        reported.to_directory(own)
+    os.makedirs(out, exist_ok=True)
+    start = int(checkpoint.load(own)["step"]) if checkpoint.exists(own) else 0
+    node = ray.get_runtime_context().get_node_id()
+    with open(os.path.join(out, "attempts.log"), "a") as f:  # one line per (re)start: pid, resumed step, node
+        f.write(f"pid {os.getpid()} start_step {start} time {time.time():.1f} node {node}\n")
+    try:
+        with memory_limit(space.resources.memory_gb):
+            result = run_trial(cfg, TuneReporter())
+        status, reason = result.status, result.reason
+    except ConfigError as e:  # the data does not fit the model (vocabulary, image shape): invalid
+        status, reason = "invalid", "; ".join(f"{p.key}: {p.message}" for p in e.problems)
+    except Exception as e:  # out of memory before the loop (model or data): a failed trial, not a retry
+        if not is_oom(e):
+            raise
+        status, reason = "oom", f"out of memory before training: {str(e).splitlines()[0][:300]}"
+    store.trial_ended(trial_id, out)  # before returning: Tune then calls the trial complete
+    if status != "completed":  # no objectives in the last report: the searcher tells FAIL
+        gc.collect()  # the worker is reused for the next trial
+        _fail(status, reason)
