@@ -1,21 +1,20 @@
+"""Fixtures, and the test tiers. A test that starts Ray (the `ray_cluster` fixture, or a cluster of
+its own) is marked `ray`; `slow` trains for hundreds of steps; `faults` injects faults into real
+sweeps. The quick, Ray-free tier: pytest -m "not ray and not slow and not faults"."""
+
 import os
 import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))  # tests/reference.py and friends
-
-from dnasweep.model import ModelConfig  # noqa: E402
+sys.path.insert(0, os.path.dirname(__file__))  # tests/helpers.py, tests/reference.py
 
 
-def tiny_cfg(task: str = "lm", router: str = "topk", **kw) -> ModelConfig:
-    """A small, fast model config; keyword args override top-level fields."""
-    cfg = ModelConfig(task=task, d_model=32, n_heads=4, seq_len=24, n_steps=3)
-    cfg.router.type = router
-    for k, v in kw.items():
-        setattr(cfg, k, v)
-    return cfg
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()) or item.get_closest_marker("faults"):
+            item.add_marker(pytest.mark.ray)
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 pytest.importorskip("ray", reason="the sweep extra (ray[tune], optuna, mlflow) is not installed")
+pytestmark = pytest.mark.ray  # starts clusters of its own (jobs/local-cluster.sh)
 if not os.path.isdir("/proc"):
     pytest.skip("jobs/local-cluster.sh stops its processes through /proc (Linux only)", allow_module_level=True)
 

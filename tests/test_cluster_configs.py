@@ -192,9 +192,9 @@ def env_of_ray_start(cmd: str) -> dict[str, str]:
 def test_dnasweep_reads_the_variables_the_configs_set():
     """The names below are dnasweep's (--storage / --autoscaling defaults); a rename there must show
     up here, or the cluster would silently run without them."""
-    runner = (ROOT / "dnasweep" / "sweep" / "runner.py").read_text()
+    sweep = "".join(p.read_text() for p in (ROOT / "dnasweep" / "sweep").glob("*.py"))
     for var in ("DNASWEEP_STORAGE", "DNASWEEP_AUTOSCALING"):
-        assert f'os.environ.get("{var}"' in runner, var
+        assert f'os.environ.get("{var}"' in sweep, var
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -14,7 +14,7 @@ import torch
 import dnasweep.data as D
 from dnasweep.data import DataConfig, LMSampler, VisionSampler, check_data, load_data
 from dnasweep.data import lm as lm_mod
-from dnasweep.data.lm import SEP
+from dnasweep.data.lm import SEP, LMData
 from dnasweep.data.pystdlib import load_pystdlib
 from dnasweep.errors import ConfigError
 
@@ -45,18 +45,50 @@ def test_structured_config_and_defaults_are_valid():
     cfg = omegaconf.OmegaConf.merge(omegaconf.OmegaConf.structured(DataConfig), {"val_fraction": 0.2})
     assert check_data(cfg, "lm") == []
     assert check_data(DataConfig(source="digits"), "vision") == []
-    assert "pystdlib" in D.LM_SOURCES and "digits" in D.VISION_SOURCES
+    assert "pystdlib" in D.source_names("lm") and "digits" in D.source_names("vision")
 
 
 def test_unknown_source_and_task_list_allowed_values():
     (p,) = check_data(DataConfig(source="digits"), "lm")
-    assert p.key == "data.source" and "digits" in p.message and all(s in p.fix for s in D.LM_SOURCES)
+    assert p.key == "data.source" and "digits" in p.message and all(s in p.fix for s in D.source_names("lm"))
     (p,) = check_data(DataConfig(), "vision")
-    assert "pystdlib" in p.message and all(s in p.fix for s in D.VISION_SOURCES)
+    assert "pystdlib" in p.message and all(s in p.fix for s in D.source_names("vision"))
     assert [p.key for p in check_data(DataConfig(), "speech")] == ["task"]
     for vf in (0.0, 1.0, -0.1, 1.5):  # val_fraction must lie in the open interval (0, 1)
         assert [(p.key, str(vf) in p.message) for p in check_data(DataConfig(val_fraction=vf), "lm")] == [
             ("data.val_fraction", True)]
+
+
+def tiny_lm(cfg: DataConfig) -> LMData:
+    """An LM loader registered from outside dnasweep.data (see the test below)."""
+    ids = np.frombuffer(b"abcdefgh" * 8, dtype=np.uint8)
+    return LMData(ids[:48], ids[48:], cfg.vocab_size or 256, 1.0, cfg.source, "tiny")
+
+
+@pytest.fixture
+def tiny_source():
+    yield D.register_source("lm", "tiny", f"{__name__}:tiny_lm", "64 fixed bytes", byte_level=True)
+    del D.SOURCES["lm", "tiny"]  # the registration ends with the test
+
+
+def test_source_registered_from_outside_is_checked_and_loaded(tiny_source):
+    assert check_data(DataConfig(source="tiny"), "lm") == [] and "tiny" in D.source_names("lm")
+    d = load_data(DataConfig(source="tiny"), "lm")
+    assert isinstance(d, LMData) and d.source == "tiny" and len(d.train) == 48 and len(d.val) == 16
+    (p,) = check_data(DataConfig(source="tiny", vocab_size=100), "lm")  # byte_level: vocab >= 256
+    assert p.key == "data.vocab_size" and "byte-level" in p.message
+    (p,) = check_data(DataConfig(source="tiny"), "vision")  # registered for lm only
+    assert p.key == "data.source" and "tiny" not in p.fix
+    with pytest.raises(ValueError, match="already registered"):
+        D.register_source("lm", "tiny", f"{__name__}:tiny_lm", "again")
+
+
+def test_unknown_source_lists_the_registered_names_of_its_task():
+    for task in ("lm", "vision"):
+        (p,) = check_data(DataConfig(source="nope"), task)
+        names = [name for t, name in D.SOURCES if t == task]
+        assert p.key == "data.source" and p.fix == f"use one of: {', '.join(names)}" and names
+    assert D.get_source("lm", "hf").loader != D.get_source("vision", "hf").loader
 
 
 def test_all_problems_reported_at_once(tmp_path):

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_cfg
+from helpers import tiny_cfg
 from torch.utils.flop_counter import FlopCounterMode
 
 from dnasweep.model import build_model

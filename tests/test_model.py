@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_cfg
+from helpers import tiny_cfg
 
 from dnasweep.errors import ConfigError
 from dnasweep.model import LossConfig, build_model, compute_loss, nominal, router_names, router_spec

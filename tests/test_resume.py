@@ -42,7 +42,7 @@ def test_a_dead_cluster_left_by_ray_start_is_not_joined(tmp_path, monkeypatch):
     import socket
     import tempfile
 
-    from dnasweep.sweep.runner import _stale_cluster_guard
+    from dnasweep.sweep.cluster import _stale_cluster_guard
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     lines = []

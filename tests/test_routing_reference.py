@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_cfg
+from helpers import tiny_cfg
 from reference import reference_step
 
 from dnasweep.model import build_model

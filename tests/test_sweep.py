@@ -159,3 +159,73 @@ def test_tracker_leaves_the_environment_alone(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     MLflowSweepLogger(parse_space(TINY, "tiny.yaml"), "one", str(tmp_path), default_uri(str(tmp_path)))
     assert "MLFLOW_TRACKING_URI" not in os.environ
+
+
+POINTS = {
+    "base": {"model": {"d_model": 32, "n_heads": 4, "seq_len": 32, "n_steps": 2, "pool": {"n_identity": 1},
+                       "balance": {"identity_bias": True}},
+             "data": {"source": "pystdlib", "max_bytes": 2000000},
+             "train": {"max_steps": 20, "batch_size": 4, "eval_every": 10, "eval_batches": 2, "log_every": 5}},
+    # hash cannot take identity_bias: those points break a rule of the trial config
+    "search": {"model.router.type": {"choice": ["topk", "hash"]},
+               # text that YAML reads as a bool, a float, null: must reach the trial as sampled
+               "data.name": {"choice": ["true", "off", "1e3", "null", None]}},
+    "objectives": [{"metric": "val/loss", "mode": "min"}, {"metric": "compute/flops_per_token", "mode": "min"}],
+    "sampler": {"type": "random", "seed": 1},
+    "budget": {"trials": 5, "concurrent": 2, "retries": 2},
+    "analyze": {"front": False},
+}
+
+
+def test_invalid_points_fail_alone_values_arrive_exactly_and_analyze_finds_the_store(ray_cluster, tmp_path,
+                                                                                   monkeypatch):
+    """Three defects of the old pipeline in one real sweep: an invalid point was retried as a dead
+    worker and stalled tracking for every later trial; sampled text changed on its way to the
+    trial; `dnasweep analyze` of a sweep that logged elsewhere opened SWEEP/mlflow.db."""
+    import optuna
+    import yaml
+    from mlflow import MlflowClient
+
+    from dnasweep.cli import main
+    from dnasweep.sweep.runner import run_sweep
+    from dnasweep.sweep.study import open_study
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = f"sqlite:///{tmp_path}/elsewhere/mlflow.db"
+    (tmp_path / "elsewhere").mkdir()
+    lines = []
+    res = run_sweep(parse_space(POINTS, "points.yaml"), "points", root=str(tmp_path), log=lines.append,
+                    tracking_uri=store)
+    study = open_study(res.sweep_dir)
+    trials = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
+    invalid = [t for t in trials.values() if t.params["model.router.type"] == "hash"]
+    valid = [t for t in trials.values() if t.params["model.router.type"] == "topk"]
+    assert invalid and valid, "seed 1 must sample both routers; pick another seed"
+    assert res.n_complete == len(valid) and res.n_failed == len(invalid) and len(trials) == 5
+    for t in invalid:  # one FAIL each, with the rule, and no retry
+        assert t.state == optuna.trial.TrialState.FAIL and t.user_attrs["fail_status"] == "invalid"
+        assert "identity_bias" in t.user_attrs["fail_reason"] and "hash" in t.user_attrs["fail_reason"]
+    assert not any("RETRY" in ln for ln in lines), lines
+    assert sum(" FAIL " in ln and "(invalid)" in ln for ln in lines) == len(invalid)
+    assert not res.tracking_errors and not (tmp_path / "points" / "mlflow.db").exists()
+    for tid, t in trials.items():  # exactly what Optuna recorded, type included
+        if t in valid:
+            with open(os.path.join(res.sweep_dir, "trials", tid, "config.yaml")) as f:
+                name = yaml.safe_load(f)["data"]["name"]
+            assert name == t.params["data.name"] and type(name) is type(t.params["data.name"]), (name, t.params)
+    client = MlflowClient(store)
+    runs = {r.data.tags["dnasweep.trial"]: r for r in client.search_runs(
+        [client.get_experiment_by_name("dnasweep").experiment_id]) if "dnasweep.trial" in r.data.tags}
+    assert set(runs) == set(trials)  # every trial got its run, the ones after an invalid one too
+    for tid, t in trials.items():
+        r = runs[tid]
+        assert r.data.params["model.router.type"] == t.params["model.router.type"]
+        if t in invalid:
+            assert r.info.status == "FAILED" and r.data.tags["dnasweep.status"] == "invalid"
+        else:
+            assert r.info.status == "FINISHED" and "val/loss" in r.data.metrics
+    # analyze the sweep without saying where it logged: the reports go to that store's runs
+    assert main(["analyze", res.sweep_dir, "--examples", "8"]) == 0
+    for r in res.front:
+        arts = {a.path for a in client.list_artifacts(runs[r["ray_trial_id"]].info.run_id, "analysis")}
+        assert "analysis/report.html" in arts, arts

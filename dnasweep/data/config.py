@@ -10,33 +10,26 @@ labels) live in the loaders and are raised by `load_data`.
 import importlib.util
 import os
 import sys
+import typing
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from dnasweep.data.sources import TASKS, Source, get_source, source_names
 from dnasweep.errors import Problem
 
-LM_SOURCES = ("pystdlib", "text", "tokens", "hf")
-VISION_SOURCES = ("digits", "npz", "folder", "hf")
-TASKS = ("lm", "vision")
 TOKEN_DTYPES = ("uint16", "uint32")
-TOKEN_SUFFIXES = (".bin", ".npy")
-# Sources whose corpus is raw UTF-8 bytes: the vocabulary is the 256 byte values.
-BYTE_SOURCES = ("pystdlib", "text", "hf")
-_NEEDS_PATH = {"text", "tokens", "npz", "folder"}
-# Suffixes read from a text folder: anything else (e.g. __pycache__/*.pyc, images) is skipped.
-TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst", ".py", ".json", ".jsonl", ".csv", ".tsv",
-                 ".html", ".xml", ".tex", ".c", ".h")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-HF_FIX = "pip install 'dnasweep[hf]'"
-IMAGES_FIX = "pip install 'dnasweep[images]'"
+# Optional module a source requires -> (what it is, in messages; how to install it).
+_EXTRAS = {"datasets": ("the Hugging Face `datasets` package", "pip install 'dnasweep[hf]'"),
+           "PIL": ("Pillow", "pip install 'dnasweep[images]'")}
 
 
 @dataclass
 class DataConfig:
     """Which corpus or image set a run trains on, and how it is split and capped."""
 
-    source: str = "pystdlib"  # lm: pystdlib | text | tokens | hf ; vision: digits | npz | folder | hf
-    path: str | None = None  # file or folder for text / tokens / npz / folder
+    source: str = "pystdlib"  # a source registered for the task (dnasweep.data.sources)
+    path: str | None = None  # file or folder read by sources that need one
     name: str | None = None  # Hugging Face dataset name, "NAME" or "NAME:CONFIG" (source: hf)
     field: str = "text"  # text field of each record (LM hf)
     image_field: str = "image"  # image field of each record (vision hf)
@@ -51,10 +44,8 @@ class DataConfig:
 
 def has_module(name: str) -> bool:
     """True when `name` can be imported (already imported counts, even without a spec)."""
-    if name in sys.modules:
-        return sys.modules[name] is not None
     try:
-        return importlib.util.find_spec(name) is not None
+        return sys.modules[name] is not None if name in sys.modules else importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
         return False
 
@@ -64,90 +55,44 @@ def resolve(path: str) -> Path:
     return Path(os.path.expanduser(path))
 
 
-# Field -> accepted Python types. bool is excluded from ints/floats explicitly below, since
-# `True` is an int to isinstance and would otherwise pass as vocab_size=1.
-_TYPES: dict[str, tuple[type, ...]] = {
-    "source": (str,),
-    "path": (str, type(None)),
-    "name": (str, type(None)),
-    "field": (str,),
-    "image_field": (str,),
-    "label_field": (str,),
-    "vocab_size": (int, type(None)),
-    "dtype": (str,),
-    "val_fraction": (float, int),
-    "image_size": (int, type(None)),
-    "max_bytes": (int, type(None)),
-    "seed": (int,),
-}
+def data_files(root: Path, suffixes: tuple[str, ...]) -> Iterator[Path]:
+    """The files under `root` with one of `suffixes`, hidden files and folders skipped, as the loaders
+    read them; lazily, so checking for one costs a few stat calls, not a walk."""
+    return (p for p in root.rglob("*") if p.suffix.lower() in suffixes
+            and not any(s.startswith(".") for s in p.relative_to(root).parts) and p.is_file())
 
 
-def _type_problems(cfg) -> tuple[list[Problem], set[str]]:
-    """Type checks for a plain dataclass built in code (OmegaConf already enforces types)."""
-    problems, bad = [], set()
-    for key, types in _TYPES.items():
-        value = getattr(cfg, key, None)
-        if isinstance(value, bool) or not isinstance(value, types):
-            names = " or ".join("None" if t is type(None) else t.__name__ for t in types)
-            problems.append(Problem(f"data.{key}", f"must be {names}, got {value!r}"))
-            bad.add(key)
-    return problems, bad
-
-
-def _holds_data(root: Path, suffixes: tuple[str, ...]) -> bool:
-    """True when `root` holds a non-empty, non-hidden file with one of `suffixes` (as the loaders
-    read them). Stops at the first one, so a large folder costs a few stat calls, not a walk."""
-    return any(p.suffix.lower() in suffixes and not any(s.startswith(".") for s in p.relative_to(root).parts)
-               and p.is_file() and p.stat().st_size > 0 for p in root.rglob("*"))
-
-
-def _empty_problems(p: Path, source: str) -> list[Problem]:
-    """An existing path of the right kind that holds nothing to train on. Caught here, not by the
-    loader, so a sweep refuses it before any trial starts (a loader runs inside each trial)."""
+def _path_problems(cfg, src: Source) -> list[Problem]:
+    """Is the path given, present, of the right kind (file / folder / suffix) and holding data.
+    Emptiness is caught here, not by the loader, so a sweep refuses it before any trial starts."""
+    name, wants = src.name, f"source {src.name!r} reads {src.doc}"
+    if not cfg.path:
+        return [Problem("data.path", f"source {name!r} needs a path, but none is given", f"set data.path to {src.doc}")]
+    p = resolve(cfg.path)
+    if not p.exists():
+        return [Problem("data.path", f"{p} does not exist (source {name!r})",
+                        "check the spelling, or give an absolute path")]
+    if src.path_kind != "any" and not (p.is_dir() if src.path_kind == "dir" else p.is_file()):
+        kind = "folder" if src.path_kind == "dir" else "file"
+        return [Problem("data.path", f"{p} is not a {kind} (source {name!r})", wants)]
+    if src.path_kind == "file" and src.suffixes and p.suffix not in src.suffixes:
+        return [Problem("data.path", f"{p} has suffix {p.suffix!r}; source {name!r} reads "
+                        f"{' or '.join(src.suffixes)}", wants)]
     if p.is_file() and p.stat().st_size == 0:
-        return [Problem("data.path", f"{p} is empty (0 bytes; source {source!r})", "give a file with data in it")]
-    if source == "text" and p.is_dir() and not _holds_data(p, TEXT_SUFFIXES):
-        return [Problem("data.path", f"folder {p} holds no text files with any text in them "
-                        f"({', '.join('*' + s for s in TEXT_SUFFIXES)})",
-                        "point data.path at a folder of such files, or at one file")]
-    if source == "folder" and not _holds_data(p, IMAGE_SUFFIXES):
-        return [Problem("data.path", f"folder {p} holds no images ({', '.join(IMAGE_SUFFIXES)})",
-                        "lay out images as PATH/<class name>/<image file>")]
+        return [Problem("data.path", f"{p} is empty (0 bytes; source {name!r})", "give a file with data in it")]
+    if p.is_dir() and src.suffixes and not any(f.stat().st_size for f in data_files(p, src.suffixes)):
+        return [Problem("data.path", f"folder {p} holds no {src.files} with data in them "
+                        f"({', '.join('*' + s for s in src.suffixes)})", wants)]
     return []
 
 
-def _path_problems(cfg, source: str) -> list[Problem]:
-    """Is the path given, present and of the right kind (file / folder / suffix) for `source`."""
-    if source not in _NEEDS_PATH:
-        return []
-    if not cfg.path:
-        return [Problem("data.path", f"source {source!r} needs a path, but none is given",
-                        "set data.path to the file or folder to read")]
-    p = resolve(cfg.path)
-    if not p.exists():
-        return [Problem("data.path", f"{p} does not exist (source {source!r})",
-                        "check the spelling, or give an absolute path")]
-    if source == "folder" and not p.is_dir():
-        return [Problem("data.path", f"{p} is not a folder (source 'folder' wants one subfolder "
-                        "per class)", "point data.path at the folder that holds the class folders")]
-    if source in ("tokens", "npz") and not p.is_file():
-        return [Problem("data.path", f"{p} is not a file (source {source!r})", "give the file itself")]
-    if source == "tokens" and p.suffix not in TOKEN_SUFFIXES:
-        return [Problem("data.path", f"{p} has suffix {p.suffix!r}; source 'tokens' reads "
-                        ".bin (raw ids, data.dtype) or .npy", "save the ids as .bin or .npy")]
-    if source == "npz" and p.suffix != ".npz":
-        return [Problem("data.path", f"{p} has suffix {p.suffix!r}, not .npz",
-                        "save with np.savez(path, images=..., labels=...)")]
-    return _empty_problems(p, source)
-
-
-def _vocab_problems(cfg, source: str | None) -> list[Problem]:
+def _vocab_problems(cfg, src: Source | None) -> list[Problem]:
     """vocab_size: required for tokens, >= 256 for byte sources, representable in a .bin dtype."""
-    v = cfg.vocab_size
+    v, source = cfg.vocab_size, src and src.name
     if source == "tokens" and v is None:
         return [Problem("data.vocab_size", "source 'tokens' needs vocab_size (every id must be "
                         "< vocab_size), but none is given", "set it to the tokenizer's vocabulary size")]
-    if v is not None and source in BYTE_SOURCES and v < 256:
+    if v is not None and src and src.byte_level and v < 256:
         return [Problem("data.vocab_size", f"is {v}, below 256 for byte-level source {source!r}",
                         "leave it unset (256)")]
     if v is not None and v < 1:
@@ -160,30 +105,29 @@ def _vocab_problems(cfg, source: str | None) -> list[Problem]:
 
 def check_data(cfg: DataConfig, task: str) -> list[Problem]:
     """Every problem of `cfg` for `task` ("lm" | "vision") found without reading the data."""
-    problems, bad = _type_problems(cfg)
+    from dnasweep.config.load import fits, type_name  # not at the top: dnasweep.config imports this module
+
+    # Field types matter for configs built in code (the config pipeline refuses wrong types itself).
+    bad = {k: t for k, t in typing.get_type_hints(DataConfig).items() if not fits(getattr(cfg, k, None), t)}
+    problems = [Problem(f"data.{k}", f"must be {type_name(t)}, got {getattr(cfg, k, None)!r}") for k, t in bad.items()]
     if task not in TASKS:
         problems.append(Problem("task", f"unknown task {task!r}", f"use one of: {', '.join(TASKS)}"))
         return problems
-    allowed = LM_SOURCES if task == "lm" else VISION_SOURCES
-    source = cfg.source if "source" not in bad else None
-    if source is not None and source not in allowed:
-        problems.append(Problem("data.source", f"unknown source {source!r} for task {task!r}",
-                                f"use one of: {', '.join(allowed)}"))
-        source = None
-    if "path" not in bad and source is not None:
-        problems += _path_problems(cfg, source)
-    if source == "hf":
-        if "name" not in bad and not cfg.name:
-            problems.append(Problem("data.name", "source 'hf' needs a dataset name, but none is given",
-                                    "set data.name, e.g. 'roneneldan/TinyStories' or 'NAME:CONFIG'"))
-        if not has_module("datasets"):
-            problems.append(Problem("data.source", "source 'hf' needs the Hugging Face `datasets` "
-                                    "package, which is not installed", HF_FIX))
-    if task == "vision" and source in ("folder", "hf") and not has_module("PIL"):
-        problems.append(Problem("data.source", f"source {source!r} decodes images with Pillow, "
-                                "which is not installed", IMAGES_FIX))
+    src = get_source(task, cfg.source) if "source" not in bad else None
+    if "source" not in bad and src is None:
+        problems.append(Problem("data.source", f"unknown source {cfg.source!r} for task {task!r}",
+                                f"use one of: {', '.join(source_names(task))}"))
+    if "path" not in bad and src and src.needs_path:
+        problems += _path_problems(cfg, src)
+    if "name" not in bad and src and src.name == "hf" and not cfg.name:
+        problems.append(Problem("data.name", "source 'hf' needs a dataset name, but none is given",
+                                "set data.name, e.g. 'roneneldan/TinyStories' or 'NAME:CONFIG'"))
+    for module in src.requires if src else ():
+        what, fix = _EXTRAS.get(module, (f"the `{module}` package", f"pip install {module}"))
+        if not has_module(module):
+            problems.append(Problem("data.source", f"source {src.name!r} needs {what}, which is not installed", fix))
     if "vocab_size" not in bad and "dtype" not in bad and task == "lm":
-        problems += _vocab_problems(cfg, source)
+        problems += _vocab_problems(cfg, src)
     if "dtype" not in bad and cfg.dtype not in TOKEN_DTYPES:
         problems.append(Problem("data.dtype", f"unknown token dtype {cfg.dtype!r}",
                                 f"use one of: {', '.join(TOKEN_DTYPES)}"))
@@ -198,6 +142,6 @@ def check_data(cfg: DataConfig, task: str) -> list[Problem]:
             problems.append(Problem(f"data.{key}", f"is {value}, must be positive",
                                     "use a positive number, or leave it unset (None)"))
     for key in ("field", "image_field", "label_field"):
-        if key not in bad and source == "hf" and not getattr(cfg, key):
+        if key not in bad and src and src.name == "hf" and not getattr(cfg, key):
             problems.append(Problem(f"data.{key}", "is empty", "name the record field to read"))
     return problems

@@ -10,22 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dnasweep.data.config import HF_FIX, IMAGE_SUFFIXES, IMAGES_FIX, DataConfig, resolve
+from dnasweep.data.config import DataConfig, data_files, resolve
+from dnasweep.data.sources import IMAGE_SUFFIXES
 from dnasweep.data.vision import VisionData, cap_count, label_problems, make_vision
 from dnasweep.errors import ConfigError, Problem, raise_if
 
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # Pillow modes kept as one channel
 _MAX_NAMED = 5  # unreadable files named one by one; the rest are counted
-
-
-def _pil(source: str):
-    """The PIL.Image module, or a ConfigError naming the extra to install."""
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ConfigError([Problem("data.source", f"source {source!r} decodes images with Pillow, "
-                                   "which is not installed", IMAGES_FIX)], "data") from None
-    return Image
 
 
 def _to_array(im, gray: bool, size: int | None, image_module) -> np.ndarray:
@@ -56,8 +47,7 @@ def _class_files(root: Path) -> tuple[list[str], list[Path], list[int], list[Pro
                                 "source 'folder' wants one subfolder of images per class (>= 2)",
                                 "lay out images as PATH/<class name>/<image file>"))
     for label, name in enumerate(classes):
-        found = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                       and p.is_file() and not any(s.startswith(".") for s in p.relative_to(root).parts))
+        found = sorted(data_files(root / name, IMAGE_SUFFIXES))
         if not found:
             problems.append(Problem("data.path", f"class folder {root / name} holds no images "
                                     f"({', '.join(IMAGE_SUFFIXES)})", "add images or remove the folder"))
@@ -68,7 +58,7 @@ def _class_files(root: Path) -> tuple[list[str], list[Path], list[int], list[Pro
 
 def load_folder(cfg: DataConfig) -> VisionData:
     """PATH/<class>/<image>: RGB, or L when every image is grayscale; resized if image_size is set."""
-    Image = _pil("folder")
+    from PIL import Image  # optional extra 'images' (check_data refuses the source without it)
     root = resolve(cfg.path)
     classes, files, labels, problems = _class_files(root)
     raise_if(problems, "data")
@@ -105,12 +95,8 @@ def load_folder(cfg: DataConfig) -> VisionData:
 
 def load_hf_images(cfg: DataConfig) -> VisionData:
     """The train split of a Hugging Face image dataset (image_field, label_field), decoded now."""
-    try:
-        import datasets  # optional extra 'hf'
-    except ImportError:
-        raise ConfigError([Problem("data.source", "source 'hf' needs the `datasets` package",
-                                   HF_FIX)], "data") from None
-    Image = _pil("hf")
+    import datasets  # optional extras 'hf' and 'images' (check_data refuses the source without them)
+    from PIL import Image
     name, _, conf = cfg.name.partition(":")
     try:
         ds = datasets.load_dataset(name, conf or None, split="train")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dnasweep.data.config import HF_FIX, TEXT_SUFFIXES, DataConfig, resolve
+from dnasweep.data.config import DataConfig, data_files, resolve
+from dnasweep.data.sources import TEXT_SUFFIXES
 from dnasweep.errors import ConfigError, Problem, raise_if
 
 SEP = 0  # byte placed between two documents (never occurs in UTF-8 text, so it marks a boundary)
@@ -93,12 +94,7 @@ def _utf8_problem(path: Path, data: bytes, complete: bool) -> Problem | None:
 
 def text_files(root: Path) -> list[Path]:
     """The text files under `root`, recursive, hidden files/folders skipped, sorted by path."""
-    out = []
-    for p in root.rglob("*"):
-        rel = p.relative_to(root).parts
-        if p.suffix.lower() in TEXT_SUFFIXES and not any(s.startswith(".") for s in rel) and p.is_file():
-            out.append(p)
-    return sorted(out, key=lambda p: p.relative_to(root).as_posix())
+    return sorted(data_files(root, TEXT_SUFFIXES), key=lambda p: p.relative_to(root).as_posix())
 
 
 def load_text(cfg: DataConfig) -> LMData:
@@ -198,11 +194,7 @@ def load_hf_text(cfg: DataConfig) -> LMData:
 
     Everything is fetched here, before training: a network failure mid-run cannot happen.
     """
-    try:
-        import datasets  # optional extra 'hf': imported only when this source is used
-    except ImportError:
-        raise ConfigError([Problem("data.source", "source 'hf' needs the `datasets` package",
-                                   HF_FIX)], "data") from None
+    import datasets  # optional extra 'hf' (check_data refuses the source without it): only imported here
     name, _, conf = cfg.name.partition(":")
     cap = cfg.max_bytes or HF_DEFAULT_BYTES
     docs: list[bytes] = []

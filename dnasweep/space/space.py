@@ -27,7 +27,7 @@ from dnasweep.config.sweep import (
     TrackingConfig,
     sweep_sections,
 )
-from dnasweep.data.config import BYTE_SOURCES
+from dnasweep.data.sources import byte_level, source_names
 from dnasweep.errors import Problem, raise_if
 from dnasweep.space.apply import apply
 from dnasweep.space.feasibility import unsatisfiable
@@ -111,8 +111,9 @@ def _unreported(metric: str, cfg: TrialConfig, searched) -> str:
     m, source = cfg.model, cfg.data.source
     if metric == M.VAL_ACC and m.task != "vision":
         return f"is reported by vision trials only (base.model.task is {m.task!r})"
-    if metric == M.VAL_BPB and (m.task != "lm" or source not in BYTE_SOURCES):
-        return (f"is reported by byte-level LM trials only (data.source {' / '.join(BYTE_SOURCES)}; the base has "
+    if metric == M.VAL_BPB and not byte_level(m.task, source):
+        byte_sources = [s for s in source_names("lm") if byte_level("lm", s)]
+        return (f"is reported by byte-level LM trials only (data.source {' / '.join(byte_sources)}; the base has "
                 f"model.task {m.task!r}, data.source {source!r})")
     if metric.startswith("router/") and m.kind == "dense":
         return "is reported by routed models only (base.model.kind is 'dense')"
