@@ -1,5 +1,6 @@
-"""Imports point one way: the model library, data, training loop and analysis never import the
-orchestration stack (ray, optuna, mlflow); only dnasweep.sweep (and the CLI, lazily) may."""
+"""Imports point one way: the model library, data, configs, search spaces, training loop and
+analysis never import the orchestration stack (ray, optuna, mlflow); only dnasweep.sweep (and the
+CLI, lazily) may. Configs never import the training loop, spaces or sweeps (train imports config)."""
 
 import ast
 import pathlib
@@ -7,7 +8,7 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "dnasweep"
-CORE = ["model", "data", "train", "analyze"]
+CORE = ["model", "data", "train", "analyze", "config", "space"]
 FORBIDDEN = {"ray", "optuna", "mlflow"}
 
 
@@ -33,3 +34,19 @@ def test_importing_core_loads_no_orchestration_module():
             f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r}); print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def _imported_dnasweep_modules(pkg: str) -> set[str]:
+    out = set()
+    for path in (ROOT / pkg).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dnasweep."):
+                out.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                out |= {a.name.split(".")[1] for a in node.names if a.name.startswith("dnasweep.")}
+    return out
+
+
+def test_config_is_below_train_space_and_sweep():
+    assert not _imported_dnasweep_modules("config") & {"train", "space", "sweep", "analyze", "cli"}
+    assert not _imported_dnasweep_modules("space") & {"train", "sweep", "analyze", "cli"}
