@@ -1,9 +1,17 @@
-"""User-facing errors. A ConfigError owns *every* problem found in one input, so the user
-fixes them all in one go (torchtune style) instead of one per run."""
+"""User-facing errors, and the field rules every typed config declares.
+
+A ConfigError owns *every* problem found in one input, so the user fixes them all in one go
+(torchtune style) instead of one per run. Numeric bounds are declared on the config field
+(`field(default=..., metadata=gt(0))`) and a `Literal` type names the allowed words;
+`field_problems` checks both for any config dataclass, so no config spells those checks by hand.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import operator
+import typing
+from dataclasses import dataclass, fields
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -39,3 +47,33 @@ def raise_if(problems: list[Problem], source: str = "config") -> None:
     """Raise a ConfigError when `problems` is non-empty."""
     if problems:
         raise ConfigError(problems, source)
+
+
+_OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+
+
+def gt(x: float, below: float | None = None) -> dict:
+    """Field metadata: the value must be > x (and < below, when given)."""
+    return {">": x} if below is None else {">": x, "<": below}
+
+
+def ge(x: float, below: float | None = None) -> dict:
+    """Field metadata: the value must be >= x (and < below, when given)."""
+    return {">=": x} if below is None else {">=": x, "<": below}
+
+
+def field_problems(cfg, prefix: str, schema: type | None = None) -> list[Problem]:
+    """The declared rules of every field of dataclass `schema` (default: `cfg`'s type) on `cfg`:
+    bounds in its metadata, the words of a Literal type. None passes (an optional value unset)."""
+    schema = schema or type(cfg)
+    out, types = [], typing.get_type_hints(schema)
+    for f in fields(schema):
+        v, key = getattr(cfg, f.name), f"{prefix}.{f.name}"
+        words = typing.get_args(types[f.name]) if typing.get_origin(types[f.name]) is Literal else ()
+        if words and v not in words:
+            out.append(Problem(key, f"unknown value {v!r}", f"use one of: {', '.join(map(str, words))}"))
+        rules = [(op, x) for op, x in f.metadata.items() if op in _OPS]
+        if rules and isinstance(v, int | float) and not isinstance(v, bool) and not all(
+                _OPS[op](v, x) for op, x in rules):
+            out.append(Problem(key, f"must be {' and '.join(f'{op} {x:g}' for op, x in rules)}, got {v!r}"))
+    return out

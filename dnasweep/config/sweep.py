@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from dnasweep.config.load import build, deep_merge, did_you_mean, parse_overrides, schema_problems
 from dnasweep.config.trial import TrialConfig, build_trial
-from dnasweep.errors import ConfigError, Problem
+from dnasweep.errors import ConfigError, Problem, field_problems, ge, gt
 
 # The Optuna samplers a sweep may use: name -> factory(optuna module, SamplerConfig). Optuna is
 # passed in, so this registry (read by validation) never imports it. Constraints reach every
@@ -37,66 +37,44 @@ SAMPLERS: dict[str, Callable[[Any, SamplerConfig], Any]] = {
 }
 
 
-def _at_least(p: list[Problem], key: str, value, low, fix: str = "") -> None:
-    if value is not None and value < low:
-        p.append(Problem(key, f"must be {'an integer' if isinstance(low, int) else 'a number'} >= {low}, "
-                         f"got {value!r}", fix))
-
-
 @dataclass
 class SamplerConfig:
     """Which Optuna sampler picks the trials."""
 
     type: str = "tpe"  # one of SAMPLERS: tpe (default) | nsga2 | nsga3 | gp | random
-    seed: int = 0  # seeds the sampler: the same file and seed pick the same trials
-    startup_trials: int = 4  # random trials before tpe / gp start modelling
+    seed: int = field(default=0, metadata=ge(0))  # seeds the sampler: the same file and seed pick the same trials
+    startup_trials: int = field(default=4, metadata=ge(0))  # random trials before tpe / gp start modelling
 
     def problems(self) -> list[Problem]:
-        p = [] if self.type in SAMPLERS else [Problem("sampler.type", f"unknown sampler {self.type!r}",
-                                                      f"use one of: {', '.join(SAMPLERS)}")]
-        _at_least(p, "sampler.seed", self.seed, 0)
-        _at_least(p, "sampler.startup_trials", self.startup_trials, 0)
-        return p
+        return field_problems(self, "sampler") + ([] if self.type in SAMPLERS else [Problem(
+            "sampler.type", f"unknown sampler {self.type!r}", f"use one of: {', '.join(SAMPLERS)}")])
 
 
 @dataclass
 class BudgetConfig:
     """How many trials, how many at once, how often a dying worker is restarted."""
 
-    trials: int = 8  # trials to finish (complete or failed)
-    concurrent: int = 2  # trials running at once
-    retries: int = 2  # restarts (from its checkpoint) of a trial whose worker process died
+    trials: int = field(default=8, metadata=ge(1))  # trials to finish (complete or failed)
+    concurrent: int = field(default=2, metadata=ge(1))  # trials running at once
+    retries: int = field(default=2, metadata=ge(0))  # restarts (from its checkpoint) of a trial whose worker died
 
     def problems(self) -> list[Problem]:
-        p: list[Problem] = []
-        _at_least(p, "budget.trials", self.trials, 1)
-        _at_least(p, "budget.concurrent", self.concurrent, 1)
-        _at_least(p, "budget.retries", self.retries, 0, "restarts of a trial whose worker process died")
-        return p
+        return field_problems(self, "budget")
 
 
 @dataclass
 class ResourcesConfig:
     """What one trial reserves on a node (fractions allowed: gpu 0.25 packs four trials per GPU)."""
 
-    cpu: float = 1.0  # CPUs per trial
-    gpu: float = 0.0  # GPUs per trial
-    memory_gb: float | None = None  # host memory per trial, reserved in Ray and enforced (over it: OOM failure)
+    cpu: float = field(default=1.0, metadata=gt(0))  # CPUs per trial
+    gpu: float = field(default=0.0, metadata=ge(0))  # GPUs per trial
+    memory_gb: float | None = field(default=None, metadata=gt(0))  # host GiB per trial, reserved and enforced (OOM)
     custom: dict[str, float] = field(default_factory=dict)  # custom Ray resources, e.g. {a100: 1}: pins trials
 
     def problems(self) -> list[Problem]:
-        p: list[Problem] = []
-        if self.cpu <= 0:
-            p.append(Problem("resources.cpu", f"must be a number > 0, got {self.cpu!r}"))
-        _at_least(p, "resources.gpu", self.gpu, 0.0)
-        if self.memory_gb is not None and self.memory_gb <= 0:
-            p.append(Problem("resources.memory_gb", f"must be a number > 0 (GiB of host memory per trial) or null, "
-                             f"got {self.memory_gb!r}", "a trial that allocates more fails as out of memory; "
-                             "null: no limit"))
-        if any(v <= 0 for v in self.custom.values()):
-            p.append(Problem("resources.custom", f"must map Ray resource names to amounts > 0, got {self.custom!r}",
-                             'e.g. custom: {a100: 1} for nodes started with --resources=\'{"a100": 1}\''))
-        return p
+        return field_problems(self, "resources") + ([] if all(v > 0 for v in self.custom.values()) else [Problem(
+            "resources.custom", f"must map Ray resource names to amounts > 0, got {self.custom!r}",
+            'e.g. custom: {a100: 1} for nodes started with --resources=\'{"a100": 1}\'')])
 
 
 @dataclass
@@ -120,12 +98,10 @@ class AnalyzeConfig:
     """Reports on the Pareto-front trials when the sweep ends."""
 
     front: bool = True  # analyse the Pareto-front trials when the sweep ends
-    examples: int | None = None  # held-out sequences/images per report (null: the analyzer's default)
+    examples: int | None = field(default=None, metadata=ge(1))  # held-out examples per report (null: the default)
 
     def problems(self) -> list[Problem]:
-        p: list[Problem] = []
-        _at_least(p, "analyze.examples", self.examples, 1)
-        return p
+        return field_problems(self, "analyze")
 
 
 @dataclass

@@ -7,6 +7,8 @@ labels) live in the loaders and are raised by `load_data`.
 """
 
 # No `from __future__ import annotations` here: OmegaConf reads these annotations at runtime.
+# dataclasses.field in full: DataConfig has a field named `field`.
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -14,11 +16,11 @@ import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from dnasweep.data.sources import TASKS, Source, get_source, source_names
-from dnasweep.errors import Problem
+from dnasweep.errors import Problem, field_problems, ge, gt
 
-TOKEN_DTYPES = ("uint16", "uint32")
 # Optional module a source requires -> (what it is, in messages; how to install it).
 _EXTRAS = {"datasets": ("the Hugging Face `datasets` package", "pip install 'dnasweep[hf]'"),
            "PIL": ("Pillow", "pip install 'dnasweep[images]'")}
@@ -34,12 +36,12 @@ class DataConfig:
     field: str = "text"  # text field of each record (LM hf)
     image_field: str = "image"  # image field of each record (vision hf)
     label_field: str = "label"  # integer label field of each record (vision hf)
-    vocab_size: int | None = None  # required for source: tokens (ids must be < vocab_size)
-    dtype: str = "uint16"  # token dtype of a raw .bin file (uint16 | uint32); .npy carries its own
-    val_fraction: float = 0.1  # held-out share (by file for pystdlib/text folders; stratified for vision)
-    image_size: int | None = None  # resize folder/hf images to this square size (None: must all match)
-    max_bytes: int | None = None  # cap on corpus bytes read (fast smoke runs); None = all
-    seed: int = 0  # seed of the split and of the batch sampler
+    vocab_size: int | None = dataclasses.field(default=None, metadata=gt(0))  # required by source tokens (ids < it)
+    dtype: Literal["uint16", "uint32"] = "uint16"  # token dtype of a raw .bin file; .npy carries its own
+    val_fraction: float = dataclasses.field(default=0.1, metadata=gt(0, below=1))  # held-out share
+    image_size: int | None = dataclasses.field(default=None, metadata=gt(0))  # resize images to this square
+    max_bytes: int | None = dataclasses.field(default=None, metadata=gt(0))  # cap on corpus bytes read; None: all
+    seed: int = dataclasses.field(default=0, metadata=ge(0))  # seed of the split and of the batch sampler
 
 
 def has_module(name: str) -> bool:
@@ -95,8 +97,6 @@ def _vocab_problems(cfg, src: Source | None) -> list[Problem]:
     if v is not None and src and src.byte_level and v < 256:
         return [Problem("data.vocab_size", f"is {v}, below 256 for byte-level source {source!r}",
                         "leave it unset (256)")]
-    if v is not None and v < 1:
-        return [Problem("data.vocab_size", f"is {v}, must be positive", "use the vocabulary size")]
     if source == "tokens" and cfg.dtype == "uint16" and v > 65536 and str(cfg.path).endswith(".bin"):
         return [Problem("data.dtype", f"is uint16 but vocab_size is {v} (> 65536): ids that large "
                         "do not fit in uint16", "is the file uint32? set data.dtype: uint32")]
@@ -128,19 +128,7 @@ def check_data(cfg: DataConfig, task: str) -> list[Problem]:
             problems.append(Problem("data.source", f"source {src.name!r} needs {what}, which is not installed", fix))
     if "vocab_size" not in bad and "dtype" not in bad and task == "lm":
         problems += _vocab_problems(cfg, src)
-    if "dtype" not in bad and cfg.dtype not in TOKEN_DTYPES:
-        problems.append(Problem("data.dtype", f"unknown token dtype {cfg.dtype!r}",
-                                f"use one of: {', '.join(TOKEN_DTYPES)}"))
-    if "val_fraction" not in bad and not 0.0 < cfg.val_fraction < 1.0:
-        problems.append(Problem("data.val_fraction", f"is {cfg.val_fraction}, outside (0, 1)",
-                                "use a held-out share such as 0.1"))
-    if "seed" not in bad and cfg.seed < 0:
-        problems.append(Problem("data.seed", f"is {cfg.seed}, must be >= 0", "use e.g. 0"))
-    for key in ("image_size", "max_bytes"):
-        value = getattr(cfg, key)
-        if key not in bad and value is not None and value <= 0:
-            problems.append(Problem(f"data.{key}", f"is {value}, must be positive",
-                                    "use a positive number, or leave it unset (None)"))
+    problems += [q for q in field_problems(cfg, "data", DataConfig) if q.key.split(".")[1] not in bad]
     for key in ("field", "image_field", "label_field"):
         if key not in bad and src and src.name == "hf" and not getattr(cfg, key):
             problems.append(Problem(f"data.{key}", "is empty", "name the record field to read"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dnasweep.errors import Problem
+from dnasweep.errors import Problem, field_problems, ge, gt
 from dnasweep.model.registry import find_router, router_names
 
 
@@ -19,12 +19,12 @@ from dnasweep.model.registry import find_router, router_names
 class PoolConfig:
     """The shared pool of modules every routing step chooses from."""
 
-    n_transformer: int = 4  # transformer blocks (attention + MLP), each with its own weights
-    n_attention: int = 2  # attention-only blocks
-    n_mlp: int = 2  # MLP-only blocks
-    n_identity: int = 2  # identity modules: zero compute; >= top_k lets a token skip a whole step
-    mlp_ratio: float = 4.0  # hidden width / d_model of the MLP in transformer blocks
-    mlp_only_ratio: float = 4.0  # hidden width / d_model of MLP-only modules
+    n_transformer: int = field(default=4, metadata=ge(0))  # transformer blocks (attention + MLP)
+    n_attention: int = field(default=2, metadata=ge(0))  # attention-only blocks
+    n_mlp: int = field(default=2, metadata=ge(0))  # MLP-only blocks
+    n_identity: int = field(default=2, metadata=ge(0))  # identity modules: zero compute (skip)
+    mlp_ratio: float = field(default=4.0, metadata=gt(0))  # hidden width / d_model of the MLP in transformer blocks
+    mlp_only_ratio: float = field(default=4.0, metadata=gt(0))  # hidden width / d_model of MLP-only modules
 
     @property
     def size(self) -> int:
@@ -39,9 +39,9 @@ class RouterConfig:
     top_k: int = 2  # modules per token per step (threshold: the maximum; dense: ignored)
     shared: bool = False  # one router for all steps instead of one per step (paper: one per step)
     normalize_gates: bool = False  # renormalise the k selected gates to sum 1 (paper: raw softmax)
-    threshold: float = 0.2  # threshold router: keep modules with probability >= this (at least 1)
-    noise: float = 1.0  # noisy_topk: scale of the Gumbel noise added in training
-    capacity_factor: float = 1.0  # expert_choice: tokens per module = factor * L * top_k / pool size
+    threshold: float = field(default=0.2, metadata=gt(0, below=1))  # threshold router: keep p >= this
+    noise: float = field(default=1.0, metadata=ge(0))  # noisy_topk: scale of the Gumbel noise added in training
+    capacity_factor: float = field(default=1.0, metadata=gt(0))  # expert_choice: capacity x L*k/M
 
 
 @dataclass
@@ -53,10 +53,10 @@ class BalanceConfig:
     """
 
     identity_bias: bool = False  # the paper's skip mechanism: bias identity scores toward a skip ratio
-    target_skip: float = 0.3  # target share of slots routed to identity (paper: 0.3 LM, 0.25 vision)
-    identity_rate: float = 1e-4  # sign-update rate u of the identity bias (co-author's code: 1e-4)
+    target_skip: float = field(default=0.3, metadata=ge(0, below=1))  # identity share target (paper: 0.3 LM)
+    identity_rate: float = field(default=1e-4, metadata=ge(0))  # identity bias sign-update rate
     loss_free: bool = False  # loss-free load balancing: a selection bias per module toward equal load
-    loss_free_rate: float = 1e-3  # sign-update rate of the loss-free balancing bias
+    loss_free_rate: float = field(default=1e-3, metadata=ge(0))  # sign-update rate of the loss-free balancing bias
 
 
 @dataclass
@@ -65,17 +65,17 @@ class ModelConfig:
 
     kind: Literal["dna", "dense"] = "dna"  # dna: routed module pool; dense: GPT / ViT of plain blocks
     task: Literal["lm", "vision"] = "lm"  # lm: causal language model; vision: ViT classifier
-    d_model: int = 128  # width of the residual stream
-    n_heads: int = 4  # attention heads (d_model must divide by it)
-    n_backbone: int = 1  # dense blocks every token runs before routing (paper: 1 converges best)
-    n_steps: int = 4  # routing steps S after the backbone
-    dense_layers: int = 0  # kind=dense: blocks after the backbone; 0 = match the DNA's nominal FLOPs
-    vocab_size: int = 256  # LM: vocabulary (byte-level default)
-    seq_len: int = 256  # LM: maximum context length (RoPE table size)
-    image_size: int = 8  # vision: input height = width in pixels
-    patch_size: int = 2  # vision: square patch side in pixels
-    channels: int = 1  # vision: input channels
-    n_classes: int = 10  # vision: classes of the head
+    d_model: int = field(default=128, metadata=gt(0))  # width of the residual stream
+    n_heads: int = field(default=4, metadata=gt(0))  # attention heads (d_model must divide by it)
+    n_backbone: int = field(default=1, metadata=ge(0))  # dense blocks before routing (paper: 1)
+    n_steps: int = field(default=4, metadata=ge(0))  # routing steps S after the backbone
+    dense_layers: int = field(default=0, metadata=ge(0))  # dense: blocks after backbone; 0: match FLOPs
+    vocab_size: int = field(default=256, metadata=gt(0))  # LM: vocabulary (byte-level default)
+    seq_len: int = field(default=256, metadata=gt(0))  # LM: maximum context length (RoPE table size)
+    image_size: int = field(default=8, metadata=gt(0))  # vision: input height = width in pixels
+    patch_size: int = field(default=2, metadata=gt(0))  # vision: square patch side in pixels
+    channels: int = field(default=1, metadata=gt(0))  # vision: input channels
+    n_classes: int = field(default=10, metadata=gt(0))  # vision: classes of the head
     pooling: Literal["mean", "cls"] = "mean"  # vision: mean of patches (paper) or a class token
     router_norm: bool = True  # layer-norm (no affine) the stream before each router (scale-free logits)
     init_std: float = 0.02  # std of the normal weight init (GPT-2)
@@ -97,25 +97,10 @@ class ModelConfig:
         return self.pool.size if spec is not None and spec.all_modules else self.router.top_k
 
 
-def _pos(problems: list[Problem], key: str, value, allow_zero: bool = False) -> None:
-    bad = value < 0 if allow_zero else value <= 0
-    if bad:
-        rule = ">= 0" if allow_zero else "> 0"
-        problems.append(Problem(key, f"must be {rule}, got {value}"))
-
-
 def problems(cfg: ModelConfig, prefix: str = "model") -> list[Problem]:
     """Every problem with `cfg`, as (dotted key, rule, fix); empty when valid."""
-    p: list[Problem] = []
     k = lambda name: f"{prefix}.{name}"  # noqa: E731
-    if cfg.kind not in ("dna", "dense"):
-        p.append(Problem(k("kind"), f"unknown kind {cfg.kind!r}", "use one of: dna, dense"))
-    if cfg.task not in ("lm", "vision"):
-        p.append(Problem(k("task"), f"unknown task {cfg.task!r}", "use one of: lm, vision"))
-    for name in ("d_model", "n_heads", "vocab_size", "seq_len", "image_size", "patch_size", "channels"):
-        _pos(p, k(name), getattr(cfg, name))
-    for name in ("n_backbone", "n_steps", "dense_layers"):
-        _pos(p, k(name), getattr(cfg, name), allow_zero=True)
+    p = field_problems(cfg, prefix)
     if cfg.n_heads > 0 and cfg.d_model % cfg.n_heads:
         p.append(Problem(k("d_model"), f"d_model={cfg.d_model} is not divisible by n_heads={cfg.n_heads}",
                          "pick d_model a multiple of n_heads"))
@@ -125,18 +110,11 @@ def problems(cfg: ModelConfig, prefix: str = "model") -> list[Problem]:
     if cfg.task == "vision" and cfg.patch_size > 0 and cfg.image_size % cfg.patch_size:
         p.append(Problem(k("patch_size"), f"image_size={cfg.image_size} is not divisible by "
                          f"patch_size={cfg.patch_size}", "pick a patch size that divides the image size"))
-    if cfg.task == "vision":
-        _pos(p, k("n_classes"), cfg.n_classes)
-    if cfg.pooling not in ("mean", "cls"):
-        p.append(Problem(k("pooling"), f"unknown pooling {cfg.pooling!r}", "use one of: mean, cls"))
     if cfg.kind != "dna":
         return p
 
     pool, r, bal = cfg.pool, cfg.router, cfg.balance
-    for name in ("n_transformer", "n_attention", "n_mlp", "n_identity"):
-        _pos(p, f"{prefix}.pool.{name}", getattr(pool, name), allow_zero=True)
-    for name in ("mlp_ratio", "mlp_only_ratio"):
-        _pos(p, f"{prefix}.pool.{name}", getattr(pool, name))
+    p += field_problems(pool, k("pool")) + field_problems(r, k("router")) + field_problems(bal, k("balance"))
     if pool.size - pool.n_identity <= 0:
         p.append(Problem(f"{prefix}.pool", "the pool has no module that computes anything",
                          "add transformer, attention or MLP modules"))
@@ -156,11 +134,6 @@ def problems(cfg: ModelConfig, prefix: str = "model") -> list[Problem]:
     if not all_modules and (r.top_k < 1 or r.top_k > pool.size):
         p.append(Problem(f"{prefix}.router.top_k", f"top_k={r.top_k} must be in [1, pool size "
                          f"{pool.size}]", "lower top_k or grow the pool"))
-    if r.type == "threshold" and not 0 < r.threshold < 1:
-        p.append(Problem(f"{prefix}.router.threshold", f"must be in (0, 1), got {r.threshold}"))
-    if spec is not None and spec.capacity:
-        _pos(p, f"{prefix}.router.capacity_factor", r.capacity_factor)
-    _pos(p, f"{prefix}.router.noise", r.noise, allow_zero=True)
     if bal.identity_bias:
         if pool.n_identity == 0:
             p.append(Problem(f"{prefix}.balance.identity_bias", "needs identity modules, the pool has none",
@@ -168,11 +141,7 @@ def problems(cfg: ModelConfig, prefix: str = "model") -> list[Problem]:
         if not biasable:
             p.append(Problem(f"{prefix}.balance.identity_bias", f"has no effect with router {r.type!r}",
                              f"use a top-k style router ({', '.join(router_names(biasable=True))})"))
-        if not 0 <= bal.target_skip < 1:
-            p.append(Problem(f"{prefix}.balance.target_skip", f"must be in [0, 1), got {bal.target_skip}"))
     if bal.loss_free and not biasable:
         p.append(Problem(f"{prefix}.balance.loss_free", f"has no effect with router {r.type!r}",
                          f"use a top-k style router ({', '.join(router_names(biasable=True))})"))
-    for name in ("identity_rate", "loss_free_rate"):
-        _pos(p, f"{prefix}.balance.{name}", getattr(bal, name), allow_zero=True)
     return p

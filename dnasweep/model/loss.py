@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from dnasweep.errors import Problem
+from dnasweep.errors import Problem, field_problems, ge
 from dnasweep.model.output import ModelOutput
 
 
@@ -15,10 +15,10 @@ from dnasweep.model.output import ModelOutput
 class LossConfig:
     """Weights of the terms added to cross-entropy (all off by default, as in the paper)."""
 
-    compute_weight: float = 0.0  # λ × expected FLOPs per token / dense-block cost (differentiable)
-    balance_weight: float = 0.0  # Switch-style load-balancing loss (typical 1e-2)
-    z_weight: float = 0.0  # router z-loss (typical 1e-3)
-    label_smoothing: float = 0.0  # cross-entropy label smoothing (paper's ViT: 0.1)
+    compute_weight: float = field(default=0.0, metadata=ge(0))  # λ x expected FLOPs/token / block cost
+    balance_weight: float = field(default=0.0, metadata=ge(0))  # Switch-style load-balancing loss (typical 1e-2)
+    z_weight: float = field(default=0.0, metadata=ge(0))  # router z-loss (typical 1e-3)
+    label_smoothing: float = field(default=0.0, metadata=ge(0, below=1))  # label smoothing (paper's ViT: 0.1)
 
 
 def compute_loss(out: ModelOutput, targets: torch.Tensor, cfg: LossConfig) -> tuple[torch.Tensor, dict]:
@@ -38,11 +38,4 @@ def compute_loss(out: ModelOutput, targets: torch.Tensor, cfg: LossConfig) -> tu
 
 def loss_problems(cfg: LossConfig, prefix: str = "loss") -> list[Problem]:
     """Every problem with `cfg` (negative weights, smoothing outside [0, 1))."""
-    p = []
-    for name in ("compute_weight", "balance_weight", "z_weight"):
-        v = getattr(cfg, name)
-        if v < 0:
-            p.append(Problem(f"{prefix}.{name}", f"must be >= 0, got {v}"))
-    if not 0 <= cfg.label_smoothing < 1:
-        p.append(Problem(f"{prefix}.label_smoothing", f"must be in [0, 1), got {cfg.label_smoothing}"))
-    return p
+    return field_problems(cfg, prefix)
