@@ -46,7 +46,7 @@ def run_sweep(space: SearchSpace, name: str, root: str = "runs/sweeps", address:
         raise ConfigError([Problem("--storage", f"{storage!r} is not a URI", "use s3://BUCKET/PREFIX or gs://...; "
                                    "for a shared filesystem (NFS) pass it as --root instead")], "run")
     store = open_store(sweep_dir, storage)
-    if os.path.exists(sweep_dir) or (store.uri and store.store.exists("space.json")):
+    if os.path.exists(sweep_dir) or (store.uri and store.exists("space.json")):
         where = sweep_dir + (f" / {store.uri}" if store.uri else "")
         raise ConfigError([Problem("--name", f"a sweep named {name!r} already exists ({where})",
                                    f"continue it with: dnasweep resume {store.where} "
@@ -75,19 +75,18 @@ def resume_sweep(sweep_dir: str, address: str | None = None, log=print, tracking
     finished sweep only writes what its tracker could not (and re-prints the front).
     `sweep_dir` may be the sweep's object-store URI (a new head node): its copy lands in ROOT/NAME."""
     from dnasweep.sweep.cluster import init_ray
-    from dnasweep.sweep.storage import SETTINGS, Store, is_uri, open_store
+    from dnasweep.sweep.storage import SETTINGS, ObjectStore, is_uri, open_store
     from dnasweep.sweep.tracking import check_reachable, read_json, resolve_uri
 
     storage = None
     if is_uri(sweep_dir):
-        remote = Store(sweep_dir)
+        remote = ObjectStore(os.path.join(root, os.path.basename(sweep_dir.rstrip("/"))), sweep_dir)
         if not remote.exists("space.json"):
             raise ConfigError([Problem("SWEEP", f"{sweep_dir} holds no sweep (no space.json)",
                                        "pass STORAGE/NAME of a sweep started with --storage STORAGE")], "resume")
-        storage = os.path.dirname(remote.uri)
-        sweep_dir = os.path.join(root, os.path.basename(remote.uri))
+        storage, sweep_dir = os.path.dirname(remote.uri), remote.sweep_dir
         if not is_sweep_dir(sweep_dir):
-            remote.pull_sweep(sweep_dir)
+            remote.pull_sweep()
     sweep_dir = os.path.abspath(sweep_dir)
     open_study(sweep_dir, "resume")  # refuses a directory that is not a sweep (exit 2)
     storage = storage or (read_json(os.path.join(sweep_dir, SETTINGS)) or {}).get("storage")

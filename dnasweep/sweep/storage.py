@@ -34,70 +34,10 @@ def is_uri(path: str | None) -> bool:
     return bool(path) and "://" in path
 
 
-class Store:
-    """A sweep's directory in object storage (any URI pyarrow opens: s3://, gs://, file://)."""
-
-    def __init__(self, uri: str):
-        import pyarrow.fs as pafs
-
-        self.uri = uri.rstrip("/")
-        self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
-
-    def _p(self, rel: str) -> str:
-        return f"{self.root}/{rel}".rstrip("/")
-
-    def exists(self, rel: str) -> bool:
-        import pyarrow.fs as pafs
-
-        return self.fs.get_file_info(self._p(rel)).type != pafs.FileType.NotFound
-
-    def put(self, local: str, rel: str) -> None:
-        """Upload a file or a directory tree (replacing files of the same name)."""
-        import pyarrow.fs as pafs
-
-        if os.path.isdir(local):
-            self.fs.create_dir(self._p(rel), recursive=True)
-            pafs.copy_files(local, self._p(rel), source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=self.fs)
-        elif os.path.exists(local):
-            self.fs.create_dir(self._p(os.path.dirname(rel)), recursive=True)
-            pafs.copy_files(local, self._p(rel), source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=self.fs)
-
-    def get(self, rel: str, local: str) -> bool:
-        """Download a file or a directory tree; False when the store does not have it."""
-        import pyarrow.fs as pafs
-
-        info = self.fs.get_file_info(self._p(rel))
-        if info.type == pafs.FileType.NotFound:
-            return False
-        os.makedirs(local if info.type == pafs.FileType.Directory else os.path.dirname(local), exist_ok=True)
-        pafs.copy_files(self._p(rel), local, source_filesystem=self.fs,
-                        destination_filesystem=pafs.LocalFileSystem())
-        return True
-
-    def mirror(self, sweep_dir: str) -> None:
-        """The driver's files (small, single writer) and any analysis reports, copied up."""
-        for name in MIRRORED:
-            self.put(os.path.join(sweep_dir, name), name)
-        for extra in ("mlartifacts",):
-            self.put(os.path.join(sweep_dir, extra), extra)
-        trials = os.path.join(sweep_dir, "trials")
-        for tid in os.listdir(trials) if os.path.isdir(trials) else []:
-            self.put(os.path.join(trials, tid, "analysis"), f"trials/{tid}/analysis")
-
-    def pull_sweep(self, sweep_dir: str) -> None:
-        """A local working copy of the sweep (resume on a new head node)."""
-        for name in MIRRORED:
-            self.get(name, os.path.join(sweep_dir, name))
-        self.get("mlartifacts", os.path.join(sweep_dir, "mlartifacts"))
-        os.makedirs(os.path.join(sweep_dir, "trials"), exist_ok=True)
-
-
 class LocalStore:
-    """A sweep kept in SWEEP only (local disk, or a filesystem every node mounts). The object-store
-    variant below overrides each step, so the driver and the trainable never branch on "is there
-    a store". Picklable: the trainable gets it with its parameters."""
+    """A sweep kept in SWEEP only (local disk, or a filesystem every node mounts). ObjectStore
+    overrides each step, so the driver and the trainable never branch on "is there a store".
+    Picklable: the trainable gets it with its parameters."""
 
     uri: str | None = None
 
@@ -135,22 +75,52 @@ class LocalStore:
 
 
 class ObjectStore(LocalStore):
-    """A sweep kept in object storage (STORE = URI/NAME; see the module doc): trials train in
-    node-local scratch and upload their directory when they end; the driver mirrors its files."""
+    """A sweep kept in object storage, STORE = URI/NAME (any URI pyarrow opens: s3://, gs://,
+    file://; see the module doc): trials train in node-local scratch and upload their directory
+    when they end; the driver mirrors its files."""
 
     def __init__(self, sweep_dir: str, uri: str):
         super().__init__(sweep_dir)
         self.uri = uri.rstrip("/")
 
     def __getstate__(self):
-        return {"sweep_dir": self.sweep_dir, "uri": self.uri}  # pyarrow handles are opened per process
-
-    def __setstate__(self, d):
-        self.__dict__.update(d)
+        return {"sweep_dir": self.sweep_dir, "uri": self.uri}  # the pyarrow handle is opened per process
 
     @functools.cached_property
-    def store(self) -> Store:
-        return Store(self.uri)
+    def _fs(self):
+        import pyarrow.fs as pafs
+
+        return pafs.FileSystem.from_uri(self.uri)
+
+    def _p(self, rel: str) -> str:
+        return f"{self._fs[1]}/{rel}".rstrip("/")
+
+    def _info(self, rel: str):
+        return self._fs[0].get_file_info(self._p(rel))
+
+    def exists(self, rel: str) -> bool:
+        import pyarrow.fs as pafs
+
+        return self._info(rel).type != pafs.FileType.NotFound
+
+    def put(self, local: str, rel: str) -> None:
+        """Upload a file or a directory tree (replacing files of the same name)."""
+        import pyarrow.fs as pafs
+
+        if os.path.exists(local):
+            self._fs[0].create_dir(self._p(rel if os.path.isdir(local) else os.path.dirname(rel)), recursive=True)
+            pafs.copy_files(local, self._p(rel), source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=self._fs[0])
+
+    def get(self, rel: str, local: str) -> None:
+        """Download a file or a directory tree, if the store has it."""
+        import pyarrow.fs as pafs
+
+        kind = self._info(rel).type
+        if kind != pafs.FileType.NotFound:
+            os.makedirs(local if kind == pafs.FileType.Directory else os.path.dirname(local), exist_ok=True)
+            pafs.copy_files(self._p(rel), local, source_filesystem=self._fs[0],
+                            destination_filesystem=pafs.LocalFileSystem())
 
     where = property(lambda self: self.uri)
     tune_root = property(lambda self: self.uri)
@@ -160,19 +130,30 @@ class ObjectStore(LocalStore):
 
     def pull_result(self, trial_id: str, out: str) -> None:
         if not os.path.exists(os.path.join(out, "result.json")):
-            self.store.get(f"trials/{trial_id}/result.json", os.path.join(out, "result.json"))
+            self.get(f"trials/{trial_id}/result.json", os.path.join(out, "result.json"))
 
     def trial_ended(self, trial_id: str, out: str) -> None:
-        self.store.put(out, f"trials/{trial_id}")
+        self.put(out, f"trials/{trial_id}")
         shutil.rmtree(out, ignore_errors=True)  # the store has it; scratch must not fill the node's disk
 
     def fetch(self, trial_id: str) -> None:
         local = os.path.join(self.sweep_dir, "trials", trial_id)
         if not os.path.exists(os.path.join(local, "result.json")):
-            self.store.get(f"trials/{trial_id}", local)
+            self.get(f"trials/{trial_id}", local)
 
     def mirror(self) -> None:
-        self.store.mirror(self.sweep_dir)
+        """The driver's files (small, single writer) and any analysis reports, copied up."""
+        for name in (*MIRRORED, "mlartifacts"):
+            self.put(os.path.join(self.sweep_dir, name), name)
+        trials = os.path.join(self.sweep_dir, "trials")
+        for tid in os.listdir(trials) if os.path.isdir(trials) else []:
+            self.put(os.path.join(trials, tid, "analysis"), f"trials/{tid}/analysis")
+
+    def pull_sweep(self) -> None:
+        """A local working copy of the sweep (resume on a new head node)."""
+        for name in (*MIRRORED, "mlartifacts"):
+            self.get(name, os.path.join(self.sweep_dir, name))
+        os.makedirs(os.path.join(self.sweep_dir, "trials"), exist_ok=True)
 
     def callbacks(self) -> list:
         return [StoreMirror(self)]

@@ -56,15 +56,14 @@ def exists(directory: str) -> bool:
 # more train.max_steps extends a run) and out_dir (a moved directory). Any other key changes what is
 # trained or measured (lr, data, model, batch, seed, ...): resuming with it would report one run's
 # weights under another run's config, so `check_resumable` refuses it.
-BUDGET_KEYS = ("train.max_steps", "train.max_tokens", "train.time_limit_s")
-RESUMABLE_CHANGES = (*BUDGET_KEYS, "out_dir")
+RESUMABLE_CHANGES = ("train.max_steps", "train.max_tokens", "train.time_limit_s", "out_dir")
 _MISSING = object()
 
 
-def check_resumable(directory: str, cfg) -> dict[str, tuple]:
+def check_resumable(directory: str, cfg) -> None:
     """Refuse to continue the checkpoint in `directory` under a config other than the one it was
     written with (its config.yaml), budget keys and out_dir aside: a ConfigError with one problem
-    per differing dotted key. Returns the budget keys that changed, {key: (old, new)}."""
+    per differing dotted key."""
     from omegaconf import OmegaConf
 
     from dnasweep.config import flatten
@@ -90,7 +89,6 @@ def check_resumable(directory: str, cfg) -> dict[str, tuple]:
                 for k in diff if k not in RESUMABLE_CHANGES]
     if problems:
         raise ConfigError(problems, source=f"resume from {directory}")
-    return {k: (old.get(k), new.get(k)) for k in diff if k in BUDGET_KEYS}
 
 
 def remove(directory: str) -> None:

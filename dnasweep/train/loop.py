@@ -82,18 +82,17 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
 
     With `resume`, continues exactly from OUT/checkpoint when one exists (same batches, same
     RNG, same optimizer state), so an interrupted-and-resumed run equals an uninterrupted one.
-    Only the same run continues: a checkpoint written with another config (budget keys and
-    out_dir aside) is a ConfigError, raised before the data is loaded or anything written. A checkpoint that
-    already used the budget trains nothing: its evaluation is re-run and reported, and the result
-    says `already_done`. Without `resume`, the checkpoint, metrics and result of an earlier run
-    there are deleted (once the config has been checked against the data), so nothing of it can
-    be resumed or reported later.
+    Only the same run continues: a checkpoint written with another config (budget keys and out_dir
+    aside) is a ConfigError, raised before anything is loaded or written. A checkpoint that used
+    the budget trains nothing: its evaluation is re-run and reported, the result says `already_done`.
+    Without `resume`, an earlier run's checkpoint and result there are deleted first.
     """
     tc, task = cfg.train, cfg.model.task
     ckpt_dir = os.path.join(cfg.out_dir, "checkpoint")
     result_path = os.path.join(cfg.out_dir, "result.json")
     resuming = resume and checkpoint.exists(ckpt_dir)
-    budget_changes = checkpoint.check_resumable(ckpt_dir, cfg) if resuming else {}
+    if resuming:
+        checkpoint.check_resumable(ckpt_dir, cfg)
     device = resolve_device(tc.device)
     data = load_data(cfg.data, task)
     _check_fit(cfg, data)
@@ -212,42 +211,11 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
     if status == "oom" and device.type == "cuda":  # after the except block has dropped its frames
         torch.cuda.empty_cache()
     if status == "completed" and already_done:
-        reason = _already_done_reason(step, total_steps, ckpt_dir, result_path)
+        reason = f"already complete: trained to step {step} earlier ({cfg.out_dir}); nothing trained now"
     elif start:
-        reason += f"; continued from step {start}" + _budget_note(budget_changes, cfg, tokens_per_step, total_steps)
+        reason += f"; continued from step {start}"
     result = TrialResult(status, reason, step, last, cfg.out_dir, already_done=already_done)
-    if not (already_done and _result_of(result_path, status, step)):  # kept: it is the run that trained
+    if not already_done or not os.path.exists(result_path):  # an existing one is the run that trained
         with open(result_path, "w") as f:
             json.dump(result.to_json(), f, indent=1)
     return result
-
-
-def _result_of(path: str, status: str, step: int) -> bool:
-    """Whether `path` holds the result of a run that ended with `status` at `step`."""
-    try:
-        with open(path) as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return isinstance(saved, dict) and saved.get("status") == status and saved.get("step") == step
-
-
-def _already_done_reason(step: int, total_steps: int, ckpt_dir: str, result_path: str) -> str:
-    where = result_path if _result_of(result_path, "completed", step) else ckpt_dir
-    past = f", past this config's budget of {total_steps} steps" if step > total_steps else ""
-    return f"already complete: trained to step {step} earlier ({where}){past}; nothing trained now"
-
-
-def _budget_note(changes: dict, cfg: TrialConfig, tokens_per_step: int, total_steps: int) -> str:
-    """When a run was extended: the budget it ran under until now, and the LR schedule it followed."""
-    if not changes:
-        return ""
-    note = " of a run with " + ", ".join(f"{k}={old}" for k, (old, _) in changes.items())
-    steps, tokens = (changes[k][0] if k in changes else v for k, v in
-                     (("train.max_steps", cfg.train.max_steps), ("train.max_tokens", cfg.train.max_tokens)))
-    if isinstance(steps, int) and isinstance(tokens, int | None):
-        if tokens:
-            steps = min(steps, math.ceil(tokens / tokens_per_step))
-        if steps != total_steps:
-            note += f" (its learning rate until then followed a {steps}-step schedule)"
-    return note
