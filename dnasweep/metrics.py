@@ -1,5 +1,7 @@
-"""Every metric name dnasweep reports, in one place. Sweeps, trackers and tests import these
-constants instead of spelling the strings, so a rename is one edit."""
+"""Every metric name dnasweep reports, in one place, and which trials report it. Sweeps, trackers
+and tests import these constants instead of spelling the strings, so a rename is one edit; the
+search-space checks read TRIAL_METRICS and REPORTED_BY (objectives and constraints must name a
+metric the space's trials report)."""
 
 TRAIN_LOSS = "train/loss"  # cross-entropy of the last optimizer step (nats/token)
 TRAIN_AUX = "train/aux_loss"  # weighted sum of auxiliary (compute, balance, z) terms
@@ -23,3 +25,18 @@ STEP = "step"
 SWEEP_HYPERVOLUME = "sweep/hypervolume"  # hypervolume of the feasible front after each finished trial
 SWEEP_FRONT_SIZE = "sweep/front_size"  # feasible Pareto-front trials after each finished trial
 SWEEP_PREFIX = "sweep/"
+
+# Every metric a trial reports: the names objectives and constraints may use.
+TRIAL_METRICS = frozenset(v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str) and "/" in v
+                          and not v.startswith(SWEEP_PREFIX) and v != ROUTER_LOAD_PREFIX)
+# Metrics only some trials report: metric (or prefix) -> which ones ("vision", "byte_lm", "routed").
+REPORTED_BY = {VAL_ACC: "vision", VAL_BPB: "byte_lm", "router/": "routed"}
+
+
+def is_trial_metric(name: str) -> bool:
+    return name in TRIAL_METRICS or name.startswith(ROUTER_LOAD_PREFIX)
+
+
+def reported_by(name: str) -> str | None:
+    """Which trials report `name` when not every trial does, else None."""
+    return next((who for m, who in REPORTED_BY.items() if name == m or m.endswith("/") and name.startswith(m)), None)

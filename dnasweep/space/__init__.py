@@ -11,8 +11,8 @@
 from dnasweep.space.apply import active_values, apply
 from dnasweep.space.feasibility import corners
 from dnasweep.space.params import Param
-from dnasweep.space.space import KNOWN_METRICS, Constraint, SearchSpace, load_space, parse_space, space_from_dict
+from dnasweep.space.space import Constraint, SearchSpace, load_space, parse_space, space_from_dict
 from dnasweep.space.summary import space_warnings, summarize
 
-__all__ = ["KNOWN_METRICS", "Constraint", "Param", "SearchSpace", "active_values", "apply", "corners", "load_space",
+__all__ = ["Constraint", "Param", "SearchSpace", "active_values", "apply", "corners", "load_space",
            "parse_space", "space_from_dict", "space_warnings", "summarize"]

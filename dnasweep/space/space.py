@@ -34,12 +34,6 @@ from dnasweep.space.feasibility import unsatisfiable
 from dnasweep.space.params import Param, parse_param, when_problems
 
 _CONSTRAINT = re.compile(r"^\s*([\w/.\-]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
-# Every metric a trial reports (dnasweep.metrics), the names objectives and constraints may use.
-KNOWN_METRICS = {v for k, v in vars(M).items()
-                 if k.isupper() and isinstance(v, str) and "/" in v and k != "ROUTER_LOAD_PREFIX"
-                 and not v.startswith(M.SWEEP_PREFIX)}
-
-
 @dataclass
 class Constraint:
     """`metric op bound`, told to Optuna so infeasible trials never reach the front."""
@@ -99,31 +93,28 @@ class SearchSpace:
         return {"source": self.source, "config": OmegaConf.to_container(OmegaConf.structured(self.config))}
 
 
-def is_known_metric(name: str) -> bool:
-    return name in KNOWN_METRICS or name.startswith(M.ROUTER_LOAD_PREFIX)
-
-
 def _unreported(metric: str, cfg: TrialConfig, searched) -> str:
-    """Why no trial of base `cfg` reports `metric` ("" when trials may): a task- or source-only metric.
-    Every trial would then fail (objective) or be infeasible (constraint)."""
+    """Why no trial of base `cfg` reports `metric` ("" when trials may): a task-, source- or
+    routing-only metric (metrics.REPORTED_BY). Every trial would then fail (objective) or be
+    infeasible (constraint)."""
     if set(searched) & {"model.task", "model.kind", "data.source"}:
         return ""  # the search decides
-    m, source = cfg.model, cfg.data.source
-    if metric == M.VAL_ACC and m.task != "vision":
+    m, source, who = cfg.model, cfg.data.source, M.reported_by(metric)
+    if who == "vision" and m.task != "vision":
         return f"is reported by vision trials only (base.model.task is {m.task!r})"
-    if metric == M.VAL_BPB and not byte_level(m.task, source):
+    if who == "byte_lm" and not byte_level(m.task, source):
         byte_sources = [s for s in source_names("lm") if byte_level("lm", s)]
         return (f"is reported by byte-level LM trials only (data.source {' / '.join(byte_sources)}; the base has "
                 f"model.task {m.task!r}, data.source {source!r})")
-    if metric.startswith("router/") and m.kind == "dense":
+    if who == "routed" and m.kind == "dense":
         return "is reported by routed models only (base.model.kind is 'dense')"
     return ""
 
 
 def _metric_problem(key: str, metric: str, base: TrialConfig | None, searched, what: str) -> Problem | None:
-    if not is_known_metric(metric):
+    if not M.is_trial_metric(metric):
         return Problem(key, f"unknown metric {metric!r}",
-                       did_you_mean(metric, KNOWN_METRICS) or f"known: {', '.join(sorted(KNOWN_METRICS))}")
+                       did_you_mean(metric, M.TRIAL_METRICS) or f"known: {', '.join(sorted(M.TRIAL_METRICS))}")
     if base is not None and (why := _unreported(metric, base, searched)):
         return Problem(key, f"{metric} {why}: {what}", "use a metric these trials report, e.g. val/loss")
     return None
