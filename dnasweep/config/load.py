@@ -11,7 +11,7 @@ import difflib
 import os
 import types
 import typing
-from dataclasses import fields, is_dataclass
+from dataclasses import is_dataclass
 from typing import Any, Literal, Union, get_args, get_origin
 
 from omegaconf import OmegaConf
@@ -93,7 +93,7 @@ def schema_problems(node: Any, schema: type, prefix: str) -> list[Problem]:
                                    f"expected {type_name(typ)}"))
                 continue
             if get_origin(typ) not in (list, dict) and not fits(value, typ):  # OmegaConf would convert it
-                out.append(Problem(dotted, f"invalid value {value!r}: a {type(value).__name__}, not a "
+                out.append(Problem(dotted, f"invalid value {value!r} ({type(value).__name__}): this field is "
                                    f"{type_name(typ)}", f"expected {type_name(typ)}"
                                    + (" (quote it to pass text)" if fits("x", typ) else "")))
     return out
@@ -157,7 +157,3 @@ def deep_merge(a: dict, b: dict) -> dict:
     for k, v in b.items():
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
-
-
-def field_names(schema: type) -> list[str]:
-    return [f.name for f in fields(schema)]

@@ -64,7 +64,10 @@ def test_killed_worker_resumes_from_checkpoint_and_nothing_is_duplicated(ray_clu
     killer.join(timeout=5)
     assert killed, "no worker was killed: the trials ended before a checkpoint at step 30"
     assert res.n_complete == 2 and res.n_failed == 0, lines
-    assert any("RETRY" in ln and killed["trial"] in ln for ln in lines), lines
+    retry = [ln for ln in lines if "RETRY" in ln and killed["trial"] in ln]
+    assert len(retry) == 1 and "1 restarts" in retry[0], lines
+    # a restart is not a second start: never more running than trials
+    assert not any(" 3 running" in ln for ln in lines) and sum(" start " in ln for ln in lines) == 2, lines
 
     d = tmp_path / "kill" / "trials" / killed["trial"]
     attempts = (d / "attempts.log").read_text().splitlines()
