@@ -17,9 +17,20 @@ ROUTER_ENTROPY = "router/entropy"  # mean entropy (nats) of the router distribut
 ROUTER_Z = "router/z_loss"  # mean squared log-partition of router logits (what z-loss shrinks)
 ROUTER_LOAD_MAX = "router/load_max"  # largest per-module share of slots (1/M is balanced)
 ROUTER_LOAD_PREFIX = "router/load/"  # + "m{index}": share of slots routed to that module
+ROUTER_TRAIN_IDENTITY = "router/train_identity_fraction"  # identity share of training slots, mean since the last log row
+ROUTER_NONIDENTITY_PATHS = "router/distinct_paths"  # distinct non-identity paths of the evaluation tokens (all-skip: none)
+ROUTER_COLLAPSED = "router/collapsed"  # 1.0 when evaluation finds the pool bypassed (is_collapsed), else 0.0
 TOKENS_PER_S = "perf/tokens_per_s"  # training throughput
 MFU = "perf/mfu"  # useful training FLOPs / peak (CUDA only)
 STEP = "step"
+
+# Against the sweep's dense reference frontier (a `reference:` ladder), at each evaluation. Outside
+# the ladder's range the gain is a bound, never an extrapolation: *_BOUND is +1 for "more than"
+# (better than the largest dense model), -1 for "less than" (worse than the smallest), 0 exact.
+COMPUTE_GAIN = "compare/compute_gain"  # dense FLOPs/token needed for this val/loss / this trial's FLOPs/token
+COMPUTE_GAIN_BOUND = "compare/compute_gain_bound"
+SPEED_GAIN = "compare/speed_gain"  # this trial's tokens/s / a dense model's tokens/s at this val/loss
+SPEED_GAIN_BOUND = "compare/speed_gain_bound"
 
 # Sweep-level metrics, logged on the sweep's parent run (not usable as trial objectives).
 SWEEP_HYPERVOLUME = "sweep/hypervolume"  # hypervolume of the feasible front after each finished trial
@@ -29,8 +40,9 @@ SWEEP_PREFIX = "sweep/"
 # Every metric a trial reports: the names objectives and constraints may use.
 TRIAL_METRICS = frozenset(v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str) and "/" in v
                           and not v.startswith(SWEEP_PREFIX) and v != ROUTER_LOAD_PREFIX)
-# Metrics only some trials report: metric (or prefix) -> which ones ("vision", "byte_lm", "routed").
-REPORTED_BY = {VAL_ACC: "vision", VAL_BPB: "byte_lm", "router/": "routed"}
+# Metrics only some trials report: metric (or prefix) -> which ones ("vision", "byte_lm", "routed",
+# "reference": sweeps with a reference ladder).
+REPORTED_BY = {VAL_ACC: "vision", VAL_BPB: "byte_lm", "router/": "routed", "compare/": "reference"}
 
 
 def is_trial_metric(name: str) -> bool:
@@ -40,3 +52,16 @@ def is_trial_metric(name: str) -> bool:
 def reported_by(name: str) -> str | None:
     """Which trials report `name` when not every trial does, else None."""
     return next((who for m, who in REPORTED_BY.items() if name == m or m.endswith("/") and name.startswith(m)), None)
+
+
+# The collapse verdict (ROUTER_COLLAPSED, and the analysis report's opening line): the routed pool is
+# bypassed when identity modules take this share of routed slots or more, or when the evaluation
+# tokens take at most this many distinct non-identity paths (the model is then a fixed stack).
+COLLAPSE_IDENTITY_SHARE = 0.95
+COLLAPSE_MAX_PATHS = 1
+
+
+def is_collapsed(identity_share: float, distinct_paths: int, paths_vary: bool = True) -> bool:
+    """The collapse verdict. `paths_vary` False: the router sends every token through every module
+    (soft mixture), one path by construction, so only the identity share can say collapse."""
+    return identity_share >= COLLAPSE_IDENTITY_SHARE or (paths_vary and distinct_paths <= COLLAPSE_MAX_PATHS)

@@ -25,6 +25,7 @@ TINY = {
     "sampler": {"type": "tpe", "seed": 0, "startup_trials": 2},
     "budget": {"trials": 4, "concurrent": 2},
     "analyze": {"front": True, "examples": 32},
+    "reference": {"d_model": [32], "dense_layers": [1, 3]},  # a dense frontier of two rungs
 }
 
 
@@ -65,9 +66,50 @@ def test_smoke_sweep_end_to_end(ray_cluster, tmp_path):
     # conditional parameter: threshold only where the router is the threshold router
     for t in study.trials:
         assert ("model.router.threshold" in t.params) == (t.params["model.router.type"] == "threshold")
-    assert "Pareto front" in format_front(res, space)
+    table = format_front(res, space)
+    assert "Pareto front" in table and "dense reference" in table and "compute_gain" in table
     _check_mlflow(res, study)
     _check_pareto_and_ls(res, tmp_path)
+    _check_reference(res, space, tmp_path, lines)
+
+
+def _check_reference(res, space, root, lines):
+    """The ladder trained once, beside the trials; its gains are on every trial; a second sweep with
+    the same base and a resume of this one reuse it instead of training it again."""
+    import csv
+
+    from dnasweep import metrics as M
+    from dnasweep.sweep.runner import resume_sweep
+
+    assert any("reference: training 2 dense model(s)" in ln for ln in lines), lines
+    with open(os.path.join(res.sweep_dir, "reference.csv")) as f:
+        rungs = list(csv.DictReader(f))
+    assert [(r["d_model"], r["dense_layers"], r["status"]) for r in rungs] == [("32", "1", "completed"),
+                                                                             ("32", "3", "completed")]
+    for d in os.listdir(os.path.join(res.sweep_dir, "trials")):
+        with open(os.path.join(res.sweep_dir, "trials", d, "result.json")) as f:
+            r = json.load(f)
+        assert r[M.COMPUTE_GAIN] > 0 and r[M.COMPUTE_GAIN_BOUND] in (-1.0, 0.0, 1.0), r
+    cache = sorted(os.listdir(root / "reference-cache"))
+    stamps = [os.path.getmtime(root / "reference-cache" / c) for c in cache]
+    again = []
+    from dnasweep.sweep.runner import run_sweep
+
+    second = run_sweep(parse_space({**TINY, "budget": {"trials": 1, "concurrent": 1}}, "tiny.yaml"), "tiny2",
+                       root=str(root), log=again.append, analyze=False)
+    assert any("all 2 dense models of the ladder reused" in ln for ln in again), again
+    assert not any("reference: training" in ln for ln in again)
+    assert [os.path.getmtime(root / "reference-cache" / c) for c in cache] == stamps
+    assert len(second.reference) == 2 and all(r["reused"] for r in second.reference)
+    resumed = []
+    resume_sweep(res.sweep_dir, log=resumed.append, analyze=False)
+    assert not any("reference: training" in ln for ln in resumed), resumed
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{os.path.join(res.sweep_dir, 'mlflow.db')}")
+    runs = client.search_runs([client.get_experiment_by_name("dnasweep").experiment_id],
+                              filter_string="tags.`dnasweep.role` = 'reference'")
+    assert len(runs) == 2  # resume added no second run per rung
 
 
 def _check_pareto_and_ls(res, root):
@@ -76,7 +118,8 @@ def _check_pareto_and_ls(res, root):
 
     cli = [sys.executable, "-m", "dnasweep.cli"]
     out = subprocess.run([*cli, "pareto", res.sweep_dir, "--json"], capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout) == json.loads(json.dumps(res.front))
+    assert json.loads(out.stdout)["front"] == json.loads(json.dumps(res.front))
+    assert len(json.loads(out.stdout)["reference"]) == 2
     out = subprocess.run([*cli, "ls", "--root", str(root)], capture_output=True, text=True, check=True)
     assert "tiny" in out.stdout and "4/4 complete" in out.stdout
     bad = subprocess.run([*cli, "pareto", str(root)], capture_output=True, text=True)
@@ -90,7 +133,11 @@ def _check_mlflow(res, study):
     exp = client.get_experiment_by_name("dnasweep")
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("dnasweep.role") == "trial"]
+    dense = [r for r in runs if r.data.tags.get("dnasweep.role") == "reference"]
+    assert len(dense) == 2 and all(r.info.status == "FINISHED" and r.data.params["model.kind"] == "dense"
+                                   and "val/loss" in r.data.metrics for r in dense)
+    assert {r.data.tags["mlflow.parentRunId"] for r in dense} == {parents[0].info.run_id}
     assert len(parents) == 1 and len(children) == 4
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     for c in children:
@@ -111,7 +158,7 @@ def _check_mlflow(res, study):
         on_front = c.data.tags["dnasweep.trial"] in front_ids
         assert ("analysis/report.html" in arts and "analysis/summary.json" in arts) == on_front, (c.info.run_name, arts)
     assert {a.path for a in client.list_artifacts(parent)} >= {
-        "pareto_front.csv", "trials.csv", "pareto.png", "pareto.html", "hypervolume.png"}
+        "pareto_front.csv", "trials.csv", "pareto.png", "pareto.html", "hypervolume.png", "reference.csv"}
     hv = [m.value for m in sorted(client.get_metric_history(parent, "sweep/hypervolume"), key=lambda m: m.step)]
     assert len(hv) == 4 and all(b >= a for a, b in zip(hv, hv[1:], strict=False)) and hv[-1] > 0
     sizes = {m.step: m.value for m in client.get_metric_history(parent, "sweep/front_size")}
@@ -119,6 +166,7 @@ def _check_mlflow(res, study):
     with open(os.path.join(res.sweep_dir, "pareto.html")) as f:
         html = f.read()
     assert "Pareto front" in html and "<script src=\"http" not in html  # plotly.js embedded: opens offline
+    assert "dense reference" in html
     assert os.path.isdir(os.path.join(res.sweep_dir, "mlartifacts"))  # artifacts live with the sweep
 
 

@@ -105,6 +105,24 @@ class AnalyzeConfig:
 
 
 @dataclass
+class ReferenceConfig:
+    """Dense models trained beside the trials (the base's data, steps, batch, seed; same cluster and
+    resources): the frontier a DNA must beat. The ladder is every width x depth; empty: none."""
+
+    d_model: list[int] = field(default_factory=list)  # widths of the ladder (each divisible by base n_heads)
+    dense_layers: list[int] = field(default_factory=list)  # dense blocks after the backbone, per rung
+    cache: bool = True  # reuse a rung trained before with the same config (ROOT/reference-cache)
+
+    def problems(self) -> list[Problem]:
+        p = [Problem(f"reference.{k}", f"must hold numbers >= 1, got {v}") for k, v in
+             (("d_model", self.d_model), ("dense_layers", self.dense_layers)) if any(x < 1 for x in v)]
+        if bool(self.d_model) != bool(self.dense_layers):
+            p.append(Problem("reference", "needs both d_model and dense_layers (the ladder is every pair), or neither",
+                             "e.g. reference: {d_model: [64, 128], dense_layers: [1, 3]}"))
+        return p
+
+
+@dataclass
 class ObjectiveConfig:
     """One Pareto objective."""
 
@@ -125,12 +143,13 @@ class SweepConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     smoke: dict[str, Any] = field(default_factory=dict)  # overlay of this file applied by --smoke
 
 
 SECTIONS = [f for f in SweepConfig.__dataclass_fields__]
 _FLAT = {"sampler": SamplerConfig, "budget": BudgetConfig, "resources": ResourcesConfig,
-         "tracking": TrackingConfig, "analyze": AnalyzeConfig}
+         "tracking": TrackingConfig, "analyze": AnalyzeConfig, "reference": ReferenceConfig}
 
 
 def _in_base(q: Problem) -> Problem:

@@ -28,10 +28,11 @@ from dnasweep.config.sweep import (
     sweep_sections,
 )
 from dnasweep.data.sources import byte_level, source_names
-from dnasweep.errors import Problem, raise_if
+from dnasweep.errors import ConfigError, Problem, raise_if
 from dnasweep.space.apply import apply
 from dnasweep.space.feasibility import unsatisfiable
 from dnasweep.space.params import Param, parse_param, when_problems
+from dnasweep.space.reference import ladder
 
 _CONSTRAINT = re.compile(r"^\s*([\w/.\-]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
 @dataclass
@@ -93,13 +94,16 @@ class SearchSpace:
         return {"source": self.source, "config": OmegaConf.to_container(OmegaConf.structured(self.config))}
 
 
-def _unreported(metric: str, cfg: TrialConfig, searched) -> str:
+def _unreported(metric: str, cfg: TrialConfig, searched, reference: bool) -> str:
     """Why no trial of base `cfg` reports `metric` ("" when trials may): a task-, source- or
     routing-only metric (metrics.REPORTED_BY). Every trial would then fail (objective) or be
     infeasible (constraint)."""
+    who = M.reported_by(metric)
+    if who == "reference" and not reference:
+        return "is reported only by sweeps with a dense reference ladder (a reference: section)"
     if set(searched) & {"model.task", "model.kind", "data.source"}:
         return ""  # the search decides
-    m, source, who = cfg.model, cfg.data.source, M.reported_by(metric)
+    m, source = cfg.model, cfg.data.source
     if who == "vision" and m.task != "vision":
         return f"is reported by vision trials only (base.model.task is {m.task!r})"
     if who == "byte_lm" and not byte_level(m.task, source):
@@ -111,16 +115,18 @@ def _unreported(metric: str, cfg: TrialConfig, searched) -> str:
     return ""
 
 
-def _metric_problem(key: str, metric: str, base: TrialConfig | None, searched, what: str) -> Problem | None:
+def _metric_problem(key: str, metric: str, base: TrialConfig | None, searched, what: str,
+                    reference: bool) -> Problem | None:
     if not M.is_trial_metric(metric):
         return Problem(key, f"unknown metric {metric!r}",
                        did_you_mean(metric, M.TRIAL_METRICS) or f"known: {', '.join(sorted(M.TRIAL_METRICS))}")
-    if base is not None and (why := _unreported(metric, base, searched)):
+    if base is not None and (why := _unreported(metric, base, searched, reference)):
         return Problem(key, f"{metric} {why}: {what}", "use a metric these trials report, e.g. val/loss")
     return None
 
 
-def _objectives(raw: list, base: TrialConfig | None, searched, p: list[Problem]) -> list[ObjectiveConfig]:
+def _objectives(raw: list, base: TrialConfig | None, searched, p: list[Problem],
+                reference: bool) -> list[ObjectiveConfig]:
     if not raw:
         p.append(Problem("objectives", "at least one objective is needed",
                          "e.g. [{metric: val/loss, mode: min}, {metric: compute/flops_per_token, mode: min}]"))
@@ -135,7 +141,8 @@ def _objectives(raw: list, base: TrialConfig | None, searched, p: list[Problem])
         if q:
             continue
         obj = build(ObjectiveConfig, o)
-        if bad := _metric_problem(f"objectives[{i}].metric", obj.metric, base, searched, "every trial would fail"):
+        if bad := _metric_problem(f"objectives[{i}].metric", obj.metric, base, searched, "every trial would fail",
+                                  reference):
             p.append(bad)
         out.append(obj)
     if len({o.metric for o in out}) != len(out):
@@ -143,14 +150,15 @@ def _objectives(raw: list, base: TrialConfig | None, searched, p: list[Problem])
     return out
 
 
-def _constraints(raw: list, base: TrialConfig | None, searched, p: list[Problem]) -> list[Constraint]:
+def _constraints(raw: list, base: TrialConfig | None, searched, p: list[Problem], reference: bool) -> list[Constraint]:
     out = []
     for i, c in enumerate(raw):
         m = _CONSTRAINT.match(str(c))
         if not m:
             p.append(Problem(f"constraints[{i}]", f"cannot parse {c!r}", "write 'metric <= number' or '>='"))
             continue
-        bad = _metric_problem(f"constraints[{i}]", m.group(1), base, searched, f"no trial could satisfy {c!r}")
+        bad = _metric_problem(f"constraints[{i}]", m.group(1), base, searched, f"no trial could satisfy {c!r}",
+                              reference)
         if bad:
             p.append(bad if "unknown" in bad.message else Problem(
                 bad.key, bad.message, "drop the constraint, or use a metric these trials report"))
@@ -168,8 +176,13 @@ def parse_space(data: dict, source: str, overrides: list[str] | None = None, smo
     params = [q for path, spec in cfg.search.items() if (q := parse_param(str(path), spec, p)) is not None]
     p += when_problems(params)
     if not any(q.key == "objectives" for q in p):  # a wrong-shaped section is one problem, not two
-        cfg.objectives = _objectives(cfg.objectives, base, cfg.search, p)
-    constraints = _constraints(cfg.constraints, base, cfg.search, p)
+        cfg.objectives = _objectives(cfg.objectives, base, cfg.search, p, bool(cfg.reference.d_model))
+    constraints = _constraints(cfg.constraints, base, cfg.search, p, bool(cfg.reference.d_model))
+    if base is not None and cfg.reference.d_model and cfg.reference.dense_layers:
+        try:
+            ladder(base, cfg.reference.d_model, cfg.reference.dense_layers)
+        except ConfigError as e:
+            p += e.problems
     if base is not None and not any(q.key.startswith(("search", "constraints")) for q in p):
         p += unsatisfiable(params, constraints, base)
     raise_if(p, source)

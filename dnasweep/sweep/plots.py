@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+from dnasweep import metrics as M
 from dnasweep.space import SearchSpace
 
 
@@ -31,7 +32,20 @@ def _staircase(front: list[dict]) -> str:
     return "post" if ys[-1] <= ys[0] else "pre"
 
 
-def pareto_png(rows: list[dict], space: SearchSpace, path: str) -> str:
+def _dense(reference: list[dict], space: SearchSpace) -> tuple[list, list, list[str]]:
+    """The dense reference frontier in the first two objectives' units: x, y, labels (empty if the
+    rungs do not report both objectives)."""
+    from dnasweep.sweep.reference import frontier_of
+
+    on = {p[0] for p in frontier_of(reference).points}
+    x_m, y_m = space.objectives[0].metric, space.objectives[1].metric
+    pts = sorted((r["result"][x_m], r["result"][y_m], f"dense d_model={r['d_model']} layers={r['dense_layers']}")
+                 for r in reference if r.get("result", {}).get(M.FLOPS_PER_TOKEN) in on
+                 and x_m in r["result"] and y_m in r["result"])
+    return [p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts]
+
+
+def pareto_png(rows: list[dict], space: SearchSpace, path: str, reference: list[dict] | None = None) -> str:
     """First two objectives; front joined by a step line. `rows`: see pareto.trial_rows."""
     import matplotlib
 
@@ -51,7 +65,10 @@ def pareto_png(rows: list[dict], space: SearchSpace, path: str) -> str:
     if len(front) > 1:
         ax.step([r["values"][0] for r in front], [r["values"][1] for r in front], where=_staircase(front),
                 c="tab:red", lw=1)
-    all_y = [r["values"][1] for r in rows]
+    dx, dy, _ = _dense(reference or [], space)
+    if dx:
+        ax.plot(dx, dy, c="k", ls="--", marker="s", ms=4, lw=1, label="dense reference")
+    all_y = [r["values"][1] for r in rows] + dy
     if min(all_y) > 0 and max(all_y) / min(all_y) > 20:  # compute spans decades: a log axis shows all
         ax.set_yscale("log")
     for r in front:
@@ -67,7 +84,7 @@ def pareto_png(rows: list[dict], space: SearchSpace, path: str) -> str:
     return path
 
 
-def pareto_html(rows: list[dict], space: SearchSpace, path: str) -> str:
+def pareto_html(rows: list[dict], space: SearchSpace, path: str, reference: list[dict] | None = None) -> str:
     """Interactive scatter (hover: trial and its parameters); plotly.js embedded so the file opens
     offline and inside MLflow's artifact viewer."""
     import plotly.graph_objects as go
@@ -82,6 +99,11 @@ def pareto_html(rows: list[dict], space: SearchSpace, path: str) -> str:
                                  line=dict(shape={"post": "hv", "pre": "vh"}[_staircase(sel)], width=1),
                                  marker=marker, opacity=opacity,
                                  text=[_label(r, space) for r in sel], hoverinfo="text+x+y"))
+    dx, dy, labels = _dense(reference or [], space)
+    if dx:
+        fig.add_trace(go.Scatter(x=dx, y=dy, name="dense reference", mode="markers+lines", text=labels,
+                                 line=dict(color="black", dash="dash", width=1), marker=dict(symbol="square"),
+                                 hoverinfo="text+x+y"))
     fig.update_layout(title=f"{space.source}: Pareto front", template="plotly_white",
                       xaxis_title=space.objectives[0].metric, yaxis_title=space.objectives[1].metric)
     fig.write_html(path, include_plotlyjs=True, full_html=True)
@@ -105,12 +127,14 @@ def hypervolume_png(history: list[float], path: str) -> str:
     return path
 
 
-def write_all(rows: list[dict], space: SearchSpace, history: list[float], out_dir: str) -> list[str]:
-    """Every sweep figure into `out_dir`; returns the paths written (none when nothing finished)."""
+def write_all(rows: list[dict], space: SearchSpace, history: list[float], out_dir: str,
+              reference: list[dict] | None = None) -> list[str]:
+    """Every sweep figure into `out_dir` (the front against the dense `reference` frontier when
+    there is one); returns the paths written (none when nothing finished)."""
     if not rows:
         return []
     paths = [hypervolume_png(history, os.path.join(out_dir, "hypervolume.png"))]
     if len(space.objectives) >= 2:
-        paths += [pareto_png(rows, space, os.path.join(out_dir, "pareto.png")),
-                  pareto_html(rows, space, os.path.join(out_dir, "pareto.html"))]
+        paths += [pareto_png(rows, space, os.path.join(out_dir, "pareto.png"), reference),
+                  pareto_html(rows, space, os.path.join(out_dir, "pareto.html"), reference)]
     return paths

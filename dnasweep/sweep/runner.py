@@ -64,7 +64,7 @@ def run_sweep(space: SearchSpace, name: str, root: str = "runs/sweeps", address:
     with open(os.path.join(sweep_dir, SETTINGS), "w") as f:
         json.dump({"storage": storage}, f)
     store.mirror()  # the store holds a resumable sweep from the start, not only after the first trial
-    return _drive(space, name, store, uri, log, analyze, resume=False)
+    return _drive(space, name, store, uri, log, analyze, resume=False, root=root)
 
 
 def resume_sweep(sweep_dir: str, address: str | None = None, log=print, tracking_uri: str | None = None,
@@ -94,10 +94,12 @@ def resume_sweep(sweep_dir: str, address: str | None = None, log=print, tracking
     uri = resolve_uri(tracking_uri, sweep_dir, space, "resume")
     check_reachable(uri, "resume")
     init_ray(space, address, log, autoscaling)
-    return _drive(space, os.path.basename(sweep_dir), open_store(sweep_dir, storage), uri, log, analyze, resume=True)
+    return _drive(space, os.path.basename(sweep_dir), open_store(sweep_dir, storage), uri, log, analyze, resume=True,
+                  root=os.path.dirname(sweep_dir))
 
 
-def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | None, resume: bool) -> SweepResult:
+def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | None, resume: bool,
+           root: str) -> SweepResult:
     """Build (or restore) the Tuner, run it to the budget or to a stop signal, close the books."""
     import optuna
     from ray import tune
@@ -105,6 +107,7 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
     from dnasweep.sweep import compat
     from dnasweep.sweep.cluster import bundle
     from dnasweep.sweep.progress import Progress
+    from dnasweep.sweep.reference import frontier_of, train_reference
     from dnasweep.sweep.searcher import ParetoOptunaSearch, abandon
     from dnasweep.sweep.summary import finish_sweep
     from dnasweep.sweep.tracking import MLflowSweepLogger
@@ -120,9 +123,13 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
     tracker = MLflowSweepLogger(space, name, sweep_dir, uri, resume=resume, fetch=store.fetch)
     if resume:
         tracker.load_backlog()
+    rungs = train_reference(space, sweep_dir, root, log)  # before the trials: their gains need it
+    tracker.reference(rungs)
+    store.mirror()
     progress = Progress(space, log, counts(study))
     callbacks = [tracker, progress, *store.callbacks()]
-    trainable = tune.with_resources(tune.with_parameters(trial, space=space, store=store), bundle(space))
+    trainable = tune.with_resources(tune.with_parameters(trial, space=space, store=store, frontier=frontier_of(rungs)),
+                                    bundle(space))
     # Trials report training metrics between evaluations; only evaluations carry the objectives.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     tune_dir = f"{store.tune_root}/tune"

@@ -27,7 +27,8 @@ from dnasweep.errors import ConfigError, Problem
 
 SETTINGS = "sweep.json"  # {"storage": URI or null}: how this sweep was run, read back by resume
 MIRRORED = ("space.json", "optuna.log", "tracking.json", "tracking_backlog.json", SETTINGS, "mlflow.db",
-            "pareto_front.csv", "trials.csv", "pareto.png", "pareto.html", "hypervolume.png")
+            "pareto_front.csv", "trials.csv", "pareto.png", "pareto.html", "hypervolume.png", "reference.json",
+            "reference.csv")
 
 
 def is_uri(path: str | None) -> bool:

@@ -8,6 +8,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from dnasweep import metrics as M
 from dnasweep.errors import ConfigError, Problem
 from dnasweep.space import SearchSpace
 
@@ -25,6 +26,7 @@ class SweepResult:
     tracking_errors: list[str] = field(default_factory=list)  # MLflow failures (the sweep went on)
     interrupted: bool = False  # stopped before its budget (Ctrl-C / SIGTERM): `dnasweep resume` goes on
     n_abandoned: int = 0  # Optuna trials lost with a killed driver (re-sampled by the resumed sweep)
+    reference: list[dict] = field(default_factory=list)  # the dense ladder's rungs (sweep/reference.py)
 
 
 def is_sweep_dir(d: str) -> bool:
@@ -80,15 +82,31 @@ def counts(study) -> dict[str, int]:
     return out
 
 
-def pareto_front(study, space: SearchSpace) -> list[dict]:
-    """The study's feasible non-dominated trials as rows (Optuna's `best_trials` honours constraints)."""
+# What a front row carries from the trial's own result.json besides objectives and sampled values.
+VERDICTS = (M.COMPUTE_GAIN, M.COMPUTE_GAIN_BOUND, M.SPEED_GAIN, M.SPEED_GAIN_BOUND, M.IDENTITY_FRACTION,
+            "router/collapsed")
+
+
+def pareto_front(study, space: SearchSpace, sweep_dir: str | None = None) -> list[dict]:
+    """The study's feasible non-dominated trials as rows (Optuna's `best_trials` honours constraints),
+    each with its gains against the dense reference and its routing verdict when the trial has them."""
     rows = []
     for t in sorted(study.best_trials, key=lambda t: t.values[0]):
         row = {"trial": t.number, **{o.metric: v for o, v in zip(space.objectives, t.values, strict=True)}}
+        rid = row["ray_trial_id"] = t.user_attrs.get("ray_trial_id")
+        res = (_read_json(os.path.join(sweep_dir, "trials", rid, "result.json")) if sweep_dir and rid else None) or {}
+        row.update({k: res[k] for k in VERDICTS if k in res})
         row.update(t.params)
-        row["ray_trial_id"] = t.user_attrs.get("ray_trial_id")
         rows.append(row)
     return rows
+
+
+def _read_json(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def trial_rows(study, space: SearchSpace) -> list[dict]:
@@ -112,8 +130,10 @@ def trial_rows(study, space: SearchSpace) -> list[dict]:
 
 def result_of(study, space: SearchSpace, sweep_dir: str, **kw) -> SweepResult:
     c = counts(study)
-    return SweepResult(os.path.abspath(sweep_dir), c["complete"], c["failed"], pareto_front(study, space),
-                       n_abandoned=c["abandoned"], **kw)
+    from dnasweep.sweep.reference import read
+
+    return SweepResult(os.path.abspath(sweep_dir), c["complete"], c["failed"], pareto_front(study, space, sweep_dir),
+                       n_abandoned=c["abandoned"], reference=read(sweep_dir), **kw)
 
 
 def load_sweep(sweep_dir: str) -> tuple[SweepResult, SearchSpace]:
@@ -138,16 +158,47 @@ def list_sweeps(root: str) -> list[dict]:
     return rows
 
 
-def format_front(result: SweepResult, space: SearchSpace) -> str:
-    """The Pareto front as a text table, plus where to look next."""
-    objs = [o.metric for o in space.objectives]
-    params = [p.path for p in space.params]
-    head = ["trial", "ray_trial_id", *objs, *params]
-    rows = [[str(r.get(k, "-")) if not isinstance(r.get(k), float) else f"{r[k]:.4g}" for k in head]
-            for r in result.front]
+def _cell(v) -> str:
+    return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
-    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
+    return ["  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)) for cells in (head, *rows)]
+
+
+def format_front(result: SweepResult, space: SearchSpace, wide: bool = False) -> str:
+    """The Pareto front as a text table (objectives, gain against the dense reference, routing
+    verdict, then the sampled values that vary on the front; `wide`: every sampled value and the
+    Ray trial id), the dense reference frontier below it, and where to look next."""
+    from dnasweep.space.reference import gain_text
+    from dnasweep.sweep.reference import frontier_of
+
+    front = result.front
+    objs = [o.metric for o in space.objectives]
+    params = [p.path for p in space.params if wide or len({_cell(r.get(p.path)) for r in front}) > 1]
+    extra = [k for k in (M.COMPUTE_GAIN, M.IDENTITY_FRACTION) if any(k in r for r in front)]
+    head = ["trial", *(["ray_trial_id"] if wide else []), *objs, *extra, *params]
+    cells = [[gain_text(r, k) if k == M.COMPUTE_GAIN else _cell(r.get(k)) for k in head] for r in front]
+    names = {p: p.split(".")[-1] if not wide and sum(q.split(".")[-1] == p.split(".")[-1] for q in params) == 1
+             else p for p in params}
+    shown = ["collapsed" if r.get("router/collapsed") else "" for r in front]
+    if any(shown):
+        head, cells = [*head, "verdict"], [[*c, v] for c, v in zip(cells, shown, strict=True)]
+    head = [names.get(h, {M.COMPUTE_GAIN: "compute_gain", M.IDENTITY_FRACTION: "identity"}.get(h, h)) for h in head]
     lost = f", {result.n_abandoned} abandoned by a killed driver" if result.n_abandoned else ""
-    out = [f"Pareto front ({len(rows)} of {result.n_complete} complete trials; {result.n_failed} failed{lost}):",
-           line(head), *map(line, rows), f"sweep directory: {result.sweep_dir}"]
+    out = [f"Pareto front ({len(front)} of {result.n_complete} complete trials; {result.n_failed} failed{lost}):",
+           *_table(head, cells)]
+    if not wide and len(params) < len(space.params):
+        same = [p.split(".")[-1] for p in (q.path for q in space.params) if p not in params]
+        out.append(f"(same on the whole front, or not sampled: {', '.join(same)}; --wide shows every column)")
+    if result.reference:
+        on = {p[0] for p in frontier_of(result.reference).points}
+        rows = [[str(r["d_model"]), str(r["dense_layers"]), _cell(r.get("result", {}).get(M.VAL_LOSS)),
+                 _cell(r.get("result", {}).get(M.FLOPS_PER_TOKEN)), _cell(r.get("result", {}).get(M.TOKENS_PER_S)),
+                 "yes" if r.get("result", {}).get(M.FLOPS_PER_TOKEN) in on else ""] for r in result.reference]
+        out += ["dense reference (compute_gain: the dense FLOPs/token this val/loss needs on its frontier, over "
+                "the trial's; > 1 beats dense):",
+                *_table(["d_model", "layers", M.VAL_LOSS, M.FLOPS_PER_TOKEN, M.TOKENS_PER_S, "frontier"], rows)]
+    out.append(f"sweep directory: {result.sweep_dir}")
     return "\n".join(out)

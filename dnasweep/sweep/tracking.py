@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
+from dnasweep import metrics as M
 from dnasweep.config import flatten, to_dict
 from dnasweep.errors import ConfigError, Problem
 from dnasweep.space import SearchSpace
@@ -122,6 +123,7 @@ class MLflowSweepLogger(Callback):
         self.logged: dict[str, dict[str, set]] = {}  # Ray trial id -> metric -> steps written or pending
         self.backfilled: set[str] = set()  # ended trials whose metrics.jsonl has been checked
         self.params_todo: set[str] = set()  # Ray trial ids whose run has no params yet
+        self.rungs: dict[str, dict] = {}  # "ref-HASH" -> a rung of the dense reference ladder (its own run)
         self.last_flush = time.monotonic()
         state = read_json(self.state_path) if resume else None
         if state and self._has_run(state["parent"]):  # `dnasweep resume`: the same parent and child runs
@@ -202,13 +204,19 @@ class MLflowSweepLogger(Callback):
 
     def _ensure_run(self, trial_id: str) -> str:
         if trial_id not in self.runs:
-            run = self.client.create_run(self.exp_id, run_name=trial_id,
-                                         tags={"mlflow.parentRunId": self.parent_id, "dnasweep.trial": trial_id})
+            rung = self.rungs.get(trial_id)
+            role = {"dnasweep.role": "reference", "dnasweep.reference.reused": str(rung["reused"]).lower()} if rung \
+                else {"dnasweep.role": "trial", "dnasweep.trial": trial_id}
+            run = self.client.create_run(self.exp_id, tags={"mlflow.parentRunId": self.parent_id, **role},
+                                         run_name=f"dense-d{rung['d_model']}-l{rung['dense_layers']}" if rung
+                                         else trial_id)
             self.runs[trial_id] = run.info.run_id
             self._save_state()
             self.params_todo.add(trial_id)
         if trial_id in self.params_todo:  # kept until written: the store may drop between the two calls
-            self._log_params(self.runs[trial_id], self._trial_params(trial_id, self.configs.get(trial_id)))
+            params = self.rungs[trial_id]["config"] if trial_id in self.rungs else \
+                self._trial_params(trial_id, self.configs.get(trial_id))
+            self._log_params(self.runs[trial_id], params)
             self.params_todo.discard(trial_id)
         return self.runs[trial_id]
 
@@ -370,6 +378,25 @@ class MLflowSweepLogger(Callback):
                 self.pending.setdefault(tid, [])
         self.flush()
 
+    def reference(self, rungs: list[dict]) -> None:
+        """One child run per rung of the dense reference ladder (tag dnasweep.role=reference), with its
+        config, metric history and result; a resumed sweep finds them in tracking.json (no duplicates)."""
+        from mlflow.entities import Metric
+
+        for r in rungs:
+            tid = f"ref-{r['hash']}"
+            self.rungs[tid] = r
+            if tid in self.runs or "result" not in r:
+                continue
+            ts = int(time.time() * 1000)
+            rows = [*r["rows"], {**r["result"], M.STEP: r["result"]["step"]}]
+            self._add(tid, [Metric(k, float(v), ts, int(row.get(M.STEP, 0))) for row in rows for k, v in row.items()
+                            if "/" in k and _number(v)])
+            ok = r["result"]["status"] == "completed"
+            self.ended[tid] = ("FINISHED" if ok else "FAILED", {} if ok else {
+                "dnasweep.status": str(r["result"]["status"]), "dnasweep.fail_reason": str(r["result"]["reason"])})
+        self.flush()
+
     def suspend(self) -> None:
         """The sweep stopped early (Ctrl-C / SIGTERM): write what is buffered, leave runs open."""
         self.drain(wait_s=10.0)
@@ -380,7 +407,6 @@ class MLflowSweepLogger(Callback):
         trial (CSV), Pareto plots (PNG, HTML), and the hypervolume after each finished trial."""
         from mlflow.entities import Metric
 
-        from dnasweep import metrics as M
         from dnasweep.sweep import plots
         from dnasweep.sweep.pareto import hypervolume_history, pareto_mask, reference_point
 
@@ -403,7 +429,10 @@ class MLflowSweepLogger(Callback):
                 *(Metric(M.SWEEP_FRONT_SIZE, n, ts, i + 1) for i, n in enumerate(front_sizes))])
             self._log_params(self.parent_id, {f"hypervolume_ref.{o.metric}": f"{v:.6g}"
                                               for o, v in zip(self.space.objectives, ref, strict=True)})
-        paths += plots.write_all(rows, self.space, history, self.sweep_dir)
+        reference = list(self.rungs.values())
+        paths += plots.write_all(rows, self.space, history, self.sweep_dir, reference)
+        if reference:
+            paths.append(os.path.join(self.sweep_dir, "reference.csv"))
         for path in paths:
             self.client.log_artifact(self.parent_id, path)
         self.client.set_terminated(self.parent_id, "FINISHED")
@@ -438,3 +467,7 @@ def read_json(path: str):
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def _number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)

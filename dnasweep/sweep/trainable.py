@@ -15,6 +15,7 @@ import time
 
 from dnasweep.errors import ConfigError
 from dnasweep.space import SearchSpace
+from dnasweep.space.reference import Frontier
 from dnasweep.sweep.storage import LocalStore
 
 FAILED = "failed"  # result key: the trial ended without objectives ("status" and "reason" say why)
@@ -39,8 +40,8 @@ def _fail(status: str, reason: str) -> None:
     tune.report({FAILED: 1.0, "status": status, "reason": reason})
 
 
-def trial(config: dict, space: SearchSpace, store: LocalStore) -> None:
-    """One Ray Tune trial."""
+def trial(config: dict, space: SearchSpace, store: LocalStore, frontier: Frontier | None = None) -> None:
+    """One Ray Tune trial; with a dense reference `frontier`, every evaluation adds its compare/* gains."""
     import ray
     from ray import tune
 
@@ -77,7 +78,7 @@ def trial(config: dict, space: SearchSpace, store: LocalStore) -> None:
         f.write(f"pid {os.getpid()} start_step {start} time {time.time():.1f} node {node}\n")
     try:
         with memory_limit(space.resources.memory_gb):
-            result = run_trial(cfg, TuneReporter())
+            result = run_trial(cfg, TuneReporter(), derive=frontier.metrics if frontier else None)
         status, reason = result.status, result.reason
     except ConfigError as e:  # the data does not fit the model (vocabulary, image shape): invalid
         status, reason = "invalid", "; ".join(f"{p.key}: {p.message}" for p in e.problems)

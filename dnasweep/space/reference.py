@@ -1,0 +1,121 @@
+"""The dense reference frontier of a sweep, and how far a trial is from it.
+
+A `reference:` ladder is every (d_model, dense_layers) pair applied to the base as a dense model:
+the same data, steps, batch and seed as the trials. Each rung is cached by the hash of its config
+(out_dir aside), so a later sweep with the same base reuses it and a resumed sweep never retrains
+it. From the rungs' results, the frontier is the non-dominated set in (FLOPs/token, val/loss);
+a trial's compute gain is the FLOPs/token a dense model on that frontier would need for the
+trial's val/loss (linear in log FLOPs between rungs) over the trial's own; > 1: the DNA beats
+dense. Outside the ladder's range the gain is a bound, never an extrapolation. Ray-free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+from dataclasses import dataclass
+
+from omegaconf import OmegaConf
+
+from dnasweep import metrics as M
+from dnasweep.config import TrialConfig
+from dnasweep.errors import ConfigError, Problem
+from dnasweep.space.apply import apply
+
+
+def ladder(base: TrialConfig, d_model: list[int], dense_layers: list[int]) -> list[TrialConfig]:
+    """The dense configs of the ladder; ConfigError naming every rung that is invalid."""
+    out, p = [], []
+    for w, n in itertools.product(d_model, dense_layers):
+        try:
+            out.append(apply(base, {"model.kind": "dense", "model.d_model": w, "model.dense_layers": n}))
+        except ConfigError as e:
+            p += [Problem("reference", f"rung d_model={w}, dense_layers={n}: {q.key}: {q.message}", q.fix)
+                  for q in e.problems]
+    if p:
+        raise ConfigError(p, "reference")
+    return out
+
+
+def config_hash(cfg: TrialConfig) -> str:
+    """What identifies a rung's training: its whole config but out_dir."""
+    d = OmegaConf.to_container(OmegaConf.structured(cfg))
+    d.pop("out_dir")
+    return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(d)).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Gain:
+    """A ratio against the frontier: exact inside the ladder's range, a bound outside it."""
+
+    value: float
+    bound: int = 0  # +1: more than value; -1: less than value; 0: exact
+
+    def __str__(self) -> str:
+        return {1: "> ", -1: "< ", 0: ""}[self.bound] + f"{self.value:.3g}"
+
+
+class Frontier:
+    """The dense frontier: rungs not beaten on both FLOPs/token and val/loss, by rising FLOPs."""
+
+    def __init__(self, rungs: list[dict]):
+        pts = sorted((r[M.FLOPS_PER_TOKEN], r[M.VAL_LOSS], r.get(M.TOKENS_PER_S)) for r in rungs
+                     if _finite(r.get(M.FLOPS_PER_TOKEN)) and _finite(r.get(M.VAL_LOSS)))
+        self.points: list[tuple[float, float, float | None]] = []
+        for f, loss, tps in pts:  # keep a rung only if it lowers the loss of every cheaper one
+            if not self.points or loss < self.points[-1][1]:
+                self.points.append((f, loss, tps))
+
+    def __bool__(self) -> bool:
+        return bool(self.points)
+
+    def _at(self, loss: float, col: int) -> tuple[float, int]:
+        """The frontier's column `col` (log-interpolated) where its loss equals `loss`; a bound
+        flag of +1 / -1 when `loss` is below / above every rung's."""
+        pts = self.points
+        if loss < pts[-1][1]:
+            return pts[-1][col], 1
+        if loss > pts[0][1]:
+            return pts[0][col], -1
+        for lo, hi in itertools.pairwise(pts):  # losses fall along the frontier
+            if hi[1] <= loss <= lo[1]:
+                t = (lo[1] - loss) / (lo[1] - hi[1])
+                return math.exp(math.log(lo[col]) + t * (math.log(hi[col]) - math.log(lo[col]))), 0
+        return pts[0][col], 0  # a single rung whose loss equals `loss`
+
+    def compute_gain(self, loss: float, flops: float) -> Gain:
+        """Dense FLOPs/token for `loss` over `flops`; a lower bound past the largest rung's quality,
+        an upper bound below the smallest's."""
+        dense, bound = self._at(loss, 0)
+        return Gain(dense / flops, bound)
+
+    def speed_gain(self, loss: float, tokens_per_s: float) -> Gain | None:
+        """`tokens_per_s` over a dense model's tokens/s at `loss` (None if a rung lacks tokens/s). A
+        better loss than every rung bounds the dense speed from above, so the gain from below."""
+        if any(not _finite(p[2]) for p in self.points):
+            return None
+        dense, bound = self._at(loss, 2)
+        return Gain(tokens_per_s / dense, bound)
+
+    def metrics(self, m: dict) -> dict:
+        """The compare/* metrics of one evaluation's metrics `m` (empty if it lacks what they need)."""
+        loss, flops, tps = m.get(M.VAL_LOSS), m.get(M.FLOPS_PER_TOKEN), m.get(M.TOKENS_PER_S)
+        if not (self and _finite(loss) and _finite(flops) and flops > 0):
+            return {}
+        g = self.compute_gain(loss, flops)
+        out = {M.COMPUTE_GAIN: g.value, M.COMPUTE_GAIN_BOUND: float(g.bound)}
+        if _finite(tps) and (s := self.speed_gain(loss, tps)) is not None:
+            out.update({M.SPEED_GAIN: s.value, M.SPEED_GAIN_BOUND: float(s.bound)})
+        return out
+
+
+def gain_text(row: dict, key: str = M.COMPUTE_GAIN) -> str:
+    """A gain as shown in tables: '1.8', '> 3.1', '< 0.4', '-' when absent."""
+    if not _finite(row.get(key)):
+        return "-"
+    return str(Gain(row[key], int(row.get(f"{key}_bound") or 0)))
+
+
+def _finite(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)

@@ -1,0 +1,122 @@
+"""Training a sweep's dense reference ladder on the cluster (dnasweep.space.reference has the rest).
+
+Each rung runs as a Ray task with one trial's resources, `budget.concurrent` at a time, before the
+trials start (their compare/* gains need the frontier). The driver keeps every rung's result in
+ROOT/reference-cache/HASH.json (a later sweep with the same base reuses it) and the sweep's own
+SWEEP/reference.json (a resumed sweep never retrains), and writes SWEEP/reference.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+
+from dnasweep import metrics as M
+from dnasweep.config import flatten, to_dict
+from dnasweep.space import SearchSpace
+from dnasweep.space.reference import Frontier, config_hash, ladder
+
+FILE = "reference.json"  # SWEEP/reference.json: [{hash, d_model, dense_layers, result, rows, config}]
+CSV_COLUMNS = ["d_model", "dense_layers", M.PARAMS_TOTAL, M.FLOPS_PER_TOKEN, M.VAL_LOSS, M.TOKENS_PER_S,
+               "status", "frontier", "reused", "hash"]
+
+
+def _train_rung(cfg_dict: dict) -> dict:
+    """One rung, on a worker: train it in node-local scratch, return its result and metric rows."""
+    from dnasweep.config import build_trial
+    from dnasweep.plugins import load_plugins
+    from dnasweep.train.loop import run_trial
+
+    load_plugins()
+    out = tempfile.mkdtemp(prefix="dnasweep-reference-")
+    try:
+        result = run_trial(build_trial(cfg_dict, [f"out_dir={out}"]), resume=False)
+        with open(os.path.join(out, "metrics.jsonl")) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        return {"result": result.to_json(), "rows": rows}
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _read(path: str):
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return None
+
+
+def train_reference(space: SearchSpace, sweep_dir: str, root: str, log) -> list[dict]:
+    """Every rung of the ladder with its result, training only those neither this sweep nor the
+    cache has. Empty when the space has no `reference:` section."""
+    import ray
+
+    from dnasweep.sweep.cluster import bundle
+
+    ref = space.config.reference
+    if not ref.d_model:
+        return []
+    own = {r["hash"]: r for r in _read(os.path.join(sweep_dir, FILE)) or []}
+    cache = os.path.join(os.path.abspath(root), "reference-cache")
+    rungs, todo = [], []
+    for cfg in ladder(space.base, ref.d_model, ref.dense_layers):
+        h = config_hash(cfg)
+        known = own.get(h) or (_read(os.path.join(cache, f"{h}.json")) if ref.cache else None)
+        entry = {"hash": h, "d_model": cfg.model.d_model, "dense_layers": cfg.model.dense_layers,
+                 "config": flatten(to_dict(cfg)), "reused": known is not None}
+        rungs.append({**entry, **({"result": known["result"], "rows": known["rows"]} if known else {})})
+        if not known:
+            todo.append((len(rungs) - 1, to_dict(cfg)))
+    if todo:
+        log(f"reference: training {len(todo)} dense model(s) of the ladder ({len(rungs) - len(todo)} reused)")
+        b = bundle(space)
+        task = ray.remote(_train_rung).options(
+            num_cpus=b.get("CPU", 0), num_gpus=b.get("GPU", 0), memory=b.get("memory"),
+            resources={k: v for k, v in b.items() if k not in ("CPU", "GPU", "memory")} or None)
+        running: dict = {}
+        while todo or running:
+            while todo and len(running) < space.budget.concurrent:
+                i, d = todo.pop(0)
+                running[task.remote(d)] = i
+            (done,), _ = ray.wait(list(running), num_returns=1)
+            i = running.pop(done)
+            rungs[i].update(ray.get(done))
+            os.makedirs(cache, exist_ok=True)
+            with open(os.path.join(cache, f"{rungs[i]['hash']}.json"), "w") as f:
+                json.dump(rungs[i], f)
+            r = rungs[i]["result"]
+            log(f"reference: dense d_model={rungs[i]['d_model']} dense_layers={rungs[i]['dense_layers']}: "
+                f"{r['status']}, val/loss={r.get(M.VAL_LOSS, float('nan')):.4g}, "
+                f"compute/flops_per_token={r.get(M.FLOPS_PER_TOKEN, float('nan')):.4g}")
+    elif rungs:
+        log(f"reference: all {len(rungs)} dense models of the ladder reused (trained before with the same config)")
+    write(sweep_dir, rungs)
+    return rungs
+
+
+def frontier_of(rungs: list[dict]) -> Frontier:
+    return Frontier([r["result"] for r in rungs if r.get("result", {}).get("status") == "completed"])
+
+
+def write(sweep_dir: str, rungs: list[dict]) -> list[str]:
+    """SWEEP/reference.json (everything) and SWEEP/reference.csv (one row per rung)."""
+    with open(os.path.join(sweep_dir, FILE), "w") as f:
+        json.dump(rungs, f)
+    on = {p[0] for p in frontier_of(rungs).points}
+    path = os.path.join(sweep_dir, "reference.csv")
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        for r in rungs:
+            res = r.get("result", {})
+            w.writerow({**{k: res.get(k) for k in CSV_COLUMNS}, "d_model": r["d_model"],
+                        "dense_layers": r["dense_layers"], "status": res.get("status"), "reused": r["reused"],
+                        "frontier": res.get(M.FLOPS_PER_TOKEN) in on, "hash": r["hash"]})
+    return [os.path.join(sweep_dir, FILE), path]
+
+
+def read(sweep_dir: str) -> list[dict]:
+    """The rungs a sweep recorded (empty without a ladder)."""
+    return _read(os.path.join(sweep_dir, FILE)) or []

@@ -1,0 +1,82 @@
+"""The dense reference frontier and the compute gain against it (Ray-free)."""
+
+import math
+
+import pytest
+
+from dnasweep import metrics as M
+from dnasweep.errors import ConfigError
+from dnasweep.space import parse_space
+from dnasweep.space.reference import Frontier, config_hash, gain_text, ladder
+
+RUNGS = [{M.FLOPS_PER_TOKEN: 1e5, M.VAL_LOSS: 3.0, M.TOKENS_PER_S: 4000.0},
+         {M.FLOPS_PER_TOKEN: 4e5, M.VAL_LOSS: 2.5, M.TOKENS_PER_S: 2000.0},
+         {M.FLOPS_PER_TOKEN: 1.6e6, M.VAL_LOSS: 2.2, M.TOKENS_PER_S: 800.0},
+         {M.FLOPS_PER_TOKEN: 8e5, M.VAL_LOSS: 2.6, M.TOKENS_PER_S: 1000.0}]  # dominated: off the frontier
+
+
+def test_frontier_keeps_only_non_dominated_rungs():
+    assert [p[0] for p in Frontier(RUNGS).points] == [1e5, 4e5, 1.6e6]
+
+
+def test_gain_is_exact_at_the_rungs_and_log_linear_between():
+    f = Frontier(RUNGS)
+    for flops, loss in ((1e5, 3.0), (4e5, 2.5), (1.6e6, 2.2)):
+        g = f.compute_gain(loss, flops)
+        assert g.bound == 0 and g.value == pytest.approx(1.0)
+    g = f.compute_gain(2.75, 1e5)  # halfway in loss between 1e5 and 4e5: the geometric mean, 2e5
+    assert g.bound == 0 and g.value == pytest.approx(2.0)
+    assert f.compute_gain(2.5, 2e5).value == pytest.approx(2.0)  # half the dense FLOPs for the same loss
+
+
+def test_gain_is_monotone_in_loss():
+    f = Frontier(RUNGS)
+    losses = [3.0 - 0.01 * i for i in range(81)]  # 3.0 down to 2.2
+    gains = [f.compute_gain(loss, 3e5).value for loss in losses]
+    assert all(b >= a for a, b in zip(gains, gains[1:], strict=False))
+
+
+def test_outside_the_ladder_the_gain_is_a_bound():
+    f = Frontier(RUNGS)
+    better = f.compute_gain(2.0, 4e5)  # better than the largest dense model
+    assert better.bound == 1 and better.value == pytest.approx(4.0) and str(better) == "> 4"
+    worse = f.compute_gain(3.5, 4e4)  # worse than the smallest
+    assert worse.bound == -1 and worse.value == pytest.approx(2.5) and str(worse) == "< 2.5"
+    m = f.metrics({M.VAL_LOSS: 2.0, M.FLOPS_PER_TOKEN: 4e5, M.TOKENS_PER_S: 1600.0})
+    assert m[M.COMPUTE_GAIN_BOUND] == 1.0 and gain_text(m) == "> 4"
+    assert m[M.SPEED_GAIN] == pytest.approx(2.0) and m[M.SPEED_GAIN_BOUND] == 1.0  # dense at most 800 tok/s there
+    assert gain_text({}) == "-" and Frontier([]).metrics(m) == {}
+
+
+def test_speed_gain_interpolates_tokens_per_s_at_equal_loss():
+    f = Frontier(RUNGS)
+    s = f.speed_gain(2.75, 2000.0)  # dense: geometric mean of 4000 and 2000 tok/s at this loss
+    assert s.bound == 0 and s.value == pytest.approx(2000.0 / math.sqrt(4000 * 2000))
+
+
+def test_ladder_configs_and_hash():
+    space = parse_space({"base": {"model": {"d_model": 32, "n_heads": 4, "seq_len": 24, "n_steps": 2}},
+                         "objectives": [{"metric": "val/loss"}],
+                         "reference": {"d_model": [32, 64], "dense_layers": [1, 2]}}, "s.yaml")
+    rungs = ladder(space.base, space.config.reference.d_model, space.config.reference.dense_layers)
+    assert [(c.model.kind, c.model.d_model, c.model.dense_layers) for c in rungs] == [
+        ("dense", 32, 1), ("dense", 32, 2), ("dense", 64, 1), ("dense", 64, 2)]
+    assert len({config_hash(c) for c in rungs}) == 4
+    moved = rungs[0]
+    h = config_hash(moved)
+    moved.out_dir = "/elsewhere"
+    assert config_hash(moved) == h  # out_dir is not part of what was trained
+    with pytest.raises(ConfigError, match="d_model=30"):  # 30 is not divisible by 4 heads
+        ladder(space.base, [30], [1])
+
+
+def test_reference_section_rules():
+    ok = {"base": {"model": {"d_model": 32}}, "objectives": [{"metric": "val/loss"}]}
+    with pytest.raises(ConfigError) as e:
+        parse_space({**ok, "reference": {"d_model": [64]}}, "s.yaml")
+    assert "needs both d_model and dense_layers" in str(e.value)
+    with pytest.raises(ConfigError) as e:  # gains are reported only by sweeps with a ladder
+        parse_space({**ok, "objectives": [{"metric": "compare/compute_gain", "mode": "max"}]}, "s.yaml")
+    assert "reference" in str(e.value)
+    assert parse_space({**ok, "objectives": [{"metric": "compare/compute_gain", "mode": "max"}],
+                        "reference": {"d_model": [32], "dense_layers": [1]}}, "s.yaml")
