@@ -33,7 +33,9 @@ SPEED_GAIN = "compare/speed_gain"  # this trial's tokens/s / a dense model's tok
 SPEED_GAIN_BOUND = "compare/speed_gain_bound"
 
 # Sweep-level metrics, logged on the sweep's parent run (not usable as trial objectives).
-SWEEP_HYPERVOLUME = "sweep/hypervolume"  # hypervolume of the feasible front after each finished trial
+SWEEP_HYPERVOLUME = "sweep/hypervolume"  # feasible front's hypervolume after each finished trial, over the box
+# between the best value of each objective and the reference point (1: the front fills it)
+SWEEP_HYPERVOLUME_RAW = "sweep/hypervolume_raw"  # the same in the objectives' own units
 SWEEP_FRONT_SIZE = "sweep/front_size"  # feasible Pareto-front trials after each finished trial
 SWEEP_PREFIX = "sweep/"
 

@@ -160,7 +160,23 @@ def _check_mlflow(res, study):
     assert {a.path for a in client.list_artifacts(parent)} >= {
         "pareto_front.csv", "trials.csv", "pareto.png", "pareto.html", "hypervolume.png", "reference.csv"}
     hv = [m.value for m in sorted(client.get_metric_history(parent, "sweep/hypervolume"), key=lambda m: m.step)]
-    assert len(hv) == 4 and all(b >= a for a, b in zip(hv, hv[1:], strict=False)) and hv[-1] > 0
+    assert len(hv) == 4 and all(b >= a for a, b in zip(hv, hv[1:], strict=False)) and 0 < hv[-1] <= 1  # normalised
+    assert len(client.get_metric_history(parent, "sweep/hypervolume_raw")) == 4
+    p = parents[0].data.params  # the parent records what was searched, how, and for how long
+    assert p["objectives"] == "min val/loss, min compute/flops_per_token" and p["budget.trials"] == "4"
+    assert p["sampler.type"] == "tpe" and p["space_file"] == "tiny.yaml"
+    numbers = {t.user_attrs["ray_trial_id"]: t.number for t in study.trials}
+    front_ids = {r["ray_trial_id"] for r in res.front}
+    for c in children:  # runs are created late: they still carry the trial's own start and end
+        tid = c.data.tags["dnasweep.trial"]
+        assert c.data.tags["dnasweep.optuna_trial"] == str(numbers[tid])
+        assert c.data.tags["dnasweep.front"] == str(tid in front_ids).lower()
+        start, end = _interval(os.path.join(res.sweep_dir, "trials", tid))
+        run_start, run_end = c.info.start_time / 1000, c.info.end_time / 1000
+        assert abs(run_start - start) < 10 and run_end - run_start >= 0.7 * (end - start), (run_start, run_end, start, end)
+    assert study.metric_names == ["val/loss", "compute/flops_per_token"] and study.user_attrs["budget"]["trials"] == 4
+    with open(os.path.join(res.sweep_dir, "trials.csv")) as f:
+        assert [int(line.split(",")[0]) for line in f.readlines()[1:]] == sorted(numbers.values())
     sizes = {m.step: m.value for m in client.get_metric_history(parent, "sweep/front_size")}
     assert sizes[4] == len(res.front)
     with open(os.path.join(res.sweep_dir, "pareto.html")) as f:

@@ -1,13 +1,18 @@
 """Which Ray cluster a sweep runs on, and whether one trial fits on one of its nodes.
 
-Owns: joining or starting the cluster (a dead cluster recorded by `ray start` is not waited on),
-the per-trial resource bundle in Ray's names, the fit check (one node must hold a whole trial;
-cluster totals can hide that none does), and the autoscaling wait.
+Owns: choosing the cluster (--address, else $RAY_ADDRESS, else a new local one: never the cluster
+Ray's /tmp/ray/ray_current_cluster names, which on a shared machine may be someone else's), joining
+or starting it (a refused token or an address nobody answers is bad input, exit 2), the token of a
+local cluster (mode 600), the libraries' boilerplate on the console, the per-trial resource bundle
+in Ray's names, the fit check (one node must hold a whole trial; cluster totals can hide that none
+does), and the autoscaling wait.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import secrets
 import time
 
 from dnasweep.errors import ConfigError, Problem
@@ -51,13 +56,123 @@ def _node_resources() -> list[dict]:
     return [n["Resources"] for n in ray.nodes() if n["Alive"]]
 
 
+_VERBOSE = True  # library_output(verbose=False) turns the libraries' boilerplate off
+
+# Loggers whose INFO lines are boilerplate on a sweep's console (unless --verbose):
+# MLflow's "Creating initial MLflow database tables..." / "Updating database tables", alembic's migrations.
+_QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic")
+
+
+def library_output(verbose: bool) -> None:
+    """`dnasweep run` / `resume` print their own lines; Ray's, Tune's and MLflow's boilerplate (Ray's
+    "Started a local Ray instance" / dashboard URL, Tune's configuration box and TensorBoard hint,
+    MLflow's table creation) shows only with --verbose. Call before the sweep starts."""
+    global _VERBOSE
+    _VERBOSE = verbose
+    if verbose:
+        return
+    # Tune's new console output prints the configuration box and the TensorBoard hint even with
+    # RunConfig(verbose=0); the legacy output prints nothing at verbose=0.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def cluster_address(address: str | None) -> tuple[str, str]:
+    """The address for ray.init and the line that names the cluster: --address, then $RAY_ADDRESS,
+    else "local", a new cluster of this process. Never None: ray.init(None) would join whatever
+    cluster /tmp/ray/ray_current_cluster names (`ray start` by anyone on the machine)."""
+    if address:
+        how = "--address"
+    elif os.environ.get("RAY_ADDRESS"):
+        address, how = os.environ["RAY_ADDRESS"], "$RAY_ADDRESS"
+    else:
+        address, how = "local", ""
+    if address == "local":
+        return address, ("Ray cluster: a new local cluster for this sweep (it ends with the sweep; pass --address "
+                         "or set RAY_ADDRESS to use a running one)")
+    if address == "auto":
+        return address, f"Ray cluster: the one `ray start` recorded on this machine (auto, from {how})"
+    return address, f"Ray cluster: {address} (from {how})"
+
+
+def token_path() -> str:
+    """The token file Ray reads: $RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token."""
+    return os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+
+
+def ensure_private_token(log) -> None:
+    """A new local cluster runs with token auth (Ray's default since 2.59), and Ray writes a missing
+    token file with the umask's mode (0644: every user of the machine could read it and submit jobs).
+    Create it first, mode 600, and turn token mode on explicitly (as Ray would, without its warning)."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode not in (None, "", "token"):
+        return  # RAY_AUTH_MODE=disabled: the user's choice
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return
+    path = token_path()
+    if os.path.isfile(path) and os.path.getsize(path) > 0:
+        return
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an empty file that was already there keeps its mode otherwise
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))  # 256 random bits, as `ray get-auth-token --generate`
+    log(f"generated a Ray auth token for local clusters in {path} (mode 600)")
+
+
+def _connect_problem(e: BaseException, address: str) -> Problem | None:
+    """What a failed ray.init(address) means for the user, or None when it is not about the address."""
+    chain, x = [], e
+    while x is not None and len(chain) < 10:
+        chain.append(x)
+        x = x.__cause__ or x.__context__
+    names = {type(x).__name__ for x in chain}
+    text = " ".join(str(x) for x in chain)
+    key = "--address" if address != os.environ.get("RAY_ADDRESS") else "RAY_ADDRESS"
+    if "AuthenticationError" in names or any(w in text for w in ("AuthenticationError", "InvalidAuthToken",
+                                                                   "Unauthenticated")):
+        if os.environ.get("RAY_AUTH_MODE") != "token":
+            return Problem("RAY_AUTH_MODE", f"the Ray cluster at {address} uses token authentication and this "
+                           "client sent no token (RAY_AUTH_MODE is not 'token')",
+                           f"export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={token_path()}  "
+                           "(the file holding the cluster's token)")
+        return Problem("RAY_AUTH_TOKEN_PATH", f"the Ray cluster at {address} refused this client's token "
+                       f"({'$RAY_AUTH_TOKEN' if os.environ.get('RAY_AUTH_TOKEN') else token_path()})",
+                       "export RAY_AUTH_TOKEN_PATH=FILE with the file holding the cluster's token "
+                       "(jobs/local-cluster.sh start prints it; cloud clusters use your ~/.ray/auth_token)")
+    if isinstance(e, ConnectionError):
+        return Problem(key, f"no Ray cluster answers at {address}",
+                       f"check the address (ray status --address {address}), or pass neither --address nor "
+                       "RAY_ADDRESS to run on a new local cluster")
+    return None
+
+
+def _node_resources() -> list[dict]:
+    import ray
+
+    return [n["Resources"] for n in ray.nodes() if n["Alive"]]
+
+
 def init_ray(space: SearchSpace, address: str | None, log, autoscaling: bool | None = None) -> None:
     import ray
 
-    address = address or os.environ.get("RAY_ADDRESS") or _stale_cluster_guard(log)
-    # The dashboard of a cluster we start binds to 127.0.0.1 only (ssh -L 8265 to watch it remotely).
-    ctx = ray.init(address=address, ignore_reinit_error=True, include_dashboard=address in (None, "local"),
-                   dashboard_host="127.0.0.1", log_to_driver=False)
+    address, where = cluster_address(address)
+    log(where)  # first: a connection that hangs or fails says which cluster it was
+    local = address == "local"
+    if local:
+        ensure_private_token(log)
+    try:
+        # The dashboard of a cluster we start binds to 127.0.0.1 only (ssh -L 8265 to watch it remotely).
+        ctx = ray.init(address=address, ignore_reinit_error=True, include_dashboard=local,
+                       dashboard_host="127.0.0.1", log_to_driver=False,
+                       logging_level=logging.INFO if _VERBOSE else logging.WARNING)
+    except Exception as e:
+        problem = None if local else _connect_problem(e, address)
+        if problem is None:
+            raise
+        raise ConfigError([problem], f"Ray cluster {address}") from None
     if autoscaling is None:
         autoscaling = os.environ.get("DNASWEEP_AUTOSCALING", "") not in ("", "0")
     try:
@@ -69,27 +184,6 @@ def init_ray(space: SearchSpace, address: str | None, log, autoscaling: bool | N
     dash = getattr(ctx, "dashboard_url", None)
     if dash:
         log(f"Ray dashboard: http://{dash}")
-
-
-def _stale_cluster_guard(log) -> str | None:
-    """With no address, ray.init joins the cluster `ray start` recorded in /tmp/ray/ray_current_cluster;
-    if that cluster died without `ray stop` (SIGKILL, reboot), it waits on it for minutes. A dead
-    one is reported and a local cluster started instead ("local"); a live one is joined (None)."""
-    import socket
-    import tempfile
-
-    path = os.path.join(tempfile.gettempdir(), "ray", "ray_current_cluster")
-    try:
-        with open(path) as f:
-            host, port = f.read().strip().rsplit(":", 1)
-        socket.create_connection((host, int(port)), timeout=2).close()
-        return None
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        log(f"warning: {path} names a Ray cluster that does not answer (stopped without `ray stop`?); "
-            "starting a local one instead (pass --address to join a cluster)")
-        return "local"
 
 
 def _wait_for_a_node(space: SearchSpace, log) -> None:

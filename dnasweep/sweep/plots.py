@@ -120,7 +120,7 @@ def hypervolume_png(history: list[float], path: str) -> str:
     ax = fig.add_subplot()
     ax.plot(range(1, len(history) + 1), history, marker="o", ms=3)
     ax.set_xlabel("finished trials")
-    ax.set_ylabel("hypervolume")
+    ax.set_ylabel("hypervolume (share of the reference box)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

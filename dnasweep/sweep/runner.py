@@ -120,6 +120,12 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
     # directory) even if the driver dies before the first trial.
     study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
                                 directions=["minimize" if o.mode == "min" else "maximize" for o in space.objectives])
+    # What optuna-dashboard shows: the objectives by name (not "0" and "1"), and what the sweep is
+    study.set_metric_names([o.metric for o in space.objectives])
+    for k, v in {"space_file": space.source, "objectives": [f"{o.mode} {o.metric}" for o in space.objectives],
+                 "constraints": space.config.constraints, "sampler": vars(space.sampler),
+                 "budget": vars(space.budget)}.items():
+        study.set_user_attr(k, v)
     tracker = MLflowSweepLogger(space, name, sweep_dir, uri, resume=resume, fetch=store.fetch)
     if resume:
         tracker.load_backlog()

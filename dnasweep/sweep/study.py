@@ -97,6 +97,7 @@ def pareto_front(study, space: SearchSpace, sweep_dir: str | None = None) -> lis
         res = (_read_json(os.path.join(sweep_dir, "trials", rid, "result.json")) if sweep_dir and rid else None) or {}
         row.update({k: res[k] for k in VERDICTS if k in res})
         row.update(t.params)
+        row["ray_trial_id"] = row.pop("ray_trial_id")  # last, as in the --wide table
         rows.append(row)
     return rows
 
@@ -119,6 +120,7 @@ def trial_rows(study, space: SearchSpace) -> list[dict]:
     done = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
                   key=lambda t: (t.datetime_complete, t.number))
     rows = [{"number": t.number, "values": list(t.values), "params": dict(t.params),
+             "ray_trial_id": t.user_attrs.get("ray_trial_id"),
              "feasible": all(v <= 0 for v in t.constraints.values()), "front": False} for t in done]
     ok = [r for r in rows if r["feasible"]]
     if ok:

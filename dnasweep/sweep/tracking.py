@@ -124,6 +124,8 @@ class MLflowSweepLogger(Callback):
         self.backfilled: set[str] = set()  # ended trials whose metrics.jsonl has been checked
         self.params_todo: set[str] = set()  # Ray trial ids whose run has no params yet
         self.rungs: dict[str, dict] = {}  # "ref-HASH" -> a rung of the dense reference ladder (its own run)
+        # Runs are created late (buffering), so they carry the trial's own start and end, in ms
+        self.times: dict[str, list] = {}  # Ray trial id -> [start, end or None]
         self.last_flush = time.monotonic()
         state = read_json(self.state_path) if resume else None
         if state and self._has_run(state["parent"]):  # `dnasweep resume`: the same parent and child runs
@@ -177,7 +179,14 @@ class MLflowSweepLogger(Callback):
         self.runs: dict[str, str] = {}  # Ray trial id -> MLflow run id (persisted: resume reuses it)
         self._save_state()
         base = flatten(to_dict(space.base))
-        self._log_params(self.parent_id, {f"base.{k}": v for k, v in base.items()})
+        cfg = space.config
+        self._log_params(self.parent_id, {**{f"base.{k}": v for k, v in base.items()},
+                                          "objectives": ", ".join(f"{o.mode} {o.metric}" for o in cfg.objectives),
+                                          "constraints": ", ".join(cfg.constraints) or "none",
+                                          "space_file": space.source,
+                                          **{f"sampler.{k}": v for k, v in vars(cfg.sampler).items()},
+                                          **{f"budget.{k}": v for k, v in vars(cfg.budget).items()},
+                                          **{f"search.{p.path}": p.kind for p in space.params}})
 
     def _save_state(self) -> None:
         # Written before any metric goes to a new run, so a killed driver never leaves a run that a
@@ -208,6 +217,7 @@ class MLflowSweepLogger(Callback):
             role = {"dnasweep.role": "reference", "dnasweep.reference.reused": str(rung["reused"]).lower()} if rung \
                 else {"dnasweep.role": "trial", "dnasweep.trial": trial_id}
             run = self.client.create_run(self.exp_id, tags={"mlflow.parentRunId": self.parent_id, **role},
+                                         start_time=self.times.get(trial_id, [None])[0],
                                          run_name=f"dense-d{rung['d_model']}-l{rung['dense_layers']}" if rung
                                          else trial_id)
             self.runs[trial_id] = run.info.run_id
@@ -246,6 +256,8 @@ class MLflowSweepLogger(Callback):
             self.configs[tid] = dict(trial.config)
         step = int(result.get("step", 0))
         ts = int(result.get("timestamp", 0)) * 1000
+        self.times.setdefault(tid, [int((result.get("timestamp", time.time()) - result.get("time_total_s", 0)) * 1000),
+                                    None])
         metrics = [Metric(k, float(v), ts, step) for k, v in result.items()
                    if "/" in k and not k.startswith(_SKIP_PREFIXES) and isinstance(v, int | float)
                    and not isinstance(v, bool) and math.isfinite(v)]
@@ -324,6 +336,7 @@ class MLflowSweepLogger(Callback):
                                     "dnasweep.status": "error"})
 
     def _end(self, trial, status: str, tags: dict) -> None:
+        self.times.setdefault(trial.trial_id, [None, None])[1] = int(time.time() * 1000)
         self.configs.setdefault(trial.trial_id, dict(trial.config))
         self.pending.setdefault(trial.trial_id, [])  # a trial that never reported still gets its run
         self.ended[trial.trial_id] = (status, tags)
@@ -338,7 +351,7 @@ class MLflowSweepLogger(Callback):
             path = os.path.join(trial_dir, name)
             if os.path.exists(path):
                 self.client.log_artifact(rid, path)
-        self.client.set_terminated(rid, status)
+        self.client.set_terminated(rid, status, end_time=self.times.get(tid, [None, None])[1])
 
     def drain(self, wait_s: float) -> bool:
         """Flush, retrying for up to `wait_s` while the store is down; what still cannot be written
@@ -405,27 +418,39 @@ class MLflowSweepLogger(Callback):
     def finish(self, front: list[dict], rows: list[dict]) -> None:
         """Close the parent run with the sweep's summary: Pareto front table (CSV), every complete
         trial (CSV), Pareto plots (PNG, HTML), and the hypervolume after each finished trial."""
+        import numpy as np
         from mlflow.entities import Metric
 
         from dnasweep.sweep import plots
         from dnasweep.sweep.pareto import hypervolume_history, pareto_mask, reference_point
 
         self.drain(wait_s=120.0)
-        modes = [o.mode for o in self.space.objectives]
-        paths = [_write_csv(os.path.join(self.sweep_dir, "pareto_front.csv"), front)]
-        paths.append(_write_csv(os.path.join(self.sweep_dir, "trials.csv"), [
-            {"trial": r["number"], **dict(zip([o.metric for o in self.space.objectives], r["values"], strict=True)),
-             "feasible": r["feasible"], "pareto": r["front"], **r["params"]} for r in rows]))
+        objs, modes = [o.metric for o in self.space.objectives], [o.mode for o in self.space.objectives]
+        paths = [_write_csv(os.path.join(self.sweep_dir, "pareto_front.csv"), front),
+                 _write_csv(os.path.join(self.sweep_dir, "trials.csv"), [
+                     {"trial": r["number"], **dict(zip(objs, r["values"], strict=True)), "feasible": r["feasible"],
+                      "pareto": r["front"], **r["params"], "ray_trial_id": r["ray_trial_id"]}
+                     for r in sorted(rows, key=lambda r: r["number"])])]
+        for r in rows:  # the front table names trials by Optuna number: so does MLflow
+            if r["ray_trial_id"] in self.runs:
+                rid = self.runs[r["ray_trial_id"]]
+                self.client.set_tag(rid, "dnasweep.optuna_trial", str(r["number"]))
+                self.client.set_tag(rid, "dnasweep.front", str(r["front"]).lower())
         history: list[float] = []
         ok = [r["values"] for r in rows if r["feasible"]]
         if ok:
             ref = reference_point(ok, modes)
-            history = hypervolume_history([r["values"] for r in rows], [r["feasible"] for r in rows], modes, ref)
+            raw = hypervolume_history([r["values"] for r in rows], [r["feasible"] for r in rows], modes, ref)
+            # normalised to the box between the best value of each objective and the reference point
+            box = float(np.prod(np.abs(ref - np.array([min(v) if m == "min" else max(v) for m, v in
+                                                        zip(modes, zip(*ok, strict=True), strict=True)]))))
+            history = [h / box if box > 0 else 0.0 for h in raw]
             seen = lambda i: [r["values"] for r in rows[: i + 1] if r["feasible"]]  # noqa: E731
             front_sizes = [int(pareto_mask(seen(i), modes).sum()) if seen(i) else 0 for i in range(len(rows))]
             ts = int(time.time() * 1000)
             self.client.log_batch(self.parent_id, metrics=[
                 *(Metric(M.SWEEP_HYPERVOLUME, h, ts, i + 1) for i, h in enumerate(history)),
+                *(Metric(M.SWEEP_HYPERVOLUME_RAW, h, ts, i + 1) for i, h in enumerate(raw)),
                 *(Metric(M.SWEEP_FRONT_SIZE, n, ts, i + 1) for i, n in enumerate(front_sizes))])
             self._log_params(self.parent_id, {f"hypervolume_ref.{o.metric}": f"{v:.6g}"
                                               for o, v in zip(self.space.objectives, ref, strict=True)})
@@ -433,6 +458,7 @@ class MLflowSweepLogger(Callback):
         paths += plots.write_all(rows, self.space, history, self.sweep_dir, reference)
         if reference:
             paths.append(os.path.join(self.sweep_dir, "reference.csv"))
+        paths += [p for p in (os.path.join(self.sweep_dir, "space.json"), self.space.source) if os.path.isfile(p)]
         for path in paths:
             self.client.log_artifact(self.parent_id, path)
         self.client.set_terminated(self.parent_id, "FINISHED")
