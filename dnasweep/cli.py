@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from dnasweep.errors import ConfigError
+from dnasweep.errors import ConfigError, Problem
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -77,6 +77,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume and is_sweep_dir(sweep_dir):
         print(f"resuming {sweep_dir} with the space it was started with", file=sys.stderr)
         return _resume_in(sweep_dir, args)
+    _library_output(args)
     return _finish(lambda: run_sweep(space, name, root=args.root, address=args.address, storage=args.storage,
                                      autoscaling=args.autoscaling or None,
                                      tracking_uri=args.tracking_uri, analyze=False if args.no_analyze else None),
@@ -84,15 +85,39 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    return _resume_in(args.sweep, args)
+    return _resume_in(args.sweep if "://" in args.sweep else _sweep_arg(args.sweep, args.root), args)
 
 
 def _resume_in(sweep_dir: str, args: argparse.Namespace) -> int:
     from dnasweep.sweep.runner import resume_sweep
 
+    _library_output(args)
     return _finish(lambda: resume_sweep(sweep_dir, address=args.address, tracking_uri=args.tracking_uri,
                                         analyze=False if args.no_analyze else None, root=args.root,
                                         autoscaling=args.autoscaling or None), sweep_dir)
+
+
+def _library_output(args: argparse.Namespace) -> None:
+    from dnasweep.sweep.cluster import library_output
+
+    library_output(args.verbose)
+
+
+def _sweep_arg(arg: str, root: str) -> str:
+    """SWEEP as a path or as a name under --root (what `dnasweep ls` prints); a sweep wins over a
+    plain directory. Neither there: exit 2 saying so (a directory that is not a sweep is refused
+    later, with its reason)."""
+    import os
+
+    from dnasweep.sweep.study import is_sweep_dir
+
+    candidates = [arg, os.path.join(root, arg)]  # the same twice for an absolute path
+    found = [c for c in candidates if is_sweep_dir(c)] or [c for c in candidates if os.path.exists(c)]
+    if found:
+        return found[0]
+    raise ConfigError([Problem("SWEEP", f"{arg} does not exist" + (
+        "" if os.path.isabs(arg) else f", nor does {candidates[1]}"),
+        f"pass a sweep directory, or a name that `dnasweep ls --root {root}` lists")], "dnasweep")
 
 
 def _finish(go, sweep_dir: str) -> int:
@@ -115,15 +140,30 @@ def _analyze(args: argparse.Namespace) -> int:
 
     from dnasweep.sweep.study import is_sweep_dir as is_sweep  # imports no ray/optuna/mlflow at module level
 
-    target = os.path.normpath(args.target)
-    parent, grand = os.path.dirname(target), os.path.dirname(os.path.dirname(target))
-    if is_sweep(target) or is_sweep(parent) or (os.path.basename(parent) == "trials" and is_sweep(grand)):
+    def in_sweep(t: str) -> bool:  # a sweep, SWEEP/TRIAL (a trial id or Optuna number) or SWEEP/trials/ID
+        parent = os.path.dirname(t)
+        return is_sweep(t) or is_sweep(parent) or (os.path.basename(parent) == "trials"
+                                                   and is_sweep(os.path.dirname(parent)))
+
+    # TARGET as given, else under --root (a sweep name as `dnasweep ls` prints it, or NAME/TRIAL)
+    candidates = [os.path.normpath(args.target)]
+    if not os.path.isabs(args.target):
+        candidates.append(os.path.normpath(os.path.join(args.root, args.target)))
+    target = next((c for c in candidates if in_sweep(c)), None) or next(
+        (c for c in candidates if os.path.exists(c)), None)
+    if target is None:
+        raise ConfigError([Problem("TARGET", f"{args.target} does not exist" + (
+            f", nor does {candidates[1]}" if len(candidates) > 1 else ""),
+            "pass a trial directory (its out_dir), a sweep directory or name (see dnasweep ls), or SWEEP/TRIAL")],
+            "analyze")
+    parent = os.path.dirname(target)
+    if in_sweep(target):
         from dnasweep.sweep.analysis import analyze_in_sweep, front_dirs, trial_dir
 
         if is_sweep(target):
             sweep, dirs = target, front_dirs(target)
         else:
-            sweep = parent if is_sweep(parent) else grand
+            sweep = parent if is_sweep(parent) else os.path.dirname(parent)
             dirs = [trial_dir(sweep, os.path.basename(target))]
         for r in analyze_in_sweep(sweep, dirs, max_examples=args.examples, uri=args.tracking_uri):
             print(r["summary"]["text"], "\n")
@@ -139,9 +179,19 @@ def _analyze(args: argparse.Namespace) -> int:
 def _pareto(args: argparse.Namespace) -> int:
     from dnasweep.sweep.study import format_front, load_sweep
 
-    result, space = load_sweep(args.sweep)
-    print(json.dumps(result.front) if args.json else format_front(result, space))
+    result, space = load_sweep(_sweep_arg(args.sweep, args.root))
+    if args.json:  # the front's rows, and the dense reference ladder's rungs (their results) when there is one
+        print(json.dumps({"front": result.front, "reference": [{k: r.get(k) for k in ("d_model", "dense_layers",
+                          "result", "reused")} for r in result.reference]}))
+    else:
+        print(format_front(result, space, wide=args.wide))
     return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from dnasweep.sweep.ui import serve
+
+    return serve(_sweep_arg(args.sweep, args.root))
 
 
 def _ls(args: argparse.Namespace) -> int:
@@ -162,6 +212,7 @@ def _cluster_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-analyze", action="store_true", help="skip the reports on the Pareto-front trials at the end")
     p.add_argument("--autoscaling", action="store_true", help="no node holds a trial yet: ask Ray's autoscaler for "
                    "one and wait (default: $DNASWEEP_AUTOSCALING=1; else refuse)")
+    p.add_argument("--verbose", action="store_true", help="also print Ray's, Tune's and MLflow's own messages")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,12 +245,16 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster_flags(r)
     r.set_defaults(fn=_run)
     rs = sub.add_parser("resume", help="continue a stopped sweep (Ctrl-C, SIGTERM, killed driver) to its budget")
-    rs.add_argument("sweep", help="sweep directory (runs/sweeps/NAME) or its object-store URI (s3://BUCKET/sweeps/NAME)")
-    rs.add_argument("--root", default="runs/sweeps", help="where the local copy of a sweep resumed from a URI goes")
+    rs.add_argument("sweep", help="sweep directory (runs/sweeps/NAME), its name under --root, or its object-store "
+                    "URI (s3://BUCKET/sweeps/NAME)")
+    rs.add_argument("--root", default="runs/sweeps", help="directory holding sweep directories (a NAME is looked up "
+                    "there; the local copy of a sweep resumed from a URI goes there)")
     _cluster_flags(rs)
     rs.set_defaults(fn=_resume)
     a = sub.add_parser("analyze", help="routing report (paths, power law, specialisation, compute) of trained trials")
-    a.add_argument("target", help="trial directory, SWEEP/TRIAL (Ray id or Optuna number), or a sweep (its front)")
+    a.add_argument("target", help="trial directory, SWEEP/TRIAL (Ray id or Optuna number), or a sweep (its front); "
+                   "SWEEP may be a name under --root")
+    a.add_argument("--root", default="runs/sweeps", help="directory holding sweep directories")
     a.add_argument("--out", help="report directory for a single trial (default: TARGET/analysis)")
     a.add_argument("--examples", type=int, help="held-out sequences / images to run (default: 256 / all)")
     a.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -207,9 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "sweep logged to)")
     a.set_defaults(fn=_analyze)
     pf = sub.add_parser("pareto", help="the current Pareto front of a sweep (running or finished)")
-    pf.add_argument("sweep", help="sweep directory, e.g. runs/sweeps/NAME")
-    pf.add_argument("--json", action="store_true", help="print the front as JSON")
+    pf.add_argument("sweep", help="sweep directory (runs/sweeps/NAME) or its name under --root")
+    pf.add_argument("--root", default="runs/sweeps", help="directory holding sweep directories")
+    pf.add_argument("--json", action="store_true", help="print the front (and the dense reference) as JSON")
+    pf.add_argument("--wide", action="store_true", help="every sampled value and the Ray trial id as columns")
     pf.set_defaults(fn=_pareto)
+    u = sub.add_parser("ui", help="MLflow UI and optuna-dashboard on a sweep (127.0.0.1, free ports; Ctrl-C stops "
+                       "both)")
+    u.add_argument("sweep", help="sweep directory (runs/sweeps/NAME) or its name under --root")
+    u.add_argument("--root", default="runs/sweeps", help="directory holding sweep directories")
+    u.set_defaults(fn=_ui)
     ls = sub.add_parser("ls", help="sweeps under a root directory, with trial counts")
     ls.add_argument("--root", default="runs/sweeps")
     ls.set_defaults(fn=_ls)

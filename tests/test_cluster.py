@@ -151,3 +151,71 @@ def test_autoscaling_waits_for_a_node_to_join(tmp_path):
         assert run.wait(timeout=400) == 0, log.read_text()[-4000:]
     out = log.read_text()
     assert "a node that holds a trial is up" in out and "2 complete, 0 failed" in out
+
+
+def test_start_with_the_dashboard_port_taken_never_points_at_it(tmp_path):
+    """Port 8265 (the default dashboard port) held by another process, as by another Ray cluster:
+    `start` takes a free port for the dashboard and prints that one, whose dashboard is this
+    cluster's (it takes this cluster's token, made by the script, mode 600). A GCS port set by the
+    user that is taken ends `start` (exit 2) naming it, with nothing started."""
+    import re
+    import stat
+
+    try:
+        holder = socket.create_server(("127.0.0.1", 8265))
+    except OSError:
+        holder = None  # something holds 8265 already: just as good
+    taken = socket.create_server(("0.0.0.0", 0))
+    d = pathlib.Path(tempfile.mkdtemp(prefix="dn", dir="/tmp"))  # short: Unix socket paths
+    env = {**os.environ, "RAY": str(BIN / "ray"), "HEAD_CPUS": "0", "LOCAL_CLUSTER_DIR": str(d / "c"),
+           "RAY_AUTH_TOKEN_PATH": str(d / "token"), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    for v in ("DASHBOARD_PORT", "RAY_ADDRESS", "RAY_AUTH_TOKEN"):
+        env.pop(v, None)
+    script = str(REPO / "jobs" / "local-cluster.sh")
+    try:
+        refused = subprocess.run(["bash", script, "start", "0"], env={**env, "RAY_PORT": str(taken.getsockname()[1])},
+                                 capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert f"RAY_PORT={taken.getsockname()[1]} is taken" in refused.stderr
+        assert not (d / "c").exists() and not (d / "token").exists()  # nothing started
+
+        env["RAY_PORT"] = str(_free_port())
+        up = subprocess.run(["bash", script, "start", "0"], env=env, capture_output=True, text=True, timeout=240)
+        out = up.stdout + up.stderr
+        assert up.returncode == 0, out[-3000:]
+        assert not re.search(r"(?<!\d)8265(?!\d)", out), out[-3000:]  # never the other cluster's dashboard
+        dash = re.search(r"dashboard:\s+(http://127\.0\.0\.1:(\d+))", up.stdout)
+        assert dash and f"--address {dash.group(1)} " in up.stdout
+        token = d / "token"
+        assert stat.S_IMODE(token.stat().st_mode) == 0o600
+        assert isinstance(_get(f"{dash.group(1)}/api/jobs/", token.read_text().strip()), list)  # ours: our token
+        with pytest.raises(urllib.error.HTTPError) as e:
+            _get(f"{dash.group(1)}/api/jobs/", "0" * 64)
+        assert e.value.code in (401, 403)  # another token is refused
+    finally:
+        subprocess.run(["bash", script, "stop"], env=env, capture_output=True, timeout=120)
+        taken.close()
+        if holder:
+            holder.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_run_prints_its_own_lines_only(tmp_path):
+    """`dnasweep run` without --address: a new local cluster of its own, named on the first line;
+    none of Ray's, Tune's or MLflow's boilerplate (the Tune configuration box, the TensorBoard hint,
+    "Creating initial MLflow database tables", Ray's own dashboard line) unless --verbose."""
+    space = {**SPACE, "budget": {"trials": 2, "concurrent": 1}, "resources": {"cpu": 1, "gpu": 0},
+             "base": {**SPACE["base"], "train": {**SPACE["base"]["train"], "max_steps": 20, "eval_every": 10}}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(space))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AIR_NEW_OUTPUT")}
+    run = subprocess.run([sys.executable, "-m", "dnasweep.cli", "run", str(tmp_path / "s.yaml"), "--name", "q",
+                          "--root", str(tmp_path / "root"), "--no-analyze"], env=env, capture_output=True, text=True,
+                         timeout=600)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-4000:]
+    assert out.splitlines()[0].startswith("Ray cluster: a new local cluster"), out[:500]
+    for noise in ("Configuration for experiment", "TensorBoard", "Creating initial", "Started a local Ray instance",
+                  "View detailed results", "ExperimentalWarning", "Token authentication is enabled"):
+        assert noise not in out, noise
+    assert out.count("dashboard") == 1 and "Ray dashboard: http://127.0.0.1:" in out
+    assert "2 complete, 0 failed" in out and "Pareto front" in out

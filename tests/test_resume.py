@@ -38,26 +38,6 @@ def test_existing_name_is_refused(tmp_path, capsys):
     assert sorted(p.name for p in old.iterdir()) == ["space.json"]
 
 
-def test_a_dead_cluster_left_by_ray_start_is_not_joined(tmp_path, monkeypatch):
-    import socket
-    import tempfile
-
-    from dnasweep.sweep.cluster import _stale_cluster_guard
-
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    lines = []
-    assert _stale_cluster_guard(lines.append) is None  # no `ray start` cluster: ray.init decides
-    (tmp_path / "ray").mkdir()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = s.getsockname()[1]  # closed again when the block ends: nobody listens there
-    (tmp_path / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{dead}")
-    assert _stale_cluster_guard(lines.append) == "local" and "does not answer" in lines[-1]
-    with socket.create_server(("127.0.0.1", 0)) as live:
-        (tmp_path / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{live.getsockname()[1]}")
-        assert _stale_cluster_guard(lines.append) is None  # a live cluster is joined
-
-
 # --- `dnasweep train` into an out_dir that holds a checkpoint: continue only the same run ---
 TRIAL = {"model": {"kind": "dna", "task": "lm", "d_model": 32, "n_heads": 4, "seq_len": 24, "n_steps": 2,
                    "pool": {"n_transformer": 1, "n_attention": 1, "n_mlp": 1, "n_identity": 1}},

@@ -42,6 +42,10 @@ def summarize(space: SearchSpace) -> str:
               f"  constraints: {', '.join(f'{c.metric} {c.op} {c.bound:g}' for c in space.constraints) or 'none'}",
               f"  sampler: {space.sampler.type} (seed {space.sampler.seed}), {b.trials} trials, {b.concurrent} at a "
               f"time, per trial: {r.cpu:g} CPU, {r.gpu:g} GPU" + (f", {r.memory_gb:g} GiB" if r.memory_gb else "")]
+    ref = space.config.reference
+    if ref.d_model:
+        lines.append(f"  reference: {len(ref.d_model) * len(ref.dense_layers)} dense models (d_model {ref.d_model} x "
+                     f"dense_layers {ref.dense_layers}), trained with the base's data and budget before the trials")
     if totals:
         lines.append(f"  parameters: {min(totals):,} to {max(totals):,}; nominal forward FLOPs/token: "
                      f"{min(flops):,.0f} to {max(flops):,.0f} (over {len(totals)} corners"

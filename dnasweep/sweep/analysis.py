@@ -23,8 +23,9 @@ def trial_dir(sweep_dir: str, trial: str) -> str:
             return os.path.join(sweep_dir, "trials", t.user_attrs["ray_trial_id"])
     known = sorted(os.listdir(os.path.join(sweep_dir, "trials"))) if os.path.isdir(
         os.path.join(sweep_dir, "trials")) else []
+    shown = ", ".join(known[:8]) + (f", ... ({len(known)} in all)" if len(known) > 8 else "")
     raise ConfigError([Problem("TARGET", f"{sweep_dir} has no trial {trial!r}",
-                               f"use a trial id ({', '.join(known[:6]) or 'none yet'}) or an Optuna trial number")],
+                               f"use a trial id ({shown or 'none yet'}) or an Optuna trial number")],
                       "analyze")
 
 

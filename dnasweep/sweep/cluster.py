@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import time
+import warnings
 
 from dnasweep.errors import ConfigError, Problem
 from dnasweep.space import SearchSpace
@@ -58,9 +59,11 @@ def _node_resources() -> list[dict]:
 
 _VERBOSE = True  # library_output(verbose=False) turns the libraries' boilerplate off
 
-# Loggers whose INFO lines are boilerplate on a sweep's console (unless --verbose):
-# MLflow's "Creating initial MLflow database tables..." / "Updating database tables", alembic's migrations.
-_QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic")
+# Loggers whose lines are boilerplate on a sweep's console (unless --verbose): MLflow's "Creating
+# initial MLflow database tables..." / "Updating database tables", alembic's migrations (INFO), and
+# Ray's "Token authentication is enabled for this Ray cluster" (a WARNING, on every new local cluster).
+_QUIET_LOGGERS = {"mlflow.store.db.utils": logging.WARNING, "alembic": logging.WARNING,
+                  "ray._private.authentication.authentication_token_setup": logging.ERROR}
 
 
 def library_output(verbose: bool) -> None:
@@ -74,8 +77,10 @@ def library_output(verbose: bool) -> None:
     # Tune's new console output prints the configuration box and the TensorBoard hint even with
     # RunConfig(verbose=0); the legacy output prints nothing at verbose=0.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    for name in _QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    for name, level in _QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+    # Optuna's ExperimentalWarning for study.set_metric_names (stable in use since Optuna 3.2)
+    warnings.filterwarnings("ignore", message=r".*set_metric_names is experimental")
 
 
 def cluster_address(address: str | None) -> tuple[str, str]:
@@ -104,15 +109,16 @@ def token_path() -> str:
 def ensure_private_token(log) -> None:
     """A new local cluster runs with token auth (Ray's default since 2.59), and Ray writes a missing
     token file with the umask's mode (0644: every user of the machine could read it and submit jobs).
-    Create it first, mode 600, and turn token mode on explicitly (as Ray would, without its warning)."""
-    mode = os.environ.get("RAY_AUTH_MODE")
-    if mode not in (None, "", "token"):
-        return  # RAY_AUTH_MODE=disabled: the user's choice
-    os.environ["RAY_AUTH_MODE"] = "token"
-    if os.environ.get("RAY_AUTH_TOKEN"):
-        return
+    Create it first, mode 600. (RAY_AUTH_MODE is left to Ray: set here, after `import ray`, this
+    process would keep Ray's cached "disabled" and its own new cluster would refuse it.)"""
+    if os.environ.get("RAY_AUTH_MODE", "token") != "token" or os.environ.get("RAY_AUTH_TOKEN"):
+        return  # RAY_AUTH_MODE=disabled (the user's choice), or a token in the environment
     path = token_path()
     if os.path.isfile(path) and os.path.getsize(path) > 0:
+        mode = os.stat(path).st_mode & 0o777
+        if mode & 0o077:
+            log(f"warning: the Ray token {path} is readable by other users (mode {mode:o}); with it they can run "
+                f"code on your clusters: chmod 600 {path}")
         return
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -147,12 +153,6 @@ def _connect_problem(e: BaseException, address: str) -> Problem | None:
                        f"check the address (ray status --address {address}), or pass neither --address nor "
                        "RAY_ADDRESS to run on a new local cluster")
     return None
-
-
-def _node_resources() -> list[dict]:
-    import ray
-
-    return [n["Resources"] for n in ray.nodes() if n["Alive"]]
 
 
 def init_ray(space: SearchSpace, address: str | None, log, autoscaling: bool | None = None) -> None:
