@@ -21,6 +21,7 @@ import json
 import os
 import signal
 import time
+import warnings
 
 from dnasweep.errors import ConfigError, Problem
 from dnasweep.space import SearchSpace
@@ -121,7 +122,9 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
     study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
                                 directions=["minimize" if o.mode == "min" else "maximize" for o in space.objectives])
     # What optuna-dashboard shows: the objectives by name (not "0" and "1"), and what the sweep is
-    study.set_metric_names([o.metric for o in space.objectives])
+    with warnings.catch_warnings():  # Optuna marks set_metric_names experimental
+        warnings.simplefilter("ignore")
+        study.set_metric_names([o.metric for o in space.objectives])
     for k, v in {"space_file": space.source, "objectives": [f"{o.mode} {o.metric}" for o in space.objectives],
                  "constraints": space.config.constraints, "sampler": vars(space.sampler),
                  "budget": vars(space.budget)}.items():

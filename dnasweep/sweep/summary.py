@@ -21,7 +21,8 @@ def finish_sweep(study, space: SearchSpace, store, tracker, uri: str, log, analy
     lost = f", {c['abandoned']} abandoned" if c["abandoned"] else ""
     log(f"sweep {study.study_name}: {c['complete']} complete, {c['failed']} failed{lost}, {elapsed_s:.0f} s; "
         f"results in {sweep_dir}")
-    log(f"compare trials: mlflow ui --backend-store-uri {redact(uri)}")
+    log(f"look at it: dnasweep ui {sweep_dir}  (MLflow UI and optuna-dashboard; or open {sweep_dir}/pareto.html; "
+        f"the store: {redact(uri)})")
     if (space.analyze.front if analyze is None else analyze) and front:
         _analyze_front(sweep_dir, front, uri, space, log)
     store.mirror()
