@@ -1,11 +1,15 @@
 """Model behaviour: causality, gradients, shapes, paths, config errors, nominal accounting."""
 
+import dataclasses
+
 import pytest
 import torch
 from helpers import tiny_cfg
 
 from dnasweep.errors import ConfigError
-from dnasweep.model import LossConfig, build_model, compute_loss, nominal, router_names, router_spec
+from dnasweep.model import LossConfig, build_model, calibrate, compute_loss, nominal, router_names, router_spec
+from dnasweep.model.calibrate import solve_identity_bias
+from dnasweep.model.flops import block_cost, dense_blocks
 
 LM_ROUTERS = router_names(causal=True)
 
@@ -144,7 +148,7 @@ def test_dense_router_measured_flops_equal_nominal():
 
 
 def test_dense_baseline_matches_dna_nominal_flops():
-    cfg = tiny_cfg("lm", "topk", d_model=64, n_steps=8)
+    cfg = tiny_cfg("lm", "topk", d_model=64, n_steps=8, dense_match="nominal")
     dna = nominal(cfg).flops_per_token
     cfg.kind = "dense"
     dense = nominal(cfg).flops_per_token
@@ -160,3 +164,48 @@ def test_bad_input_shapes_are_clear_errors():
     vit = build_model(tiny_cfg("vision"))
     with pytest.raises(ValueError, match=r"images \[B, 1, 8, 8\]"):
         vit(torch.randn(2, 3, 8, 8))
+
+
+def _measured(model, x) -> float:
+    with torch.no_grad():
+        return model.eval()(x).stats.flops_per_token
+
+
+@pytest.mark.parametrize("router,skip", [("topk", None), ("sigmoid", None), ("threshold", None), ("topk", 0.5)])
+def test_dense_matches_the_flops_the_dna_measures(router, skip):
+    """dense_match: measured. The threshold router at init keeps one module of its two (no
+    probability reaches 0.2 over 10 modules), and a skip controller holds identity at its
+    target: the nominal rule sees neither and misses by blocks."""
+    cfg = tiny_cfg("lm", router, d_model=64, n_steps=8, seq_len=64)
+    if skip is not None:
+        cfg.balance.identity_bias, cfg.balance.target_skip = True, skip
+    torch.manual_seed(1)  # another DNA than the calibration's, measured on another batch
+    dna = build_model(cfg)
+    x = torch.randint(0, 256, (4, 64), generator=torch.Generator().manual_seed(5))
+    if skip is not None:  # what the controller does in training: identity takes `skip` of the slots
+        solve_identity_bias(dna, torch.randint(0, 256, (4, 64), generator=torch.Generator().manual_seed(6)), skip)
+    dna_flops = _measured(dna, x)
+    block = block_cost(cfg)
+    dense = {m: _measured(build_model(dataclasses.replace(cfg, kind="dense", dense_match=m)), x)
+             for m in ("measured", "nominal")}
+    assert abs(dense["measured"] - dna_flops) <= block, (dense, dna_flops, block)
+    if router == "threshold" or skip is not None:
+        assert abs(dense["nominal"] - dna_flops) > 3 * block
+
+
+def test_measured_match_is_deterministic_and_leaves_the_rng_alone():
+    cfg = tiny_cfg("lm", "threshold", kind="dense", d_model=64, n_steps=8)
+    state = torch.get_rng_state()
+    n = dense_blocks(cfg)
+    assert torch.equal(state, torch.get_rng_state())
+    calibrate._CACHE.clear()
+    assert dense_blocks(cfg) == n  # recomputed from scratch: the same DNA, batch and depth
+    assert nominal(cfg).params_total == sum(p.numel() for p in build_model(cfg).parameters())
+
+
+def test_measured_match_needs_a_dna_it_can_build():
+    cfg = tiny_cfg("lm", "expert_choice", kind="dense")  # expert choice cannot route a causal LM
+    with pytest.raises(ConfigError, match=r"model.router.type: .*not causal.*dense_match: measured"):
+        build_model(cfg)
+    cfg.dense_match = "nominal"
+    assert build_model(cfg)

@@ -39,7 +39,7 @@ class _KillAt:
 @pytest.mark.parametrize("router", ["topk", "noisy_topk"])  # noisy_topk draws from the RNG
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, router):
     over = [*TINY, f"model.router.type={router}", "train.max_steps=30", "train.eval_every=10",
-            "train.log_every=1", "model.balance.identity_bias=true", "model.balance.identity_rate=1e-2"]
+            "train.log_every=1", "model.balance.identity_bias=true", "model.balance.skip_control=pi"]
     full = run_trial(build_trial({}, [*over, f"out_dir={tmp_path}/a"]))
     cfg_b = build_trial({}, [*over, f"out_dir={tmp_path}/b"])
     with pytest.raises(KeyboardInterrupt):

@@ -128,7 +128,7 @@ def _context(row_L: np.ndarray, p: int, width: int = 12) -> str:
 
 def collect(target: Target, max_examples: int = 64, device: str = "cpu") -> tuple[Routed, Routed, dict]:
     """(trained, init, extra) routings over the held-out split; `extra` carries images and the patch
-    grid for vision, and facts for the report."""
+    grid for vision, and facts for the report (paths_vary: whether the router lets paths differ)."""
     from dnasweep.data import load_data
     from dnasweep.data.sampler import lm_val_batches, vision_val_batches
 
@@ -141,7 +141,10 @@ def collect(target: Target, max_examples: int = 64, device: str = "cpu") -> tupl
         batches = vision_val_batches(data, bs)[: max(1, max_examples // bs)]
     trained, init = _models(target, dev)
     names = module_names(cfg)
-    routed, extra = [], {"task": cfg.model.task}
+    from dnasweep.model import router_spec
+
+    spec = router_spec(cfg.model.router.type)  # a soft mixture sends every token through every module
+    routed, extra = [], {"task": cfg.model.task, "paths_vary": not spec.all_modules or spec.capacity}
     for model in (trained, init):
         r = _run(model, batches, dev)
         if cfg.model.task == "vision" and cfg.model.pooling == "cls":  # analyse patches; the class token is no patch

@@ -33,8 +33,13 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _num(x: float, fmt: str = ".2f") -> str:
+    """A number for a title or label; 'n/a' where it is undefined (never 'nan')."""
+    return format(x, fmt) if np.isfinite(x) else "n/a"
+
+
 def _fit_label(prefix: str, fit: PowerLawFit) -> str:
-    return f"{prefix} fit: α = {fit.alpha:.2f} ± {fit.alpha_se:.2f}"
+    return f"{prefix} fit: α = {_num(fit.alpha)} ± {_num(fit.alpha_se)}"
 
 
 def rank_frequency(counts_P: np.ndarray, fit: PowerLawFit, init_counts_P: np.ndarray | None = None,
@@ -116,7 +121,7 @@ def flops_hist(flops_N: np.ndarray, summary: dict[str, float]) -> bytes:
         ax.axvline(summary[key], color="C3", ls=style, lw=1, label=key)
     ax.set_xlabel("forward FLOPs per token")
     ax.set_ylabel("tokens")
-    ax.set_title(f"Compute per token (CV {summary['cv']:.2f})")
+    ax.set_title(f"Compute per token (CV {_num(summary['cv'])})")
     ax.legend(fontsize=8)
     return _png(fig)
 
@@ -156,7 +161,9 @@ def compute_vs_loss(flops_G: np.ndarray, loss_G: np.ndarray, pearson_r: float, s
     ax.scatter(flops_G[ok], loss_G[ok], s=8, alpha=0.6, color="C1")
     ax.set_xlabel(f"mean FLOPs per token of the {unit}")
     ax.set_ylabel(f"{unit} loss")
-    ax.set_title(f"Compute vs loss (Pearson {pearson_r:.2f}, Spearman {spearman_r:.2f})")
+    ax.set_title(f"Compute vs loss (Pearson {_num(pearson_r)}, Spearman {_num(spearman_r)})"
+                 if np.isfinite(pearson_r) and np.isfinite(spearman_r)
+                 else "Compute vs loss (no correlation: compute or loss does not vary)")
     return _png(fig)
 
 

@@ -51,9 +51,34 @@ def _versus(fit: dict, alt: str) -> str:
     return f"a{'n' if alt[0] in 'aeiou' else ''} {alt} fits better (R = {r:.2f}, p = {p:.2g})"
 
 
+def collapse_verdict(s: dict) -> str:
+    """The opening sentences of a collapsed model's report: that it collapsed, and why."""
+    c, units = s["collapse"], s["units"]
+    why = []
+    if c["identity_share"] is not None and c["identity_share"] >= c["identity_threshold"]:
+        why.append(f"identity (skip) modules take {_pct(c['identity_share'])} of its routed slots")
+    if c["paths_vary"] and c["distinct_paths"] == 0:
+        why.append(f"no {s['unit']} goes through a computing module at any step")
+    elif c["paths_vary"] and c["distinct_paths"] <= c["max_paths"]:
+        why.append(f"every {s['unit']} that computes takes the same path through the pool ({c['only_path']}; "
+                   "'-': identity only at that step)")
+    return (f"{s['name']} ({s['task']}) has collapsed: its routed pool is bypassed, because {' and '.join(why)}. "
+            f"It is a fixed network, not a distributed one, so the path rank-frequency fit, the information "
+            f"paths carry and how compute spreads over {units} are left out: they would describe routing that "
+            f"does not happen.")
+
+
 def summary_paragraph(s: dict) -> str:
-    """One paragraph of plain language built from the summary's numbers."""
+    """One paragraph of plain language built from the summary's numbers; a collapsed model's
+    opens with the verdict and says only what still means something."""
     unit, units, attr, group = s["unit"], s["units"], ATTR_WORD[s["task"]], GROUP_WORD[s["task"]]
+    if s["collapse"]["collapsed"]:
+        u = s["usage"]
+        return " ".join([
+            collapse_verdict(s),
+            f"Over {s['n_tokens']:,} {units} and {s['n_steps']} steps, identity takes "
+            f"{', '.join(_pct(v) for v in u['identity_slot_share_S'])} of the slots per step; a {unit} spends "
+            f"{_f(s['compute']['flops']['mean'], ',.0f')} forward FLOPs on average."])
     out = [f"{s['name']} ({s['task']}): {s['n_tokens']:,} {units} took {s['n_paths']:,} distinct paths through "
            f"{s['n_modules']} modules over {s['n_steps']} steps."]
     fit, init = s["power_law"], s["power_law_init"]
@@ -133,6 +158,8 @@ def render_html(s: dict, pngs: dict[str, bytes]) -> str:
     parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{e(s['name'])}: routing analysis</title>"
              f"<style>{CSS}</style></head><body>", f"<h1>{e(s['name'])}: routing analysis</h1>",
              f"<p class=\"summary\">{e(s['text'])}</p>"]
+    if s["collapse"]["collapsed"]:
+        return "\n".join(parts + _collapsed_body(s, pngs) + ["</body></html>"])
 
     parts.append("<h2>Paths</h2>")
     parts.append(_img("rank_frequency", pngs, "Tokens per path against path rank (log-log); lines: power-law fits "
@@ -184,6 +211,24 @@ def render_html(s: dict, pngs: dict[str, bytes]) -> str:
                                                "compute overlaid."))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _collapsed_body(s: dict, pngs: dict[str, bytes]) -> list[str]:
+    """What a collapsed model's page shows after the verdict: where its slots go, and its paths."""
+    e, units = html.escape, s["units"]
+    return [
+        "<h2>Module usage</h2>",
+        _img("load_heatmap", pngs, f"Share of {units} using each module at each step."),
+        _img("identity_per_step", pngs, "Identity share of routed slots, and share of tokens whose every "
+                                        "slot at the step is an identity."),
+        f"<h3>Paths taken (identity modules included), with example {e(units)} in context</h3>",
+        _table(["rank", "path", "count", "share", "examples"],
+               [[p["rank"], p["label"], p["count"], p["share"],
+                 _Raw(" ".join(f"<code>{e(x)}</code>" for x in p["examples"]))]
+                for p in s["top_paths"][:HTML_TOP_PATHS]]),
+        "<p>Left out for a collapsed model: the path rank-frequency fit, mutual information, step-to-step "
+        "transitions and compute allocation.</p>",
+    ]
 
 
 def _mi_cells(m: dict) -> list[Any]:

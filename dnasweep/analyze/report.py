@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from dnasweep import metrics
 from dnasweep.analyze import figures
 from dnasweep.analyze.fits import fit_rank_frequency
 from dnasweep.analyze.html import render_html, summary_paragraph
@@ -32,6 +33,7 @@ from dnasweep.analyze.usage import (
     load_heatmap,
     mean_by,
     module_reuse,
+    nonidentity_paths,
     skip_share,
     transition_matrix,
 )
@@ -95,78 +97,44 @@ def _check_vision(routed: Routed, images_GHW: np.ndarray | None, patch_grid: tup
         raise ValueError(f"patch_grid must be (rows, cols) >= 1, got {patch_grid}")
 
 
-def build_report(name: str, routed: Routed, init: Routed | None, out_dir: str, task: str,
-                 images_GHW: np.ndarray | None = None, patch_grid: tuple[int, int] | None = None) -> dict:
-    """Analyse `routed` (with `init`, the same model at initialisation, as baseline), write the
-    report files into out_dir and return the summary dict (identical to summary.json)."""
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    if init is not None and init.module_names != routed.module_names:
-        raise ValueError(f"init must route through the same modules, got {init.module_names} vs {routed.module_names}")
-    _check_vision(routed, images_GHW, patch_grid)
-    os.makedirs(out_dir, exist_ok=True)
-    unit = "token" if task == "lm" else "patch"
-    group_unit = "sequence" if task == "lm" else "image"
+def _routing_analyses(routed: Routed, init: Routed | None, ids_N: np.ndarray, counts_P: np.ndarray,
+                      trans_MM: np.ndarray, task: str, images_GHW: np.ndarray | None,
+                      patch_grid: tuple[int, int] | None) -> tuple[dict, dict[str, bytes]]:
+    """What a routed, uncollapsed model gets besides module usage: the path rank-frequency law, the
+    information paths carry and how compute spreads (summary parts), and their figures."""
+    S = routed.n_steps
     position_unit = "position" if task == "lm" else "patch index"
-    names = routed.module_names
-    M, S = routed.n_modules, routed.n_steps
-
+    group_unit = "sequence" if task == "lm" else "image"
     # Paths and their rank-frequency law (init model fitted the same way: the paper's alpha ~ 1 at init).
-    ids_N, keys = path_ids(routed.paths_NSK)
-    counts_P = np.bincount(ids_N)
     fit = fit_rank_frequency(ids_N)
-    init_counts_P = init_fit = None
+    init_counts_P = init_fit = mi_init = None
     if init is not None:
         init_ids_N, _ = path_ids(init.paths_NSK)
         init_counts_P = np.bincount(init_ids_N)
         init_fit = fit_rank_frequency(init_ids_N)
-
+        mi_init = mi_test(init_ids_N, init.attr_N, n_perm=N_PERM, seed=0)
     # Information: does the path (or one step's first-choice module) tell the token's class?
     mi_path = mi_test(ids_N, routed.attr_N, n_perm=N_PERM, seed=0)
     mi_steps = [mi_test(routed.paths_NSK[:, s, 0], routed.attr_N, n_perm=N_PERM, seed=1 + s) for s in range(S)]
-    mi_init = mi_test(init_ids_N, init.attr_N, n_perm=N_PERM, seed=0) if init is not None else None
-
-    # Module usage.
-    load_SM = load_heatmap(routed.paths_NSK, M)
-    slot_S = identity_slot_share(routed.paths_NSK, names)
-    skip_S = skip_share(routed.paths_NSK, names)
-    used = routed.paths_NSK >= 0
-    overall_identity = float(identity_mask(names)[routed.paths_NSK[used]].mean()) if used.any() else math.nan
-    reuse_share, reuse_M = module_reuse(routed.paths_NSK, names)
-    trans_MM = transition_matrix(routed.paths_NSK, M)
-
     # Compute allocation.
-    flops = flops_summary(routed.flops_N)
+    flops = flops_summary(routed.flops_N)  # as in the usage part, for the histogram's marks
     class_mean, class_count = mean_by(routed.flops_N, routed.attr_N, len(routed.attr_names))
     pos_mean, pos_count = mean_by(routed.flops_N, routed.position_N)
     gc = group_compute(routed.flops_N, routed.group_N, routed.group_loss_G)
-
-    summary: dict[str, Any] = {
-        "name": name, "task": task, "unit": unit, "units": "tokens" if task == "lm" else "patches",
-        "n_tokens": routed.n_tokens, "n_steps": S, "n_slots": int(routed.paths_NSK.shape[2]),
-        "n_modules": M, "module_names": list(names), "n_paths": len(keys), "n_groups": routed.n_groups,
+    part = {
         "power_law": fit.to_dict(), "power_law_init": init_fit.to_dict() if init_fit is not None else None,
         "mi": {"path_vs_attr": mi_path.to_dict(),
                "step_first_slot_vs_attr": [dict(step=s, **m.to_dict()) for s, m in enumerate(mi_steps)],
                "init_path_vs_attr": mi_init.to_dict() if mi_init is not None else None},
-        "usage": {"identity_share": overall_identity, "identity_slot_share_S": slot_S.tolist(),
-                  "skip_share_S": skip_S.tolist(), "reuse_token_share": reuse_share,
-                  "reuse_per_module": dict(zip(names, reuse_M.tolist(), strict=True)),
-                  "load_SM": load_SM.tolist(), "transition_MM": trans_MM.tolist()},
         "compute": {"flops": flops,
                     "by_class": [{"class": routed.attr_names[c], "mean_flops": class_mean[c],
                                   "count": int(class_count[c])} for c in range(len(class_count))],
                     "by_position": pos_mean.tolist(), "group": gc.to_dict(),
                     "group_loss_G": routed.group_loss_G.tolist()},
-        "top_paths": _paths_table(routed, ids_N, keys, counts_P),
     }
-
-    # Figures: written as PNG and embedded in the HTML from the same bytes.
     pngs = {
         "rank_frequency": figures.rank_frequency(counts_P, fit, init_counts_P, init_fit),
-        "load_heatmap": figures.load_heatmap(load_SM, names),
-        "identity_per_step": figures.identity_per_step(slot_S, skip_S),
-        "transitions": figures.transitions(trans_MM, names),
+        "transitions": figures.transitions(trans_MM, routed.module_names),
         "flops_hist": figures.flops_hist(routed.flops_N, flops),
         "flops_by_class": figures.flops_by_class(class_mean, class_count, routed.attr_names),
         "flops_by_position": figures.flops_by_position(pos_mean, pos_count, position_unit),
@@ -178,6 +146,71 @@ def build_report(name: str, routed: Routed, init: Routed | None, out_dir: str, t
         if np.isfinite(patch_GQ[gc.highest + gc.lowest]).any():
             pngs["compute_overlay"] = figures.compute_overlay(images_GHW, patch_GQ, patch_grid, gc.highest, gc.lowest,
                                                               gc.flops_G)
+    return part, pngs
+
+
+def build_report(name: str, routed: Routed, init: Routed | None, out_dir: str, task: str,
+                 images_GHW: np.ndarray | None = None, patch_grid: tuple[int, int] | None = None,
+                 paths_vary: bool = True) -> dict:
+    """Analyse `routed` (with `init`, the same model at initialisation, as baseline), write the
+    report files into out_dir and return the summary dict (identical to summary.json).
+
+    A collapsed model (`dnasweep.metrics.is_collapsed`: identity takes nearly every slot, or at most
+    one distinct non-identity path) gets the verdict, its module usage and top paths only: its
+    path law, information and compute-allocation statistics would describe a routing that does not
+    happen. `paths_vary` False: the router sends every token through every module (a soft mixture),
+    so a single path is no collapse."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if init is not None and init.module_names != routed.module_names:
+        raise ValueError(f"init must route through the same modules, got {init.module_names} vs {routed.module_names}")
+    _check_vision(routed, images_GHW, patch_grid)
+    os.makedirs(out_dir, exist_ok=True)
+    unit = "token" if task == "lm" else "patch"
+    names = routed.module_names
+    M, S = routed.n_modules, routed.n_steps
+
+    # The collapse verdict comes first: when the pool is bypassed, the statistics of paths, of the
+    # information they carry and of how compute spreads describe a routing that does not happen.
+    ids_N, keys = path_ids(routed.paths_NSK)
+    counts_P = np.bincount(ids_N)
+    used = routed.paths_NSK >= 0
+    overall_identity = float(identity_mask(names)[routed.paths_NSK[used]].mean()) if used.any() else math.nan
+    real_paths = nonidentity_paths(routed.paths_NSK, names)
+    collapsed = metrics.is_collapsed(overall_identity if math.isfinite(overall_identity) else 0.0,
+                                     len(real_paths), paths_vary)
+    collapse = {"collapsed": collapsed, "identity_share": overall_identity, "distinct_paths": len(real_paths),
+                "only_path": path_label(real_paths[0], names) if len(real_paths) == 1 else None,
+                "paths_vary": paths_vary, "identity_threshold": metrics.COLLAPSE_IDENTITY_SHARE,
+                "max_paths": metrics.COLLAPSE_MAX_PATHS}
+
+    # Module usage.
+    load_SM = load_heatmap(routed.paths_NSK, M)
+    slot_S = identity_slot_share(routed.paths_NSK, names)
+    skip_S = skip_share(routed.paths_NSK, names)
+    reuse_share, reuse_M = module_reuse(routed.paths_NSK, names)
+    trans_MM = transition_matrix(routed.paths_NSK, M)
+    flops = flops_summary(routed.flops_N)
+
+    summary: dict[str, Any] = {
+        "name": name, "task": task, "unit": unit, "units": "tokens" if task == "lm" else "patches",
+        "n_tokens": routed.n_tokens, "n_steps": S, "n_slots": int(routed.paths_NSK.shape[2]),
+        "n_modules": M, "module_names": list(names), "n_paths": len(keys), "n_groups": routed.n_groups,
+        "collapse": collapse, "power_law": None, "power_law_init": None, "mi": None,
+        "usage": {"identity_share": overall_identity, "identity_slot_share_S": slot_S.tolist(),
+                  "skip_share_S": skip_S.tolist(), "reuse_token_share": reuse_share,
+                  "reuse_per_module": dict(zip(names, reuse_M.tolist(), strict=True)),
+                  "load_SM": load_SM.tolist(), "transition_MM": trans_MM.tolist()},
+        "compute": {"flops": flops},
+        "top_paths": _paths_table(routed, ids_N, keys, counts_P),
+    }
+    # Figures: written as PNG and embedded in the HTML from the same bytes.
+    pngs = {"load_heatmap": figures.load_heatmap(load_SM, names),
+            "identity_per_step": figures.identity_per_step(slot_S, skip_S)}
+    if not collapsed:
+        part, more = _routing_analyses(routed, init, ids_N, counts_P, trans_MM, task, images_GHW, patch_grid)
+        summary.update(part)
+        pngs = {"rank_frequency": more.pop("rank_frequency"), **pngs, **more}
     summary["files"] = (["report.html", "summary.json", "paths.csv", "usage.csv"]
                         + [f"{k}.png" for k in pngs])
     summary = json_safe(summary)

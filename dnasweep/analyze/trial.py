@@ -21,6 +21,6 @@ def analyze_trial(path: str, out_dir: str | None = None, max_examples: int | Non
     task = target.cfg.model.task
     trained, init, extra = collect(target, max_examples or DEFAULT_EXAMPLES[task], device)
     out = out_dir or os.path.join(path, "analysis")
-    summary = build_report(target.name, trained, init, out, task,
-                           images_GHW=extra.get("images_GHW"), patch_grid=extra.get("patch_grid"))
+    summary = build_report(target.name, trained, init, out, task, images_GHW=extra.get("images_GHW"),
+                           patch_grid=extra.get("patch_grid"), paths_vary=extra["paths_vary"])
     return summary, out

@@ -15,12 +15,23 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from dnasweep.analyze.paths import canonical_slots
+from dnasweep.analyze.paths import PathKey, canonical_slots, path_ids
 
 
 def identity_mask(module_names: Sequence[str]) -> np.ndarray:
     """[M] True for identity (skip) modules: by convention their names start with "I"."""
     return np.array([n.startswith("I") for n in module_names], dtype=bool)
+
+
+def nonidentity_paths(paths_NSK: np.ndarray, module_names: Sequence[str]) -> list[PathKey]:
+    """Distinct non-identity paths, most frequent first: each token's path with its identity
+    modules dropped (a step where it computed nothing reads as empty); tokens that skipped every
+    step take no such path. What `router/distinct_paths` counts in evaluation."""
+    p = np.asarray(paths_NSK)
+    used = p >= 0
+    is_id = used & identity_mask(module_names)[np.where(used, p, 0)]
+    _, keys = path_ids(np.where(is_id, -1, p))
+    return [k for k in keys if any(k)]
 
 
 def load_heatmap(paths_NSK: np.ndarray, n_modules: int) -> np.ndarray:

@@ -8,6 +8,7 @@ took and why.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -50,11 +51,24 @@ class BalanceConfig:
 
     The gradient-based terms (compute penalty, Switch balance loss, z-loss) are weighted in
     `dnasweep.model.loss.LossConfig`; these are the mechanisms that live inside the model.
+
+    Skip control (`identity_bias`): the identity share of a step's slots responds to the bias
+    almost as a step function (token margins spread ~0.02 in score), while a compute penalty or
+    plain drift moves the needed bias by ~0.5 within ~30 optimizer steps. The defaults were picked
+    on that (tests/test_skip_control.py; 200-step tiny top-1 LMs with a compute penalty that
+    collapse to 100% identity without control, and the lm.yaml base at top-1): ki = 0.1 holds the
+    target (last-50-step mean within 0.01) and settles in ~50-90 steps (10-step mean within
+    ±0.05), where the sign rule at u = 1e-2 takes ~120-170 and at the paper's 1e-4 never returns;
+    a proportional term only added jitter on so steep a response (kp = 0.02-0.1 raised the
+    per-step spread), hence kp = 0. ki = 0.3 oscillates.
     """
 
     identity_bias: bool = False  # the paper's skip mechanism: bias identity scores toward a skip ratio
     target_skip: float = field(default=0.3, metadata=ge(0, below=1))  # identity share target (paper: 0.3 LM)
-    identity_rate: float = field(default=1e-4, metadata=ge(0))  # identity bias sign-update rate
+    skip_control: Literal["pi", "sign"] = "pi"  # identity bias law: PI on each step's skip share, or the paper's sign
+    skip_kp: float = field(default=0.0, metadata=ge(0))  # pi: bias per unit error of a step's identity share
+    skip_ki: float = field(default=0.1, metadata=ge(0))  # pi: bias per unit error summed over optimizer steps
+    identity_rate: float = field(default=1e-4, metadata=ge(0))  # sign: bias change per optimizer step (paper: 1e-4)
     loss_free: bool = False  # loss-free load balancing: a selection bias per module toward equal load
     loss_free_rate: float = field(default=1e-3, metadata=ge(0))  # sign-update rate of the loss-free balancing bias
 
@@ -69,7 +83,8 @@ class ModelConfig:
     n_heads: int = field(default=4, metadata=gt(0))  # attention heads (d_model must divide by it)
     n_backbone: int = field(default=1, metadata=ge(0))  # dense blocks before routing (paper: 1)
     n_steps: int = field(default=4, metadata=ge(0))  # routing steps S after the backbone
-    dense_layers: int = field(default=0, metadata=ge(0))  # dense: blocks after backbone; 0: match FLOPs
+    dense_layers: int = field(default=0, metadata=ge(0))  # dense: blocks after backbone; 0: match the DNA's FLOPs
+    dense_match: Literal["measured", "nominal"] = "measured"  # dense_layers 0: the DNA's FLOPs at init, or nominal
     vocab_size: int = field(default=256, metadata=gt(0))  # LM: vocabulary (byte-level default)
     seq_len: int = field(default=256, metadata=gt(0))  # LM: maximum context length (RoPE table size)
     image_size: int = field(default=8, metadata=gt(0))  # vision: input height = width in pixels
@@ -111,6 +126,10 @@ def problems(cfg: ModelConfig, prefix: str = "model") -> list[Problem]:
         p.append(Problem(k("patch_size"), f"image_size={cfg.image_size} is not divisible by "
                          f"patch_size={cfg.patch_size}", "pick a patch size that divides the image size"))
     if cfg.kind != "dna":
+        if cfg.dense_layers == 0 and cfg.dense_match == "measured":  # the DNA gets built and measured
+            why = " (model.dense_match: measured sizes the dense model by running this config's DNA)"
+            p += [dataclasses.replace(q, message=q.message + why)
+                  for q in problems(dataclasses.replace(cfg, kind="dna"), prefix) if q not in p]
         return p
 
     pool, r, bal = cfg.pool, cfg.router, cfg.balance

@@ -1,5 +1,6 @@
 """Dense baselines: a GPT (LM) or a ViT (vision) made of the same blocks as the DNA, sized by
-default to the DNA's nominal FLOPs (`model.kind: dense`)."""
+default to the FLOPs per token the DNA of the same config measures (`model.kind: dense`;
+`model.dense_match` and dnasweep.model.calibrate say what that means and its limits)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """FLOP and parameter accounting from the config alone (no model is built).
 
 Sweeps use these numbers to reject a trial before it starts (a parameter or FLOP budget), the
-compute penalty uses the per-module costs, and `model.kind: dense` uses them to size the dense
-baseline to the DNA's nominal compute. Measured FLOPs (what routing really did) come from the
-forward pass instead; a test checks both against torch's FlopCounterMode.
+compute penalty uses the per-module costs, and `model.kind: dense` with `dense_match: nominal`
+uses them to size the dense baseline to the DNA's nominal compute (`dense_match: measured`, the
+default, runs the DNA once instead: dnasweep.model.calibrate). Measured FLOPs (what routing really
+did) come from the forward pass; a test checks both against torch's FlopCounterMode.
 
 Formulas (forward, per token, matmuls only; training costs about 3x):
   attention projections 8*D^2, attention scores + values 4*D*n (n = tokens of the sequence the
@@ -61,10 +62,18 @@ def module_params(cfg: ModelConfig) -> list[int]:
 
 
 def dense_blocks(cfg: ModelConfig) -> int:
-    """Blocks after the backbone of the dense baseline: `dense_layers`, or the count whose
-    FLOPs match the DNA's routing steps at uniform routing."""
+    """Blocks after the backbone of the dense baseline: `dense_layers`, or (at least 1) the count
+    whose FLOPs come nearest the DNA's: by `dense_match`, what the DNA measures at initialisation
+    (`dnasweep.model.calibrate`, the one place a model is built here), or its routing steps'
+    nominal FLOPs at uniform routing."""
     if cfg.dense_layers > 0:
         return cfg.dense_layers
+    if cfg.dense_match == "measured":
+        from dnasweep.model.calibrate import measured_dna_flops
+
+        # The dense model shares stem, backbone and readout with the DNA: blocks fill the rest.
+        shared = _stem_readout(cfg)[2] + cfg.n_backbone * block_cost(cfg)
+        return max(1, round((measured_dna_flops(cfg) - shared) / block_cost(cfg)))
     k, M = effective_k(cfg), cfg.pool.size
     routed = cfg.n_steps * k * sum(module_costs(cfg, cfg.tokens_per_example * k / M)) / M
     return max(1, round(routed / block_cost(cfg)))

@@ -24,7 +24,8 @@ from torch import nn
 from dnasweep.model.config import ModelConfig
 from dnasweep.model.registry import ROUTERS, RouterSpec, register_router, router_spec
 
-__all__ = ["ROUTERS", "Route", "RouteContext", "RouterSpec", "Routing", "Rule", "get_rule", "register_router"]
+__all__ = ["BIAS_LIMIT", "ROUTERS", "Route", "RouteContext", "RouterSpec", "Routing", "Rule", "get_rule",
+           "pi_skip_bias", "register_router"]
 
 
 @dataclass
@@ -140,6 +141,28 @@ def expert_choice_rule(logits_TM, bias_M, ctx):
     return Route(idx_TK, probs_TM, active_BLM.view(T, M), logits_TM)
 
 
+# The identity bias is added to selection scores that every biasable built-in rule keeps in [0, 1]
+# (softmax probabilities, sigmoid gates): at ±1 it already decides every selection, so the PI law
+# clamps its output there and never integrates beyond it.
+BIAS_LIMIT = 1.0
+
+
+def pi_skip_bias(err_S: torch.Tensor, integral_S: torch.Tensor, kp: float, ki: float,
+                 limit: float = BIAS_LIMIT) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of the PI skip controller: (new identity bias [S], new integral [S]).
+
+    err_S = target share - measured identity share of each routing step (> 0: too little skip,
+    raise the bias). The integral sums the errors, but is kept where ki * integral stays within
+    ±limit (anti-wind-up by clamping): after a long saturation the bias leaves the clamp as soon
+    as the error changes sign instead of first unwinding a huge sum. The bias is clamped to ±limit.
+    """
+    integral_S = integral_S + err_S
+    if ki > 0:
+        integral_S = integral_S.clamp(-limit / ki, limit / ki)
+    bias_S = (kp * err_S + ki * integral_S).clamp(-limit, limit)
+    return bias_S, integral_S
+
+
 class Routing(nn.Module):
     """Owns every router of the model, the selection biases, and their out-of-gradient updates."""
 
@@ -159,6 +182,7 @@ class Routing(nn.Module):
         self.register_buffer("is_identity_M", is_id, persistent=False)
         # Selection biases live in the checkpoint: they are model state, not optimizer state.
         self.register_buffer("identity_bias_S", torch.zeros(S))
+        self.register_buffer("skip_integral_S", torch.zeros(S))  # pi: summed error of the identity share
         self.register_buffer("loss_free_bias_SM", torch.zeros(S, M))
         if spec.hash_table:
             n_keys = cfg.vocab_size if cfg.task == "lm" else cfg.tokens_per_example
@@ -168,6 +192,11 @@ class Routing(nn.Module):
             self.register_buffer("hash_table", table)
         else:
             self.hash_table = None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before the PI skip controller hold no integral: it starts from 0.
+        state_dict.setdefault(prefix + "skip_integral_S", torch.zeros_like(self.skip_integral_S))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, h_BLD: torch.Tensor, step: int, keys_BL: torch.Tensor) -> Route:
         B, L, D = h_BLD.shape
@@ -183,16 +212,25 @@ class Routing(nn.Module):
 
     @torch.no_grad()
     def update_biases(self, slots_SM: torch.Tensor) -> None:
-        """Sign updates of the selection biases from one step's routed slot counts [S, M].
+        """Updates of the selection biases from one optimizer step's routed slot counts [S, M].
 
-        Identity bias (the paper): b_s += u * sign(r * slots_s - identity slots_s).
+        Identity bias, balance.skip_control:
+          pi:   b_s = kp * e_s + ki * Σ_t e_s(t), e_s = r - (identity share of step s's slots)
+                (`pi_skip_bias`: clamped to ±BIAS_LIMIT, integral held there: no wind-up);
+          sign: b_s += u * sign(r * slots_s - identity slots_s) (the paper's rule, fixed rate u).
         Loss-free balancing (DeepSeek-V3): b_sm += γ * sign(mean_m slots_sm - slots_sm).
         """
         bal = self.cfg.balance
         slots_SM = slots_SM.to(self.identity_bias_S.device, torch.float32)
         if bal.identity_bias:
             ident_S = slots_SM[:, self.is_identity_M].sum(-1)
-            self.identity_bias_S += bal.identity_rate * torch.sign(bal.target_skip * slots_SM.sum(-1) - ident_S)
+            if bal.skip_control == "pi":
+                err_S = bal.target_skip - ident_S / slots_SM.sum(-1).clamp_min(1)
+                bias_S, integral_S = pi_skip_bias(err_S, self.skip_integral_S, bal.skip_kp, bal.skip_ki)
+                self.identity_bias_S.copy_(bias_S)
+                self.skip_integral_S.copy_(integral_S)
+            else:
+                self.identity_bias_S += bal.identity_rate * torch.sign(bal.target_skip * slots_SM.sum(-1) - ident_S)
         if bal.loss_free:
             self.loss_free_bias_SM += bal.loss_free_rate * torch.sign(
                 slots_SM.mean(-1, keepdim=True) - slots_SM)

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -77,9 +78,11 @@ def _check_fit(cfg: TrialConfig, data) -> None:
         raise ConfigError(p, "config vs data")
 
 
-def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool = True) -> TrialResult:
+def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool = True,
+              derive: Callable[[dict], dict] | None = None) -> TrialResult:
     """Train `cfg` to its budget, evaluating and checkpointing on the way.
 
+    `derive(metrics) -> more metrics` adds to every evaluation (a sweep's compare/* gains).
     With `resume`, continues exactly from OUT/checkpoint when one exists (same batches, same
     RNG, same optimizer state), so an interrupted-and-resumed run equals an uninterrupted one.
     Only the same run continues: a checkpoint written with another config (budget keys and out_dir
@@ -153,11 +156,12 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
                          and k in torch.cuda.get_device_name(device)), None)
             if peak:  # training FLOPs ~ 3x forward
                 res[M.MFU] = 3 * res[M.FLOPS_PER_TOKEN] * res[M.TOKENS_PER_S] / peak
-        return res
+        return {**res, **(derive(res) if derive else {})}
 
     status, reason, last = "completed", f"reached {total_steps} steps", {}
     deadline = None if tc.time_limit_s is None else time.perf_counter() + tc.time_limit_s - train_time
     model.train()
+    skip_log: list[float] = []  # identity share of each training step since the last log row
     try:
         while step < total_steps and not already_done:
             t0 = time.perf_counter()
@@ -183,11 +187,17 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
             opt.step()
             opt.zero_grad(set_to_none=True)
             model.update_routing_biases(out)
+            if out.stats.slots_SM is not None:  # routed: the identity share the skip control acts on
+                skip_log.append(out.stats.identity_fraction)
             step += 1
             train_time += time.perf_counter() - t0
             if step % tc.log_every == 0 or step == total_steps:
-                rep.report({M.STEP: step, M.TRAIN_LOSS: ce, M.TRAIN_AUX: aux_sum / tc.grad_accum, "train/lr": lr,
-                            M.TOKENS_PER_S: step * tokens_per_step / max(train_time, 1e-9)})
+                row = {M.STEP: step, M.TRAIN_LOSS: ce, M.TRAIN_AUX: aux_sum / tc.grad_accum, "train/lr": lr,
+                       M.TOKENS_PER_S: step * tokens_per_step / max(train_time, 1e-9)}
+                if skip_log:
+                    row[M.ROUTER_TRAIN_IDENTITY] = sum(skip_log) / len(skip_log)
+                    skip_log.clear()
+                rep.report(row)
             timed_out = deadline is not None and time.perf_counter() >= deadline
             if timed_out:
                 reason = f"time limit {tc.time_limit_s:g}s reached at step {step}"

@@ -1,0 +1,80 @@
+"""The report of a collapsed model opens with the verdict and leaves out what means nothing for
+it; no figure title or summary sentence of any report says `nan`."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from dnasweep.analyze import Routed, build_report, figures
+
+NAMES = ["T0", "T1", "A0", "M0", "I0"]
+N, S, G = 600, 3, 20
+NAN = re.compile(r"\bnan\b", re.IGNORECASE)
+
+
+@pytest.fixture
+def titles(monkeypatch):
+    """Every title and legend entry of the figures rendered while the test runs."""
+    seen: list[str] = []
+    render = figures._png
+
+    def png(fig):
+        for ax in fig.axes:
+            seen.append(ax.get_title())
+            if ax.get_legend():
+                seen.extend(t.get_text() for t in ax.get_legend().get_texts())
+        return render(fig)
+
+    monkeypatch.setattr(figures, "_png", png)
+    return seen
+
+
+def _routed(paths_NSK: np.ndarray, flops_N: np.ndarray) -> Routed:
+    rng = np.random.default_rng(0)
+    group = np.repeat(np.arange(G), N // G)
+    return Routed(paths_NSK, NAMES, flops_N, rng.integers(0, 3, N), ["a", "b", "c"], group,
+                  np.tile(np.arange(N // G), G), 2.0 + rng.random(G), [f"ctx{i}" for i in range(N)])
+
+
+@pytest.mark.parametrize("case", ["all_identity", "one_path"])
+def test_collapsed_report_opens_with_the_verdict_and_leaves_out_the_rest(tmp_path, titles, case):
+    paths = np.full((N, S, 1), 4)  # I0 at every step
+    if case == "one_path":
+        paths[:, 0, 0] = 0  # T0 first, then identity: the same for every token
+    flops = np.full(N, 1000.0) + 500.0 * (case == "one_path")
+    s = build_report("trial7", _routed(paths, flops), _routed(paths, flops), str(tmp_path), "lm")
+    assert s["collapse"]["collapsed"] is True
+    assert s["text"].startswith("trial7 (lm) has collapsed: its routed pool is bypassed, because ")
+    if case == "all_identity":
+        assert "identity (skip) modules take 100% of its routed slots" in s["text"]
+        assert s["collapse"]["distinct_paths"] == 0
+    else:
+        assert "takes the same path through the pool (T0 > - > -" in s["text"]
+        assert s["collapse"]["distinct_paths"] == 1 and s["collapse"]["only_path"] == "T0 > - > -"
+    assert not NAN.search(s["text"]) and not any(NAN.search(t) for t in titles), (s["text"], titles)
+    # only the figures that still mean something: where the slots go
+    assert s["files"] == ["report.html", "summary.json", "paths.csv", "usage.csv", "load_heatmap.png",
+                          "identity_per_step.png"]
+    assert not (tmp_path / "rank_frequency.png").exists() and not (tmp_path / "compute_vs_loss.png").exists()
+    assert s["power_law"] is None and s["mi"] is None and set(s["compute"]) == {"flops"}
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2
+    assert html.index("has collapsed") < html.index("<h2>")  # the verdict opens the page
+    assert "Pearson" not in html and "power-law" not in html
+    assert json.loads((tmp_path / "summary.json").read_text()) == s
+
+
+def test_constant_compute_without_collapse_says_so_instead_of_nan(tmp_path, titles):
+    """A soft mixture sends every token through every module: one path by construction, the same
+    FLOPs for every token. Not a collapse, and its correlation is undefined, not `nan`."""
+    paths = np.broadcast_to(np.arange(len(NAMES)), (N, S, len(NAMES))).copy()
+    s = build_report("mix", _routed(paths, np.full(N, 900.0)), None, str(tmp_path), "lm", paths_vary=False)
+    assert s["collapse"]["collapsed"] is False and s["collapse"]["distinct_paths"] == 1
+    assert "compute_vs_loss.png" in s["files"] and s["compute"]["group"]["pearson_r"] is None
+    assert any(t.startswith("Compute vs loss (no correlation") for t in titles)
+    assert not NAN.search(s["text"]) and not any(NAN.search(t) for t in titles), titles
+    # where paths could differ (the default), one path for every token is collapse
+    assert build_report("mix", _routed(paths, np.full(N, 900.0)), None, str(tmp_path / "b"), "lm")["collapse"][
+        "collapsed"] is True
