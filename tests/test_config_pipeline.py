@@ -59,7 +59,7 @@ def test_an_invalid_combination_in_a_space_is_found_by_sampling(tmp_path, capsys
         data = yaml.safe_load(f)
     del data["search"]["model.balance.identity_bias"]["when"]
     report = check_samples(parse_space(copy.deepcopy(data), "lm-no-when.yaml"), 500)
-    assert 20 <= report.invalid <= 100, report.text()
+    assert 50 <= report.invalid <= 160, report.text()  # hash is 1 router in 5
     (rule,) = report.rules
     assert rule.startswith("model.balance.identity_bias: has no effect with router 'hash'")
     f = tmp_path / "lm-no-when.yaml"
