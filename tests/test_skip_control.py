@@ -139,6 +139,7 @@ def _mean(xs):
     return sum(xs) / len(xs)
 
 
+@pytest.mark.slow  # real training, 3 routers x 2 runs (~35 s)
 @pytest.mark.parametrize("router", list(ROUTERS))
 def test_training_collapses_without_control_and_pi_holds_the_target(tmp_path, one_thread, router):
     """~6 s per training on one core: the acceptance test of the controller, for every router it

@@ -159,6 +159,7 @@ def _get(url):
         return r.status, r.read().decode()
 
 
+@pytest.mark.slow  # starts the MLflow UI and optuna-dashboard servers (~20 s each)
 def test_ui_serves_mlflow_and_optuna_dashboard(tmp_path):
     if not shutil.which("optuna-dashboard", path=os.path.dirname(sys.executable)):
         pytest.skip("optuna-dashboard is not installed (pip install 'dnasweep[sweep]')")
@@ -210,6 +211,7 @@ def test_ui_serves_mlflow_and_optuna_dashboard(tmp_path):
                     "checked; the HTTP pages and the study's objective names in the JSON API were")
 
 
+@pytest.mark.slow  # starts the MLflow UI and optuna-dashboard servers (~20 s each)
 def test_ui_tools_end_with_dnasweep_even_when_it_is_killed(tmp_path):
     """The guard each UI runs under: when the dnasweep that started it dies without a word (SIGKILL),
     the tool and what the tool started (mlflow's uvicorn workers) end too."""
