@@ -80,3 +80,12 @@ def test_reference_section_rules():
     assert "reference" in str(e.value)
     assert parse_space({**ok, "objectives": [{"metric": "compare/compute_gain", "mode": "max"}],
                         "reference": {"d_model": [32], "dense_layers": [1]}}, "s.yaml")
+
+
+def test_report_states_the_gain_with_its_bound():
+    from dnasweep.analyze.html import _versus_dense
+
+    assert _versus_dense({"compare": {}}) == ""
+    text = _versus_dense({"compare": {M.COMPUTE_GAIN: 4.0, M.COMPUTE_GAIN_BOUND: 1.0, M.SPEED_GAIN: 0.5,
+                                      M.SPEED_GAIN_BOUND: 0.0}})
+    assert "compute gain is more than 4" in text and "0.5 of a dense model's" in text

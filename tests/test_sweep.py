@@ -170,6 +170,9 @@ def _check_mlflow(res, study):
     for c in children:  # runs are created late: they still carry the trial's own start and end
         tid = c.data.tags["dnasweep.trial"]
         assert c.data.tags["dnasweep.optuna_trial"] == str(numbers[tid])
+        with open(os.path.join(res.sweep_dir, "trials", tid, "result.json")) as f:
+            collapsed = json.load(f)["router/collapsed"]
+        assert c.data.tags["dnasweep.collapsed"] == str(bool(collapsed)).lower()  # the verdict, on the run
         assert c.data.tags["dnasweep.front"] == str(tid in front_ids).lower()
         start, end = _interval(os.path.join(res.sweep_dir, "trials", tid))
         run_start, run_end = c.info.start_time / 1000, c.info.end_time / 1000

@@ -68,9 +68,28 @@ def collapse_verdict(s: dict) -> str:
             f"does not happen.")
 
 
+def _versus_dense(s: dict) -> str:
+    """The sentence on the dense reference frontier, when the trial was measured against one."""
+    c = s.get("compare") or {}
+    if "compare/compute_gain" not in c:
+        return ""
+    word = {1: "more than ", -1: "less than ", 0: ""}
+    g, b = c["compare/compute_gain"], int(c.get("compare/compute_gain_bound") or 0)
+    text = (f" Against the sweep's dense reference frontier its compute gain is {word[b]}{_f(g)} (the dense "
+            f"FLOPs/token for its loss over its own; above 1 it beats dense)")
+    if "compare/speed_gain" in c:
+        sb = int(c.get("compare/speed_gain_bound") or 0)
+        text += f"; in tokens/s, {word[sb]}{_f(c['compare/speed_gain'])} of a dense model's at that loss"
+    return text + "."
+
+
 def summary_paragraph(s: dict) -> str:
     """One paragraph of plain language built from the summary's numbers; a collapsed model's
     opens with the verdict and says only what still means something."""
+    return _summary_paragraph(s) + _versus_dense(s)
+
+
+def _summary_paragraph(s: dict) -> str:
     unit, units, attr, group = s["unit"], s["units"], ATTR_WORD[s["task"]], GROUP_WORD[s["task"]]
     if s["collapse"]["collapsed"]:
         u = s["usage"]

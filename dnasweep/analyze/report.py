@@ -151,7 +151,7 @@ def _routing_analyses(routed: Routed, init: Routed | None, ids_N: np.ndarray, co
 
 def build_report(name: str, routed: Routed, init: Routed | None, out_dir: str, task: str,
                  images_GHW: np.ndarray | None = None, patch_grid: tuple[int, int] | None = None,
-                 paths_vary: bool = True) -> dict:
+                 paths_vary: bool = True, compare: dict | None = None) -> dict:
     """Analyse `routed` (with `init`, the same model at initialisation, as baseline), write the
     report files into out_dir and return the summary dict (identical to summary.json).
 
@@ -213,6 +213,7 @@ def build_report(name: str, routed: Routed, init: Routed | None, out_dir: str, t
         pngs = {"rank_frequency": more.pop("rank_frequency"), **pngs, **more}
     summary["files"] = (["report.html", "summary.json", "paths.csv", "usage.csv"]
                         + [f"{k}.png" for k in pngs])
+    summary["compare"] = compare or {}  # gains against a sweep's dense reference frontier, as the trial reported
     summary = json_safe(summary)
     summary["text"] = summary_paragraph(summary)
 

@@ -84,7 +84,7 @@ def counts(study) -> dict[str, int]:
 
 # What a front row carries from the trial's own result.json besides objectives and sampled values.
 VERDICTS = (M.COMPUTE_GAIN, M.COMPUTE_GAIN_BOUND, M.SPEED_GAIN, M.SPEED_GAIN_BOUND, M.IDENTITY_FRACTION,
-            "router/collapsed")
+            M.ROUTER_COLLAPSED)
 
 
 def pareto_front(study, space: SearchSpace, sweep_dir: str | None = None) -> list[dict]:
@@ -160,6 +160,15 @@ def list_sweeps(root: str) -> list[dict]:
     return rows
 
 
+# Short column names of the front table (--wide shows the dotted paths).
+SHORT = {M.VAL_LOSS: "loss", M.VAL_ACC: "acc", M.VAL_BPB: "bpb", M.FLOPS_PER_TOKEN: "FLOPs/tok",
+         M.COMPUTE_GAIN: "gain", M.IDENTITY_FRACTION: "skip", "model.d_model": "d", "model.n_steps": "S",
+         "model.pool.n_transformer": "tf", "model.pool.n_attention": "attn", "model.pool.n_mlp": "mlp",
+         "model.pool.n_identity": "id", "model.router.type": "router", "model.router.top_k": "k",
+         "model.router.threshold": "thr", "loss.compute_weight": "cw", "model.balance.target_skip": "target",
+         "model.balance.identity_bias": "bias", "train.lr": "lr"}
+
+
 def _cell(v) -> str:
     return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
@@ -182,15 +191,20 @@ def format_front(result: SweepResult, space: SearchSpace, wide: bool = False) ->
     extra = [k for k in (M.COMPUTE_GAIN, M.IDENTITY_FRACTION) if any(k in r for r in front)]
     head = ["trial", *(["ray_trial_id"] if wide else []), *objs, *extra, *params]
     cells = [[gain_text(r, k) if k == M.COMPUTE_GAIN else _cell(r.get(k)) for k in head] for r in front]
-    names = {p: p.split(".")[-1] if not wide and sum(q.split(".")[-1] == p.split(".")[-1] for q in params) == 1
-             else p for p in params}
-    shown = ["collapsed" if r.get("router/collapsed") else "" for r in front]
+    shown = ["collapsed" if r.get(M.ROUTER_COLLAPSED) else "" for r in front]
     if any(shown):
         head, cells = [*head, "verdict"], [[*c, v] for c, v in zip(cells, shown, strict=True)]
-    head = [names.get(h, {M.COMPUTE_GAIN: "compute_gain", M.IDENTITY_FRACTION: "identity"}.get(h, h)) for h in head]
+    # ~100 columns: short names, with a legend; --wide keeps the dotted paths
+    names = {h: h if wide else SHORT.get(h, h.split(".")[-1]) for h in head}
+    head = [names[h] for h in head]
     lost = f", {result.n_abandoned} abandoned by a killed driver" if result.n_abandoned else ""
     out = [f"Pareto front ({len(front)} of {result.n_complete} complete trials; {result.n_failed} failed{lost}):",
            *_table(head, cells)]
+    legend = [f"{n}={h}" for h, n in names.items() if n != h]
+    if legend:
+        import textwrap
+
+        out += textwrap.wrap("columns: " + ", ".join(legend), 100, subsequent_indent="  ")
     if not wide and len(params) < len(space.params):
         same = [p.split(".")[-1] for p in (q.path for q in space.params) if p not in params]
         out.append(f"(same on the whole front, or not sampled: {', '.join(same)}; --wide shows every column)")
@@ -199,8 +213,7 @@ def format_front(result: SweepResult, space: SearchSpace, wide: bool = False) ->
         rows = [[str(r["d_model"]), str(r["dense_layers"]), _cell(r.get("result", {}).get(M.VAL_LOSS)),
                  _cell(r.get("result", {}).get(M.FLOPS_PER_TOKEN)), _cell(r.get("result", {}).get(M.TOKENS_PER_S)),
                  "yes" if r.get("result", {}).get(M.FLOPS_PER_TOKEN) in on else ""] for r in result.reference]
-        out += ["dense reference (compute_gain: the dense FLOPs/token this val/loss needs on its frontier, over "
-                "the trial's; > 1 beats dense):",
-                *_table(["d_model", "layers", M.VAL_LOSS, M.FLOPS_PER_TOKEN, M.TOKENS_PER_S, "frontier"], rows)]
+        out += ["dense reference (gain: the dense FLOPs/token this loss needs on its frontier over the trial's; "
+                "> 1 beats\n  dense):", *_table(["d", "layers", "loss", "FLOPs/tok", "tok/s", "frontier"], rows)]
     out.append(f"sweep directory: {result.sweep_dir}")
     return "\n".join(out)

@@ -327,8 +327,9 @@ class MLflowSweepLogger(Callback):
         if res.get("failed"):  # diverged or out of memory: the trial said why
             self._end(trial, "FAILED", {"dnasweep.fail_reason": str(res.get("reason", "unknown"))[:5000],
                                         "dnasweep.status": str(res.get("status", "failed"))})
-        else:
-            self._end(trial, "FINISHED", {})
+        else:  # a bypassed pool is named on the run, as on the front table
+            self._end(trial, "FINISHED", {"dnasweep.collapsed": str(bool(res[M.ROUTER_COLLAPSED])).lower()}
+                      if M.ROUTER_COLLAPSED in res else {})
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._end(trial, "FAILED", {"dnasweep.fail_reason": "the trial raised or its worker died beyond "
