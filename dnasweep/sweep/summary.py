@@ -3,6 +3,10 @@ front, the trial table, plots and hypervolume, reports on the front's trials, an
 
 from __future__ import annotations
 
+import os
+import time
+
+from dnasweep import metrics as M
 from dnasweep.space import SearchSpace
 from dnasweep.sweep.study import SweepResult, counts, front_trial_dirs, result_of, trial_rows
 
@@ -16,7 +20,10 @@ def finish_sweep(study, space: SearchSpace, store, tracker, uri: str, log, analy
         if t.user_attrs.get("ray_trial_id"):
             store.fetch(t.user_attrs["ray_trial_id"])
     front = result_of(study, space, sweep_dir).front
-    tracker.finish(front, trial_rows(study, space))
+    try:  # a tracking failure is reported, never raised: the sweep's results are safe on disk
+        close_parent(tracker, front, trial_rows(study, space))
+    except Exception as e:
+        tracker.record_failure("finish", e)
     c = counts(study)
     lost = f", {c['abandoned']} abandoned" if c["abandoned"] else ""
     log(f"sweep {study.study_name}: {c['complete']} complete, {c['failed']} failed{lost}, {elapsed_s:.0f} s; "
@@ -43,3 +50,63 @@ def _analyze_front(sweep_dir: str, front: list[dict], uri: str, space: SearchSpa
         analyze_in_sweep(sweep_dir, dirs, log=log, uri=uri, max_examples=space.analyze.examples)
     except Exception as e:
         log(f"warning: analysis failed ({type(e).__name__}: {e}); rerun it with: dnasweep analyze {sweep_dir}")
+
+
+def close_parent(t, front: list[dict], rows: list[dict]) -> None:
+    """Close the parent run with the sweep's summary: Pareto front table (CSV), every complete
+    trial (CSV), Pareto plots (PNG, HTML), and the hypervolume after each finished trial."""
+    import numpy as np
+    from mlflow.entities import Metric
+
+    from dnasweep.sweep import plots
+    from dnasweep.sweep.pareto import hypervolume_history, pareto_mask, reference_point
+
+    t.drain(wait_s=120.0)
+    objs, modes = [o.metric for o in t.space.objectives], [o.mode for o in t.space.objectives]
+    paths = [_write_csv(os.path.join(t.sweep_dir, "pareto_front.csv"), front),
+             _write_csv(os.path.join(t.sweep_dir, "trials.csv"), [
+                 {"trial": r["number"], **dict(zip(objs, r["values"], strict=True)), "feasible": r["feasible"],
+                  "pareto": r["front"], **r["params"], "ray_trial_id": r["ray_trial_id"]}
+                 for r in sorted(rows, key=lambda r: r["number"])])]
+    for r in rows:  # the front table names trials by Optuna number: so does MLflow
+        if r["ray_trial_id"] in t.runs:
+            rid = t.runs[r["ray_trial_id"]]
+            t.client.set_tag(rid, "dnasweep.optuna_trial", str(r["number"]))
+            t.client.set_tag(rid, "dnasweep.front", str(r["front"]).lower())
+    history: list[float] = []
+    ok = [r["values"] for r in rows if r["feasible"]]
+    if ok:
+        ref = reference_point(ok, modes)
+        raw = hypervolume_history([r["values"] for r in rows], [r["feasible"] for r in rows], modes, ref)
+        # normalised to the box between the best value of each objective and the reference point
+        box = float(np.prod(np.abs(ref - np.array([min(v) if m == "min" else max(v) for m, v in
+                                                    zip(modes, zip(*ok, strict=True), strict=True)]))))
+        history = [h / box if box > 0 else 0.0 for h in raw]
+        seen = lambda i: [r["values"] for r in rows[: i + 1] if r["feasible"]]  # noqa: E731
+        front_sizes = [int(pareto_mask(seen(i), modes).sum()) if seen(i) else 0 for i in range(len(rows))]
+        ts = int(time.time() * 1000)
+        t.client.log_batch(t.parent_id, metrics=[
+            *(Metric(M.SWEEP_HYPERVOLUME, h, ts, i + 1) for i, h in enumerate(history)),
+            *(Metric(M.SWEEP_HYPERVOLUME_RAW, h, ts, i + 1) for i, h in enumerate(raw)),
+            *(Metric(M.SWEEP_FRONT_SIZE, n, ts, i + 1) for i, n in enumerate(front_sizes))])
+        t.log_params(t.parent_id, {f"hypervolume_ref.{o.metric}": f"{v:.6g}"
+                                          for o, v in zip(t.space.objectives, ref, strict=True)})
+    reference = list(t.rungs.values())
+    paths += plots.write_all(rows, t.space, history, t.sweep_dir, reference)
+    if reference:
+        paths.append(os.path.join(t.sweep_dir, "reference.csv"))
+    paths += [p for p in (os.path.join(t.sweep_dir, "space.json"), t.space.source) if os.path.isfile(p)]
+    for path in paths:
+        t.client.log_artifact(t.parent_id, path)
+    t.client.set_terminated(t.parent_id, "FINISHED")
+
+
+def _write_csv(path: str, rows: list[dict]) -> str:
+    import csv
+
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    return path

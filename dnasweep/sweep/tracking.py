@@ -7,7 +7,6 @@ Default store: sqlite:///SWEEP/mlflow.db, opened with
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -77,20 +76,6 @@ def _quick_http_failures() -> None:
     # retry ourselves instead. A user's own setting wins.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-
-
-def _guarded(fn):
-    """A tracking failure is reported, never raised: an exception in a Tune callback would end the
-    whole sweep, and a late metric is better than lost trials."""
-
-    @functools.wraps(fn)
-    def wrapper(self, *args, **kwargs):
-        try:
-            return fn(self, *args, **kwargs)
-        except Exception as e:
-            self._failed(fn.__name__, e)
-
-    return wrapper
 
 
 class MLflowSweepLogger(Callback):
@@ -180,7 +165,7 @@ class MLflowSweepLogger(Callback):
         self._save_state()
         base = flatten(to_dict(space.base))
         cfg = space.config
-        self._log_params(self.parent_id, {**{f"base.{k}": v for k, v in base.items()},
+        self.log_params(self.parent_id, {**{f"base.{k}": v for k, v in base.items()},
                                           "objectives": ", ".join(f"{o.mode} {o.metric}" for o in cfg.objectives),
                                           "constraints": ", ".join(cfg.constraints) or "none",
                                           "space_file": space.source,
@@ -203,7 +188,7 @@ class MLflowSweepLogger(Callback):
             for key in self.client.get_run(rid).data.metrics:
                 seen[key] = {m.step for m in self.client.get_metric_history(rid, key)}
 
-    def _failed(self, where: str, e: Exception) -> None:
+    def record_failure(self, where: str, e: Exception) -> None:
         text = redact(str(e))  # MLflow's HTTP errors quote the URL, password included
         self.errors.append(f"{where}: {type(e).__name__}: {text}")
         if self.down_since is None:
@@ -226,7 +211,7 @@ class MLflowSweepLogger(Callback):
         if trial_id in self.params_todo:  # kept until written: the store may drop between the two calls
             params = self.rungs[trial_id]["config"] if trial_id in self.rungs else \
                 self._trial_params(trial_id, self.configs.get(trial_id))
-            self._log_params(self.runs[trial_id], params)
+            self.log_params(self.runs[trial_id], params)
             self.params_todo.discard(trial_id)
         return self.runs[trial_id]
 
@@ -243,7 +228,7 @@ class MLflowSweepLogger(Callback):
         return {**flatten(to_dict(self.space.base)), **values,
                 "out_dir": os.path.join(self.sweep_dir, "trials", trial_id)}
 
-    def _log_params(self, run_id: str, params: dict) -> None:
+    def log_params(self, run_id: str, params: dict) -> None:
         items = [_param(k, v) for k, v in sorted(params.items())]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(run_id, params=items[i:i + 100])
@@ -302,7 +287,7 @@ class MLflowSweepLogger(Callback):
             try:
                 self._flush_trial(tid)
             except Exception as e:
-                self._failed(f"flush of trial {tid}", e)
+                self.record_failure(f"flush of trial {tid}", e)
                 ok = False
         if ok and self.down_since is not None:
             print(f"MLflow tracking answers again after {time.monotonic() - self.down_since:.0f} s; "
@@ -414,66 +399,6 @@ class MLflowSweepLogger(Callback):
     def suspend(self) -> None:
         """The sweep stopped early (Ctrl-C / SIGTERM): write what is buffered, leave runs open."""
         self.drain(wait_s=10.0)
-
-    @_guarded
-    def finish(self, front: list[dict], rows: list[dict]) -> None:
-        """Close the parent run with the sweep's summary: Pareto front table (CSV), every complete
-        trial (CSV), Pareto plots (PNG, HTML), and the hypervolume after each finished trial."""
-        import numpy as np
-        from mlflow.entities import Metric
-
-        from dnasweep.sweep import plots
-        from dnasweep.sweep.pareto import hypervolume_history, pareto_mask, reference_point
-
-        self.drain(wait_s=120.0)
-        objs, modes = [o.metric for o in self.space.objectives], [o.mode for o in self.space.objectives]
-        paths = [_write_csv(os.path.join(self.sweep_dir, "pareto_front.csv"), front),
-                 _write_csv(os.path.join(self.sweep_dir, "trials.csv"), [
-                     {"trial": r["number"], **dict(zip(objs, r["values"], strict=True)), "feasible": r["feasible"],
-                      "pareto": r["front"], **r["params"], "ray_trial_id": r["ray_trial_id"]}
-                     for r in sorted(rows, key=lambda r: r["number"])])]
-        for r in rows:  # the front table names trials by Optuna number: so does MLflow
-            if r["ray_trial_id"] in self.runs:
-                rid = self.runs[r["ray_trial_id"]]
-                self.client.set_tag(rid, "dnasweep.optuna_trial", str(r["number"]))
-                self.client.set_tag(rid, "dnasweep.front", str(r["front"]).lower())
-        history: list[float] = []
-        ok = [r["values"] for r in rows if r["feasible"]]
-        if ok:
-            ref = reference_point(ok, modes)
-            raw = hypervolume_history([r["values"] for r in rows], [r["feasible"] for r in rows], modes, ref)
-            # normalised to the box between the best value of each objective and the reference point
-            box = float(np.prod(np.abs(ref - np.array([min(v) if m == "min" else max(v) for m, v in
-                                                        zip(modes, zip(*ok, strict=True), strict=True)]))))
-            history = [h / box if box > 0 else 0.0 for h in raw]
-            seen = lambda i: [r["values"] for r in rows[: i + 1] if r["feasible"]]  # noqa: E731
-            front_sizes = [int(pareto_mask(seen(i), modes).sum()) if seen(i) else 0 for i in range(len(rows))]
-            ts = int(time.time() * 1000)
-            self.client.log_batch(self.parent_id, metrics=[
-                *(Metric(M.SWEEP_HYPERVOLUME, h, ts, i + 1) for i, h in enumerate(history)),
-                *(Metric(M.SWEEP_HYPERVOLUME_RAW, h, ts, i + 1) for i, h in enumerate(raw)),
-                *(Metric(M.SWEEP_FRONT_SIZE, n, ts, i + 1) for i, n in enumerate(front_sizes))])
-            self._log_params(self.parent_id, {f"hypervolume_ref.{o.metric}": f"{v:.6g}"
-                                              for o, v in zip(self.space.objectives, ref, strict=True)})
-        reference = list(self.rungs.values())
-        paths += plots.write_all(rows, self.space, history, self.sweep_dir, reference)
-        if reference:
-            paths.append(os.path.join(self.sweep_dir, "reference.csv"))
-        paths += [p for p in (os.path.join(self.sweep_dir, "space.json"), self.space.source) if os.path.isfile(p)]
-        for path in paths:
-            self.client.log_artifact(self.parent_id, path)
-        self.client.set_terminated(self.parent_id, "FINISHED")
-
-
-def _write_csv(path: str, rows: list[dict]) -> str:
-    import csv
-
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    return path
 
 
 def _param(key: str, value):
