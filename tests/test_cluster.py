@@ -217,5 +217,5 @@ def test_run_prints_its_own_lines_only(tmp_path):
     for noise in ("Configuration for experiment", "TensorBoard", "Creating initial", "Started a local Ray instance",
                   "View detailed results", "ExperimentalWarning", "Token authentication is enabled"):
         assert noise not in out, noise
-    assert out.count("dashboard") == 1 and "Ray dashboard: http://127.0.0.1:" in out
+    assert out.count("dashboard: http") == 1 and "Ray dashboard: http://127.0.0.1:" in out  # Ray's URL once
     assert "2 complete, 0 failed" in out and "Pareto front" in out
