@@ -168,10 +168,12 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
                            # cached) takes the next trial, instead of a fresh process per trial.
                            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=todo, reuse_actors=True,
                                                        max_concurrent_trials=space.budget.concurrent),
-                           # A trial whose worker dies is restarted (from its checkpoint) up to retries times.
+                           # A trial whose worker dies is restarted (from its checkpoint) up to retries times;
+                           # only its latest checkpoint is kept in Tune's copy (the trial keeps its own).
                            run_config=tune.RunConfig(name="tune", storage_path=store.tune_root, verbose=0,
                                                      callbacks=callbacks, failure_config=tune.FailureConfig(
-                                                         max_failures=space.budget.retries)))
+                                                         max_failures=space.budget.retries),
+                                                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     if restored or todo > 0:
         with _sigterm_as_sigint():
             tuner.fit()
