@@ -18,6 +18,7 @@ from dnasweep import metrics as M
 from dnasweep.config import flatten, to_dict
 from dnasweep.space import SearchSpace
 from dnasweep.space.reference import Frontier, config_hash, ladder
+from dnasweep.sweep.study import read_json
 
 FILE = "reference.json"  # SWEEP/reference.json: [{hash, d_model, dense_layers, result, rows, config}]
 CSV_COLUMNS = ["d_model", "dense_layers", M.PARAMS_TOTAL, M.FLOPS_PER_TOKEN, M.VAL_LOSS, M.TOKENS_PER_S,
@@ -41,13 +42,6 @@ def _train_rung(cfg_dict: dict) -> dict:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def _read(path: str):
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    return None
-
-
 def train_reference(space: SearchSpace, sweep_dir: str, root: str, log) -> list[dict]:
     """Every rung of the ladder with its result, training only those neither this sweep nor the
     cache has. Empty when the space has no `reference:` section."""
@@ -58,12 +52,12 @@ def train_reference(space: SearchSpace, sweep_dir: str, root: str, log) -> list[
     ref = space.config.reference
     if not ref.d_model:
         return []
-    own = {r["hash"]: r for r in _read(os.path.join(sweep_dir, FILE)) or []}
+    own = {r["hash"]: r for r in read_json(os.path.join(sweep_dir, FILE)) or []}
     cache = os.path.join(os.path.abspath(root), "reference-cache")
     rungs, todo = [], []
     for cfg in ladder(space.base, ref.d_model, ref.dense_layers):
         h = config_hash(cfg)
-        known = own.get(h) or (_read(os.path.join(cache, f"{h}.json")) if ref.cache else None)
+        known = own.get(h) or (read_json(os.path.join(cache, f"{h}.json")) if ref.cache else None)
         entry = {"hash": h, "d_model": cfg.model.d_model, "dense_layers": cfg.model.dense_layers,
                  "config": flatten(to_dict(cfg)), "reused": known is not None}
         rungs.append({**entry, **({"result": known["result"], "rows": known["rows"]} if known else {})})
@@ -119,4 +113,4 @@ def write(sweep_dir: str, rungs: list[dict]) -> list[str]:
 
 def read(sweep_dir: str) -> list[dict]:
     """The rungs a sweep recorded (empty without a ladder)."""
-    return _read(os.path.join(sweep_dir, FILE)) or []
+    return read_json(os.path.join(sweep_dir, FILE)) or []

@@ -25,7 +25,16 @@ import warnings
 
 from dnasweep.errors import ConfigError, Problem
 from dnasweep.space import SearchSpace
-from dnasweep.sweep.study import SweepResult, counts, is_sweep_dir, journal, open_study, read_space, result_of
+from dnasweep.sweep.study import (
+    SweepResult,
+    counts,
+    is_sweep_dir,
+    journal,
+    open_study,
+    read_json,
+    read_space,
+    result_of,
+)
 
 LOST = "its Optuna trial was asked for, but the driver was killed before Ray Tune saved the trial"
 
@@ -77,7 +86,7 @@ def resume_sweep(sweep_dir: str, address: str | None = None, log=print, tracking
     `sweep_dir` may be the sweep's object-store URI (a new head node): its copy lands in ROOT/NAME."""
     from dnasweep.sweep.cluster import init_ray
     from dnasweep.sweep.storage import SETTINGS, ObjectStore, is_uri, open_store
-    from dnasweep.sweep.tracking import check_reachable, read_json, resolve_uri
+    from dnasweep.sweep.tracking import check_reachable, resolve_uri
 
     storage = None
     if is_uri(sweep_dir):

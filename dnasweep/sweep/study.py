@@ -102,10 +102,18 @@ def pareto_front(study, space: SearchSpace, sweep_dir: str | None = None) -> lis
     return rows
 
 
+def read_json(path: str):
+    """A JSON file of the sweep directory, None when it is not there."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def _read_json(path: str):
+    """read_json, None too for a file being written (a trial's result.json while the sweep runs)."""
     try:
-        with open(path) as f:
-            return json.load(f)
+        return read_json(path)
     except (OSError, ValueError):
         return None
 

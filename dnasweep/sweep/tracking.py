@@ -21,6 +21,7 @@ from dnasweep import metrics as M
 from dnasweep.config import flatten, to_dict
 from dnasweep.errors import ConfigError, Problem
 from dnasweep.space import SearchSpace
+from dnasweep.sweep.study import read_json
 
 FLUSH_EVERY_S = 5.0  # buffered metrics are written at least this often (and when a trial ends)
 STATE_FILE = "tracking.json"  # SWEEP/tracking.json: experiment, parent run, Ray trial id -> MLflow run id
@@ -244,8 +245,7 @@ class MLflowSweepLogger(Callback):
         self.times.setdefault(tid, [int((result.get("timestamp", time.time()) - result.get("time_total_s", 0)) * 1000),
                                     None])
         metrics = [Metric(k, float(v), ts, step) for k, v in result.items()
-                   if "/" in k and not k.startswith(_SKIP_PREFIXES) and isinstance(v, int | float)
-                   and not isinstance(v, bool) and math.isfinite(v)]
+                   if "/" in k and not k.startswith(_SKIP_PREFIXES) and _number(v)]
         # A retried or resumed trial re-runs the steps after its last checkpoint and reports them
         # again, with the same values (resume is exact): keep the first report of each (metric, step).
         self._add(tid, metrics)
@@ -273,8 +273,7 @@ class MLflowSweepLogger(Callback):
             with open(path) as f:
                 rows = [json.loads(line) for line in f if line.strip()]
             self._add(tid, [Metric(k, float(v), ts, int(r.get("step", 0))) for r in rows for k, v in r.items()
-                            if "/" in k and isinstance(v, int | float) and not isinstance(v, bool)
-                            and math.isfinite(v)])
+                            if "/" in k and _number(v)])
         self.backfilled.add(tid)
 
     def flush(self) -> bool:
@@ -412,13 +411,6 @@ def _write_json(path: str, obj) -> None:
     with open(tmp, "w") as f:
         json.dump(obj, f)
     os.replace(tmp, path)  # atomic: a kill mid-write leaves the old file, never half of one
-
-
-def read_json(path: str):
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 def _number(v) -> bool:

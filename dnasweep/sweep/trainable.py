@@ -40,6 +40,11 @@ def _fail(status: str, reason: str) -> None:
     tune.report({FAILED: 1.0, "status": status, "reason": reason})
 
 
+def _rules(e: ConfigError) -> str:
+    """The rules a config broke, on one line (a failed trial's reason)."""
+    return "; ".join(f"{p.key}: {p.message}" for p in e.problems)
+
+
 def trial(config: dict, space: SearchSpace, store: LocalStore, frontier: Frontier | None = None) -> None:
     """One Ray Tune trial; with a dense reference `frontier`, every evaluation adds its compare/* gains."""
     import ray
@@ -64,7 +69,7 @@ def trial(config: dict, space: SearchSpace, store: LocalStore, frontier: Frontie
     try:
         cfg = space.apply(values, out)
     except ConfigError as e:  # this point breaks a rule: this trial fails, nothing else
-        return _fail("invalid", "; ".join(f"{p.key}: {p.message}" for p in e.problems))
+        return _fail("invalid", _rules(e))
     # A retried or resumed trial continues from its own checkpoint in `out`; on another node
     # without it, from the last checkpoint it reported to Tune (copied back into place first).
     own = os.path.join(out, "checkpoint")
@@ -81,7 +86,7 @@ def trial(config: dict, space: SearchSpace, store: LocalStore, frontier: Frontie
             result = run_trial(cfg, TuneReporter(), derive=frontier.metrics if frontier else None)
         status, reason = result.status, result.reason
     except ConfigError as e:  # the data does not fit the model (vocabulary, image shape): invalid
-        status, reason = "invalid", "; ".join(f"{p.key}: {p.message}" for p in e.problems)
+        status, reason = "invalid", _rules(e)
     except Exception as e:  # out of memory before the loop (model or data): a failed trial, not a retry
         if not is_oom(e):
             raise
