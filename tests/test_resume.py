@@ -186,3 +186,24 @@ def test_a_run_stopped_by_its_time_limit_is_complete(tmp_path, trial, capsys):
     cap = capsys.readouterr()
     assert "already complete" in cap.err and json.loads(cap.out.strip().splitlines()[-1])["step"] == step
     assert _snapshot(out) == before  # not one more step per rerun
+
+
+@pytest.mark.parametrize("killed_after", ["first rename", "tmp written"])
+def test_a_save_killed_between_its_renames_still_resumes(tmp_path, trial, killed_after, capsys):
+    """`checkpoint.save` moves DIR to DIR.old, then DIR.tmp to DIR: a process killed in between left no
+    DIR, and the run started over from step 0 although complete checkpoints were on disk."""
+    import os
+
+    out = tmp_path / "run"
+    assert _train(trial, out, "train.max_steps=6") == 0
+    ckpt = out / "checkpoint"
+    os.remove(out / "result.json")  # as if killed before the end
+    if killed_after == "first rename":  # DIR -> DIR.old done, DIR.tmp -> DIR not
+        os.rename(ckpt, str(ckpt) + ".old")
+    else:  # the new checkpoint complete in DIR.tmp, the old one in DIR.old
+        os.rename(ckpt, str(ckpt) + ".tmp")
+    capsys.readouterr()
+    assert _train(trial, out, "train.max_steps=9", "--json") == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "continued from step 6" in res["reason"], res
+    assert _train_steps(out) == list(range(1, 10))

@@ -76,6 +76,10 @@ class ParetoOptunaSearch(OptunaSearch):
         live = compat.search_trials(self)
         if trial_id in live:
             live[trial_id].set_user_attr("ray_trial_id", trial_id)  # -> SWEEP/trials/ID, MLflow run
+            # A sweep kept in object storage copies the journal up now, before Tune's saved state can
+            # name this trial: a new head restoring that state then always finds the trial in the copy.
+            if getattr(self, "after_ask", None) is not None:
+                self.after_ask()
         return config
 
     def on_trial_complete(self, trial_id, result=None, error=False):

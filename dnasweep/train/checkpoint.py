@@ -49,7 +49,17 @@ def save(directory: str, state: dict, config_yaml: str) -> str:
 
 
 def exists(directory: str) -> bool:
-    return os.path.isfile(os.path.join(directory, STATE))
+    """Whether `directory` holds a checkpoint, after finishing a `save` that was killed between its
+    two renames (DIR moved to DIR.old, DIR.tmp not yet moved in): without this, a trial killed there
+    would start over from step 0 although two complete checkpoints are on disk."""
+    d = directory.rstrip("/")
+    if not os.path.isfile(os.path.join(d, STATE)):
+        for done in (d + ".tmp", d + ".old"):  # .tmp is complete once its config.yaml (written last) is there
+            if os.path.isfile(os.path.join(done, STATE)) and os.path.isfile(os.path.join(done, "config.yaml")):
+                shutil.rmtree(d, ignore_errors=True)
+                os.rename(done, d)
+                break
+    return os.path.isfile(os.path.join(d, STATE))
 
 
 # The keys a run may change and still continue from its checkpoint: the budget (how far to train;

@@ -96,7 +96,9 @@ def test_stopped_driver_resumes_to_the_budget(ray_cluster, tmp_path, sig):
     assert optuna.trial.TrialState.RUNNING not in states
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL and ABANDONED not in t.user_attrs]
-    assert len(complete) == 3 and not failed  # the budget, no more, no less
+    # the budget, no more, no less
+    assert len(complete) == 3 and not failed, ([(t.number, t.state.name, t.user_attrs) for t in study.trials],
+                                               first[-2000:], resumed.stdout[-3000:])
 
     for tid, (step, done) in at.items():
         attempts = (sweep / "trials" / tid / "attempts.log").read_text().splitlines()
