@@ -5,7 +5,7 @@
                  optional `when: {other.path: [values]}` (parsed by dnasweep.space)
     objectives:  [{metric: val/loss, mode: min}, ...]
     constraints: ["params/total <= 2e7", ...]
-    sampler, budget, resources, tracking, analyze: the sections below
+    sampler, budget, resources, tracking, analyze, reference, scheduler: the sections below
     smoke:       an overlay of this file applied by --smoke
 
 `sweep_sections` turns a file's dict (smoke overlay and overrides applied) into typed sections,
@@ -50,11 +50,36 @@ class SamplerConfig:
             "sampler.type", f"unknown sampler {self.type!r}", f"use one of: {', '.join(SAMPLERS)}")])
 
 
+# The Ray Tune schedulers a sweep may use: name -> "module:class", imported only by the sweep
+# layer (dnasweep.sweep.moasha.make_scheduler), so validation never imports Ray.
+SCHEDULERS: dict[str, str] = {
+    "fifo": "ray.tune.schedulers:FIFOScheduler",  # every trial trains to train.max_steps
+    "moasha": "dnasweep.sweep.moasha:MOASHA",  # multi-objective successive halving at rungs
+}
+
+
+@dataclass
+class SchedulerConfig:
+    """Whether trials stop early: fifo trains every trial to train.max_steps; moasha ranks the trials
+    that reached a rung (grace_steps * reduction_factor^k steps) by non-dominated sorting and stops
+    those outside the top 1/reduction_factor (PRUNED in Optuna, never on the front)."""
+
+    type: str = "fifo"  # one of SCHEDULERS: fifo (default) | moasha
+    grace_steps: int | None = field(default=None, metadata=gt(0))  # first rung, in steps (null: train.eval_every)
+    reduction_factor: int = field(default=3, metadata=ge(2))  # keep the top 1/reduction_factor at each rung
+    brackets: int = field(default=1, metadata=ge(1))  # brackets (first rung grace * rf^b); trials round-robin
+
+    def problems(self) -> list[Problem]:
+        return field_problems(self, "scheduler") + ([] if self.type in SCHEDULERS else [Problem(
+            "scheduler.type", f"unknown scheduler {self.type!r}", f"use one of: {', '.join(SCHEDULERS)}")])
+
+
 @dataclass
 class BudgetConfig:
-    """How many trials, how many at once, how often a dying worker is restarted."""
+    """How many trials (or training steps), how many at once, how often a dying worker is restarted."""
 
-    trials: int = field(default=8, metadata=ge(1))  # trials to finish (complete or failed)
+    trials: int = field(default=8, metadata=ge(1))  # trials to finish (complete, pruned, failed); with steps: a cap
+    steps: int | None = field(default=None, metadata=gt(0))  # training steps summed over all trials (null: none)
     concurrent: int = field(default=2, metadata=ge(1))  # trials running at once
     retries: int = field(default=2, metadata=ge(0))  # restarts (from its checkpoint) of a trial whose worker died
 
@@ -144,12 +169,14 @@ class SweepConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     smoke: dict[str, Any] = field(default_factory=dict)  # overlay of this file applied by --smoke
 
 
 SECTIONS = [f for f in SweepConfig.__dataclass_fields__]
 _FLAT = {"sampler": SamplerConfig, "budget": BudgetConfig, "resources": ResourcesConfig,
-         "tracking": TrackingConfig, "analyze": AnalyzeConfig, "reference": ReferenceConfig}
+         "tracking": TrackingConfig, "analyze": AnalyzeConfig, "reference": ReferenceConfig,
+         "scheduler": SchedulerConfig}
 
 
 def _in_base(q: Problem) -> Problem:

@@ -23,6 +23,7 @@ from dnasweep.config.sweep import (
     ObjectiveConfig,
     ResourcesConfig,
     SamplerConfig,
+    SchedulerConfig,
     SweepConfig,
     TrackingConfig,
     sweep_sections,
@@ -84,6 +85,25 @@ class SearchSpace:
     @property
     def analyze(self) -> AnalyzeConfig:
         return self.config.analyze
+
+    @property
+    def scheduler(self) -> SchedulerConfig:
+        return self.config.scheduler
+
+    def rungs(self) -> list[list[int]]:
+        """MO-ASHA's rungs (training steps) per bracket: grace * rf^k below train.max_steps; [] for fifo."""
+        s = self.scheduler
+        if s.type == "fifo":
+            return []
+        grace, top = s.grace_steps or self.base.train.eval_every, self.base.train.max_steps
+        out = []
+        for b in range(s.brackets):
+            r, ladder_b = grace * s.reduction_factor ** b, []
+            while r < top:
+                ladder_b.append(r)
+                r *= s.reduction_factor
+            out.append(ladder_b)
+        return out
 
     def apply(self, values: dict, out_dir: str) -> TrialConfig:
         """The trial config of one point (its active sampled values); ConfigError if invalid."""
@@ -166,6 +186,27 @@ def _constraints(raw: list, base: TrialConfig | None, searched, p: list[Problem]
     return out
 
 
+def _budget_problems(cfg, base: TrialConfig, bad: set[str]) -> list[Problem]:
+    """The scheduler's rungs against the base's evaluations, and a step budget that fits a trial
+    (each judged only when its own section has no problem yet: `bad`)."""
+    p, s, tc = [], cfg.scheduler, base.train
+    if s.type != "fifo" and "scheduler" not in bad:
+        grace = s.grace_steps or tc.eval_every
+        if grace % tc.eval_every:  # objectives exist only at evaluations: a rung between two would wait
+            p.append(Problem("scheduler.grace_steps", f"must be a multiple of base train.eval_every "
+                             f"({tc.eval_every}): rungs are evaluations, got {grace}",
+                             f"use {max(tc.eval_every, grace - grace % tc.eval_every)}, or change train.eval_every"))
+        elif grace * s.reduction_factor ** (s.brackets - 1) >= tc.max_steps:
+            p.append(Problem("scheduler", f"no rung below base train.max_steps ({tc.max_steps}) in every bracket: "
+                             f"grace_steps {grace} x reduction_factor {s.reduction_factor}^{s.brackets - 1}",
+                             "lower grace_steps or brackets, or raise train.max_steps"))
+    if cfg.budget.steps is not None and "budget" not in bad and cfg.budget.steps < tc.max_steps:
+        p.append(Problem("budget.steps", f"{cfg.budget.steps} is less than one trial's train.max_steps "
+                         f"({tc.max_steps}): no trial would start", f"use at least {tc.max_steps}, e.g. "
+                         f"{tc.max_steps * cfg.budget.trials} for budget.trials x max_steps"))
+    return p
+
+
 def parse_space(data: dict, source: str, overrides: list[str] | None = None, smoke: bool = False,
                 check: bool = True) -> SearchSpace:
     """A SearchSpace from a file's dict; ConfigError listing every problem. `check=False` reads a
@@ -185,6 +226,8 @@ def parse_space(data: dict, source: str, overrides: list[str] | None = None, smo
             p += e.problems
     if base is not None and not any(q.key.startswith(("search", "constraints")) for q in p):
         p += unsatisfiable(params, constraints, base)
+    if base is not None:
+        p += _budget_problems(cfg, base, {q.key.split(".")[0] for q in p})
     raise_if(p, source)
     return SearchSpace(source, cfg, params, constraints)
 

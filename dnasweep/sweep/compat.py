@@ -15,6 +15,11 @@ def restored_run_config(tuner):
     return tuner._local_tuner.get_run_config()
 
 
+def restored_scheduler(tuner):
+    """The scheduler a restored Tuner unpickled (as first built: Tune saves no scheduler state)."""
+    return tuner._local_tuner._tune_config.scheduler
+
+
 def restored_searcher(tuner):
     """The searcher a restored Tuner unpickled."""
     return tuner._local_tuner._tune_config.search_alg
@@ -74,3 +79,4 @@ def check() -> None:
         restored_run_config(tuner).callbacks = []
         assert restored_run_config(tuner).callbacks == [], "the Tuner's RunConfig is a copy: callbacks not swapped"
         assert restored_searcher(tuner) is search, "the Tuner's searcher is not where compat looks"
+        assert restored_scheduler(tuner) is None, "the Tuner's scheduler is not where compat looks"

@@ -27,18 +27,21 @@ class Progress(Callback):
     """Tune callback printing one line per started / restarted / finished trial. A trial restarted
     (its worker died, retried from its checkpoint) counts once as running, and apart as a restart."""
 
-    def __init__(self, space: SearchSpace, log, before: dict | None = None):
+    def __init__(self, space: SearchSpace, log, before: dict | None = None, pruned: dict | None = None):
         self.space, self.log = space, log
         before = before or {}  # a resumed sweep counts the trials its earlier runs finished
         self.done, self.failed = before.get("complete", 0), before.get("failed", 0)
+        self.n_pruned = before.get("pruned", 0)
+        self.pruned = pruned if pruned is not None else {}  # Ray trial id -> rung (MO-ASHA's, shared)
         self.running: set[str] = set()
         self.restarts = 0
         self.t0 = time.time()
 
     def _head(self) -> str:
         extra = f", {self.restarts} restarts" if self.restarts else ""
-        return (f"[{time.time() - self.t0:6.0f}s] {self.done + self.failed}/{self.space.budget.trials} finished "
-                f"({self.failed} failed, {len(self.running)} running{extra})")
+        pruned = f"{self.n_pruned} pruned, " if self.n_pruned or self.space.scheduler.type != "fifo" else ""
+        return (f"[{time.time() - self.t0:6.0f}s] {self.done + self.n_pruned + self.failed}/{self.space.budget.trials}"
+                f" finished ({pruned}{self.failed} failed, {len(self.running)} running{extra})")
 
     def on_trial_start(self, iteration, trials, trial, **info):
         if trial.trial_id in self.running:
@@ -52,7 +55,11 @@ class Progress(Callback):
         self.running.discard(trial.trial_id)
         res = trial.last_result or {}
         objs = [res.get(o.metric) for o in self.space.objectives]
-        if all(isinstance(v, int | float) and math.isfinite(v) for v in objs):
+        if trial.trial_id in self.pruned:
+            self.n_pruned += 1
+            self.log(f"{self._head()}  PRUNED {trial.trial_id} at step {self.pruned[trial.trial_id]}: "
+                     "outside the top of its rung")
+        elif all(isinstance(v, int | float) and math.isfinite(v) for v in objs):
             self.done += 1
             shown = ", ".join(f"{o.metric}={v:.4g}" for o, v in zip(self.space.objectives, objs, strict=True))
             self.log(f"{self._head()}  done  {trial.trial_id}: {shown}")

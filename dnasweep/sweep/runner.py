@@ -115,8 +115,9 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
     import optuna
     from ray import tune
 
-    from dnasweep.sweep import compat
+    from dnasweep.sweep import budget, compat
     from dnasweep.sweep.cluster import bundle
+    from dnasweep.sweep.moasha import MOASHA, make_scheduler
     from dnasweep.sweep.progress import Progress
     from dnasweep.sweep.reference import frontier_of, train_reference
     from dnasweep.sweep.searcher import ParetoOptunaSearch, abandon
@@ -145,7 +146,9 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
     rungs = train_reference(space, sweep_dir, root, log)  # before the trials: their gains need it
     tracker.reference(rungs)
     store.mirror()
-    progress = Progress(space, log, counts(study))
+    pruned: dict[str, int] = {}  # MO-ASHA's decisions, read by the progress line and the tracker
+    tracker.pruned = pruned
+    progress = Progress(space, log, counts(study), pruned)
     callbacks = [tracker, progress, *store.callbacks()]
     trainable = tune.with_resources(tune.with_parameters(trial, space=space, store=store, frontier=frontier_of(rungs)),
                                     bundle(space))
@@ -161,6 +164,10 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
         compat.restored_run_config(tuner).callbacks = callbacks
         compat.restored_searcher(tuner).live_storage = storage  # this head's copy of the study
         compat.restored_searcher(tuner).after_ask = functools.partial(_journal_up, store)
+        scheduler = compat.restored_scheduler(tuner)
+        if isinstance(scheduler, MOASHA):  # Tune saves no scheduler state: its decisions are in the study
+            scheduler.searcher, scheduler.pruned = compat.restored_searcher(tuner), pruned
+            scheduler.load(study)
         known = {t.trial_id for t in tune.ExperimentAnalysis(tune_dir).trials}
     if resume:  # Optuna trials no Ray trial will finish: FAIL (marked abandoned), runs closed too
         lost = [t for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING"
@@ -170,15 +177,16 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
         if lost:
             log(f"{len(lost)} trial(s) were lost with the driver (started but not yet saved by Ray Tune); "
                 "their budget goes to new trials")
-    c = counts(study)
-    todo = space.budget.trials - c["complete"] - c["failed"]
-    if not restored and todo > 0:
+    todo = space.budget.trials - budget.finished(study)
+    if not restored and budget.left(study, space):
         searcher = ParetoOptunaSearch(space, storage=storage, study_name=name)
         searcher.after_ask = functools.partial(_journal_up, store)
         tuner = tune.Tuner(trainable,
                            # reuse_actors: a finished trial's worker process (torch imported, data
                            # cached) takes the next trial, instead of a fresh process per trial.
+                           # With budget.steps the searcher ends the search when the steps run out.
                            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=todo, reuse_actors=True,
+                                                       scheduler=make_scheduler(space, searcher, pruned),
                                                        max_concurrent_trials=space.budget.concurrent),
                            # A trial whose worker dies is restarted (from its checkpoint) up to retries times;
                            # only its latest checkpoint is kept in Tune's copy (the trial keeps its own).
@@ -186,15 +194,14 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
                                                      callbacks=callbacks, failure_config=tune.FailureConfig(
                                                          max_failures=space.budget.retries),
                                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-    if restored or todo > 0:
+    if restored or budget.left(study, space):
         with _sigterm_as_sigint():
             tuner.fit()
     study = optuna.load_study(study_name=name, storage=storage)
-    c = counts(study)
-    if c["complete"] + c["failed"] < space.budget.trials:
+    if budget.left(study, space):
         tracker.suspend()
         store.mirror()
-        log(f"sweep {name} stopped at {c['complete'] + c['failed']}/{space.budget.trials} finished trials; its "
+        log(f"sweep {name} stopped at {budget.finished(study)}/{space.budget.trials} finished trials; its "
             f"state is saved. Continue it with:\n  dnasweep resume {store.where}")
         return result_of(study, space, sweep_dir, tracking_errors=tracker.errors, interrupted=True)
     return finish_sweep(study, space, store, tracker, uri, log, analyze, time.time() - t0)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from dnasweep.config.sweep import SAMPLERS
 from dnasweep.space import SearchSpace
-from dnasweep.sweep import compat
+from dnasweep.sweep import budget, compat
+from dnasweep.sweep.moasha import BRACKET, RUNG
 from dnasweep.sweep.study import ABANDONED
 
 
@@ -72,15 +74,55 @@ class ParetoOptunaSearch(OptunaSearch):
                                                             sampler=old.sampler))
 
     def suggest(self, trial_id):
+        space = self.sweep_space
+        if space.budget.steps is not None:  # a step budget: start a trial only if its max_steps fit
+            spent, committed = budget.steps_used(compat.search_study(self), space)
+            if spent + committed + space.base.train.max_steps > space.budget.steps:
+                # nothing running: nothing can free steps (a pruned trial returns its unspent ones)
+                return Searcher.FINISHED if committed == 0 else None
         config = super().suggest(trial_id)
         live = compat.search_trials(self)
         if trial_id in live:
             live[trial_id].set_user_attr("ray_trial_id", trial_id)  # -> SWEEP/trials/ID, MLflow run
+            live[trial_id].set_user_attr(budget.MAX_STEPS, int((config or {}).get(
+                "train.max_steps", space.base.train.max_steps)))
             # A sweep kept in object storage copies the journal up now, before Tune's saved state can
             # name this trial: a new head restoring that state then always finds the trial in the copy.
             if getattr(self, "after_ask", None) is not None:
                 self.after_ask()
         return config
+
+    def on_trial_result(self, trial_id, result):
+        """The last training step each trial reported (what a failed trial spent)."""
+        if isinstance(result.get("step"), int | float):
+            self.steps_seen = getattr(self, "steps_seen", {})
+            self.steps_seen[trial_id] = max(int(result["step"]), self.steps_seen.get(trial_id, 0))
+
+    def record_rung(self, trial_id: str, rung: int, bracket: int, values: dict, violation: float) -> None:
+        """MO-ASHA recorded the trial's objectives at a rung: kept in the study (user attrs), the
+        state a resumed sweep's scheduler is rebuilt from."""
+        ot = compat.search_trials(self).get(trial_id)
+        if ot is None:
+            return
+        ot.set_user_attr(BRACKET, bracket)
+        for m, v in {**values, "violation": violation}.items():
+            ot.set_user_attr(RUNG.format(step=rung, metric=m), float(v))
+
+    def prune(self, trial_id: str, rung: int) -> None:
+        """MO-ASHA stopped the trial at `rung`: PRUNED in Optuna (never on the front), told now so
+        the decision stands if the driver dies before Ray Tune saves it."""
+        from optuna.trial import TrialState
+
+        done, live = compat.search_completed(self), compat.search_trials(self)
+        if trial_id in done or trial_id not in live:
+            return
+        ot, study = live[trial_id], compat.search_study(self)
+        done.add(trial_id)
+        if study.get_trials(deepcopy=False)[ot.number].state.is_finished():
+            return
+        ot.set_user_attr("pruned_at", rung)
+        ot.set_user_attr(budget.STEPS, rung)
+        study.tell(ot, None, state=TrialState.PRUNED)
 
     def on_trial_complete(self, trial_id, result=None, error=False):
         from optuna.trial import TrialState
@@ -93,6 +135,9 @@ class ParetoOptunaSearch(OptunaSearch):
         # A resumed sweep can finish a trial whose outcome was told before the driver died.
         if study.get_trials(deepcopy=False)[ot.number].state.is_finished():
             return
+        step = (result or {}).get("step")
+        ot.set_user_attr(budget.STEPS, int(step) if isinstance(step, int | float)
+                         else getattr(self, "steps_seen", {}).get(trial_id, 0))
         vals = [(result or {}).get(m) for m in self.metric]
         if not error and all(isinstance(v, int | float) and math.isfinite(v) for v in vals):
             for c in self.sweep_space.constraints:

@@ -7,10 +7,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from dnasweep import metrics as M
 from dnasweep.errors import ConfigError, Problem
-from dnasweep.space import SearchSpace
+
+if TYPE_CHECKING:  # annotations only: `dnasweep ls` reads journals and needs no config pipeline
+    from dnasweep.space import SearchSpace
 
 ABANDONED = "abandoned"  # Optuna user attr: lost with a killed driver; FAIL in Optuna, not a failed trial
 
@@ -26,6 +29,7 @@ class SweepResult:
     tracking_errors: list[str] = field(default_factory=list)  # MLflow failures (the sweep went on)
     interrupted: bool = False  # stopped before its budget (Ctrl-C / SIGTERM): `dnasweep resume` goes on
     n_abandoned: int = 0  # Optuna trials lost with a killed driver (re-sampled by the resumed sweep)
+    n_pruned: int = 0  # trials MO-ASHA stopped at a rung (PRUNED in Optuna, never on the front)
     reference: list[dict] = field(default_factory=list)  # the dense ladder's rungs (sweep/reference.py)
 
 
@@ -70,11 +74,14 @@ def read_space(sweep_dir: str) -> SearchSpace:
 
 
 def counts(study) -> dict[str, int]:
-    """Trials by outcome: complete, failed (diverged, OOM, errors), abandoned, running."""
-    out = {"complete": 0, "failed": 0, "abandoned": 0, "running": 0}
+    """Trials by outcome: complete, pruned (stopped early by the scheduler), failed (diverged, OOM,
+    errors), abandoned, running."""
+    out = {"complete": 0, "pruned": 0, "failed": 0, "abandoned": 0, "running": 0}
     for t in study.get_trials(deepcopy=False):
         if t.state.name == "COMPLETE":
             out["complete"] += 1
+        elif t.state.name == "PRUNED":
+            out["pruned"] += 1
         elif t.state.name == "FAIL":
             out["abandoned" if ABANDONED in t.user_attrs else "failed"] += 1
         elif t.state.name == "RUNNING":
@@ -143,7 +150,7 @@ def result_of(study, space: SearchSpace, sweep_dir: str, **kw) -> SweepResult:
     from dnasweep.sweep.reference import read
 
     return SweepResult(os.path.abspath(sweep_dir), c["complete"], c["failed"], pareto_front(study, space, sweep_dir),
-                       n_abandoned=c["abandoned"], reference=read(sweep_dir), **kw)
+                       n_abandoned=c["abandoned"], n_pruned=c["pruned"], reference=read(sweep_dir), **kw)
 
 
 def load_sweep(sweep_dir: str) -> tuple[SweepResult, SearchSpace]:
@@ -206,7 +213,9 @@ def format_front(result: SweepResult, space: SearchSpace, wide: bool = False) ->
     names = {h: h if wide else SHORT.get(h, h.split(".")[-1]) for h in head}
     head = [names[h] for h in head]
     lost = f", {result.n_abandoned} abandoned by a killed driver" if result.n_abandoned else ""
-    out = [f"Pareto front ({len(front)} of {result.n_complete} complete trials; {result.n_failed} failed{lost}):",
+    pruned = f"{result.n_pruned} pruned (never on the front), " if result.n_pruned else ""
+    out = [f"Pareto front ({len(front)} of {result.n_complete} complete trials; {pruned}{result.n_failed} failed"
+           f"{lost}):",
            *_table(head, cells)]
     legend = [f"{n}={h}" for h, n in names.items() if n != h]
     if legend:

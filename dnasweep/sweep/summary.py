@@ -26,7 +26,8 @@ def finish_sweep(study, space: SearchSpace, store, tracker, uri: str, log, analy
         tracker.record_failure("finish", e)
     c = counts(study)
     lost = f", {c['abandoned']} abandoned" if c["abandoned"] else ""
-    log(f"sweep {study.study_name}: {c['complete']} complete, {c['failed']} failed{lost}, {elapsed_s:.0f} s; "
+    pruned = f", {c['pruned']} pruned" if c["pruned"] else ""
+    log(f"sweep {study.study_name}: {c['complete']} complete{pruned}, {c['failed']} failed{lost}, {elapsed_s:.0f} s; "
         f"results in {sweep_dir}")
     log(f"look at it: dnasweep ui {sweep_dir}  (MLflow UI and optuna-dashboard; or open {sweep_dir}/pareto.html; "
         f"the store: {redact(uri)})")

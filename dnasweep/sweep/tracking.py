@@ -110,6 +110,7 @@ class MLflowSweepLogger(Callback):
         self.backfilled: set[str] = set()  # ended trials whose metrics.jsonl has been checked
         self.params_todo: set[str] = set()  # Ray trial ids whose run has no params yet
         self.rungs: dict[str, dict] = {}  # "ref-HASH" -> a rung of the dense reference ladder (its own run)
+        self.pruned: dict[str, int] = {}  # Ray trial id -> the rung MO-ASHA stopped it at (the scheduler's)
         # Runs are created late (buffering), so they carry the trial's own start and end, in ms
         self.times: dict[str, list] = {}  # Ray trial id -> [start, end or None]
         self.last_flush = time.monotonic()
@@ -308,7 +309,10 @@ class MLflowSweepLogger(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         res = trial.last_result or {}
-        if res.get("failed"):  # diverged or out of memory: the trial said why
+        if trial.trial_id in self.pruned:  # stopped at a rung by MO-ASHA: not a failure, not a result
+            self._end(trial, "FINISHED", {"dnasweep.status": "pruned",
+                                          "dnasweep.stopped_at_step": str(self.pruned[trial.trial_id])})
+        elif res.get("failed"):  # diverged or out of memory: the trial said why
             self._end(trial, "FAILED", {"dnasweep.fail_reason": str(res.get("reason", "unknown"))[:5000],
                                         "dnasweep.status": str(res.get("status", "failed"))})
         else:  # a bypassed pool is named on the run, as on the front table

@@ -1,0 +1,160 @@
+"""MO-ASHA rung decisions on synthetic reports (no cluster): dominated trials stop, front trials
+continue, ties share a position, infeasible ranks last, promotion is asynchronous, and the
+decisions survive a driver restart through the Optuna study."""
+
+import math
+
+import pytest
+
+pytest.importorskip("ray", reason="the sweep extra (ray[tune], optuna, mlflow) is not installed")
+
+from ray.tune.schedulers import TrialScheduler  # noqa: E402
+
+from dnasweep.errors import ConfigError  # noqa: E402
+from dnasweep.space import parse_space  # noqa: E402
+from dnasweep.sweep.moasha import MOASHA, crowding, fronts, keeps, make_scheduler  # noqa: E402
+
+GO, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
+
+
+def _space(**over):
+    d = {"base": {"model": {"d_model": 32, "n_heads": 4, "seq_len": 32, "n_steps": 2},
+                  "train": {"max_steps": 90, "eval_every": 10}},
+         "search": {"train.lr": {"float": [1e-3, 1e-2], "log": True}},
+         "objectives": [{"metric": "val/loss", "mode": "min"}, {"metric": "compute/flops_per_token", "mode": "min"}],
+         "scheduler": {"type": "moasha", "grace_steps": 10, "reduction_factor": 2}}
+    for k, v in over.items():
+        d[k] = {**d.get(k, {}), **v} if isinstance(v, dict) else v
+    return parse_space(d, "test.yaml")
+
+
+def _r(loss, flops, **kw):
+    return {"val/loss": loss, "compute/flops_per_token": flops, **kw}
+
+
+class Recorder:
+    """The searcher's side of the scheduler: what it would write into the study."""
+
+    def __init__(self):
+        self.rungs, self.pruned = [], []
+
+    def record_rung(self, tid, rung, bracket, values, violation):
+        self.rungs.append((tid, rung, bracket, values, violation))
+
+    def prune(self, tid, rung):
+        self.pruned.append((tid, rung))
+
+
+def _sched(**over):
+    s = make_scheduler(_space(**over), Recorder())
+    assert isinstance(s, MOASHA)
+    return s
+
+
+def test_rungs_follow_grace_and_reduction_factor_per_bracket():
+    assert _space().rungs() == [[10, 20, 40, 80]]
+    assert _space(scheduler={"brackets": 2, "reduction_factor": 3}).rungs() == [[10, 30], [30]]
+    assert _space(scheduler={"type": "fifo"}).rungs() == []
+
+
+def test_bad_scheduler_settings_are_all_reported_with_the_rule():
+    with pytest.raises(ConfigError) as e:
+        _space(scheduler={"grace_steps": 15, "reduction_factor": 1, "type": "sha"}, budget={"steps": 50})
+    text = e.value.render() if hasattr(e.value, "render") else str(e.value)
+    for key in ("scheduler.reduction_factor", "scheduler.type", "budget.steps"):
+        assert key in text, text
+    with pytest.raises(ConfigError, match="multiple of base train.eval_every"):
+        _space(scheduler={"grace_steps": 15})
+    with pytest.raises(ConfigError, match="no rung below"):
+        _space(scheduler={"grace_steps": 90})
+
+
+def test_pure_ranking_helpers():
+    pts = [(1.0, 4.0), (2.0, 2.0), (4.0, 1.0), (3.0, 3.0), (5.0, 5.0)]
+    assert fronts(pts) == [0, 0, 0, 1, 2]
+    c = crowding(pts, [0, 1, 2])
+    assert c[0] == c[2] == math.inf and 0 < c[1] < math.inf
+    # equal points: neither dominates the other, both on the same front, same position
+    assert fronts([(1.0, 1.0), (1.0, 1.0), (2.0, 2.0)]) == [0, 0, 1]
+
+
+def test_a_dominated_trial_stops_and_front_trials_continue():
+    s = _sched()
+    assert s.decide("a", 10, _r(3.0, 100)) == GO  # alone at the rung: continues (no waiting)
+    assert s.decide("b", 10, _r(2.0, 200)) == GO  # a trade-off: on the front
+    assert s.decide("c", 10, _r(3.5, 250)) == STOP  # dominated by both, outside the top half
+    assert s.searcher.pruned == [("c", 10)] and s.pruned == {"c": 10}
+    assert [r[:2] for r in s.searcher.rungs] == [("a", 10), ("b", 10), ("c", 10)]
+    assert s.searcher.rungs[0][3] == {"val/loss": 3.0, "compute/flops_per_token": 100}
+    # a training-loss row between evaluations decides nothing
+    assert s.decide("d", 10, {"train/loss": 9.0, "step": 10}) == GO
+    assert s.decide("c", 20, _r(0.1, 1)) == STOP  # the decision stands
+
+
+def test_every_front_trial_continues_even_beyond_the_top_fraction():
+    s = _sched(scheduler={"reduction_factor": 4})
+    for i, (loss, flops) in enumerate([(1.0, 500), (2.0, 400), (3.0, 300), (4.0, 200), (5.0, 100)]):
+        assert s.decide(f"t{i}", 10, _r(loss, flops)) == GO, i
+    assert s.decide("worse", 10, _r(5.0, 500)) == STOP
+
+
+def test_ties_share_a_position():
+    pts = [(1.0, 1.0), (2.0, 2.0), (2.0, 2.0), (3.0, 3.0)]
+    # the two equal points rank second together: with 4 points and reduction factor 2 (top 2) both stay
+    assert keeps(pts, [0.0] * 4, 1, 2) and keeps(pts, [0.0] * 4, 2, 2)
+    assert not keeps(pts, [0.0] * 4, 3, 2)
+
+
+def test_an_infeasible_trial_ranks_below_every_feasible_one():
+    s = _sched(constraints=["params/total <= 1e6"])
+    assert s.decide("a", 10, _r(3.0, 300, **{"params/total": 5e5})) == GO
+    assert s.decide("b", 10, _r(2.5, 350, **{"params/total": 8e5})) == GO
+    # better on both objectives, but over the parameter limit: below a and b
+    assert s.decide("big", 10, _r(1.0, 100, **{"params/total": 5e6})) == STOP
+    assert s.searcher.rungs[-1][4] == 4e6  # its violation, kept for a resumed scheduler
+
+
+def test_promotion_is_asynchronous_and_decisions_are_not_taken_back():
+    s = _sched()
+    assert s.decide("early", 10, _r(5.0, 500)) == GO  # first at the rung: goes on at once
+    assert s.decide("early", 20, _r(5.0, 500)) == GO  # and is first at the next rung too
+    for i in range(3):  # better trials arrive later; the early one was already promoted
+        s.decide(f"b{i}", 10, _r(1.0 + i, 100 - i))
+    assert "early" not in s.pruned
+    assert s.decide("late", 10, _r(5.0, 500)) == STOP  # the same point, now dominated at rung 10
+
+
+def test_decisions_survive_a_restart_through_the_study():
+    import optuna
+
+    from dnasweep.sweep.moasha import BRACKET, RUNG
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = _space()
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    for tid, vals, state in [("a", (3.0, 100.0), "RUNNING"), ("b", (2.0, 200.0), "RUNNING"),
+                             ("c", (3.5, 250.0), "PRUNED")]:
+        t = study.ask()
+        t.suggest_float("train.lr", 1e-3, 1e-2, log=True)
+        t.set_user_attr("ray_trial_id", tid)
+        t.set_user_attr(BRACKET, 0)
+        for m, v in zip(["val/loss", "compute/flops_per_token", "violation"], [*vals, 0.0], strict=True):
+            t.set_user_attr(RUNG.format(step=10, metric=m), v)
+        if state == "PRUNED":
+            t.set_user_attr("pruned_at", 10)
+            study.tell(t, state=optuna.trial.TrialState.PRUNED)
+    s = make_scheduler(space, Recorder())
+    s.load(study)
+    assert s.pruned == {"c": 10} and set(s.recorded[10]) == {"a", "b", "c"}
+    assert s.decide("c", 30, _r(0.1, 1)) == STOP  # restored and still pruned: stopped at its next report
+    assert s.decide("d", 10, _r(4.0, 300)) == STOP  # judged against the trials recorded before the restart
+    assert s.decide("a", 10, _r(3.0, 100)) == GO  # already recorded at rung 10: not judged twice
+    assert [r[:2] for r in s.searcher.rungs] == [("d", 10)]
+
+
+def test_brackets_are_assigned_round_robin():
+    s = _sched(scheduler={"brackets": 2})
+    assert s.ladders == [[10, 20, 40, 80], [20, 40, 80]]
+    s.decide("x", 10, _r(1.0, 1.0))
+    s.decide("y", 10, _r(1.0, 1.0))  # bracket 1: its first rung is 20, so nothing recorded at 10
+    assert s.bracket == {"x": 0, "y": 1} and set(s.recorded[10]) == {"x"}
