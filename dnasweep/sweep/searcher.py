@@ -102,7 +102,8 @@ class ParetoOptunaSearch(OptunaSearch):
         """MO-ASHA recorded the trial's objectives at a rung: kept in the study (user attrs), the
         state a resumed sweep's scheduler is rebuilt from."""
         ot = compat.search_trials(self).get(trial_id)
-        if ot is None:
+        # a trial told before a driver died re-reports after `resume`: its record is final
+        if ot is None or compat.search_study(self).get_trials(deepcopy=False)[ot.number].state.is_finished():
             return
         ot.set_user_attr(BRACKET, bracket)
         for m, v in {**values, "violation": violation}.items():
