@@ -154,6 +154,9 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
                                     bundle(space))
     # Trials report training metrics between evaluations; only evaluations carry the objectives.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # num_to_keep=1 makes Tune snapshot its state after every trial checkpoint (what `resume` reads:
+    # wanted) and warn about it each time, flooding the console: the warning is switched off.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     tune_dir = f"{store.tune_root}/tune"
     t0 = time.time()
     restored = resume and tune.Tuner.can_restore(tune_dir)
