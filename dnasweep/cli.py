@@ -19,6 +19,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.out:
         overrides.append(f"out_dir={args.out}")
     cfg = load_trial(args.config, overrides)
+    if not args.no_resume:
+        _refuse_weights_only(cfg.out_dir)
     console = None if args.quiet else ConsoleReporter(cfg.train.max_steps)
     result = run_trial(cfg, console, resume=not args.no_resume)
     if result.already_done:  # even with --quiet: this command trained nothing, its numbers are not new
@@ -29,6 +31,22 @@ def _train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_json()))
     return 0 if result.status == "completed" else 1
+
+
+def _refuse_weights_only(out_dir: str) -> None:
+    """A finished sweep trial keeps the weights of its checkpoint, not the optimizer state (see
+    dnasweep.sweep.storage.slim_checkpoint): training cannot go on from it exactly, so say so
+    (exit 2) instead of failing inside the loop."""
+    import os
+
+    from dnasweep.train import checkpoint
+
+    ckpt = os.path.join(out_dir, "checkpoint")
+    if checkpoint.exists(ckpt) and checkpoint.load(ckpt).get("weights_only"):
+        raise ConfigError([Problem("out_dir", f"{ckpt} keeps the weights of a finished sweep trial, not its optimizer "
+                                   "state: training cannot continue from it (its metrics are in result.json)",
+                                   "pass --no-resume to train from scratch there, or --out DIR elsewhere; "
+                                   "`dnasweep analyze` reads it as it is")], "train")
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -182,7 +200,9 @@ def _pareto(args: argparse.Namespace) -> int:
     result, space = load_sweep(_sweep_arg(args.sweep, args.root))
     if args.json:  # the front's rows, and the dense reference ladder's rungs (their results) when there is one
         print(json.dumps({"front": result.front, "reference": [{k: r.get(k) for k in ("d_model", "dense_layers",
-                          "result", "reused")} for r in result.reference]}))
+                          "result", "reused")} for r in result.reference],
+                          "counts": {"complete": result.n_complete, "pruned": result.n_pruned,
+                                     "failed": result.n_failed, "abandoned": result.n_abandoned}}))
     else:
         print(format_front(result, space, wide=args.wide))
     return 0
@@ -201,8 +221,9 @@ def _ls(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no sweeps under {args.root}")
     for r in rows:
-        print(f"{r['name']:<40} {r['complete']:>4}/{r['budget']} complete  {r['failed']:>3} failed  "
-              f"{r['running']:>3} running" + (f"  {r['abandoned']} abandoned" if r["abandoned"] else ""))
+        print(f"{r['name']:<40} {r['complete']:>4}/{r['budget']} complete  {r['pruned']:>3} pruned  "
+              f"{r['failed']:>3} failed  {r['running']:>3} running"
+              + (f"  {r['abandoned']} abandoned" if r["abandoned"] else ""))
     return 0
 
 

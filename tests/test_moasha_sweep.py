@@ -74,3 +74,10 @@ def test_moasha_sweep_prunes_trials_and_keeps_them_off_the_front(ray_cluster, tm
     out = subprocess.run([sys.executable, "-m", "dnasweep.cli", "ls", "--root", str(tmp_path)], capture_output=True,
                          text=True, check=True)
     assert f"{len(pruned)} pruned" in out.stdout, out.stdout
+    out = subprocess.run([sys.executable, "-m", "dnasweep.cli", "pareto", res.sweep_dir, "--json"],
+                         capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["counts"] == {"complete": len(complete), "pruned": len(pruned), "failed": 0,
+                                                "abandoned": 0}
+    out = subprocess.run([sys.executable, "-m", "dnasweep.cli", "pareto", res.sweep_dir], capture_output=True,
+                         text=True, check=True)
+    assert f"{len(pruned)} pruned (never on the front)" in out.stdout, out.stdout
