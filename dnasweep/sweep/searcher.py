@@ -114,28 +114,30 @@ class ParetoOptunaSearch(OptunaSearch):
         the decision stands if the driver dies before Ray Tune saves it."""
         from optuna.trial import TrialState
 
-        done, live = compat.search_completed(self), compat.search_trials(self)
-        if trial_id in done or trial_id not in live:
+        if (taken := self._take(trial_id)) is None:
             return
-        ot, study = live[trial_id], compat.search_study(self)
-        done.add(trial_id)
-        if study.get_trials(deepcopy=False)[ot.number].state.is_finished():
-            return
+        ot, study = taken
         ot.set_user_attr("pruned_at", rung)
         ot.set_user_attr(budget.STEPS, rung)
         study.tell(ot, None, state=TrialState.PRUNED)
 
+    def _take(self, trial_id: str):
+        """(live Optuna trial, study) of a Ray trial whose outcome is still to be told, marked told;
+        None if it was told already (or is unknown). A resumed sweep can finish a trial whose outcome
+        was told before the driver died: the study's state says so."""
+        done, live = compat.search_completed(self), compat.search_trials(self)
+        if trial_id in done or trial_id not in live:
+            return None
+        ot, study = live[trial_id], compat.search_study(self)
+        done.add(trial_id)
+        return None if study.get_trials(deepcopy=False)[ot.number].state.is_finished() else (ot, study)
+
     def on_trial_complete(self, trial_id, result=None, error=False):
         from optuna.trial import TrialState
 
-        done, live = compat.search_completed(self), compat.search_trials(self)
-        if trial_id in done or trial_id not in live:
+        if (taken := self._take(trial_id)) is None:
             return
-        ot, study = live[trial_id], compat.search_study(self)
-        done.add(trial_id)
-        # A resumed sweep can finish a trial whose outcome was told before the driver died.
-        if study.get_trials(deepcopy=False)[ot.number].state.is_finished():
-            return
+        ot, study = taken
         step = (result or {}).get("step")
         ot.set_user_attr(budget.STEPS, int(step) if isinstance(step, int | float)
                          else getattr(self, "steps_seen", {}).get(trial_id, 0))
