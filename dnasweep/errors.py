@@ -8,6 +8,7 @@ A ConfigError owns *every* problem found in one input, so the user fixes them al
 
 from __future__ import annotations
 
+import functools
 import operator
 import typing
 from dataclasses import dataclass, fields
@@ -62,11 +63,18 @@ def ge(x: float, below: float | None = None) -> dict:
     return {">=": x} if below is None else {">=": x, "<": below}
 
 
+@functools.cache
+def type_hints(cls: type) -> dict:
+    """`typing.get_type_hints(cls)`, once per class: string annotations are compiled on every call,
+    and `dnasweep validate` checks hundreds of points (most of its 2 s went there). Read only."""
+    return typing.get_type_hints(cls)
+
+
 def field_problems(cfg, prefix: str, schema: type | None = None) -> list[Problem]:
     """The declared rules of every field of dataclass `schema` (default: `cfg`'s type) on `cfg`:
     bounds in its metadata, the words of a Literal type. None passes (an optional value unset)."""
     schema = schema or type(cfg)
-    out, types = [], typing.get_type_hints(schema)
+    out, types = [], type_hints(schema)
     for f in fields(schema):
         v, key = getattr(cfg, f.name), f"{prefix}.{f.name}"
         words = typing.get_args(types[f.name]) if typing.get_origin(types[f.name]) is Literal else ()

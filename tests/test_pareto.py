@@ -63,7 +63,14 @@ def test_sweep_figures_written_front_highlighted_and_offline(tmp_path):
     for name in ("pareto.png", "hypervolume.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = (tmp_path / "pareto.html").read_text()
-    assert not re.search(r"<script[^>]+src=", html)  # plotly.js inline: no network needed
+    # offline: the one script it loads is plotly.js beside it (no CDN), written once per directory
+    assert re.findall(r"<script[^>]+src=\"([^\"]+)\"", html) == [plots.PLOTLY_JS]
+    bundle = tmp_path / plots.PLOTLY_JS
+    assert bundle.stat().st_size > 1_000_000 and len(html) < 100_000  # the figure alone, not 4.8 MB
+    assert "plotly.js v" in bundle.read_text()[:500]
+    mtime = bundle.stat().st_mtime_ns
+    plots.write_all(rows, space, [0.1], str(tmp_path))  # a later figure reuses the script
+    assert bundle.stat().st_mtime_ns == mtime and not list(tmp_path.glob("*.tmp"))
     # one trace per group; the dominated one faded, the front opaque, hover text names the trial
     traces = {t["name"]: t for t in _plotly_traces(html)}
     assert set(traces) == {"dominated", "infeasible", "Pareto front"}

@@ -10,14 +10,13 @@ from __future__ import annotations
 import difflib
 import os
 import types
-import typing
 from dataclasses import is_dataclass
 from typing import Any, Literal, Union, get_args, get_origin
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from dnasweep.errors import ConfigError, Problem
+from dnasweep.errors import ConfigError, Problem, type_hints
 
 
 def did_you_mean(name: Any, known) -> str:
@@ -26,8 +25,9 @@ def did_you_mean(name: Any, known) -> str:
 
 
 def hints(cls: type) -> dict[str, Any]:
-    """Field name -> resolved type of dataclass `cls` (annotations may be strings)."""
-    return typing.get_type_hints(cls)
+    """Field name -> resolved type of dataclass `cls` (annotations may be strings; resolved once
+    per class, see errors.type_hints). Read only: the dict is shared."""
+    return type_hints(cls)
 
 
 def type_name(typ: Any) -> str:

@@ -1,19 +1,34 @@
 """The DNA model library: proto-architectures, routers, efficiency terms, dense baselines.
 
 This package never imports ray, optuna or mlflow (a test holds it to that).
+
+Its names load lazily (PEP 562 `__getattr__`): `dnasweep.model.config` (the typed configs) and
+`dnasweep.model.flops` (nominal costs) are torch-free, and importing them runs this file, so
+importing torch here would make every config check (`dnasweep validate`, `pareto`, the driver)
+pay for torch. Torch loads with the first name that needs it (build_model, the routers, the loss).
 """
 
 from __future__ import annotations
 
-from torch import nn
+import importlib
+from typing import TYPE_CHECKING
 
-from dnasweep.errors import raise_if
-from dnasweep.model.config import BalanceConfig, ModelConfig, PoolConfig, RouterConfig, problems
-from dnasweep.model.flops import Nominal, nominal
-from dnasweep.model.loss import LossConfig, compute_loss
-from dnasweep.model.output import ModelOutput, RoutingStats
-from dnasweep.model.registry import RouterSpec, router_names, router_spec
-from dnasweep.model.routers import ROUTERS, register_router  # importing routers registers the built-ins
+if TYPE_CHECKING:
+    from torch import nn
+
+    from dnasweep.model.config import ModelConfig
+
+# name -> the module that defines it
+_LAZY = {
+    **dict.fromkeys(("BalanceConfig", "ModelConfig", "PoolConfig", "RouterConfig", "problems"),
+                    "dnasweep.model.config"),
+    **dict.fromkeys(("Nominal", "nominal"), "dnasweep.model.flops"),
+    **dict.fromkeys(("LossConfig", "compute_loss"), "dnasweep.model.loss"),
+    **dict.fromkeys(("ModelOutput", "RoutingStats"), "dnasweep.model.output"),
+    **dict.fromkeys(("RouterSpec", "router_names", "router_spec"), "dnasweep.model.registry"),
+    # from routers, not the registry: importing routers registers the built-in rules
+    **dict.fromkeys(("ROUTERS", "register_router"), "dnasweep.model.routers"),
+}
 
 __all__ = [
     "BalanceConfig", "LossConfig", "ModelConfig", "ModelOutput", "Nominal", "PoolConfig", "ROUTERS",
@@ -22,8 +37,23 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # once: later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
 def build_model(cfg: ModelConfig) -> nn.Module:
     """A DNA or dense model for `cfg`; raises ConfigError listing every problem of `cfg`."""
+    from dnasweep.errors import raise_if
+    from dnasweep.model.config import problems
+
     raise_if(problems(cfg), source="model config")
     if cfg.kind == "dense":
         from dnasweep.model.dense import DenseModel

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from dnasweep.errors import Problem, field_problems, ge
-from dnasweep.model.output import ModelOutput
+
+if TYPE_CHECKING:  # torch loads in compute_loss: LossConfig is part of every config check, which needs no torch
+    import torch
+
+    from dnasweep.model.output import ModelOutput
 
 
 @dataclass
@@ -26,6 +28,9 @@ def compute_loss(out: ModelOutput, targets: torch.Tensor, cfg: LossConfig) -> tu
 
     targets: [B, T] next tokens (LM) or [B] labels (vision).
     """
+    import torch
+    import torch.nn.functional as F
+
     logits = out.logits
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
                          label_smoothing=cfg.label_smoothing)

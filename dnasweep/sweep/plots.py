@@ -1,13 +1,26 @@
-"""Sweep-level figures: the Pareto front as a PNG (matplotlib) and an interactive, self-contained
-HTML (plotly), plus the hypervolume history. Dominated trials are drawn faded, infeasible ones
-(a constraint violated) as crosses, so the front stands out. Both libraries load lazily."""
+"""Sweep-level figures: the Pareto front as a PNG (matplotlib) and an interactive HTML (plotly),
+plus the hypervolume history. Dominated trials are drawn faded, infeasible ones (a constraint
+violated) as crosses, so the front stands out. Both libraries load lazily.
+
+The HTML loads plotly.js from PLOTLY_JS beside it, written once per sweep directory: embedded,
+the 4.8 MB script made every copy of a few-kB figure 4.8 MB (SWEEP/, MLflow's artifacts, the
+object store). It works offline, with no CDN."""
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from dnasweep import metrics as M
-from dnasweep.space import SearchSpace
+
+if TYPE_CHECKING:
+    from dnasweep.space import SearchSpace
+
+PLOTLY_JS = "plotly.min.js"
+# Shown when the script is missing: the HTML opened where PLOTLY_JS is not beside it (MLflow's artifact viewer).
+_NO_PLOTLY = ("<script>if (typeof Plotly === 'undefined') document.body.insertAdjacentHTML('afterbegin', "
+              "'<p>The interactive figure needs " + PLOTLY_JS + " beside this file: open pareto.html in the sweep "
+              "directory, or see pareto.png.</p>');</script>")
 
 
 def _label(row: dict, space: SearchSpace) -> str:
@@ -85,9 +98,10 @@ def pareto_png(rows: list[dict], space: SearchSpace, path: str, reference: list[
 
 
 def pareto_html(rows: list[dict], space: SearchSpace, path: str, reference: list[dict] | None = None) -> str:
-    """Interactive scatter (hover: trial and its parameters); plotly.js embedded so the file opens
-    offline and inside MLflow's artifact viewer."""
+    """Interactive scatter (hover: trial and its parameters); loads plotly.js from PLOTLY_JS beside
+    it, written there when missing (offline: no CDN)."""
     import plotly.graph_objects as go
+    from plotly.offline import get_plotlyjs
 
     fig = go.Figure()
     markers = {"dominated": (dict(color="#1f77b4"), 0.3), "infeasible": (dict(color="grey", symbol="x"), 0.5),
@@ -106,7 +120,14 @@ def pareto_html(rows: list[dict], space: SearchSpace, path: str, reference: list
                                  hoverinfo="text+x+y"))
     fig.update_layout(title=f"{space.source}: Pareto front", template="plotly_white",
                       xaxis_title=space.objectives[0].metric, yaxis_title=space.objectives[1].metric)
-    fig.write_html(path, include_plotlyjs=True, full_html=True)
+    bundle = os.path.join(os.path.dirname(os.path.abspath(path)), PLOTLY_JS)
+    if not os.path.isfile(bundle):
+        with open(bundle + ".tmp", "w", encoding="utf-8") as f:  # renamed in: never a half script
+            f.write(get_plotlyjs())
+        os.replace(bundle + ".tmp", bundle)
+    html = fig.to_html(include_plotlyjs="directory", full_html=True)  # <script src="plotly.min.js">
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(html.replace("</body>", _NO_PLOTLY + "</body>", 1))
     return path
 
 
@@ -130,7 +151,9 @@ def hypervolume_png(history: list[float], path: str) -> str:
 def write_all(rows: list[dict], space: SearchSpace, history: list[float], out_dir: str,
               reference: list[dict] | None = None) -> list[str]:
     """Every sweep figure into `out_dir` (the front against the dense `reference` frontier when
-    there is one); returns the paths written (none when nothing finished)."""
+    there is one); returns the figures written (none when nothing finished). PLOTLY_JS, written
+    beside pareto.html, is not among them: the caller logs each figure, and a copy of the script
+    with every log would undo keeping it once."""
     if not rows:
         return []
     paths = [hypervolume_png(history, os.path.join(out_dir, "hypervolume.png"))]

@@ -5,13 +5,21 @@ sees at the same path (`check_shared` refuses a multi-node cluster that cannot s
 
 Object storage (`--storage s3://bucket/sweeps`, `gs://...`; `file://` behaves the same and is what
 the tests use): STORE = URI/NAME holds the copy that survives losing the head node:
-  STORE/tune/          Ray Tune's experiment state and trial checkpoints (Tune writes it directly)
+  STORE/tune/          Ray Tune's experiment state (Tune writes it directly)
   STORE/trials/ID/     each trial's out_dir, uploaded by the trial when it ends (trials train in a
-                       node-local scratch directory, so no node needs a shared filesystem)
+                       node-local scratch directory, so no node needs a shared filesystem); while it
+                       runs, its last reported checkpoint, mirrored as checkpoint-STEP/
   STORE/space.json, optuna.log, tracking.json, mlflow.db, ...   the driver's files, mirrored after
                        every finished trial and at the end (`dnasweep resume URI/NAME` starts there)
 Only the driver writes the Optuna journal and the MLflow store, so concurrent trials never touch
 them; the mirror is a copy, never written by two processes.
+
+Each checkpoint is kept once: in the trial's own directory (and, with object storage, its mirror).
+What a trial reports to Ray Tune is a pointer (POINTER, a few bytes naming that checkpoint,
+relative to the sweep), not a copy: Tune copies what it is given into tune/, which doubled every
+checkpoint. A trial that ends keeps the weights of its last checkpoint, not its optimizer state
+(`slim_checkpoint`): nothing continues a finished trial, and AdamW's two moments are two thirds of
+the file.
 """
 
 from __future__ import annotations
@@ -27,8 +35,9 @@ from dnasweep.errors import ConfigError, Problem
 
 SETTINGS = "sweep.json"  # {"storage": URI or null}: how this sweep was run, read back by resume
 MIRRORED = ("space.json", "optuna.log", "tracking.json", "tracking_backlog.json", SETTINGS, "mlflow.db",
-            "pareto_front.csv", "trials.csv", "pareto.png", "pareto.html", "hypervolume.png", "reference.json",
-            "reference.csv")
+            "pareto_front.csv", "trials.csv", "pareto.png", "pareto.html", "plotly.min.js", "hypervolume.png",
+            "reference.json", "reference.csv")
+POINTER = "dnasweep_checkpoint.json"  # what Tune keeps of a trial's checkpoint: {"checkpoint": REL, "step": N}
 
 
 def is_uri(path: str | None) -> bool:
@@ -64,6 +73,20 @@ class LocalStore:
 
     def trial_ended(self, trial_id: str, out: str) -> None:
         """Called by the trial when it ends, before it returns to Tune."""
+        slim_checkpoint(os.path.join(out, "checkpoint"))
+
+    def checkpointed(self, trial_id: str, ckpt_dir: str, step: int) -> str:
+        """Called by the trial before it reports checkpoint `ckpt_dir` (its out_dir/checkpoint) to
+        Tune: where that checkpoint is kept, relative to the sweep, for the pointer Tune gets.
+        Here the trial's own directory, which every node sees."""
+        return os.path.relpath(ckpt_dir, self.sweep_dir)
+
+    def restore_checkpoint(self, trial_id: str, pointer: dict, own: str) -> None:
+        """Bring the checkpoint that `pointer` names to `own`, a trial's missing out_dir/checkpoint.
+        Here it names `own` itself (nothing to bring: the trial starts over)."""
+        src = os.path.join(self.sweep_dir, pointer["checkpoint"])
+        if os.path.abspath(src) != os.path.abspath(own) and os.path.isdir(src):  # a trial dir moved
+            shutil.copytree(src, own)
 
     def fetch(self, trial_id: str) -> None:
         """The driver's copy of a finished trial's directory."""
@@ -134,8 +157,50 @@ class ObjectStore(LocalStore):
             self.get(f"trials/{trial_id}/result.json", os.path.join(out, "result.json"))
 
     def trial_ended(self, trial_id: str, out: str) -> None:
+        slim_checkpoint(os.path.join(out, "checkpoint"))
         self.put(out, f"trials/{trial_id}")
+        self._prune(trial_id, keep=None)  # out/checkpoint is there now: the running mirrors go
         shutil.rmtree(out, ignore_errors=True)  # the store has it; scratch must not fill the node's disk
+
+    _MIRROR = "checkpoint-"  # STORE/trials/ID/checkpoint-STEP: a running trial's last reported checkpoint
+
+    def checkpointed(self, trial_id: str, ckpt_dir: str, step: int) -> str:
+        """Mirror the checkpoint (node-local scratch) to STORE/trials/ID/checkpoint-STEP, so that a
+        trial restarted on another node continues from it; then drop the older mirrors (keep-last).
+        config.yaml goes up last: a mirror is complete once it is there (as `checkpoint.save`
+        writes it), so a copy cut short by a killed worker is never resumed from."""
+        rel = f"trials/{trial_id}/{self._MIRROR}{step}"
+        names = sorted(os.listdir(ckpt_dir), key=lambda n: n == "config.yaml")
+        for name in names:
+            self.put(os.path.join(ckpt_dir, name), f"{rel}/{name}")
+        self._prune(trial_id, keep=rel)
+        return rel
+
+    def _mirrors(self, trial_id: str, complete: bool = True) -> list[tuple[int, str]]:
+        """(step, rel) of the checkpoint mirrors of a trial (`complete`: those with config.yaml),
+        newest first."""
+        import pyarrow.fs as pafs
+
+        if not self.exists(f"trials/{trial_id}"):
+            return []
+        infos = self._fs[0].get_file_info(pafs.FileSelector(self._p(f"trials/{trial_id}")))
+        found = [(int(i.base_name[len(self._MIRROR):]), f"trials/{trial_id}/{i.base_name}") for i in infos
+                 if i.type == pafs.FileType.Directory and i.base_name.startswith(self._MIRROR)
+                 and i.base_name[len(self._MIRROR):].isdigit()]
+        return sorted((f for f in found if not complete or self.exists(f"{f[1]}/config.yaml")), reverse=True)
+
+    def _prune(self, trial_id: str, keep: str | None) -> None:
+        for _, rel in self._mirrors(trial_id, complete=False):  # a mirror cut short goes too
+            if rel != keep:
+                self._fs[0].delete_dir(self._p(rel))
+
+    def restore_checkpoint(self, trial_id: str, pointer: dict, own: str) -> None:
+        """The checkpoint mirror the pointer names, else the newest complete one (a pointer Tune
+        recorded before the trial's last report names a mirror already replaced)."""
+        mirrors = [rel for _, rel in self._mirrors(trial_id)]
+        rel = pointer["checkpoint"] if pointer["checkpoint"] in mirrors else next(iter(mirrors), None)
+        if rel is not None:
+            self.get(rel, own)
 
     def fetch(self, trial_id: str) -> None:
         local = os.path.join(self.sweep_dir, "trials", trial_id)
@@ -178,6 +243,43 @@ class StoreMirror(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.store.mirror()
+
+
+def slim_checkpoint(directory: str) -> None:
+    """Keep only what a finished trial's checkpoint is read for (`dnasweep analyze`: the weights;
+    step, sampler and RNG state are bytes), not the optimizer state, which only continuing the run
+    needs: AdamW's two moments per parameter are two thirds of the file. The file says so
+    (`weights_only`), so `dnasweep train` refuses to continue from it rather than fail midway."""
+    from dnasweep.train import checkpoint
+
+    if not checkpoint.exists(directory):
+        return
+    state = checkpoint.load(directory)
+    if "optimizer" not in state:
+        return
+    state.pop("optimizer")
+    with open(os.path.join(directory, "config.yaml")) as f:
+        config_yaml = f.read()
+    checkpoint.save(directory, {**state, "weights_only": True}, config_yaml)
+
+
+def read_pointer(directory: str) -> dict | None:
+    """The pointer in a checkpoint Tune restored (`directory`), None for a whole checkpoint (a
+    sweep started before pointers: Tune holds a copy)."""
+    import json
+
+    path = os.path.join(directory, POINTER)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_pointer(directory: str, rel: str, step: int) -> None:
+    import json
+
+    with open(os.path.join(directory, POINTER), "w") as f:
+        json.dump({"checkpoint": rel, "step": step}, f)
 
 
 def scratch_dir(name: str, trial_id: str) -> str:

@@ -13,22 +13,37 @@ import json
 import os
 import time
 
+from dnasweep import metrics as M
 from dnasweep.errors import ConfigError
 from dnasweep.space import SearchSpace
 from dnasweep.space.reference import Frontier
-from dnasweep.sweep.storage import LocalStore
+from dnasweep.sweep.storage import LocalStore, read_pointer, write_pointer
 
 FAILED = "failed"  # result key: the trial ended without objectives ("status" and "reason" say why)
 
 
 class TuneReporter:
-    """Adapter from the training loop's Reporter protocol to `ray.tune.report`."""
+    """Adapter from the training loop's Reporter protocol to `ray.tune.report`. A checkpoint goes
+    to Tune as a pointer to the trial's own (kept by `store`, see storage.py): Tune copies what it
+    is given, and a copy of every checkpoint in tune/ doubled what a sweep writes."""
+
+    def __init__(self, store: LocalStore | None = None, trial_id: str | None = None):
+        self.store, self.trial_id = store, trial_id
 
     def report(self, metrics, checkpoint_dir=None):
+        import tempfile
+
         from ray import tune
 
-        ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report(dict(metrics), checkpoint=ckpt)
+        if not checkpoint_dir:
+            return tune.report(dict(metrics))
+        if self.store is None:  # no store to point into: Tune keeps a copy
+            return tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+        step = int(metrics.get(M.STEP, 0))
+        rel = self.store.checkpointed(self.trial_id, checkpoint_dir, step)
+        with tempfile.TemporaryDirectory(prefix="dnasweep-pointer-") as d:  # Tune copies it before report returns
+            write_pointer(d, rel, step)
+            tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(d))
 
     def close(self):
         pass
@@ -71,11 +86,17 @@ def trial(config: dict, space: SearchSpace, store: LocalStore, frontier: Frontie
     except ConfigError as e:  # this point breaks a rule: this trial fails, nothing else
         return _fail("invalid", _rules(e))
     # A retried or resumed trial continues from its own checkpoint in `out`; on another node
-    # without it, from the last checkpoint it reported to Tune (copied back into place first).
+    # without it, from the one its last report to Tune points to (brought into place first; a
+    # sweep started before pointers has a whole copy in Tune).
     own = os.path.join(out, "checkpoint")
     reported = tune.get_checkpoint()
     if reported is not None and not checkpoint.exists(own):
-        reported.to_directory(own)
+        with reported.as_directory() as d:
+            pointer = read_pointer(d)
+            if pointer is None:
+                reported.to_directory(own)
+        if pointer is not None:
+            store.restore_checkpoint(trial_id, pointer, own)
     os.makedirs(out, exist_ok=True)
     start = int(checkpoint.load(own)["step"]) if checkpoint.exists(own) else 0
     node = ray.get_runtime_context().get_node_id()
@@ -83,7 +104,7 @@ def trial(config: dict, space: SearchSpace, store: LocalStore, frontier: Frontie
         f.write(f"pid {os.getpid()} start_step {start} time {time.time():.1f} node {node}\n")
     try:
         with memory_limit(space.resources.memory_gb):
-            result = run_trial(cfg, TuneReporter(), derive=frontier.metrics if frontier else None)
+            result = run_trial(cfg, TuneReporter(store, trial_id), derive=frontier.metrics if frontier else None)
         status, reason = result.status, result.reason
     except ConfigError as e:  # the data does not fit the model (vocabulary, image shape): invalid
         status, reason = "invalid", _rules(e)

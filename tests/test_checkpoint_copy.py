@@ -1,0 +1,202 @@
+"""Each checkpoint is kept once. A trial reports a pointer to Ray Tune (a few bytes naming its own
+checkpoint), not a copy: Tune copied every checkpoint into tune/, which doubled what a sweep wrote.
+With object storage the trial's checkpoint is mirrored to the store (keep-last), so a trial
+restarted on a node without its scratch directory still continues from it. A finished trial keeps
+the weights, not the optimizer state, and `dnasweep train` refuses to continue from that."""
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ray = pytest.importorskip("ray", reason="the sweep extra (ray[tune], optuna, mlflow) is not installed")
+
+from dnasweep.cli import main  # noqa: E402
+from dnasweep.sweep import storage  # noqa: E402
+from dnasweep.sweep.storage import POINTER, LocalStore, ObjectStore, read_pointer, slim_checkpoint  # noqa: E402
+from dnasweep.sweep.trainable import TuneReporter  # noqa: E402
+from dnasweep.train import checkpoint  # noqa: E402
+
+TRIAL = {"model": {"kind": "dna", "task": "lm", "d_model": 32, "n_heads": 4, "seq_len": 24, "n_steps": 2,
+                   "pool": {"n_transformer": 1, "n_attention": 1, "n_mlp": 1, "n_identity": 1}},
+         "data": {"source": "pystdlib", "max_bytes": 200000},
+         "train": {"max_steps": 4, "batch_size": 2, "eval_every": 2, "eval_batches": 1, "warmup_steps": 1,
+                   "device": "cpu"}}
+
+
+def _fake_checkpoint(d, step: int) -> str:
+    checkpoint.save(str(d), {"model": {"w": torch.full((4,), float(step))}, "optimizer": {"m": torch.ones(4)},
+                             "step": step}, f"step: {step}\n")
+    return str(d)
+
+
+@pytest.fixture
+def reported(monkeypatch):
+    """What each ray.tune.report call got: (metrics, the files of its checkpoint, read at report time)."""
+    from ray import tune
+
+    got = []
+
+    def report(metrics, checkpoint=None):
+        files = None
+        if checkpoint is not None:
+            with checkpoint.as_directory() as d:
+                files = {n: (Path(d) / n).read_bytes() for n in os.listdir(d)}
+        got.append((metrics, files))
+
+    monkeypatch.setattr(tune, "report", report)
+    return got
+
+
+def test_tune_gets_a_pointer_to_the_trials_own_checkpoint(tmp_path, reported):
+    store = LocalStore(str(tmp_path / "sweep"))
+    own = _fake_checkpoint(tmp_path / "sweep" / "trials" / "t1" / "checkpoint", 30)
+    rep = TuneReporter(store, "t1")
+    rep.report({"step": 30, "val/loss": 2.0}, own)
+    rep.report({"step": 31})  # no checkpoint: none reported
+    (metrics, files), (_, none) = reported
+    assert none is None and list(files) == [POINTER]  # a few bytes, no state.pt
+    assert json.loads(files[POINTER]) == {"checkpoint": os.path.join("trials", "t1", "checkpoint"), "step": 30}
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("dnasweep-pointer")]  # the temp dir went
+    # restoring through it: the pointer names the trial's own directory, which a retry finds in place
+    store.restore_checkpoint("t1", json.loads(files[POINTER]), own)
+    assert checkpoint.load(own)["step"] == 30
+
+
+def test_object_store_mirrors_the_last_checkpoint_and_restores_it_elsewhere(tmp_path, reported):
+    bucket = tmp_path / "bucket"
+    store = ObjectStore(str(tmp_path / "head" / "sw"), f"file://{bucket}/sw")  # STORE = URI/NAME
+    scratch = tmp_path / "scratch"
+    rep = TuneReporter(store, "t1")
+    for step in (30, 60):
+        rep.report({"step": step}, _fake_checkpoint(scratch / "checkpoint", step))
+    pointers = [json.loads(files[POINTER]) for _, files in reported]
+    assert [p["checkpoint"] for p in pointers] == ["trials/t1/checkpoint-30", "trials/t1/checkpoint-60"]
+    kept = sorted(os.listdir(bucket / "sw" / "trials" / "t1"))
+    assert kept == ["checkpoint-60"]  # keep-last: the older mirror is gone
+    assert sorted(os.listdir(bucket / "sw" / "trials" / "t1" / "checkpoint-60")) == ["config.yaml", "state.pt"]
+
+    elsewhere = tmp_path / "other-node" / "checkpoint"  # a node without the scratch directory
+    store.restore_checkpoint("t1", pointers[1], str(elsewhere))
+    assert checkpoint.load(str(elsewhere))["step"] == 60
+    # a pointer Tune recorded before the last report names a replaced mirror: the newest is taken
+    shutil.rmtree(elsewhere)
+    store.restore_checkpoint("t1", pointers[0], str(elsewhere))
+    assert checkpoint.load(str(elsewhere))["step"] == 60
+    # a mirror cut short (no config.yaml, which goes up last) is never restored from
+    half = bucket / "sw" / "trials" / "t1" / "checkpoint-90"
+    half.mkdir()
+    (half / "state.pt").write_bytes(b"truncat")
+    shutil.rmtree(elsewhere)
+    store.restore_checkpoint("t1", {"checkpoint": "trials/t1/checkpoint-90"}, str(elsewhere))
+    assert checkpoint.load(str(elsewhere))["step"] == 60
+
+    # the trial ends: its out_dir goes up (with checkpoint/, slimmed) and the running mirrors go
+    _fake_checkpoint(scratch / "checkpoint", 120)
+    store.trial_ended("t1", str(scratch))
+    assert sorted(os.listdir(bucket / "sw" / "trials" / "t1")) == ["checkpoint"]  # the half mirror too
+    assert not scratch.exists()
+    final = torch.load(bucket / "sw" / "trials" / "t1" / "checkpoint" / "state.pt", weights_only=True)
+    assert final["step"] == 120 and "optimizer" not in final and final["weights_only"]
+
+
+def test_restoring_from_an_old_whole_checkpoint_still_works(tmp_path):
+    """A sweep started before pointers gave Tune whole checkpoints: no pointer in them."""
+    whole = _fake_checkpoint(tmp_path / "tune-copy", 30)
+    assert read_pointer(whole) is None
+    storage.write_pointer(str(tmp_path), "trials/x/checkpoint", 5)
+    assert read_pointer(str(tmp_path)) == {"checkpoint": "trials/x/checkpoint", "step": 5}
+
+
+def test_a_finished_trial_keeps_weights_and_train_refuses_to_continue_it(tmp_path, capsys):
+    cfg = tmp_path / "trial.yaml"
+    cfg.write_text(yaml.safe_dump(TRIAL))
+    out = tmp_path / "out"
+    assert main(["train", str(cfg), "--out", str(out), "--quiet"]) == 0
+    ckpt = str(out / "checkpoint")
+    full = checkpoint.load(ckpt)
+    before = os.path.getsize(os.path.join(ckpt, "state.pt"))
+    LocalStore(str(tmp_path)).trial_ended("t", str(out))  # what a sweep trial does when it ends
+    slim = checkpoint.load(ckpt)
+    assert "optimizer" not in slim and slim["weights_only"] and slim["step"] == full["step"]
+    assert all(torch.equal(slim["model"][k], v) for k, v in full["model"].items())  # analyze reads these
+    assert os.path.getsize(os.path.join(ckpt, "state.pt")) < 0.5 * before  # AdamW's moments were 2/3
+    slim_checkpoint(ckpt)  # twice: a no-op
+    assert checkpoint.load(ckpt)["step"] == full["step"]
+    capsys.readouterr()
+    assert main(["train", str(cfg), "--out", str(out), "--quiet", "train.max_steps=6"]) == 2
+    err = capsys.readouterr().err
+    assert "weights of a finished sweep trial" in err and "--no-resume" in err and "Traceback" not in err
+    assert main(["train", str(cfg), "--out", str(out), "--quiet", "--no-resume"]) == 0  # starting over works
+
+
+# --- end to end: a trial restarted on a node without its scratch directory ---
+
+SPACE = {
+    "base": {"model": {"d_model": 32, "n_heads": 4, "seq_len": 32, "n_steps": 2},
+             "data": {"source": "pystdlib", "max_bytes": 2000000},
+             "train": {"max_steps": 120, "batch_size": 4, "eval_every": 30, "eval_batches": 2, "log_every": 5}},
+    "search": {"train.lr": {"float": [1e-3, 1e-2], "log": True}},
+    "objectives": [{"metric": "val/loss", "mode": "min"}, {"metric": "compute/flops_per_token", "mode": "min"}],
+    "budget": {"trials": 2, "concurrent": 2, "retries": 2},
+    "analyze": {"front": False},
+}
+
+
+def _kill_and_wipe_scratch(name: str, bucket, killed: dict) -> None:
+    """Once a running trial has a checkpoint mirrored to the store, SIGKILL its worker and delete
+    its scratch directory: its restart is as if on another node."""
+    deadline = time.time() + 300
+    while time.time() < deadline and not killed:
+        trials = bucket / name / "trials"
+        for tid in os.listdir(trials) if trials.is_dir() else []:
+            mirrors = [m for m in os.listdir(trials / tid) if m.startswith("checkpoint-")
+                       and (trials / tid / m / "config.yaml").exists()]
+            scratch = storage.scratch_dir(name, tid)
+            try:
+                with open(os.path.join(scratch, "attempts.log")) as f:
+                    pid = int(f.readline().split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if mirrors and not (trials / tid / "result.json").exists():
+                os.kill(pid, signal.SIGKILL)
+                shutil.rmtree(scratch, ignore_errors=True)
+                killed.update(trial=tid, mirror=int(mirrors[0].split("-")[1]))
+                return
+        time.sleep(0.1)
+
+
+@pytest.mark.faults
+def test_a_trial_restarted_without_its_scratch_continues_from_the_store(ray_cluster, tmp_path):
+    from dnasweep.space import parse_space
+    from dnasweep.sweep.runner import run_sweep
+
+    name = f"nocopy-{uuid.uuid4().hex[:8]}"  # scratch is per machine: a name no other test uses
+    bucket = tmp_path / "bucket"
+    killed: dict = {}
+    killer = threading.Thread(target=_kill_and_wipe_scratch, args=(name, bucket, killed), daemon=True)
+    killer.start()
+    lines = []
+    res = run_sweep(parse_space(SPACE, "nocopy.yaml"), name, root=str(tmp_path / "head"),
+                    storage=f"file://{bucket}", log=lines.append)
+    killer.join(timeout=5)
+    assert killed, "no trial was killed after a mirrored checkpoint"
+    assert res.n_complete == 2 and res.n_failed == 0, lines[-20:]
+    d = bucket / name / "trials" / killed["trial"]
+    attempts = (d / "attempts.log").read_text().splitlines()  # the first attempt's went with its scratch
+    assert int(attempts[-1].split()[3]) >= killed["mirror"] >= 30, (attempts, killed)  # not from step 0
+    assert json.loads((d / "result.json").read_text())["step"] == 120
+    for tid in os.listdir(bucket / name / "trials"):  # at the end: one checkpoint per trial, weights only
+        assert [m for m in os.listdir(bucket / name / "trials" / tid) if m.startswith("checkpoint")] == ["checkpoint"]
+    in_tune = [os.path.join(r, f) for r, _, fs in os.walk(bucket / name / "tune") for f in fs if f == "state.pt"]
+    assert not in_tune  # Tune holds pointers, not copies
+    pointers = [os.path.join(r, f) for r, _, fs in os.walk(bucket / name / "tune") for f in fs if f == POINTER]
+    assert pointers
