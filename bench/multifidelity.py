@@ -11,8 +11,9 @@ trial's steps: max_steps if complete, its rung if pruned), so with 2 trials at a
 moves in steps of one trial. The last line: MO-ASHA's steps / FIFO's steps to that hypervolume,
 mean over seeds (target <= 0.5; a seed where MO-ASHA never reaches it counts as budget / FIFO's).
 
-    python bench/multifidelity.py              # 3 seeds x 2 arms, 8 full trials of budget each (~15 min, 2 CPUs)
-    python bench/multifidelity.py --seeds 1 --full-trials 4   # a quick look
+    python bench/multifidelity.py              # 3 seeds x 2 arms, 16 full trials of budget each (~10 min, 2 CPUs)
+    python bench/multifidelity.py --full-trials 8               # a smaller budget (~8 min)
+    python bench/multifidelity.py --seeds 1 --full-trials 4     # a quick look
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def hv(points: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--full-trials", type=int, default=8, help="budget.steps = this many full trials")
+    ap.add_argument("--full-trials", type=int, default=16, help="budget.steps = this many full trials")
     args = ap.parse_args()
     import ray
 
