@@ -91,6 +91,13 @@ def test_object_store_mirrors_the_last_checkpoint_and_restores_it_elsewhere(tmp_
     shutil.rmtree(elsewhere)
     store.restore_checkpoint("t1", pointers[0], str(elsewhere))
     assert checkpoint.load(str(elsewhere))["step"] == 60
+    # no pointer at all (the worker died after mirroring, before Tune took the report): the newest
+    # mirror is still this trial's own progress; a local store has nothing to bring
+    shutil.rmtree(elsewhere)
+    store.restore_checkpoint("t1", None, str(elsewhere))
+    assert checkpoint.load(str(elsewhere))["step"] == 60
+    LocalStore(str(tmp_path / "local")).restore_checkpoint("t1", None, str(tmp_path / "local" / "none"))
+    assert not (tmp_path / "local" / "none").exists()
     # a mirror cut short (no config.yaml, which goes up last) is never restored from
     half = bucket / "sw" / "trials" / "t1" / "checkpoint-90"
     half.mkdir()

@@ -81,9 +81,11 @@ class LocalStore:
         Here the trial's own directory, which every node sees."""
         return os.path.relpath(ckpt_dir, self.sweep_dir)
 
-    def restore_checkpoint(self, trial_id: str, pointer: dict, own: str) -> None:
-        """Bring the checkpoint that `pointer` names to `own`, a trial's missing out_dir/checkpoint.
-        Here it names `own` itself (nothing to bring: the trial starts over)."""
+    def restore_checkpoint(self, trial_id: str, pointer: dict | None, own: str) -> None:
+        """Bring the checkpoint that `pointer` names (None: Tune holds none) to `own`, a trial's
+        missing out_dir/checkpoint. Here it names `own` itself (nothing to bring: the trial starts over)."""
+        if pointer is None:
+            return
         src = os.path.join(self.sweep_dir, pointer["checkpoint"])
         if os.path.abspath(src) != os.path.abspath(own) and os.path.isdir(src):  # a trial dir moved
             shutil.copytree(src, own)
@@ -194,11 +196,13 @@ class ObjectStore(LocalStore):
             if rel != keep:
                 self._fs[0].delete_dir(self._p(rel))
 
-    def restore_checkpoint(self, trial_id: str, pointer: dict, own: str) -> None:
+    def restore_checkpoint(self, trial_id: str, pointer: dict | None, own: str) -> None:
         """The checkpoint mirror the pointer names, else the newest complete one (a pointer Tune
-        recorded before the trial's last report names a mirror already replaced)."""
+        recorded before the trial's last report names a mirror already replaced; no pointer: the
+        worker died between mirroring its first checkpoint and Tune taking the report)."""
         mirrors = [rel for _, rel in self._mirrors(trial_id)]
-        rel = pointer["checkpoint"] if pointer["checkpoint"] in mirrors else next(iter(mirrors), None)
+        named = pointer["checkpoint"] if pointer else None
+        rel = named if named in mirrors else next(iter(mirrors), None)
         if rel is not None:
             self.get(rel, own)
 

@@ -89,14 +89,16 @@ def trial(config: dict, space: SearchSpace, store: LocalStore, frontier: Frontie
     # without it, from the one its last report to Tune points to (brought into place first; a
     # sweep started before pointers has a whole copy in Tune).
     own = os.path.join(out, "checkpoint")
-    reported = tune.get_checkpoint()
+    reported, pointer = tune.get_checkpoint(), None
     if reported is not None and not checkpoint.exists(own):
         with reported.as_directory() as d:
             pointer = read_pointer(d)
             if pointer is None:
                 reported.to_directory(own)
-        if pointer is not None:
-            store.restore_checkpoint(trial_id, pointer, own)
+    if not checkpoint.exists(own):
+        # With no pointer (the worker died after mirroring its first checkpoint but before Tune
+        # took the report), the store's newest mirror of this trial is still its own progress.
+        store.restore_checkpoint(trial_id, pointer, own)
     os.makedirs(out, exist_ok=True)
     start = int(checkpoint.load(own)["step"]) if checkpoint.exists(own) else 0
     node = ray.get_runtime_context().get_node_id()

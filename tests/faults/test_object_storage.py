@@ -60,7 +60,8 @@ def test_sweep_in_object_storage_resumes_on_a_new_head(ray_cluster, tmp_path):
     local = tmp_path / "head2" / "objs"
     study = open_study(str(local))
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
-    assert len(done) == 3 and not [t for t in study.trials if t.state.name == "RUNNING"]
+    assert len(done) == 3 and not [t for t in study.trials if t.state.name == "RUNNING"], (
+        [(t.number, t.state.name, t.user_attrs) for t in study.trials], out.stdout[-3000:], out.stderr[-3000:])
     for t in done:  # each finished trial is in the store and, fetched from it, on the new head
         tid = t.user_attrs["ray_trial_id"]
         saved = json.loads((store / "trials" / tid / "result.json").read_text())
