@@ -8,13 +8,26 @@ Runs, in one process on the same batches, forward + backward of:
 and prints tokens/s, FLOPs/token and the ratios. The last line is the DNA/dense ratio of
 tokens/s at equal FLOPs per token (raw tokens/s ratio x DNA FLOPs / dense FLOPs).
 
+With `--config SPACE` it benches the base trial of a search-space file instead (pool mix, router,
+batch and sequence as shipped): LM spaces at d_model 64, 128 and 256 (`--sizes`), vision spaces
+at their base; each against the dense model `model.dense_match: measured` builds (depth matched
+to the FLOPs the DNA measures, dnasweep.model.calibrate). DNA and dense iterations alternate in
+one process, so load on a shared machine hits both alike. `--compile` adds torch.compile'd runs.
+
     python bench/throughput.py                 # CPU default: d_model 256, 8 modules, top-2
     python bench/throughput.py --device cuda --batch 32 --d-model 768 --heads 12
+    python bench/throughput.py --config search_spaces/lm.yaml [--compile]
+    python bench/throughput.py --config search_spaces/vision.yaml
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import glob
+import json
+import os
+import re
 import statistics
 import time
 
@@ -26,7 +39,7 @@ from dnasweep.model.flops import block_cost
 from dnasweep.model.pool import StepResult
 
 
-def masked_step(pool, h_BLD, route):
+def masked_step(pool, h_BLD, route, *_):
     """Every module on every token; unselected outputs multiplied by a zero gate."""
     B, L, D = h_BLD.shape
     T, K = route.idx_TK.shape
@@ -53,7 +66,9 @@ def masked_step(pool, h_BLD, route):
         hid = F.gelu(torch.bmm(F.layer_norm(x, (D,)), mlp.norm_ED[:, :, None] * mlp.w_in_EDF))
         u_ATD[:nt] = attn_ATD[:nt] + torch.bmm(hid, mlp.w_out_EFD)
     h = h_BLD.reshape(T, D) + torch.einsum("at,atd->td", gate_TM[:, :A].T, u_ATD)
-    return h.view(B, L, D), StepResult(torch.zeros(pool.size, dtype=torch.long), 0.0, 0.0)
+    z = torch.zeros((), dtype=torch.long)
+    return h.view(B, L, D), StepResult(torch.zeros(pool.size, dtype=torch.long), z.double(), z.double(), z, z,
+                                       torch.zeros(3, dtype=torch.long))
 
 
 def timed(model, x, y, iters: int, warmup: int) -> tuple[float, float]:
@@ -63,20 +78,192 @@ def timed(model, x, y, iters: int, warmup: int) -> tuple[float, float]:
         if x.is_cuda:
             torch.cuda.synchronize()
         t = time.perf_counter()
-        out = model(x)
-        loss, _ = compute_loss(out, y, LossConfig())
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=BF16):
+            out = model(x)
+            loss, _ = compute_loss(out, y, LossConfig())
         loss.backward()
         if x.is_cuda:
             torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - t)
+        adapt(model, out)
         flops = out.stats.flops_per_token
         model.zero_grad(set_to_none=True)
     return statistics.median(times), flops
 
 
-def main() -> None:
+BF16 = False  # --bf16: forward under torch.autocast(bfloat16), as training on a GPU runs
+
+
+def step_time(model, x, y, loss_cfg=None):
+    """Seconds of one forward + backward, and its output."""
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=BF16):
+        out = model(x)
+        loss, _ = compute_loss(out, y, loss_cfg or LossConfig())
+    loss.backward()
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    t = time.perf_counter() - t
+    adapt(model, out)
+    return t, out
+
+
+def adapt(model, out) -> None:
+    """Between steps, as training does: a DNA on static capacities (GPU, compiled) sizes them to
+    what routing needs (the first step runs with room for every pair)."""
+    if hasattr(model, "adapt_capacity"):
+        with torch.no_grad():
+            model.adapt_capacity(out)
+
+
+def side_by_side(models: dict, x, y, iters: int, warmup: int, loss_cfg=None) -> dict:
+    """{name: (median s per forward+backward, last output)}, iterations of the models alternating."""
+    times = {k: [] for k in models}
+    outs = {}
+    for i in range(warmup + iters):
+        for name, m in models.items():
+            t, outs[name] = step_time(m, x, y, loss_cfg)
+            m.zero_grad(set_to_none=True)
+            if i >= warmup:
+                times[name].append(t)
+    return {k: (statistics.median(v), outs[k]) for k, v in times.items()}
+
+
+def space_configs(path: str, sizes: list[int], overrides: list[str]):
+    """[(label, trial config)] of a search space's base: per d_model in `sizes` for LM spaces."""
+    from dnasweep.config import load_trial
+
+    base = load_trial(path, overrides)
+    if base.model.task != "lm" or not sizes:
+        return [(f"{base.model.task} d {base.model.d_model} L {base.model.tokens_per_example}", base)]
+    return [(f"{base.model.task} d {d} L {base.model.tokens_per_example}",
+             load_trial(path, [*overrides, f"model.d_model={d}"])) for d in sizes]
+
+
+def bench_config(label: str, cfg, dev, iters: int, warmup: int, compile_: bool) -> dict:
+    """Times the DNA of trial config `cfg` against its measured-FLOPs dense match; returns a row."""
+    torch.manual_seed(0)
+    m = cfg.model
+    B = cfg.train.batch_size
+    if m.task == "lm":
+        x = torch.randint(0, m.vocab_size, (B, m.seq_len), device=dev)
+        y = torch.randint(0, m.vocab_size, (B, m.seq_len), device=dev)
+    else:
+        x = torch.randn(B, m.channels, m.image_size, m.image_size, device=dev)
+        y = torch.randint(0, m.n_classes, (B,), device=dev)
+    dna = build_model(dataclasses.replace(m, kind="dna")).to(dev)
+    dense_cfg = dataclasses.replace(m, kind="dense", dense_layers=0, dense_match="measured")
+    dense = build_model(dense_cfg).to(dev)
+    models = {"dna": dna, "dense": dense}
+    if compile_:
+        dna_s = build_model(dataclasses.replace(m, kind="dna")).to(dev)
+        dna_s.load_state_dict(dna.state_dict())
+        dna_s.capacity_mode = "static"
+        with torch.no_grad():
+            dna_s.adapt_capacity(dna_s(x))
+        models["dna compiled"] = torch.compile(dna_s, fullgraph=True)
+        models["dense compiled"] = torch.compile(dense, fullgraph=True)
+    res = side_by_side(models, x, y, iters, warmup, cfg.loss)
+    n_tok = B * m.tokens_per_example
+    row = {"label": label, "n_tok": n_tok, "dense_blocks": len(dense.blocks)}
+    for name, (t, out) in res.items():
+        row[name] = (n_tok / t, out.stats.flops_per_token, out.stats.flops_executed_per_token,
+                     getattr(out.stats, "dropped_fraction", 0.0))
+    return row
+
+
+def print_rows(rows: list[dict]) -> None:
+    print(f"{'config':<24} {'model':<15} {'tokens/s':>10} {'FLOPs/tok':>10} {'exec/useful':>11} {'dropped':>8}"
+          f" {'vs dense @eqFLOPs':>17}")
+    for r in rows:
+        d_tps, d_f = r["dense"][0], r["dense"][1]
+        for name in [k for k in r if isinstance(r[k], tuple)]:
+            tps, f, fe, drop = r[name]
+            dense_ref = r.get("dense compiled", r["dense"]) if "compiled" in name else r["dense"]
+            ratio = tps * f / (dense_ref[0] * dense_ref[1])
+            label = name if name != "dense" else f"dense ({r['dense_blocks']} blk)"
+            print(f"{r['label']:<24} {label:<15} {tps:>10,.0f} {f:>10.4g} {fe / f:>11.3f} {drop:>8.4f} {ratio:>17.3f}")
+        del d_tps, d_f
+    print("DNA/dense tokens/s at equal measured FLOPs (raw tokens/s ratio x DNA FLOPs / dense FLOPs):")
+    for r in rows:
+        (t_a, f_a, fe_a, _), (t_b, f_b, _, _) = r["dna"], r["dense"]
+        extra = ""
+        if "dna compiled" in r:
+            (c_a, cf_a, _, _), (c_b, cf_b, _, _) = r["dna compiled"], r["dense compiled"]
+            extra = (f"; compiled {c_a * cf_a / (c_b * cf_b):.3f} (compile/eager speed-up: DNA {c_a / t_a:.2f}x, "
+                     f"dense {c_b / t_b:.2f}x)")
+        print(f"  {r['label']}: {t_a * f_a / (t_b * f_b):.3f}, DNA executed/useful FLOPs {fe_a / f_a:.3f}{extra}")
+
+
+def write_json(path: str | None, rows: list[dict], dev: torch.device) -> None:
+    if not path:
+        return
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    with open(path, "w") as f:
+        json.dump({"device": name, "bf16": BF16, "rows": rows}, f, indent=1)
+
+
+def peak_flops(device_name: str) -> float | None:
+    """The device's dense bf16 peak (FLOP/s), as the training loop's MFU uses; None if unknown."""
+    from dnasweep.train.loop import PEAK_FLOPS
+
+    return next((v for k, v in PEAK_FLOPS.items() if k in device_name), None)
+
+
+def load(path: str, json_: bool = True):
+    with open(path) as f:
+        return json.load(f) if json_ else f.read()
+
+
+def gpu_summary(out_dir: str) -> str:
+    """bench/gpu.sh's table from what its parts left in `out_dir` (a part that did not finish says so)."""
+    def read(name: str) -> str:
+        p = os.path.join(out_dir, name)
+        return load(p, json_=False) if os.path.exists(p) else ""
+
+    lines = ["", "part                        result"]
+    tests = [ln for ln in read("pytest.txt").splitlines() if re.search(r"\b(passed|failed|skipped|error)", ln)]
+    lines.append(f"{'pytest -m cuda':<28}{tests[-1].strip('= ') if tests else 'no result'}"
+                 f"  ({read('pytest.rc').strip() or 'not run'})")
+    for js in sorted(glob.glob(os.path.join(out_dir, "throughput_*.json"))):
+        d = load(js)
+        peak = peak_flops(d["device"])
+        for r in d["rows"]:
+            for name in [k for k in r if isinstance(r[k], list)]:
+                tps, f, fe, drop = r[name]
+                mfu = f"{3 * f * tps / peak:.1%}" if peak else "n/a (unknown peak)"
+                dense = r["dense compiled" if "compiled" in name and "dense compiled" in r else "dense"]
+                ratio = tps * f / (dense[0] * dense[1])
+                lines.append(f"{r['label'][:18] + ' ' + name:<28}{tps:>11,.0f} tok/s  useful MFU {mfu:>6}  "
+                             f"vs dense {ratio:.3f}  exec/useful {fe / f:.3f}  dropped {drop:.4f}")
+    for ln in read("throughput.rc").splitlines():
+        if not ln.endswith("exit 0"):
+            lines.append(f"{'throughput':<28}{ln}")
+    results = [load(p) for p in glob.glob(os.path.join(out_dir, "sweeps", "*", "trials", "*", "result.json"))]
+    status = {}
+    for res in results:
+        status[res.get("status", "?")] = status.get(res.get("status", "?"), 0) + 1
+    tps = [res["perf/tokens_per_s"] for res in results if "perf/tokens_per_s" in res]
+    lines.append(f"{'sweep 4 trials, gpu 0.25':<28}{dict(sorted(status.items())) or 'no trial result'}"
+                 + (f", tokens/s per trial {min(tps):,.0f}-{max(tps):,.0f}" if tps else "")
+                 + f"  ({read('sweep.rc').strip() or 'not run'})")
+    lines.append("targets: DNA/dense >= 0.8, useful MFU >= 30% dense and >= 25% DNA at d_model 768")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--config", metavar="SPACE", help="bench the base of this search-space (or trial) YAML")
+    ap.add_argument("--sizes", default="64,128,256", help="--config LM spaces: d_model values (comma-separated)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="--config: dotted override of the base, e.g. --set model.n_heads=12 (repeatable)")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile(fullgraph=True) models")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU training's precision)")
+    ap.add_argument("--json", metavar="PATH", help="also write the rows as JSON (bench/gpu.sh reads them)")
+    ap.add_argument("--gpu-summary", metavar="DIR", help="print bench/gpu.sh's summary table of DIR and exit")
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--modules", type=int, default=8, help="transformer-block modules in the pool")
@@ -88,9 +275,23 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-masked", action="store_true", help="skip the (slow) masked strategy")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
+    if a.gpu_summary:
+        print(gpu_summary(a.gpu_summary))
+        return
+    global BF16
+    BF16 = a.bf16
     torch.manual_seed(0)
     dev = torch.device(a.device)
+    if a.config:
+        sizes = [int(v) for v in a.sizes.split(",") if v]
+        overrides = [*a.set, f"train.device={a.device}"]
+        rows = [bench_config(label, cfg, dev, a.iters, a.warmup, a.compile)
+                for label, cfg in space_configs(a.config, sizes, overrides)]
+        print(f"device {dev}; median of {a.iters} forward+backward after {a.warmup} warm-up, DNA and dense alternating")
+        print_rows(rows)
+        write_json(a.json, rows, dev)
+        return
     cfg = ModelConfig(d_model=a.d_model, n_heads=a.heads, n_steps=a.steps, seq_len=a.seq, n_backbone=1,
                       pool=PoolConfig(n_transformer=a.modules, n_attention=0, n_mlp=0, n_identity=0))
     cfg.router.top_k = a.top_k
@@ -110,7 +311,7 @@ def main() -> None:
     t_dense, f_dense = timed(dense, x, y, a.iters, a.warmup)
     rows = [("dna", t_dna, f_dna), (f"dense ({best[0].dense_layers} blocks)", t_dense, f_dense)]
     if not a.no_masked:
-        dna.pool.forward = lambda h, route: masked_step(dna.pool, h, route)
+        dna.pool.forward = lambda h, route, *_: masked_step(dna.pool, h, route)
         t_mask, _ = timed(dna, x, y, a.iters, a.warmup)
         rows.append(("masked (every module, every token)", t_mask, f_dna))
     n_tok = x.numel()
@@ -123,6 +324,9 @@ def main() -> None:
     print(f"dna/dense tokens/s: {raw:.3f} raw, {raw * f_dna / f_dense:.3f} at equal FLOPs/token")
     if not a.no_masked:
         print(f"dna/masked tokens/s: {rows[2][1] / t_dna:.2f}")
+    write_json(a.json, [{"label": f"synthetic d_model {a.d_model}", "n_tok": n_tok,
+                         "dna": (n_tok / t_dna, f_dna, f_dna, 0.0), "dense": (n_tok / t_dense, f_dense, f_dense, 0.0)}],
+               dev)
     print(f"{raw * f_dna / f_dense:.3f}")
 
 

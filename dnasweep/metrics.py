@@ -20,6 +20,7 @@ ROUTER_LOAD_PREFIX = "router/load/"  # + "m{index}": share of slots routed to th
 ROUTER_TRAIN_IDENTITY = "router/train_identity_fraction"  # identity share of training slots since the last log row
 ROUTER_NONIDENTITY_PATHS = "router/distinct_paths"  # distinct non-identity paths of the evaluation tokens
 ROUTER_COLLAPSED = "router/collapsed"  # 1.0 when evaluation finds the pool bypassed (is_collapsed), else 0.0
+ROUTER_DROPPED = "router/dropped_fraction"  # share of computing slots dropped by static capacities (0 when exact)
 TOKENS_PER_S = "perf/tokens_per_s"  # training throughput
 MFU = "perf/mfu"  # useful training FLOPs / peak (CUDA only)
 STEP = "step"

@@ -63,3 +63,29 @@ def test_routing_only_pays_for_routed_tokens():
         cfg.pool.n_identity, cfg.router.top_k = 0, 1
         flops[router], _ = _count(build_model(cfg).eval(), torch.randint(0, 256, (4, 64)))
     assert flops["topk"] < flops["dense"] / 4
+
+
+def test_gpu_summary_reports_useful_mfu_from_measured_flops(tmp_path):
+    """bench/gpu.sh's table (bench/throughput.py --gpu-summary) on the files its parts write:
+    MFU = 3 x measured forward FLOPs/token x tokens/s / the device's peak; parts that did not
+    finish say so instead of vanishing."""
+    import importlib.util
+    import json
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "bench", "throughput.py")
+    spec = importlib.util.spec_from_file_location("bench_throughput", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    row = {"label": "lm d_model 768", "n_tok": 1, "dna": [1e5, 1e9, 1.05e9, 0.0], "dense": [1.2e5, 1e9, 1e9, 0.0]}
+    (tmp_path / "throughput_lm.json").write_text(json.dumps({"device": "NVIDIA H200", "bf16": True, "rows": [row]}))
+    (tmp_path / "pytest.txt").write_text("....\n7 passed in 30.1s\n")
+    (tmp_path / "pytest.rc").write_text("pytest -m cuda: exit 0\n")
+    trial = tmp_path / "sweeps" / "s" / "trials" / "a"
+    trial.mkdir(parents=True)
+    (trial / "result.json").write_text(json.dumps({"status": "completed", "perf/tokens_per_s": 5e4}))
+    table = bench.gpu_summary(str(tmp_path))
+    assert "7 passed" in table
+    assert f"{3 * 1e9 * 1e5 / 989e12:.1%}" in table  # DNA useful MFU against the H200 peak
+    assert "vs dense 0.833" in table and "exec/useful 1.050" in table
+    assert "{'completed': 1}" in table and "(not run)" in table  # the sweep's exit code never written

@@ -31,7 +31,7 @@ class TrainConfig:
     checkpoint_every: int = field(default=0, metadata=ge(0))  # checkpoint every this many steps (0: at evaluations)
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the model (routing then runs static capacities: dnasweep.model.pool)
     seed: int = 0  # seeds weights, batches and router noise
 
 

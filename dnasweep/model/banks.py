@@ -1,13 +1,17 @@
-"""Banks of modules with stacked weights, and the two ways tokens reach them.
+"""Banks of modules with stacked weights.
 
 A bank owns the weights of n modules of one type, stacked along a leading axis, so one
 batched matmul serves all of them: routed tokens are gathered per module, never run through
-every module and masked (that would cost pool_size / top_k times the useful work).
+every module and masked (that would cost pool_size / top_k times the useful work). Two ways in
+(dnasweep.model.pool says which runs when, and why): exact rows sorted by module through
+`grouped_matmul` (sizes on the host: `routed_exact`, `MLPBank.grouped`), or static,
+capacity-padded [n, C, D] blocks through bmm (`project`, `out`, `core`, `MLPBank.forward`).
 
 Tensor names carry their shape:
   B batch, L tokens per sequence (or patches per image), T = B*L flattened tokens, D d_model,
-  A attention modules in a bank, C slots per (module, sequence) after packing, H heads,
-  Dh head dim, E MLP modules in a bank, F MLP hidden width, P routed (token, module) pairs.
+  A attention modules in a bank, C packed rows per module (or per (module, sequence) row of the
+  attention core, N such rows), H heads, Dh head dim, E MLP modules in a bank, F MLP hidden
+  width, P routed (token, module) pairs.
 """
 
 from __future__ import annotations
@@ -66,8 +70,9 @@ class AttentionBank(nn.Module):
     A module's output is its *update* Attn(LN(x)); the caller adds the skip connection.
     Routed semantics: a token routed to module a attends to the tokens of its own sequence that a
     also received at this step (causally in LM), and to nothing else.
-    Projections run on exactly the routed tokens (grouped matmul); only the attention core packs
-    each module's tokens into per-sequence rows, padded to that module's longest row.
+    Static dispatch packs each module's tokens into a padded [A, C, D] block for the projections
+    (`project`, `out`: one bmm each) and into per-(module, sequence) rows for the `core`; exact
+    dispatch (`routed_exact`) projects exactly the routed rows and packs the core per module.
     """
 
     def __init__(self, n: int, d: int, n_heads: int, causal: bool, rope: Rope | None,
@@ -78,25 +83,39 @@ class AttentionBank(nn.Module):
         self.w_qkv_AD3D = nn.Parameter(torch.randn(n, d, 3 * d) * init_std)
         self.w_o_ADD = nn.Parameter(torch.randn(n, d, d) * out_std)
 
-    def _qkv(self, x_PD: torch.Tensor, counts: list[int], pos_P: torch.Tensor):
-        """Normed, projected, rotated q, k, v [P, H, Dh] of rows sorted by module."""
-        P, D = x_PD.shape
-        xn = F.layer_norm(x_PD, (D,))
-        w_qkv = (self.norm_AD[:, :, None] * self.w_qkv_AD3D).to(xn.dtype)  # fold the norm's gain in
-        q, k, v = grouped_matmul(xn, w_qkv, counts).view(P, 3, self.h, D // self.h).unbind(1)
-        if self.rope is not None:
-            q, k = self.rope.apply(q, pos_P), self.rope.apply(k, pos_P)
-        return q, k, v
+    def project(self, x_ACD: torch.Tensor, w_qkv: torch.Tensor | None = None) -> torch.Tensor:
+        """Normed, projected q|k|v [A, C, 3D] of each module's packed rows (one bmm); `w_qkv` the
+        weights with the norm gains folded in (ModulePool.folded), computed here if not given."""
+        xn = F.layer_norm(x_ACD, (x_ACD.shape[-1],))
+        if w_qkv is None:
+            w_qkv = self.norm_AD[:, :, None] * self.w_qkv_AD3D
+        return torch.bmm(xn, w_qkv.to(xn.dtype))
 
-    def _core(self, q, k, v, valid_BC: torch.Tensor | None) -> torch.Tensor:
-        """SDPA over packed rows q, k, v [B, C, H, Dh] -> [B, C, H*Dh]. Real tokens sit first in
+    def qkv(self, x_ACD: torch.Tensor, pos_AC: torch.Tensor):
+        """Normed, projected, rotated q, k, v [A, C, H, Dh] of each module's packed rows (one bmm;
+        `pos_AC` holds each row's ORIGINAL position in its sequence, for RoPE)."""
+        A, C, D = x_ACD.shape
+        xn = F.layer_norm(x_ACD, (D,))
+        w_qkv = (self.norm_AD[:, :, None] * self.w_qkv_AD3D).to(xn.dtype)  # fold the norm's gain in
+        q, k, v = torch.bmm(xn, w_qkv).view(A * C, 3, self.h, D // self.h).unbind(1)
+        if self.rope is not None:
+            pos = pos_AC.reshape(-1)
+            q, k = self.rope.apply(q, pos), self.rope.apply(k, pos)
+        return tuple(t.view(A, C, self.h, D // self.h) for t in (q, k, v))
+
+    def out(self, o_ACD: torch.Tensor) -> torch.Tensor:
+        """Output projection of each module's packed rows (one bmm)."""
+        return torch.bmm(o_ACD, self.w_o_ADD.to(o_ACD.dtype))
+
+    def core(self, q, k, v, valid_NC: torch.Tensor | None) -> torch.Tensor:
+        """SDPA over packed rows q, k, v [N, C, H, Dh] -> [N, C, H*Dh]. Real tokens sit first in
         each row in time order, padding after: a causal mask never lets a real query see padding;
-        without one (vision) `valid_BC` masks padded keys."""
+        without one (vision) `valid_NC` masks padded keys."""
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         if self.causal:
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
-            mask = None if valid_BC is None else valid_BC[:, None, None, :]
+            mask = None if valid_NC is None else valid_NC[:, None, None, :]
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return o.transpose(1, 2).flatten(2)
 
@@ -104,26 +123,33 @@ class AttentionBank(nn.Module):
         """Module 0 on every token of every sequence (a dense block): update [B, L, D]."""
         B, L, D = h_BLD.shape
         pos = torch.arange(L, device=h_BLD.device).repeat(B)
-        q, k, v = self._qkv(h_BLD.reshape(B * L, D), [B * L], pos)
-        o = self._core(*(t.view(B, L, self.h, -1) for t in (q, k, v)), None)
+        q, k, v = self.qkv(h_BLD.reshape(1, B * L, D), pos.view(1, -1))
+        o = self.core(*(t.view(B, L, self.h, -1) for t in (q, k, v)), None)
         return (o.reshape(B * L, D) @ self.w_o_ADD[0].to(o.dtype)).view(B, L, D)
 
-    def routed(self, h_BLD: torch.Tensor, mod_P: torch.Tensor, tok_P: torch.Tensor, counts: list[int]):
-        """Updates for routed pairs -> (delta_PD, (useful, executed) forward FLOPs).
+    def routed_exact(self, h_BLD: torch.Tensor, mod_P: torch.Tensor, tok_P: torch.Tensor, counts: list[int]):
+        """The exact (host-sized) path: updates for routed pairs -> (delta_PD, (useful, executed)).
 
-        Pairs are sorted by module and, within a module, by flat token index t = b*L + l (a
-        stable sort of token-ordered pairs gives that); `counts[a]` pairs belong to module a.
-        Executed FLOPs also count each module's padding up to its longest sequence row.
+        Pairs are sorted by module and, within a module, by flat token index t = b*L + l;
+        `counts[a]` pairs belong to module a. Projections run on exactly the routed rows
+        (grouped matmul); each module's core rows are padded to that module's longest row.
         """
         B, L, D = h_BLD.shape
         P, A, dev = mod_P.shape[0], self.n, h_BLD.device
         b_P, pos_P = tok_P // L, tok_P % L
-        q, k, v = self._qkv(h_BLD.reshape(B * L, D)[tok_P], counts, pos_P)
+        xn = F.layer_norm(h_BLD.reshape(B * L, D)[tok_P], (D,))
+        w_qkv = (self.norm_AD[:, :, None] * self.w_qkv_AD3D).to(xn.dtype)
+        q, k, v = grouped_matmul(xn, w_qkv, counts).view(P, 3, self.h, D // self.h).unbind(1)
+        if self.rope is not None:
+            q, k = self.rope.apply(q, pos_P), self.rope.apply(k, pos_P)
         # Slot of each pair in its (module, sequence) row: its rank among that row's pairs.
         row_P = mod_P * B + b_P  # non-decreasing along P
         n_AB = torch.bincount(row_P, minlength=A * B)
         slot_P = torch.arange(P, device=dev) - (n_AB.cumsum(0) - n_AB)[row_P]
         n_AB = n_AB.view(A, B)
+        # One core call per module, rows padded to that module's longest row. (One call for all
+        # modules padded to the longest row overall ran no faster on 2 CPU cores and executed
+        # 1.05-1.10x the useful FLOPs instead of 1.02-1.04.)
         C_A = n_AB.max(1).values.tolist()
         outs, start = [], 0
         for a in range(A):
@@ -135,17 +161,21 @@ class AttentionBank(nn.Module):
             idx = b_P[seg] * C + slot_P[seg]
             packed = [t.new_zeros(B * C, *t.shape[1:]).index_put((idx,), t[seg]).view(B, C, *t.shape[1:])
                       for t in (q, k, v)]
-            # Vision masks padded keys; a sequence with no token here keeps slot 0 visible so its
-            # softmax stays finite (the row is never read, but NaN would poison gradients).
+            # Vision masks padded keys; a sequence with no token here keeps slot 0 visible.
             slot_C = torch.arange(C, device=dev)
             valid = None if self.causal else (slot_C < n_AB[a, :, None]) | (slot_C == 0)
-            outs.append(self._core(*packed, valid).reshape(B * C, D)[idx])
+            outs.append(self.core(*packed, valid).reshape(B * C, D)[idx])
         o_PD = torch.cat(outs) if len(outs) > 1 else outs[0]
         delta_PD = grouped_matmul(o_PD, self.w_o_ADD.to(o_PD.dtype), counts)
-        n = n_AB.float()
-        useful = 8.0 * D * D * P + 4.0 * D * float((n * n).sum())
-        executed = 8.0 * D * D * P + 4.0 * D * B * float(sum(c * c for c in C_A))
+        n = n_AB.double()
+        useful = self.flops(P, (n * n).sum())
+        executed = self.flops(P, B * float(sum(c * c for c in C_A)))
         return delta_PD, (useful, executed)
+
+    def flops(self, rows: int, n_seqs_by_len: float) -> float:
+        """Forward FLOPs of projections on `rows` rows plus cores whose squared lengths sum to
+        `n_seqs_by_len` (unmasked, as the kernels execute them)."""
+        return 8.0 * self.d * self.d * rows + 4.0 * self.d * n_seqs_by_len
 
 
 class MLPBank(nn.Module):
@@ -158,8 +188,18 @@ class MLPBank(nn.Module):
         self.w_in_EDF = nn.Parameter(torch.randn(n, d, hidden) * init_std)
         self.w_out_EFD = nn.Parameter(torch.randn(n, hidden, d) * out_std)
 
-    def forward(self, x_PD: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """x_PD sorted by module, `counts[e]` rows for module e -> update [P, D]."""
+    def forward(self, x_ECD: torch.Tensor, w_in: torch.Tensor | None = None) -> torch.Tensor:
+        """Each module's packed rows x [E, C, D] -> updates [E, C, D] (two bmm); `w_in` the input
+        weights with the norm gains folded in (ModulePool.folded), computed here if not given."""
+        xn = F.layer_norm(x_ECD, (self.d,))
+        if w_in is None:
+            w_in = self.norm_ED[:, :, None] * self.w_in_EDF
+        w_in = w_in.to(xn.dtype)
+        hid_ECF = F.gelu(torch.bmm(xn, w_in))
+        return torch.bmm(hid_ECF, self.w_out_EFD.to(hid_ECF.dtype))
+
+    def grouped(self, x_PD: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """The exact (host-sized) path: rows sorted by module, `counts[e]` for module e."""
         xn = F.layer_norm(x_PD, (self.d,))
         w_in = (self.norm_ED[:, :, None] * self.w_in_EDF).to(xn.dtype)
         hid_PF = F.gelu(grouped_matmul(xn, w_in, counts))

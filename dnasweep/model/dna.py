@@ -3,6 +3,10 @@
 At step s the step's router scores the whole pool for every token, the token goes through the
 modules it picked, and h <- h + Σ_i ρ_i (M_i(h) - h). A module may be picked at several steps.
 
+No step reads the device from the host in static-capacity mode (training under torch.compile):
+what routing did (FLOPs, identity share, drops) stays in 0-dim tensors that RoutingStats reads
+when asked, and the capacities adapt between optimizer steps (`update_routing_biases`).
+
 Tensor names carry their shape:
   B batch, L tokens per sequence, T = B*L, D d_model, M pool size, K slots per token, S steps.
 """
@@ -17,8 +21,12 @@ from dnasweep.model.config import ModelConfig
 from dnasweep.model.flops import block_cost, module_costs, module_params
 from dnasweep.model.layers import Block, Readout, Stem
 from dnasweep.model.output import ModelOutput, RoutingStats
-from dnasweep.model.pool import ModulePool
+from dnasweep.model.pool import Caps, ModulePool
 from dnasweep.model.routers import Routing
+
+CAPACITY_SLACK = 1.1  # static capacities: headroom over the largest need seen
+CAPACITY_ROUND = 8  # ... rounded up to a multiple of this many rows
+CAPACITY_SHRINK = 0.7  # shrink only when every wanted capacity is below this share of the current
 
 
 class DNAModel(nn.Module):
@@ -35,6 +43,10 @@ class DNAModel(nn.Module):
         self.routing = Routing(cfg)
         self.pool = ModulePool(cfg, rope, o_std)
         self.readout = Readout(cfg)
+        # "auto": exact dispatch in eager runs, static capacities in training under torch.compile;
+        # "exact" / "static" force one. `caps` are the static capacities in use.
+        self.capacity_mode: str = "auto"
+        self.caps: Caps | None = None
         M = cfg.pool.size
         # Per-token cost of each module relative to a dense block, for the compute penalty.
         # Attention context is the uniform-routing share of the sequence (see flops.py).
@@ -56,16 +68,20 @@ class DNAModel(nn.Module):
             h_BLD = blk(h_BLD)
         B, L, _ = h_BLD.shape
         T, M, S = B * L, cfg.pool.size, cfg.n_steps
+        caps = self._caps(B, L, h_BLD.device)
         visits_TM = torch.zeros(T, M, dtype=torch.int32, device=h_BLD.device)
         zero = h_BLD.new_zeros((), dtype=torch.float32)
-        compute, balance, zloss, entropy = zero, zero, zero, 0.0
-        useful = executed = 0.0
-        slots, paths = [], []
+        compute, balance, zloss, entropy = zero, zero, zero, zero
+        useful = executed = dropped = computing = zero.double()
+        slots, needs, paths = [], [], []
+        w = None if caps is None else self.pool.folded()  # once per forward: every step uses the pool
         for s in range(S):
             route = self.routing(h_BLD, s, keys_BL)
-            h_BLD, res = self.pool(h_BLD, route)
+            h_BLD, res = self.pool(h_BLD, route, caps, w)
             useful, executed = useful + res.flops_useful, executed + res.flops_executed
+            dropped, computing = dropped + res.dropped, computing + res.computing
             slots.append(res.slots_M)
+            needs.append(res.need_3)
             ones_TK = (route.active_TK if route.active_TK is not None
                        else torch.ones_like(route.idx_TK, dtype=torch.bool)).to(torch.int32)
             visits_TM.scatter_add_(1, route.idx_TK, ones_TK)
@@ -79,26 +95,73 @@ class DNAModel(nn.Module):
                 balance = balance + M * (f_M * probs_TM.mean(0)).sum()
                 zloss = zloss + torch.logsumexp(logits_TM, -1).square().mean()
                 with torch.no_grad():
-                    entropy += float(-(probs_TM * probs_TM.clamp_min(1e-12).log()).sum(-1).mean())
+                    entropy = entropy + (-(probs_TM * probs_TM.clamp_min(1e-12).log()).sum(-1).mean())
         logits = self.readout(h_BLD)
         base = (self.stem.flops(B, L) + sum(b.flops(B, L) for b in self.backbone)
                 + self.routing.flops(T) + self.readout.flops(B, L))
         slots_SM = torch.stack(slots).detach().float()
         n_id = cfg.pool.n_identity
         stats = RoutingStats(
-            flops_per_token=(base + useful) / T,
-            flops_executed_per_token=(base + executed) / T,
-            params_active=self.params_base + float((visits_TM > 0).float().mean(0) @ self.params_M),
+            flops_per_token_=(base + useful) / T,
+            flops_executed_per_token_=(base + executed) / T,
+            params_active_=self.params_base + (visits_TM > 0).float().mean(0) @ self.params_M,
             params_total=self.params_total,
-            slots_SM=slots_SM.cpu(),
-            identity_fraction=float(slots_SM[:, M - n_id:].sum() / slots_SM.sum()) if n_id else 0.0,
-            entropy=entropy / S,
+            slots_SM=slots_SM,
+            identity_fraction_=slots_SM[:, M - n_id:].sum() / slots_SM.sum() if n_id else 0.0,
+            entropy_=entropy / S,
+            dropped_fraction_=dropped / computing.clamp_min(1),
+            capacity_need_S3=torch.stack(needs),
         )
         aux = {"compute": compute / S, "balance": balance / S, "z": zloss / S}
         return ModelOutput(logits, stats, aux, torch.stack(paths, 1).view(B, L, S, -1) if return_paths else None)
 
+    def _caps(self, B: int, L: int, device: torch.device) -> Caps | None:
+        """Capacities of this forward: None (exact, the pool sizes segments on the host) in every
+        eager run, evaluation included (reported metrics never lose a dropped token); static ones
+        (no host read) in training under torch.compile, which needs them, or when `capacity_mode`
+        says so (see dnasweep.model.pool). Eager training on an accelerator stays exact: the static
+        path changes what is trained (tokens over capacity are dropped) and has not been measured on
+        a GPU yet (bench/gpu.sh runs both)."""
+        mode = self.capacity_mode
+        eager = not torch.compiler.is_compiling()
+        if mode == "exact" or (mode == "auto" and (eager or not self.training)):
+            return None
+        if self.caps is None:  # nothing observed yet: room for every pair (drops nothing; adapted later)
+            self.caps = Caps(B * L, L, B * L)
+        return self.caps
+
+    def get_extra_state(self) -> torch.Tensor:
+        """The static capacities travel with the weights, so a resumed run keeps its shapes."""
+        return torch.tensor(list(self.caps) if self.caps is not None else [], dtype=torch.long)
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        self.caps = Caps(*(int(v) for v in state.tolist())) if state is not None and state.numel() == 3 else None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before static capacities hold none: start without (exact, then adapt).
+        state_dict.setdefault(prefix + "_extra_state", torch.zeros(0, dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def adapt_capacity(self, out: ModelOutput) -> None:
+        """Set the static capacities from what a forward needed: grow at once to the need plus
+        CAPACITY_SLACK (rounded up to CAPACITY_ROUND rows), shrink only when that is under
+        CAPACITY_SHRINK of the current caps, so a compiled model rarely meets new shapes.
+        Reads 3 numbers on the host: call it between steps, never inside one."""
+        need = out.stats.capacity_need_S3
+        if need is None:
+            return
+        need = [int(v) for v in need.max(0).values.tolist()]
+        want = [max(1, -(-int(n * CAPACITY_SLACK) // CAPACITY_ROUND)) * CAPACITY_ROUND for n in need]
+        old = self.caps
+        if old is None or any(n > c for n, c in zip(need, old, strict=True)) or all(
+                w < CAPACITY_SHRINK * c for w, c in zip(want, old, strict=True)):
+            self.caps = Caps(*want)
+
     def update_routing_biases(self, out: ModelOutput) -> None:
         """Apply the out-of-gradient selection-bias updates (identity skip target, loss-free
-        balancing) from a training step's routed slot counts. Call once per optimizer step."""
+        balancing) from a training step's routed slot counts, and adapt the static capacities
+        when they are in use. Call once per optimizer step."""
         if out.stats.slots_SM is not None:
             self.routing.update_biases(out.stats.slots_SM)
+        if self.caps is not None and self.capacity_mode != "exact":
+            self.adapt_capacity(out)

@@ -30,7 +30,7 @@ class Block(nn.Module):
     def forward(self, h_BLD: torch.Tensor) -> torch.Tensor:
         h_BLD = h_BLD + self.attn.full(h_BLD)
         B, L, D = h_BLD.shape
-        return h_BLD + self.mlp(h_BLD.reshape(B * L, D), [B * L]).view(B, L, D)
+        return h_BLD + self.mlp(h_BLD.reshape(1, B * L, D)).view(B, L, D)
 
     def flops(self, B: int, L: int) -> float:
         """Forward FLOPs of this block on B sequences of L tokens (matmuls; attention unmasked)."""

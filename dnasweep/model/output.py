@@ -6,18 +6,35 @@ from dataclasses import dataclass, field
 
 import torch
 
+Num = float | torch.Tensor  # a host number, or a 0-dim tensor the forward pass left on the device
+
+
+def _num(v: Num) -> float:
+    return v if isinstance(v, float | int) else float(v)
+
 
 @dataclass
 class RoutingStats:
-    """Measured by the forward pass itself (host numbers and small detached tensors)."""
+    """Measured by the forward pass itself. The forward leaves data-dependent numbers as 0-dim
+    tensors (`*_`, on the model's device: reading them inside the step would be a host sync and
+    would break a compiled graph); the properties read them as floats, when asked, after the step."""
 
-    flops_per_token: float  # useful forward FLOPs per token/patch: what routing really sent
-    flops_executed_per_token: float  # including packing padding: executed / useful = dispatch waste
-    params_active: float  # mean parameters touched per token (a module reused counts once)
+    flops_per_token_: Num  # useful forward FLOPs per token/patch: what routing really sent
+    flops_executed_per_token_: Num  # including capacity padding: executed / useful = dispatch waste
+    params_active_: Num  # mean parameters touched per token (a module reused counts once)
     params_total: int  # parameters of the model
     slots_SM: torch.Tensor | None = None  # [S, M] (token, module) slots per step and module
-    identity_fraction: float = 0.0  # share of slots sent to identity modules
-    entropy: float = 0.0  # mean entropy (nats) of the router distributions
+    identity_fraction_: Num = 0.0  # share of slots sent to identity modules
+    entropy_: Num = 0.0  # mean entropy (nats) of the router distributions
+    dropped_fraction_: Num = 0.0  # share of computing slots dropped by capacity (static shapes only)
+    capacity_need_S3: torch.Tensor | None = None  # [S, 3] the pool.Caps each step needed to drop nothing
+
+    flops_per_token = property(lambda self: _num(self.flops_per_token_))
+    flops_executed_per_token = property(lambda self: _num(self.flops_executed_per_token_))
+    params_active = property(lambda self: _num(self.params_active_))
+    identity_fraction = property(lambda self: _num(self.identity_fraction_))
+    entropy = property(lambda self: _num(self.entropy_))
+    dropped_fraction = property(lambda self: _num(self.dropped_fraction_))
 
 
 @dataclass

@@ -162,6 +162,7 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
     deadline = None if tc.time_limit_s is None else time.perf_counter() + tc.time_limit_s - train_time
     model.train()
     skip_log: list[float] = []  # identity share of each training step since the last log row
+    drop_log: list = []  # compiled: share of slots dropped by capacity per step (0-dim tensors)
     try:
         while step < total_steps and not already_done:
             t0 = time.perf_counter()
@@ -189,6 +190,8 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
             model.update_routing_biases(out)
             if out.stats.slots_SM is not None:  # routed: the identity share the skip control acts on
                 skip_log.append(out.stats.identity_fraction)
+                if tc.compile:  # static capacities may drop tokens: say how many (read once per log row)
+                    drop_log.append(out.stats.dropped_fraction_)
             step += 1
             train_time += time.perf_counter() - t0
             if step % tc.log_every == 0 or step == total_steps:
@@ -197,6 +200,9 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
                 if skip_log:
                     row[M.ROUTER_TRAIN_IDENTITY] = sum(skip_log) / len(skip_log)
                     skip_log.clear()
+                if drop_log:
+                    row[M.ROUTER_DROPPED] = float(sum(drop_log)) / len(drop_log)
+                    drop_log.clear()
                 rep.report(row)
             timed_out = deadline is not None and time.perf_counter() >= deadline
             if timed_out:
