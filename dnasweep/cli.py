@@ -19,8 +19,6 @@ def _train(args: argparse.Namespace) -> int:
     if args.out:
         overrides.append(f"out_dir={args.out}")
     cfg = load_trial(args.config, overrides)
-    if not args.no_resume:
-        _refuse_weights_only(cfg.out_dir)
     console = None if args.quiet else ConsoleReporter(cfg.train.max_steps)
     result = run_trial(cfg, console, resume=not args.no_resume)
     if result.already_done:  # even with --quiet: this command trained nothing, its numbers are not new
@@ -31,22 +29,6 @@ def _train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_json()))
     return 0 if result.status == "completed" else 1
-
-
-def _refuse_weights_only(out_dir: str) -> None:
-    """A finished sweep trial keeps the weights of its checkpoint, not the optimizer state (see
-    dnasweep.sweep.storage.slim_checkpoint): training cannot go on from it exactly, so say so
-    (exit 2) instead of failing inside the loop."""
-    import os
-
-    from dnasweep.train import checkpoint
-
-    ckpt = os.path.join(out_dir, "checkpoint")
-    if checkpoint.exists(ckpt) and checkpoint.load(ckpt).get("weights_only"):
-        raise ConfigError([Problem("out_dir", f"{ckpt} keeps the weights of a finished sweep trial, not its optimizer "
-                                   "state: training cannot continue from it (its metrics are in result.json)",
-                                   "pass --no-resume to train from scratch there, or --out DIR elsewhere; "
-                                   "`dnasweep analyze` reads it as it is")], "train")
 
 
 def _validate(args: argparse.Namespace) -> int:

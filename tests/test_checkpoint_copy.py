@@ -139,9 +139,17 @@ def test_a_finished_trial_keeps_weights_and_train_refuses_to_continue_it(tmp_pat
     slim_checkpoint(ckpt)  # twice: a no-op
     assert checkpoint.load(ckpt)["step"] == full["step"]
     capsys.readouterr()
-    assert main(["train", str(cfg), "--out", str(out), "--quiet", "train.max_steps=6"]) == 2
+    assert main(["train", str(cfg), "--out", str(out), "--json"]) == 0  # the same run: complete, nothing trained
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["already_done"] is True
+    assert main(["train", str(cfg), "--out", str(out), "--quiet", "train.max_steps=6"]) == 2  # extending it
     err = capsys.readouterr().err
     assert "weights of a finished sweep trial" in err and "--no-resume" in err and "Traceback" not in err
+    from dnasweep.config import build_trial
+    from dnasweep.errors import ConfigError
+    from dnasweep.train.loop import run_trial
+
+    with pytest.raises(ConfigError, match="optimizer state"):  # called directly, not only from the CLI
+        run_trial(build_trial(TRIAL, [f"out_dir={out}", "train.max_steps=6"]))
     assert main(["train", str(cfg), "--out", str(out), "--quiet", "--no-resume"]) == 0  # starting over works
 
 

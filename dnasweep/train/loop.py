@@ -121,8 +121,17 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
     step, train_time = 0, 0.0
     if resuming:
         st = checkpoint.load(ckpt_dir)
+        if st.get("weights_only") and int(st["step"]) < total_steps:
+            # a finished sweep trial keeps its weights, not the optimizer (dnasweep.sweep.storage):
+            # continuing without the optimizer state would not be the same run
+            raise ConfigError([Problem("out_dir", f"{ckpt_dir} keeps the weights of a finished sweep trial "
+                                       f"(step {int(st['step'])}), not its optimizer state: training cannot go on "
+                                       f"from it to step {total_steps}",
+                                       "pass --no-resume to train from scratch there, or --out DIR elsewhere; "
+                                       "`dnasweep analyze` reads it as it is")], source=f"resume from {ckpt_dir}")
         model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
+        if not st.get("weights_only"):
+            opt.load_state_dict(st["optimizer"])
         sampler.load_state_dict(st["sampler"])
         checkpoint.set_rng_state(st["rng"])
         step, train_time = int(st["step"]), float(st["train_time"])
