@@ -213,5 +213,12 @@ def test_a_trial_restarted_without_its_scratch_continues_from_the_store(ray_clus
         assert [m for m in os.listdir(bucket / name / "trials" / tid) if m.startswith("checkpoint")] == ["checkpoint"]
     in_tune = [os.path.join(r, f) for r, _, fs in os.walk(bucket / name / "tune") for f in fs if f == "state.pt"]
     assert not in_tune  # Tune holds pointers, not copies
+    # ... and deletes none of them: a saved state may name any (with num_to_keep, a driver killed after
+    # a deletion and before its next state snapshot left a state naming a deleted checkpoint, and Tune
+    # failed the restored trial: "Could not recover from checkpoint as it does not exist")
+    for d in (bucket / name / "tune").iterdir():
+        kept = sorted(int(c.name.split("_")[1]) for c in d.iterdir() if c.name.startswith("checkpoint_")) \
+            if d.is_dir() else []
+        assert kept == list(range(len(kept))) and (not d.name.startswith("trial_") or len(kept) >= 2), (d, kept)
     pointers = [os.path.join(r, f) for r, _, fs in os.walk(bucket / name / "tune") for f in fs if f == POINTER]
     assert pointers

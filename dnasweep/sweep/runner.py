@@ -154,9 +154,6 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
                                     bundle(space))
     # Trials report training metrics between evaluations; only evaluations carry the objectives.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    # num_to_keep=1 makes Tune snapshot its state after every trial checkpoint (what `resume` reads:
-    # wanted) and warn about it each time, flooding the console: the warning is switched off.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     tune_dir = f"{store.tune_root}/tune"
     t0 = time.time()
     restored = resume and tune.Tuner.can_restore(tune_dir)
@@ -191,12 +188,13 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
                            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=todo, reuse_actors=True,
                                                        scheduler=make_scheduler(space, searcher, pruned),
                                                        max_concurrent_trials=space.budget.concurrent),
-                           # A trial whose worker dies is restarted (from its checkpoint) up to retries times;
-                           # only its latest checkpoint is kept in Tune's copy (the trial keeps its own).
+                           # A trial whose worker dies is restarted (from its checkpoint) up to retries times.
+                           # Tune keeps every checkpoint it was given (pointers of a few bytes: storage.py):
+                           # with num_to_keep, a driver killed between deleting an old one and saving its
+                           # state left a state naming a deleted checkpoint, and the restored trial failed.
                            run_config=tune.RunConfig(name="tune", storage_path=store.tune_root, verbose=0,
                                                      callbacks=callbacks, failure_config=tune.FailureConfig(
-                                                         max_failures=space.budget.retries),
-                                                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+                                                         max_failures=space.budget.retries)))
     if restored or budget.left(study, space):
         with _sigterm_as_sigint():
             tuner.fit()
