@@ -71,6 +71,9 @@ def test_moasha_sweep_prunes_trials_and_keeps_them_off_the_front(ray_cluster, tm
         assert all(RUNG.format(step=r, metric="val/loss") in t.user_attrs for r in space.rungs()[0])
         assert "dnasweep.status" not in runs[t.user_attrs["ray_trial_id"]].data.tags
     assert sum(" PRUNED " in ln for ln in lines) == len(pruned), lines
+    # with a step budget the progress line counts steps: the last one says what the study spent
+    final = f"{len(study.trials)} finished, {spent}/{MOASHA['budget']['steps']} steps"
+    assert any(final in ln for ln in lines), lines[-6:]
     out = subprocess.run([sys.executable, "-m", "dnasweep.cli", "ls", "--root", str(tmp_path)], capture_output=True,
                          text=True, check=True)
     assert f"{len(pruned)} pruned" in out.stdout, out.stdout

@@ -32,6 +32,7 @@ class Progress(Callback):
         before = before or {}  # a resumed sweep counts the trials its earlier runs finished
         self.done, self.failed = before.get("complete", 0), before.get("failed", 0)
         self.n_pruned = before.get("pruned", 0)
+        self.steps = before.get("steps", 0)  # training steps of the finished trials (budget.steps)
         self.pruned = pruned if pruned is not None else {}  # Ray trial id -> rung (MO-ASHA's, shared)
         self.running: set[str] = set()
         self.restarts = 0
@@ -40,8 +41,10 @@ class Progress(Callback):
     def _head(self) -> str:
         extra = f", {self.restarts} restarts" if self.restarts else ""
         pruned = f"{self.n_pruned} pruned, " if self.n_pruned or self.space.scheduler.type != "fifo" else ""
-        return (f"[{time.time() - self.t0:6.0f}s] {self.done + self.n_pruned + self.failed}/{self.space.budget.trials}"
-                f" finished ({pruned}{self.failed} failed, {len(self.running)} running{extra})")
+        n, b = self.done + self.n_pruned + self.failed, self.space.budget
+        total = f"{n} finished, {self.steps}/{b.steps} steps" if b.steps else f"{n}/{b.trials} finished"
+        return (f"[{time.time() - self.t0:6.0f}s] {total} ({pruned}{self.failed} failed, "
+                f"{len(self.running)} running{extra})")
 
     def on_trial_start(self, iteration, trials, trial, **info):
         if trial.trial_id in self.running:
@@ -55,6 +58,8 @@ class Progress(Callback):
         self.running.discard(trial.trial_id)
         res = trial.last_result or {}
         objs = [res.get(o.metric) for o in self.space.objectives]
+        step = res.get("step")
+        self.steps += self.pruned.get(trial.trial_id, int(step) if isinstance(step, int | float) else 0)
         if trial.trial_id in self.pruned:
             self.n_pruned += 1
             self.log(f"{self._head()}  PRUNED {trial.trial_id} at step {self.pruned[trial.trial_id]}: "

@@ -148,7 +148,7 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
     store.mirror()
     pruned: dict[str, int] = {}  # MO-ASHA's decisions, read by the progress line and the tracker
     tracker.pruned = pruned
-    progress = Progress(space, log, counts(study), pruned)
+    progress = Progress(space, log, {**counts(study), "steps": budget.steps_used(study, space)[0]}, pruned)
     callbacks = [tracker, progress, *store.callbacks()]
     trainable = tune.with_resources(tune.with_parameters(trial, space=space, store=store, frontier=frontier_of(rungs)),
                                     bundle(space))
