@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from dnasweep.data.config import DataConfig, check_data
 from dnasweep.data.sources import SOURCES, Source, get_source, register_source, source_names
 from dnasweep.errors import raise_if
+from dnasweep.lazy import exports
 
 if TYPE_CHECKING:
     from dnasweep.data.lm import LMData
@@ -34,16 +35,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value  # once: later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = exports(globals(), _LAZY)
 
 
 def load_data(cfg: DataConfig, task: str) -> LMData | VisionData:

@@ -10,8 +10,9 @@ pay for torch. Torch loads with the first name that needs it (build_model, the r
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from dnasweep.lazy import exports
 
 if TYPE_CHECKING:
     from torch import nn
@@ -37,16 +38,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value  # once: later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = exports(globals(), _LAZY)
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
