@@ -25,8 +25,11 @@ import torch
 from dnasweep.space import load_space
 
 SPACE = "search_spaces/lm.yaml"
+# No dense reference ladder: the plain Optuna arm trains none, and the ladder's 4 trainings would
+# count as dnasweep's start-up overhead (they are trainings, not orchestration).
 OVERRIDES = ["budget.trials=8", "budget.concurrent=2", "base.train.max_steps=150", "base.train.eval_every=75",
-             "base.train.eval_batches=4", "base.data.max_bytes=2000000"]
+             "base.train.eval_batches=4", "base.data.max_bytes=2000000", "reference.d_model=[]",
+             "reference.dense_layers=[]"]
 
 
 def _span(trial_dir: str) -> tuple[float, float]:
