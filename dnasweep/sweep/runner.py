@@ -17,7 +17,6 @@ summary.py (the end of a sweep), storage.py (where its files live), compat.py (l
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
@@ -163,7 +162,7 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
         # Tune unpickles the callbacks of the first run; ours carry this run's tracker state.
         compat.restored_run_config(tuner).callbacks = callbacks
         compat.restored_searcher(tuner).live_storage = storage  # this head's copy of the study
-        compat.restored_searcher(tuner).after_ask = functools.partial(_journal_up, store)
+        compat.restored_searcher(tuner).after_ask = store.mirror_journal
         scheduler = compat.restored_scheduler(tuner)
         if isinstance(scheduler, MOASHA):  # Tune saves no scheduler state: its decisions are in the study
             scheduler.searcher, scheduler.pruned = compat.restored_searcher(tuner), pruned
@@ -180,7 +179,7 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
     todo = space.budget.trials - budget.finished(study)
     if not restored and budget.left(study, space):
         searcher = ParetoOptunaSearch(space, storage=storage, study_name=name)
-        searcher.after_ask = functools.partial(_journal_up, store)
+        searcher.after_ask = store.mirror_journal
         tuner = tune.Tuner(trainable,
                            # reuse_actors: a finished trial's worker process (torch imported, data
                            # cached) takes the next trial, instead of a fresh process per trial.
@@ -206,12 +205,6 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
             f"state is saved. Continue it with:\n  dnasweep resume {store.where}")
         return result_of(study, space, sweep_dir, tracking_errors=tracker.errors, interrupted=True)
     return finish_sweep(study, space, store, tracker, uri, log, analyze, time.time() - t0)
-
-
-def _journal_up(store) -> None:
-    """Copy the Optuna journal to the sweep's object store (a no-op for a local sweep)."""
-    if hasattr(store, "put"):
-        store.put(os.path.join(store.sweep_dir, "optuna.log"), "optuna.log")
 
 
 class _sigterm_as_sigint:

@@ -57,6 +57,7 @@ class ParetoOptunaSearch(OptunaSearch):
 
     def __init__(self, space: SearchSpace, **kw):
         self.sweep_space = space
+        self.steps_seen: dict[str, int] = {}  # Ray trial id -> last training step reported
         super().__init__(space=DefineByRun(space), metric=[o.metric for o in space.objectives],
                          mode=[o.mode for o in space.objectives], sampler=make_sampler(space), **kw)
 
@@ -95,7 +96,6 @@ class ParetoOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id, result):
         """The last training step each trial reported (what a failed trial spent)."""
         if isinstance(result.get("step"), int | float):
-            self.steps_seen = getattr(self, "steps_seen", {})
             self.steps_seen[trial_id] = max(int(result["step"]), self.steps_seen.get(trial_id, 0))
 
     def record_rung(self, trial_id: str, rung: int, bracket: int, values: dict, violation: float) -> None:
@@ -140,7 +140,7 @@ class ParetoOptunaSearch(OptunaSearch):
         ot, study = taken
         step = (result or {}).get("step")
         ot.set_user_attr(budget.STEPS, int(step) if isinstance(step, int | float)
-                         else getattr(self, "steps_seen", {}).get(trial_id, 0))
+                         else self.steps_seen.get(trial_id, 0))
         vals = [(result or {}).get(m) for m in self.metric]
         if not error and all(isinstance(v, int | float) and math.isfinite(v) for v in vals):
             for c in self.sweep_space.constraints:

@@ -96,6 +96,9 @@ class LocalStore:
     def mirror(self) -> None:
         """Copy the driver's files to where the sweep is kept."""
 
+    def mirror_journal(self) -> None:
+        """Copy the Optuna journal to where the sweep is kept (called at every ask)."""
+
     def callbacks(self) -> list:
         return []
 
@@ -210,6 +213,9 @@ class ObjectStore(LocalStore):
         local = os.path.join(self.sweep_dir, "trials", trial_id)
         if not os.path.exists(os.path.join(local, "result.json")):
             self.get(f"trials/{trial_id}", local)
+
+    def mirror_journal(self) -> None:
+        self.put(os.path.join(self.sweep_dir, "optuna.log"), "optuna.log")
 
     def mirror(self) -> None:
         """The driver's files (small, single writer) and any analysis reports, copied up."""
