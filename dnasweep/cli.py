@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from dnasweep.errors import ConfigError, Problem
@@ -63,7 +64,6 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     import datetime
-    import os
 
     from dnasweep.space import load_space
 
@@ -77,11 +77,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume and is_sweep_dir(sweep_dir):
         print(f"resuming {sweep_dir} with the space it was started with", file=sys.stderr)
         return _resume_in(sweep_dir, args)
-    _library_output(args)
     return _finish(lambda: run_sweep(space, name, root=args.root, address=args.address, storage=args.storage,
                                      autoscaling=args.autoscaling or None,
                                      tracking_uri=args.tracking_uri, analyze=False if args.no_analyze else None),
-                   sweep_dir)
+                   sweep_dir, args)
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -91,39 +90,38 @@ def _resume(args: argparse.Namespace) -> int:
 def _resume_in(sweep_dir: str, args: argparse.Namespace) -> int:
     from dnasweep.sweep.runner import resume_sweep
 
-    _library_output(args)
     return _finish(lambda: resume_sweep(sweep_dir, address=args.address, tracking_uri=args.tracking_uri,
                                         analyze=False if args.no_analyze else None, root=args.root,
-                                        autoscaling=args.autoscaling or None), sweep_dir)
+                                        autoscaling=args.autoscaling or None), sweep_dir, args)
 
 
-def _library_output(args: argparse.Namespace) -> None:
-    from dnasweep.sweep.cluster import library_output
-
-    library_output(args.verbose)
+def _locate(arg: str, root: str, found, key: str, fix: str, source: str, normalize: bool = False) -> str:
+    """ARG as a path, else under --root (a name as `dnasweep ls` prints it): the first place that
+    `found` accepts wins over one that merely exists. Neither there: exit 2 saying so (a directory
+    that is not a sweep is refused later, with its reason)."""
+    candidates = [arg] + ([] if os.path.isabs(arg) else [os.path.join(root, arg)])
+    candidates = [os.path.normpath(c) for c in candidates] if normalize else candidates
+    hit = next((c for c in candidates if found(c)), None) or next((c for c in candidates if os.path.exists(c)), None)
+    if hit is None:
+        raise ConfigError([Problem(key, f"{arg} does not exist" + "".join(f", nor does {c}" for c in candidates[1:]),
+                                   fix)], source)
+    return hit
 
 
 def _sweep_arg(arg: str, root: str) -> str:
-    """SWEEP as a path or as a name under --root (what `dnasweep ls` prints); a sweep wins over a
-    plain directory. Neither there: exit 2 saying so (a directory that is not a sweep is refused
-    later, with its reason)."""
-    import os
-
+    """SWEEP as a path or as a name under --root; a sweep wins over a plain directory."""
     from dnasweep.sweep.study import is_sweep_dir
 
-    candidates = [arg, os.path.join(root, arg)]  # the same twice for an absolute path
-    found = [c for c in candidates if is_sweep_dir(c)] or [c for c in candidates if os.path.exists(c)]
-    if found:
-        return found[0]
-    raise ConfigError([Problem("SWEEP", f"{arg} does not exist" + (
-        "" if os.path.isabs(arg) else f", nor does {candidates[1]}"),
-        f"pass a sweep directory, or a name that `dnasweep ls --root {root}` lists")], "dnasweep")
+    return _locate(arg, root, is_sweep_dir, "SWEEP",
+                   f"pass a sweep directory, or a name that `dnasweep ls --root {root}` lists", "dnasweep")
 
 
-def _finish(go, sweep_dir: str) -> int:
+def _finish(go, sweep_dir: str, args: argparse.Namespace) -> int:
     """Run a sweep; print its front, or how to continue it when it was stopped (exit 130)."""
+    from dnasweep.sweep.cluster import library_output
     from dnasweep.sweep.study import format_front, read_space
 
+    library_output(args.verbose)
     try:
         result = go()
     except KeyboardInterrupt:  # a second Ctrl-C: Ray Tune's last saved state is still there
@@ -136,8 +134,6 @@ def _finish(go, sweep_dir: str) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    import os
-
     from dnasweep.sweep.study import is_sweep_dir as is_sweep  # imports no ray/optuna/mlflow at module level
 
     def in_sweep(t: str) -> bool:  # a sweep, SWEEP/TRIAL (a trial id or Optuna number) or SWEEP/trials/ID
@@ -146,16 +142,8 @@ def _analyze(args: argparse.Namespace) -> int:
                                                    and is_sweep(os.path.dirname(parent)))
 
     # TARGET as given, else under --root (a sweep name as `dnasweep ls` prints it, or NAME/TRIAL)
-    candidates = [os.path.normpath(args.target)]
-    if not os.path.isabs(args.target):
-        candidates.append(os.path.normpath(os.path.join(args.root, args.target)))
-    target = next((c for c in candidates if in_sweep(c)), None) or next(
-        (c for c in candidates if os.path.exists(c)), None)
-    if target is None:
-        raise ConfigError([Problem("TARGET", f"{args.target} does not exist" + (
-            f", nor does {candidates[1]}" if len(candidates) > 1 else ""),
-            "pass a trial directory (its out_dir), a sweep directory or name (see dnasweep ls), or SWEEP/TRIAL")],
-            "analyze")
+    target = _locate(args.target, args.root, in_sweep, "TARGET", "pass a trial directory (its out_dir), a sweep "
+                     "directory or name (see dnasweep ls), or SWEEP/TRIAL", "analyze", normalize=True)
     parent = os.path.dirname(target)
     if in_sweep(target):
         from dnasweep.sweep.analysis import analyze_in_sweep, front_dirs, trial_dir

@@ -3,6 +3,8 @@ and tests import these constants instead of spelling the strings, so a rename is
 search-space checks read TRIAL_METRICS and REPORTED_BY (objectives and constraints must name a
 metric the space's trials report)."""
 
+import math
+
 TRAIN_LOSS = "train/loss"  # cross-entropy of the last optimizer step (nats/token)
 TRAIN_AUX = "train/aux_loss"  # weighted sum of auxiliary (compute, balance, z) terms
 VAL_LOSS = "val/loss"  # held-out cross-entropy, nats per token (LM) or per image (vision)
@@ -68,3 +70,8 @@ def is_collapsed(identity_share: float, distinct_paths: int, paths_vary: bool = 
     """The collapse verdict. `paths_vary` False: the router sends every token through every module
     (soft mixture), one path by construction, so only the identity share can say collapse."""
     return identity_share >= COLLAPSE_IDENTITY_SHARE or (paths_vary and distinct_paths <= COLLAPSE_MAX_PATHS)
+
+
+def is_number(v) -> bool:
+    """A finite int or float, bool excluded: a value that can be logged and compared as a metric."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)

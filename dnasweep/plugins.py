@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 
-from dnasweep.errors import ConfigError, Problem
+from dnasweep.errors import Problem, raise_if
 
 ENV = "DNASWEEP_PLUGINS"
 
@@ -30,6 +30,5 @@ def load_plugins(names: str | None = None) -> list[str]:
             problems.append(Problem(ENV, f"cannot import {mod!r}: {e}",
                                     "put the module on PYTHONPATH (or install it), or drop it from "
                                     f"{ENV}={raw!r}"))
-    if problems:
-        raise ConfigError(problems, "plugins")
+    raise_if(problems, "plugins")
     return mods

@@ -101,8 +101,7 @@ def _run(model, batches, device) -> dict[str, np.ndarray]:
     out: dict[str, list] = {"paths": [], "flops": [], "loss": [], "x": [], "y": []}
     for x, y in batches:
         o = model(x.to(device), return_paths=True)
-        B = o.paths.shape[0]
-        L = o.paths.shape[1]
+        B, L = o.paths.shape[:2]
         flops_BL = token_flops_BL(model, o.paths.cpu())
         useful = float(flops_BL.sum()) / (B * L)
         base = o.stats.flops_per_token - useful  # stem/backbone/routers/readout: same for every token

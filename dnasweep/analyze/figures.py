@@ -20,10 +20,12 @@ DPI = 90  # keeps the self-contained HTML around a few hundred kB
 MAX_BARS = 40  # class bar charts show at most this many classes (the most frequent)
 
 
-def _figure(w: float = 6.0, h: float = 4.0):
+def _figure(w: float = 6.0, h: float = 4.0, grid: tuple[int, int] | None = None):
+    """(figure, its axes): one axes, or a 2-D array of them for `grid` (rows, cols)."""
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(w, h), layout="constrained")
+    fig = Figure(figsize=(w, h), layout="constrained")
+    return fig, fig.subplots(*grid, squeeze=False) if grid else fig.add_subplot()
 
 
 def _png(fig) -> bytes:
@@ -38,15 +40,10 @@ def _num(x: float, fmt: str = ".2f") -> str:
     return format(x, fmt) if np.isfinite(x) else "n/a"
 
 
-def _fit_label(prefix: str, fit: PowerLawFit) -> str:
-    return f"{prefix} fit: α = {_num(fit.alpha)} ± {_num(fit.alpha_se)}"
-
-
 def rank_frequency(counts_P: np.ndarray, fit: PowerLawFit, init_counts_P: np.ndarray | None = None,
                    init_fit: PowerLawFit | None = None) -> bytes:
     """Log-log token count vs path rank, fitted power law over its range, init model as baseline."""
-    fig = _figure()
-    ax = fig.add_subplot()
+    fig, ax = _figure()
     for counts, f, name, color in ((counts_P, fit, "trained", "C0"), (init_counts_P, init_fit, "init", "C7")):
         if counts is None or len(counts) == 0:
             continue
@@ -55,10 +52,8 @@ def rank_frequency(counts_P: np.ndarray, fit: PowerLawFit, init_counts_P: np.nda
         if f is not None and f.ok:
             rr = np.geomspace(f.xmin_rank, f.xmax_rank, 50)
             ax.loglog(rr, f.expected_counts(rr), "-" if name == "trained" else "--", color="C3" if name == "trained"
-                      else "k", lw=1.5, label=_fit_label(name, f))
-    ax.set_xlabel("path rank")
-    ax.set_ylabel("tokens on path")
-    ax.set_title("Path rank-frequency")
+                      else "k", lw=1.5, label=f"{name} fit: α = {_num(f.alpha)} ± {_num(f.alpha_se)}")
+    ax.set(xlabel="path rank", ylabel="tokens on path", title="Path rank-frequency")
     ax.legend(fontsize=8)
     return _png(fig)
 
@@ -66,8 +61,7 @@ def rank_frequency(counts_P: np.ndarray, fit: PowerLawFit, init_counts_P: np.nda
 def load_heatmap(load_SM: np.ndarray, module_names: Sequence[str]) -> bytes:
     """Share of tokens using each module at each step."""
     S, M = load_SM.shape
-    fig = _figure(max(4.0, 0.45 * M + 2), max(2.5, 0.4 * S + 1.5))
-    ax = fig.add_subplot()
+    fig, ax = _figure(max(4.0, 0.45 * M + 2), max(2.5, 0.4 * S + 1.5))
     im = ax.imshow(load_SM, aspect="auto", cmap="viridis", vmin=0)
     ax.set_xticks(range(M), module_names, rotation=90 if M > 12 else 0, fontsize=8)
     ax.set_yticks(range(S), [f"step {s}" for s in range(S)], fontsize=8)
@@ -84,44 +78,35 @@ def load_heatmap(load_SM: np.ndarray, module_names: Sequence[str]) -> bytes:
 def identity_per_step(slot_share_S: np.ndarray, skip_share_S: np.ndarray) -> bytes:
     """Identity share of routed slots and share of tokens skipping the step entirely."""
     S = len(slot_share_S)
-    fig = _figure(max(4.0, 0.5 * S + 2), 3.2)
-    ax = fig.add_subplot()
+    fig, ax = _figure(max(4.0, 0.5 * S + 2), 3.2)
     x = np.arange(S)
     ax.bar(x - 0.2, slot_share_S, 0.4, label="identity share of slots")
     ax.bar(x + 0.2, skip_share_S, 0.4, label="tokens skipping the step")
     ax.set_xticks(x, [str(s) for s in x])
-    ax.set_xlabel("step")
-    ax.set_ylim(0, 1)
+    ax.set(xlabel="step", ylim=(0, 1), title="Identity (skip) routing per step")
     ax.legend(fontsize=8)
-    ax.set_title("Identity (skip) routing per step")
     return _png(fig)
 
 
 def transitions(trans_MM: np.ndarray, module_names: Sequence[str]) -> bytes:
     """Row-normalised step-to-step module transitions."""
     M = len(module_names)
-    fig = _figure(max(4.0, 0.4 * M + 2), max(3.5, 0.4 * M + 1.5))
-    ax = fig.add_subplot()
+    fig, ax = _figure(max(4.0, 0.4 * M + 2), max(3.5, 0.4 * M + 1.5))
     im = ax.imshow(trans_MM, cmap="magma", vmin=0, vmax=max(float(trans_MM.max()), 1e-12))
     ax.set_xticks(range(M), module_names, rotation=90 if M > 12 else 0, fontsize=8)
     ax.set_yticks(range(M), module_names, fontsize=8)
-    ax.set_xlabel("module at step s+1")
-    ax.set_ylabel("module at step s")
+    ax.set(xlabel="module at step s+1", ylabel="module at step s", title="Step-to-step transitions")
     fig.colorbar(im, ax=ax, label="P(next | current)")
-    ax.set_title("Step-to-step transitions")
     return _png(fig)
 
 
 def flops_hist(flops_N: np.ndarray, summary: dict[str, float]) -> bytes:
     """Distribution of forward FLOPs per token, with mean and 5/95 % quantiles marked."""
-    fig = _figure(6.0, 3.5)
-    ax = fig.add_subplot()
+    fig, ax = _figure(6.0, 3.5)
     ax.hist(flops_N, bins=min(60, max(10, len(np.unique(flops_N)))), color="C0", alpha=0.8)
     for key, style in (("mean", "-"), ("q05", ":"), ("q95", ":")):
         ax.axvline(summary[key], color="C3", ls=style, lw=1, label=key)
-    ax.set_xlabel("forward FLOPs per token")
-    ax.set_ylabel("tokens")
-    ax.set_title(f"Compute per token (CV {_num(summary['cv'])})")
+    ax.set(xlabel="forward FLOPs per token", ylabel="tokens", title=f"Compute per token (CV {_num(summary['cv'])})")
     ax.legend(fontsize=8)
     return _png(fig)
 
@@ -129,38 +114,30 @@ def flops_hist(flops_N: np.ndarray, summary: dict[str, float]) -> bytes:
 def flops_by_class(mean_C: np.ndarray, count_C: np.ndarray, attr_names: Sequence[str]) -> bytes:
     """Mean FLOPs per token of each attribute class (the MAX_BARS most frequent classes)."""
     has = np.flatnonzero(count_C > 0)
-    keep = has[np.argsort(-count_C[has], kind="stable")][:MAX_BARS]
-    keep = np.sort(keep)
-    fig = _figure(max(4.0, 0.3 * len(keep) + 2), 3.5)
-    ax = fig.add_subplot()
+    keep = np.sort(has[np.argsort(-count_C[has], kind="stable")][:MAX_BARS])
+    fig, ax = _figure(max(4.0, 0.3 * len(keep) + 2), 3.5)
     ax.bar(range(len(keep)), mean_C[keep], color="C2")
     ax.set_xticks(range(len(keep)), [attr_names[c] for c in keep], rotation=90, fontsize=7)
-    ax.set_ylabel("mean FLOPs per token")
     more = f" ({MAX_BARS} most frequent of {len(has)})" if len(has) > MAX_BARS else ""
-    ax.set_title("Compute by class" + more)
+    ax.set(ylabel="mean FLOPs per token", title="Compute by class" + more)
     return _png(fig)
 
 
 def flops_by_position(mean_X: np.ndarray, count_X: np.ndarray, unit: str) -> bytes:
     """Mean FLOPs per token at each sequence position / patch index."""
-    fig = _figure(6.0, 3.2)
-    ax = fig.add_subplot()
+    fig, ax = _figure(6.0, 3.2)
     x = np.flatnonzero(count_X > 0)
     ax.plot(x, mean_X[x], "-", marker="." if len(x) < 80 else None, color="C4")
-    ax.set_xlabel(unit)
-    ax.set_ylabel("mean FLOPs per token")
-    ax.set_title(f"Compute by {unit}")
+    ax.set(xlabel=unit, ylabel="mean FLOPs per token", title=f"Compute by {unit}")
     return _png(fig)
 
 
 def compute_vs_loss(flops_G: np.ndarray, loss_G: np.ndarray, pearson_r: float, spearman_r: float, unit: str) -> bytes:
     """Mean compute of each group against its loss."""
     ok = np.isfinite(flops_G) & np.isfinite(loss_G)
-    fig = _figure(5.0, 4.0)
-    ax = fig.add_subplot()
+    fig, ax = _figure(5.0, 4.0)
     ax.scatter(flops_G[ok], loss_G[ok], s=8, alpha=0.6, color="C1")
-    ax.set_xlabel(f"mean FLOPs per token of the {unit}")
-    ax.set_ylabel(f"{unit} loss")
+    ax.set(xlabel=f"mean FLOPs per token of the {unit}", ylabel=f"{unit} loss")
     ax.set_title(f"Compute vs loss (Pearson {_num(pearson_r)}, Spearman {_num(spearman_r)})"
                  if np.isfinite(pearson_r) and np.isfinite(spearman_r)
                  else "Compute vs loss (no correlation: compute or loss does not vary)")
@@ -173,19 +150,14 @@ def compute_overlay(images_GHW: np.ndarray, patch_flops_GQ: np.ndarray, patch_gr
     gh, gw = patch_grid
     rows = [("highest", list(highest)), ("lowest", list(lowest))]
     ncol = max(1, max(len(r[1]) for r in rows))
-    fig = _figure(2.0 * ncol + 1.0, 4.4)
-    shown = [g for _, gs in rows for g in gs]
-    vals = patch_flops_GQ[shown]
+    fig, axes = _figure(2.0 * ncol + 1.0, 4.4, grid=(2, ncol))
+    vals = patch_flops_GQ[[g for _, gs in rows for g in gs]]
     vmin, vmax = float(np.nanmin(vals)), float(np.nanmax(vals))
-    axes = fig.subplots(2, ncol, squeeze=False)
     im = None
-    for i, (title, groups) in enumerate(rows):
-        for j in range(ncol):
-            ax = axes[i, j]
+    for row_axes, (title, groups) in zip(axes, rows, strict=True):
+        for ax in row_axes:
             ax.set_axis_off()
-            if j >= len(groups):
-                continue
-            g = groups[j]
+        for ax, g in zip(row_axes, groups, strict=False):  # a row may have fewer images than columns
             img = images_GHW[g]
             H, W = img.shape[:2]
             ax.imshow(img, cmap="gray" if img.ndim == 2 else None)

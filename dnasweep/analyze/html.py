@@ -15,6 +15,9 @@ from typing import Any
 ATTR_WORD = {"lm": "byte class", "vision": "image label"}
 GROUP_WORD = {"lm": "sequence", "vision": "image"}  # LM groups are held-out windows of seq_len tokens
 HTML_TOP_PATHS = 20
+FIT_KEYS = ["alpha", "alpha_se", "xmin_rank", "xmax_rank", "ks_d", "n_tail_tokens", "n_tail_paths", "n_paths",
+            "r_lognormal", "p_lognormal", "r_exponential", "p_exponential", "reason"]  # the power-law table's columns
+MI_KEYS = ["mi_bits", "nmi", "baseline_bits", "excess_bits", "p_value", "h_x_bits", "h_y_bits"]  # the MI table's
 
 CSS = """body{font-family:sans-serif;max-width:1100px;margin:1em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}
@@ -44,11 +47,9 @@ def _versus(fit: dict, alt: str) -> str:
     r, p = fit[f"r_{alt}"], fit[f"p_{alt}"]
     if r is None or p is None:
         return f"the {alt} comparison failed"
-    if p >= 0.05:
-        return f"a{'n' if alt[0] in 'aeiou' else ''} {alt} fits about as well (R = {r:.2f}, p = {p:.2g})"
-    if r > 0:
-        return f"it beats a{'n' if alt[0] in 'aeiou' else ''} {alt} (R = {r:.2f}, p = {p:.2g})"
-    return f"a{'n' if alt[0] in 'aeiou' else ''} {alt} fits better (R = {r:.2f}, p = {p:.2g})"
+    a, stats = f"a{'n' if alt[0] in 'aeiou' else ''} {alt}", f"(R = {r:.2f}, p = {p:.2g})"
+    return f"{a} fits about as well {stats}" if p >= 0.05 else f"it beats {a} {stats}" if r > 0 \
+        else f"{a} fits better {stats}"
 
 
 def collapse_verdict(s: dict) -> str:
@@ -86,18 +87,13 @@ def _versus_dense(s: dict) -> str:
 def summary_paragraph(s: dict) -> str:
     """One paragraph of plain language built from the summary's numbers; a collapsed model's
     opens with the verdict and says only what still means something."""
-    return _summary_paragraph(s) + _versus_dense(s)
-
-
-def _summary_paragraph(s: dict) -> str:
     unit, units, attr, group = s["unit"], s["units"], ATTR_WORD[s["task"]], GROUP_WORD[s["task"]]
     if s["collapse"]["collapsed"]:
-        u = s["usage"]
         return " ".join([
             collapse_verdict(s),
             f"Over {s['n_tokens']:,} {units} and {s['n_steps']} steps, identity takes "
-            f"{', '.join(_pct(v) for v in u['identity_slot_share_S'])} of the slots per step; a {unit} spends "
-            f"{_f(s['compute']['flops']['mean'], ',.0f')} forward FLOPs on average."])
+            f"{', '.join(_pct(v) for v in s['usage']['identity_slot_share_S'])} of the slots per step; a {unit} "
+            f"spends {_f(s['compute']['flops']['mean'], ',.0f')} forward FLOPs on average."]) + _versus_dense(s)
     out = [f"{s['name']} ({s['task']}): {s['n_tokens']:,} {units} took {s['n_paths']:,} distinct paths through "
            f"{s['n_modules']} modules over {s['n_steps']} steps."]
     fit, init = s["power_law"], s["power_law_init"]
@@ -131,7 +127,7 @@ def _summary_paragraph(s: dict) -> str:
     if gc["spearman_r"] is not None:
         out.append(f"Across {gc['n_groups']:,} {group}s, mean compute and loss correlate with Spearman ρ = "
                    f"{gc['spearman_r']:.2f} (p = {_f(gc['spearman_p'])}; Pearson r = {_f(gc['pearson_r'], '.2f')}).")
-    return " ".join(out)
+    return " ".join(out) + _versus_dense(s)
 
 
 class _Raw(str):
@@ -139,19 +135,15 @@ class _Raw(str):
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, _Raw):
+            return f"<td>{v}</td>"
+        num = v is None or isinstance(v, int | float) and not isinstance(v, bool)
+        return f"<td class=\"num\">{html.escape(_f(v))}</td>" if num else f"<td>{html.escape(str(v))}</td>"
+
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-    body = []
-    for row in rows:
-        cells = []
-        for v in row:
-            num = isinstance(v, int | float) and not isinstance(v, bool)
-            if isinstance(v, _Raw):
-                cells.append(f"<td>{v}</td>")
-                continue
-            cells.append(f"<td class=\"num\">{html.escape(_f(v))}</td>" if num or v is None
-                         else f"<td>{html.escape(str(v))}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    body = "".join("<tr>" + "".join(map(cell, row)) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _img(key: str, pngs: dict[str, bytes], caption: str) -> str:
@@ -163,56 +155,59 @@ def _img(key: str, pngs: dict[str, bytes], caption: str) -> str:
             f"<figcaption>{cap}</figcaption></figure>")
 
 
-def _fit_rows(s: dict) -> tuple[list[list[Any]], list[str]]:
-    keys = ["alpha", "alpha_se", "xmin_rank", "xmax_rank", "ks_d", "n_tail_tokens", "n_tail_paths", "n_paths",
-            "r_lognormal", "p_lognormal", "r_exponential", "p_exponential", "reason"]
-    fits = [("trained", s["power_law"])] + ([("init", s["power_law_init"])] if s["power_law_init"] else [])
-    return [[name, *(f[k] for k in keys)] for name, f in fits], ["model", *keys]
+def _usage_figures(s: dict, pngs: dict[str, bytes]) -> list[str]:
+    return ["<h2>Module usage</h2>",
+            _img("load_heatmap", pngs, f"Share of {s['units']} using each module at each step."),
+            _img("identity_per_step", pngs, "Identity share of routed slots, and share of tokens whose every slot at "
+                                            "the step is an identity.")]
+
+
+def _top_paths(s: dict) -> str:
+    return _table(["rank", "path", "count", "share", "examples"],
+                  [[p["rank"], p["label"], p["count"], p["share"],
+                    _Raw(" ".join(f"<code>{html.escape(x)}</code>" for x in p["examples"]))]
+                   for p in s["top_paths"][:HTML_TOP_PATHS]])
 
 
 def render_html(s: dict, pngs: dict[str, bytes]) -> str:
-    """The whole report page."""
+    """The whole report page; a collapsed model's shows, after the verdict, where its slots go and its paths."""
     unit, units, attr, group = s["unit"], s["units"], ATTR_WORD[s["task"]], GROUP_WORD[s["task"]]
     e = html.escape
     parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{e(s['name'])}: routing analysis</title>"
              f"<style>{CSS}</style></head><body>", f"<h1>{e(s['name'])}: routing analysis</h1>",
              f"<p class=\"summary\">{e(s['text'])}</p>"]
     if s["collapse"]["collapsed"]:
-        return "\n".join(parts + _collapsed_body(s, pngs) + ["</body></html>"])
+        return "\n".join([*parts, *_usage_figures(s, pngs),
+                          f"<h3>Paths taken (identity modules included), with example {e(units)} in context</h3>",
+                          _top_paths(s), "<p>Left out for a collapsed model: the path rank-frequency fit, mutual "
+                          "information, step-to-step transitions and compute allocation.</p>", "</body></html>"])
 
     parts.append("<h2>Paths</h2>")
     parts.append(_img("rank_frequency", pngs, "Tokens per path against path rank (log-log); lines: power-law fits "
                                               "over the fitted rank range."))
-    rows, head = _fit_rows(s)
-    parts.append(_table(head, rows))
+    fits = [("trained", s["power_law"])] + ([("init", s["power_law_init"])] if s["power_law_init"] else [])
+    parts.append(_table(["model", *FIT_KEYS], [[name, *(f[k] for k in FIT_KEYS)] for name, f in fits]))
     parts.append("<p>α: path frequency ∝ rank^-α, fitted by maximum likelihood (powerlaw) to the ranks of the "
                  "tokens' paths between xmin_rank and xmax_rank (the last path with at least "
                  f"{s['power_law']['min_count']} tokens). R: normalised log-likelihood ratio, &gt; 0 favours the "
                  "power law.</p>")
     parts.append(f"<h3>Most frequent paths, with example {e(units)} in context</h3>")
-    parts.append(_table(["rank", "path", "count", "share", "examples"],
-                        [[p["rank"], p["label"], p["count"], p["share"],
-                          _Raw(" ".join(f"<code>{e(x)}</code>" for x in p["examples"]))]
-                         for p in s["top_paths"][:HTML_TOP_PATHS]]))
+    parts.append(_top_paths(s))
 
     parts.append(f"<h2>Information: path vs {e(attr)}</h2>")
     mi = s["mi"]
-    mrows = [["path id", *_mi_cells(mi["path_vs_attr"])]]
-    mrows += [[f"step {m['step']} first slot", *_mi_cells(m)] for m in mi["step_first_slot_vs_attr"]]
-    if mi["init_path_vs_attr"]:
-        mrows.append(["path id (init model)", *_mi_cells(mi["init_path_vs_attr"])])
+    mrows = [("path id", mi["path_vs_attr"])] + [(f"step {x['step']} first slot", x)
+                                                 for x in mi["step_first_slot_vs_attr"]]
+    mrows += [("path id (init model)", mi["init_path_vs_attr"])] if mi["init_path_vs_attr"] else []
     parts.append(_table(["variable", "MI bits", "NMI", "shuffled baseline bits", "excess bits", "p-value",
-                         "H(variable) bits", f"H({attr}) bits"], mrows))
+                         "H(variable) bits", f"H({attr}) bits"], [[n, *(m[k] for k in MI_KEYS)] for n, m in mrows]))
     parts.append("<p>Miller-Madow corrected plug-in MI; NMI = MI / min(H(X), H(Y)); the baseline is the mean MI "
                  f"over {mi['path_vs_attr']['n_perm']} permutations of the labels.</p>")
 
-    u = s["usage"]
-    parts.append("<h2>Module usage</h2>")
-    parts.append(_img("load_heatmap", pngs, f"Share of {units} using each module at each step."))
-    parts.append(_img("identity_per_step", pngs, "Identity share of routed slots, and share of tokens whose every "
-                                                 "slot at the step is an identity."))
+    parts += _usage_figures(s, pngs)
     parts.append(_img("transitions", pngs, "P(module at step s+1 | module at step s), pooled over steps."))
-    parts.append(_table(["module", "revisit share (of its visitors)"], list(map(list, u["reuse_per_module"].items()))))
+    parts.append(_table(["module", "revisit share (of its visitors)"],
+                        list(map(list, s["usage"]["reuse_per_module"].items()))))
 
     c = s["compute"]
     parts.append("<h2>Compute allocation</h2>")
@@ -230,25 +225,3 @@ def render_html(s: dict, pngs: dict[str, bytes]) -> str:
                                                "compute overlaid."))
     parts.append("</body></html>")
     return "\n".join(parts)
-
-
-def _collapsed_body(s: dict, pngs: dict[str, bytes]) -> list[str]:
-    """What a collapsed model's page shows after the verdict: where its slots go, and its paths."""
-    e, units = html.escape, s["units"]
-    return [
-        "<h2>Module usage</h2>",
-        _img("load_heatmap", pngs, f"Share of {units} using each module at each step."),
-        _img("identity_per_step", pngs, "Identity share of routed slots, and share of tokens whose every "
-                                        "slot at the step is an identity."),
-        f"<h3>Paths taken (identity modules included), with example {e(units)} in context</h3>",
-        _table(["rank", "path", "count", "share", "examples"],
-               [[p["rank"], p["label"], p["count"], p["share"],
-                 _Raw(" ".join(f"<code>{e(x)}</code>" for x in p["examples"]))]
-                for p in s["top_paths"][:HTML_TOP_PATHS]]),
-        "<p>Left out for a collapsed model: the path rank-frequency fit, mutual information, step-to-step "
-        "transitions and compute allocation.</p>",
-    ]
-
-
-def _mi_cells(m: dict) -> list[Any]:
-    return [m["mi_bits"], m["nmi"], m["baseline_bits"], m["excess_bits"], m["p_value"], m["h_x_bits"], m["h_y_bits"]]

@@ -19,24 +19,12 @@ from typing import Any
 import numpy as np
 
 from dnasweep import metrics
-from dnasweep.analyze import figures
+from dnasweep.analyze import figures, usage
 from dnasweep.analyze.fits import fit_rank_frequency
 from dnasweep.analyze.html import render_html, summary_paragraph
 from dnasweep.analyze.info import mi_test
 from dnasweep.analyze.paths import path_ids, path_label
 from dnasweep.analyze.routed import Routed
-from dnasweep.analyze.usage import (
-    flops_summary,
-    group_compute,
-    identity_mask,
-    identity_slot_share,
-    load_heatmap,
-    mean_by,
-    module_reuse,
-    nonidentity_paths,
-    skip_share,
-    transition_matrix,
-)
 
 TASKS = ("lm", "vision")
 TOP_PATHS = 50  # rows of paths.csv (the HTML shows the first 20)
@@ -80,7 +68,7 @@ def _patch_flops(routed: Routed, patch_grid: tuple[int, int]) -> np.ndarray:
     q = patch_grid[0] * patch_grid[1]
     inside = routed.position_N < q
     keys = routed.group_N[inside].astype(np.int64) * q + routed.position_N[inside]
-    mean, _ = mean_by(routed.flops_N[inside], keys, routed.n_groups * q)
+    mean, _ = usage.mean_by(routed.flops_N[inside], keys, routed.n_groups * q)
     return mean.reshape(routed.n_groups, q)
 
 
@@ -117,10 +105,10 @@ def _routing_analyses(routed: Routed, init: Routed | None, ids_N: np.ndarray, co
     mi_path = mi_test(ids_N, routed.attr_N, n_perm=N_PERM, seed=0)
     mi_steps = [mi_test(routed.paths_NSK[:, s, 0], routed.attr_N, n_perm=N_PERM, seed=1 + s) for s in range(S)]
     # Compute allocation.
-    flops = flops_summary(routed.flops_N)  # as in the usage part, for the histogram's marks
-    class_mean, class_count = mean_by(routed.flops_N, routed.attr_N, len(routed.attr_names))
-    pos_mean, pos_count = mean_by(routed.flops_N, routed.position_N)
-    gc = group_compute(routed.flops_N, routed.group_N, routed.group_loss_G)
+    flops = usage.flops_summary(routed.flops_N)  # as in the usage part, for the histogram's marks
+    class_mean, class_count = usage.mean_by(routed.flops_N, routed.attr_N, len(routed.attr_names))
+    pos_mean, pos_count = usage.mean_by(routed.flops_N, routed.position_N)
+    gc = usage.group_compute(routed.flops_N, routed.group_N, routed.group_loss_G)
     part = {
         "power_law": fit.to_dict(), "power_law_init": init_fit.to_dict() if init_fit is not None else None,
         "mi": {"path_vs_attr": mi_path.to_dict(),
@@ -174,9 +162,9 @@ def build_report(name: str, routed: Routed, init: Routed | None, out_dir: str, t
     # information they carry and of how compute spreads describe a routing that does not happen.
     ids_N, keys = path_ids(routed.paths_NSK)
     counts_P = np.bincount(ids_N)
-    used = routed.paths_NSK >= 0
-    overall_identity = float(identity_mask(names)[routed.paths_NSK[used]].mean()) if used.any() else math.nan
-    real_paths = nonidentity_paths(routed.paths_NSK, names)
+    used, is_id = usage.identity_slots(routed.paths_NSK, names)
+    overall_identity = float(is_id[used].mean()) if used.any() else math.nan
+    real_paths = usage.nonidentity_paths(routed.paths_NSK, names)
     collapsed = metrics.is_collapsed(overall_identity if math.isfinite(overall_identity) else 0.0,
                                      len(real_paths), paths_vary)
     collapse = {"collapsed": collapsed, "identity_share": overall_identity, "distinct_paths": len(real_paths),
@@ -185,12 +173,12 @@ def build_report(name: str, routed: Routed, init: Routed | None, out_dir: str, t
                 "max_paths": metrics.COLLAPSE_MAX_PATHS}
 
     # Module usage.
-    load_SM = load_heatmap(routed.paths_NSK, M)
-    slot_S = identity_slot_share(routed.paths_NSK, names)
-    skip_S = skip_share(routed.paths_NSK, names)
-    reuse_share, reuse_M = module_reuse(routed.paths_NSK, names)
-    trans_MM = transition_matrix(routed.paths_NSK, M)
-    flops = flops_summary(routed.flops_N)
+    load_SM = usage.load_heatmap(routed.paths_NSK, M)
+    slot_S = usage.identity_slot_share(routed.paths_NSK, names)
+    skip_S = usage.skip_share(routed.paths_NSK, names)
+    reuse_share, reuse_M = usage.module_reuse(routed.paths_NSK, names)
+    trans_MM = usage.transition_matrix(routed.paths_NSK, M)
+    flops = usage.flops_summary(routed.flops_N)
 
     summary: dict[str, Any] = {
         "name": name, "task": task, "unit": unit, "units": "tokens" if task == "lm" else "patches",

@@ -64,18 +64,7 @@ class Routed:
         if self.context_N is not None and len(self.context_N) != N:
             raise ValueError(f"context_N must have one string per token ({N}), got {len(self.context_N)}")
 
-    @property
-    def n_tokens(self) -> int:
-        return int(self.paths_NSK.shape[0])
-
-    @property
-    def n_steps(self) -> int:
-        return int(self.paths_NSK.shape[1])
-
-    @property
-    def n_modules(self) -> int:
-        return len(self.module_names)
-
-    @property
-    def n_groups(self) -> int:
-        return int(len(self.group_loss_G))
+    n_tokens = property(lambda self: int(self.paths_NSK.shape[0]))
+    n_steps = property(lambda self: int(self.paths_NSK.shape[1]))
+    n_modules = property(lambda self: len(self.module_names))
+    n_groups = property(lambda self: int(len(self.group_loss_G)))

@@ -23,14 +23,19 @@ def identity_mask(module_names: Sequence[str]) -> np.ndarray:
     return np.array([n.startswith("I") for n in module_names], dtype=bool)
 
 
+def identity_slots(paths_NSK: np.ndarray, module_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """([N, S, K] used slots, [N, S, K] slots sent to an identity module)."""
+    p = np.asarray(paths_NSK)
+    used = p >= 0
+    return used, used & identity_mask(module_names)[np.where(used, p, 0)]
+
+
 def nonidentity_paths(paths_NSK: np.ndarray, module_names: Sequence[str]) -> list[PathKey]:
     """Distinct non-identity paths, most frequent first: each token's path with its identity
     modules dropped (a step where it computed nothing reads as empty); tokens that skipped every
     step take no such path. What `router/distinct_paths` counts in evaluation."""
-    p = np.asarray(paths_NSK)
-    used = p >= 0
-    is_id = used & identity_mask(module_names)[np.where(used, p, 0)]
-    _, keys = path_ids(np.where(is_id, -1, p))
+    _, is_id = identity_slots(paths_NSK, module_names)
+    _, keys = path_ids(np.where(is_id, -1, paths_NSK))
     return [k for k in keys if any(k)]
 
 
@@ -48,19 +53,13 @@ def load_heatmap(paths_NSK: np.ndarray, n_modules: int) -> np.ndarray:
 
 def identity_slot_share(paths_NSK: np.ndarray, module_names: Sequence[str]) -> np.ndarray:
     """[S] share of used slots at each step sent to identity modules (router/identity_fraction per step)."""
-    p = np.asarray(paths_NSK)
-    ident = identity_mask(module_names)
-    used = p >= 0
-    is_id = used & ident[np.where(used, p, 0)]
+    used, is_id = identity_slots(paths_NSK, module_names)
     return is_id.sum(axis=(0, 2)) / np.maximum(used.sum(axis=(0, 2)), 1)
 
 
 def skip_share(paths_NSK: np.ndarray, module_names: Sequence[str]) -> np.ndarray:
     """[S] share of tokens whose every used slot at a step is an identity: the step is skipped."""
-    p = np.asarray(paths_NSK)
-    ident = identity_mask(module_names)
-    used = p >= 0
-    is_id = used & ident[np.where(used, p, 0)]
+    used, is_id = identity_slots(paths_NSK, module_names)
     return np.mean(np.all(is_id | ~used, axis=2) & used.any(axis=2), axis=0)
 
 

@@ -24,12 +24,6 @@ def did_you_mean(name: Any, known) -> str:
     return f"did you mean {close[0]}?" if close else ""
 
 
-def hints(cls: type) -> dict[str, Any]:
-    """Field name -> resolved type of dataclass `cls` (annotations may be strings; resolved once
-    per class, see errors.type_hints). Read only: the dict is shared."""
-    return type_hints(cls)
-
-
 def type_name(typ: Any) -> str:
     return str(typ).replace("typing.", "") if get_origin(typ) else getattr(typ, "__name__", str(typ))
 
@@ -65,7 +59,7 @@ def schema_problems(node: Any, schema: type, prefix: str) -> list[Problem]:
         return [Problem(prefix or "<root>", f"expected a mapping, got {type(node).__name__} {node!r}",
                         f"e.g. {prefix.split('.')[-1]}: {{{_example(schema)}}}" if prefix else "")]
     out: list[Problem] = []
-    types_ = hints(schema)
+    types_ = type_hints(schema)
     for key, value in node.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in types_:

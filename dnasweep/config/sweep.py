@@ -46,8 +46,8 @@ class SamplerConfig:
     startup_trials: int = field(default=4, metadata=ge(0))  # random trials before tpe / gp start modelling
 
     def problems(self) -> list[Problem]:
-        return field_problems(self, "sampler") + ([] if self.type in SAMPLERS else [Problem(
-            "sampler.type", f"unknown sampler {self.type!r}", f"use one of: {', '.join(SAMPLERS)}")])
+        return [] if self.type in SAMPLERS else [Problem(
+            "sampler.type", f"unknown sampler {self.type!r}", f"use one of: {', '.join(SAMPLERS)}")]
 
 
 # The Ray Tune schedulers a sweep may use: name -> "module:class", imported only by the sweep
@@ -70,8 +70,8 @@ class SchedulerConfig:
     brackets: int = field(default=1, metadata=ge(1))  # brackets (first rung grace * rf^b); trials round-robin
 
     def problems(self) -> list[Problem]:
-        return field_problems(self, "scheduler") + ([] if self.type in SCHEDULERS else [Problem(
-            "scheduler.type", f"unknown scheduler {self.type!r}", f"use one of: {', '.join(SCHEDULERS)}")])
+        return [] if self.type in SCHEDULERS else [Problem(
+            "scheduler.type", f"unknown scheduler {self.type!r}", f"use one of: {', '.join(SCHEDULERS)}")]
 
 
 @dataclass
@@ -82,9 +82,6 @@ class BudgetConfig:
     steps: int | None = field(default=None, metadata=gt(0))  # training steps summed over all trials (null: none)
     concurrent: int = field(default=2, metadata=ge(1))  # trials running at once
     retries: int = field(default=2, metadata=ge(0))  # restarts (from its checkpoint) of a trial whose worker died
-
-    def problems(self) -> list[Problem]:
-        return field_problems(self, "budget")
 
 
 @dataclass
@@ -97,9 +94,9 @@ class ResourcesConfig:
     custom: dict[str, float] = field(default_factory=dict)  # custom Ray resources, e.g. {a100: 1}: pins trials
 
     def problems(self) -> list[Problem]:
-        return field_problems(self, "resources") + ([] if all(v > 0 for v in self.custom.values()) else [Problem(
+        return [] if all(v > 0 for v in self.custom.values()) else [Problem(
             "resources.custom", f"must map Ray resource names to amounts > 0, got {self.custom!r}",
-            'e.g. custom: {a100: 1} for nodes started with --resources=\'{"a100": 1}\'')])
+            'e.g. custom: {a100: 1} for nodes started with --resources=\'{"a100": 1}\'')]
 
 
 @dataclass
@@ -124,9 +121,6 @@ class AnalyzeConfig:
 
     front: bool = True  # analyse the Pareto-front trials when the sweep ends
     examples: int | None = field(default=None, metadata=ge(1))  # held-out examples per report (null: the default)
-
-    def problems(self) -> list[Problem]:
-        return field_problems(self, "analyze")
 
 
 @dataclass
@@ -231,7 +225,8 @@ def sweep_sections(data: dict, source: str, overrides: list[str] | None = None, 
         if isinstance(given, dict):  # the keys that passed keep their values; the rest their defaults
             bad = {x.key for x in q}
             section = build(schema, {k: v for k, v in given.items() if f"{name}.{k}" not in bad})
-            q += section.problems()
+            # the fields' declared rules, then the section's own (those with rules beyond them)
+            q += field_problems(section, name) + (section.problems() if hasattr(section, "problems") else [])
             setattr(cfg, name, section)
         p += q
     cfg.smoke = overlay if isinstance(overlay, dict) else {}

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from dnasweep.config.load import build, deep_merge, parse_overrides, read_yaml, schema_problems
 from dnasweep.config.train import TrainConfig, train_problems
 from dnasweep.data.config import DataConfig, check_data
-from dnasweep.errors import ConfigError, Problem
+from dnasweep.errors import Problem, raise_if
 from dnasweep.model.config import ModelConfig
 from dnasweep.model.config import problems as model_problems
 from dnasweep.model.loss import LossConfig, loss_problems
@@ -37,13 +37,9 @@ def build_trial(data: dict, overrides: list[str] | None = None, source: str = "c
     """Plain dict (+ dotted overrides) -> validated TrialConfig, or ConfigError with every problem."""
     over, problems = parse_overrides(overrides or [])
     merged = deep_merge(data, over)
-    problems += schema_problems(merged, TrialConfig, "")
-    if problems:
-        raise ConfigError(problems, source)
+    raise_if(problems + schema_problems(merged, TrialConfig, ""), source)
     cfg: TrialConfig = build(TrialConfig, merged)
-    problems = trial_problems(cfg)
-    if problems:
-        raise ConfigError(problems, source)
+    raise_if(trial_problems(cfg), source)
     return cfg
 
 

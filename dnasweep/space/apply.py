@@ -14,7 +14,7 @@ from typing import get_args
 
 from dnasweep.config import TrialConfig, trial_problems
 from dnasweep.config.load import fits, type_name
-from dnasweep.errors import ConfigError, Problem
+from dnasweep.errors import ConfigError, Problem, raise_if
 from dnasweep.space.params import Param, field_type
 
 
@@ -46,9 +46,7 @@ def apply(base: TrialConfig, values: dict, out_dir: str | None = None, source: s
         setattr(node, leaf, v)
     if out_dir is not None:
         cfg.out_dir = out_dir
-    problems = bad or trial_problems(cfg)
-    if problems:
-        raise ConfigError(problems, source)
+    raise_if(bad or trial_problems(cfg), source)
     return cfg
 
 

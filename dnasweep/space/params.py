@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from dnasweep.config import TrialConfig
-from dnasweep.config.load import did_you_mean, fits, hints, type_name
-from dnasweep.errors import Problem
+from dnasweep.config.load import did_you_mean, fits, type_name
+from dnasweep.errors import Problem, type_hints
 
 SPEC_KEYS = ("choice", "int", "float", "log", "when")  # the keys of one search: entry
 
@@ -44,23 +44,19 @@ def field_type(path: str) -> Any | None:
     cls: Any = TrialConfig
     *parents, leaf = path.split(".")
     for part in parents:
-        cls = hints(cls).get(part) if is_dataclass(cls) else None
+        cls = type_hints(cls).get(part) if is_dataclass(cls) else None
         if cls is None or not is_dataclass(cls):
             return None
-    typ = hints(cls).get(leaf)
+    typ = type_hints(cls).get(leaf)
     return None if typ is None or is_dataclass(typ) else typ
 
 
 def schema_paths(cls: Any = TrialConfig, prefix: str = "") -> list[str]:
     out = []
     for f in fields(cls):
-        typ = hints(cls)[f.name]
+        typ = type_hints(cls)[f.name]
         out += schema_paths(typ, f"{prefix}{f.name}.") if is_dataclass(typ) else [f"{prefix}{f.name}"]
     return out
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _choice_fix(c: Any, typ: Any) -> str:
@@ -110,7 +106,7 @@ def parse_param(path: str, spec: Any, p: list[Problem]) -> Param | None:
                                  f"({type_name(typ)})", _choice_fix(c, typ)))
         return Param(path, kind, choices=choices, when=when)
     rng = spec[kind]
-    if not (isinstance(rng, list) and len(rng) == 2 and all(_is_number(v) for v in rng)):
+    if not (isinstance(rng, list) and len(rng) == 2 and all(fits(v, float) for v in rng)):
         p.append(Problem(f"{key}.{kind}", f"must be [low, high], two numbers, got {rng!r}",
                          "e.g. {int: [2, 6]}" if kind == "int" else "e.g. {float: [1.0e-4, 1.0e-2]}"))
         return None

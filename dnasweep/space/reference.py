@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from dnasweep import metrics as M
 from dnasweep.config import TrialConfig
-from dnasweep.errors import ConfigError, Problem
+from dnasweep.errors import ConfigError, Problem, raise_if
 from dnasweep.space.apply import apply
 
 
@@ -33,8 +33,7 @@ def ladder(base: TrialConfig, d_model: list[int], dense_layers: list[int]) -> li
         except ConfigError as e:
             p += [Problem("reference", f"rung d_model={w}, dense_layers={n}: {q.key}: {q.message}", q.fix)
                   for q in e.problems]
-    if p:
-        raise ConfigError(p, "reference")
+    raise_if(p, "reference")
     return out
 
 
@@ -61,7 +60,7 @@ class Frontier:
 
     def __init__(self, rungs: list[dict]):
         pts = sorted((r[M.FLOPS_PER_TOKEN], r[M.VAL_LOSS], r.get(M.TOKENS_PER_S)) for r in rungs
-                     if _finite(r.get(M.FLOPS_PER_TOKEN)) and _finite(r.get(M.VAL_LOSS)))
+                     if M.is_number(r.get(M.FLOPS_PER_TOKEN)) and M.is_number(r.get(M.VAL_LOSS)))
         self.points: list[tuple[float, float, float | None]] = []
         for f, loss, tps in pts:  # keep a rung only if it lowers the loss of every cheaper one
             if not self.points or loss < self.points[-1][1]:
@@ -93,7 +92,7 @@ class Frontier:
     def speed_gain(self, loss: float, tokens_per_s: float) -> Gain | None:
         """`tokens_per_s` over a dense model's tokens/s at `loss` (None if a rung lacks tokens/s). A
         better loss than every rung bounds the dense speed from above, so the gain from below."""
-        if any(not _finite(p[2]) for p in self.points):
+        if any(not M.is_number(p[2]) for p in self.points):
             return None
         dense, bound = self._at(loss, 2)
         return Gain(tokens_per_s / dense, bound)
@@ -101,21 +100,17 @@ class Frontier:
     def metrics(self, m: dict) -> dict:
         """The compare/* metrics of one evaluation's metrics `m` (empty if it lacks what they need)."""
         loss, flops, tps = m.get(M.VAL_LOSS), m.get(M.FLOPS_PER_TOKEN), m.get(M.TOKENS_PER_S)
-        if not (self and _finite(loss) and _finite(flops) and flops > 0):
+        if not (self and M.is_number(loss) and M.is_number(flops) and flops > 0):
             return {}
         g = self.compute_gain(loss, flops)
         out = {M.COMPUTE_GAIN: g.value, M.COMPUTE_GAIN_BOUND: float(g.bound)}
-        if _finite(tps) and (s := self.speed_gain(loss, tps)) is not None:
+        if M.is_number(tps) and (s := self.speed_gain(loss, tps)) is not None:
             out.update({M.SPEED_GAIN: s.value, M.SPEED_GAIN_BOUND: float(s.bound)})
         return out
 
 
 def gain_text(row: dict, key: str = M.COMPUTE_GAIN) -> str:
     """A gain as shown in tables: '1.8', '> 3.1', '< 0.4', '-' when absent."""
-    if not _finite(row.get(key)):
+    if not M.is_number(row.get(key)):
         return "-"
     return str(Gain(row[key], int(row.get(f"{key}_bound") or 0)))
-
-
-def _finite(x) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)

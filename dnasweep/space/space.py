@@ -16,18 +16,8 @@ from omegaconf import OmegaConf
 
 from dnasweep import metrics as M
 from dnasweep.config import TrialConfig, read_yaml
-from dnasweep.config.load import did_you_mean
-from dnasweep.config.sweep import (
-    AnalyzeConfig,
-    BudgetConfig,
-    ObjectiveConfig,
-    ResourcesConfig,
-    SamplerConfig,
-    SchedulerConfig,
-    SweepConfig,
-    TrackingConfig,
-    sweep_sections,
-)
+from dnasweep.config.load import build, did_you_mean, schema_problems
+from dnasweep.config.sweep import ObjectiveConfig, SweepConfig, sweep_sections
 from dnasweep.data.sources import byte_level, source_names
 from dnasweep.errors import ConfigError, Problem, raise_if
 from dnasweep.space.apply import apply
@@ -58,37 +48,15 @@ class SearchSpace:
     params: list[Param]  # the searched dimensions, in file order (the order they are drawn)
     constraints: list[Constraint]
 
-    @property
-    def base(self) -> TrialConfig:  # the trial every point starts from
-        return self.config.base
-
-    @property
-    def objectives(self) -> list[ObjectiveConfig]:
-        return self.config.objectives
-
-    @property
-    def sampler(self) -> SamplerConfig:
-        return self.config.sampler
-
-    @property
-    def budget(self) -> BudgetConfig:
-        return self.config.budget
-
-    @property
-    def resources(self) -> ResourcesConfig:
-        return self.config.resources
-
-    @property
-    def tracking(self) -> TrackingConfig:
-        return self.config.tracking
-
-    @property
-    def analyze(self) -> AnalyzeConfig:
-        return self.config.analyze
-
-    @property
-    def scheduler(self) -> SchedulerConfig:
-        return self.config.scheduler
+    # The config's sections, read through the space (space.budget is space.config.budget)
+    base = property(lambda self: self.config.base)  # the trial every point starts from
+    objectives = property(lambda self: self.config.objectives)
+    sampler = property(lambda self: self.config.sampler)
+    budget = property(lambda self: self.config.budget)
+    resources = property(lambda self: self.config.resources)
+    tracking = property(lambda self: self.config.tracking)
+    analyze = property(lambda self: self.config.analyze)
+    scheduler = property(lambda self: self.config.scheduler)
 
     def rungs(self) -> list[list[int]]:
         """MO-ASHA's rungs (training steps) per bracket: grace * rf^k below train.max_steps; [] for fifo."""
@@ -150,8 +118,6 @@ def _objectives(raw: list, base: TrialConfig | None, searched, p: list[Problem],
     if not raw:
         p.append(Problem("objectives", "at least one objective is needed",
                          "e.g. [{metric: val/loss, mode: min}, {metric: compute/flops_per_token, mode: min}]"))
-    from dnasweep.config.load import build, schema_problems
-
     out = []
     for i, o in enumerate(raw):
         q = schema_problems(o, ObjectiveConfig, f"objectives[{i}]")

@@ -25,7 +25,7 @@ def pareto_mask(points, modes: list[str]) -> np.ndarray:
 def hypervolume_2d(points, modes: list[str], reference) -> float:
     """Area dominated by `points` [N, 2] and bounded by `reference` (in the objectives' own units)."""
     P = _as_min(points, modes)
-    ref = _as_min(np.asarray(reference, dtype=float)[None], modes)[0]
+    ref = _as_min(reference, modes)
     P = P[np.all(P < ref, axis=1)]
     if len(P) == 0:
         return 0.0
@@ -43,13 +43,13 @@ def hypervolume(points, modes: list[str], reference) -> float:
     WFG algorithm for K > 2 (its helper is private API, hence imported only here)."""
     points = np.asarray(points, dtype=float).reshape(-1, len(modes))
     if len(modes) == 1:
-        P, ref = _as_min(points, modes)[:, 0], _as_min(np.asarray(reference, dtype=float)[None], modes)[0, 0]
+        P, ref = _as_min(points, modes)[:, 0], _as_min(reference, modes)[0]
         return float(max(0.0, ref - P.min())) if len(P) else 0.0
     if len(modes) == 2:
         return hypervolume_2d(points, modes, reference)
     from optuna._hypervolume import compute_hypervolume
 
-    P, ref = _as_min(points, modes), _as_min(np.asarray(reference, dtype=float)[None], modes)[0]
+    P, ref = _as_min(points, modes), _as_min(reference, modes)
     P = P[np.all(P < ref, axis=1)]
     return float(compute_hypervolume(P, ref)) if len(P) else 0.0
 
@@ -61,8 +61,7 @@ def reference_point(points, modes: list[str], margin: float = 0.1) -> np.ndarray
     worst = np.array([P[:, j].max() if m == "min" else P[:, j].min() for j, m in enumerate(modes)])
     span = P.max(axis=0) - P.min(axis=0)
     span = np.where(span > 0, span, np.maximum(np.abs(worst), 1.0))
-    sign = np.array([1.0 if m == "min" else -1.0 for m in modes])
-    return worst + sign * margin * span
+    return worst + _as_min(margin * span, modes)  # beyond the worst: up for a minimised objective, down for a max
 
 
 def hypervolume_history(points, feasible, modes: list[str], reference) -> list[float]:

@@ -58,16 +58,27 @@ def _dense(reference: list[dict], space: SearchSpace) -> tuple[list, list, list[
     return [p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts]
 
 
-def pareto_png(rows: list[dict], space: SearchSpace, path: str, reference: list[dict] | None = None) -> str:
-    """First two objectives; front joined by a step line. `rows`: see pareto.trial_rows."""
+def _figure(w: float, h: float):
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
+    fig = Figure(figsize=(w, h), dpi=100)
+    return fig, fig.add_subplot()
+
+
+def _save(fig, ax, path: str) -> str:
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def pareto_png(rows: list[dict], space: SearchSpace, path: str, reference: list[dict] | None = None) -> str:
+    """First two objectives; front joined by a step line. `rows`: see pareto.trial_rows."""
     x_m, y_m = space.objectives[0].metric, space.objectives[1].metric
-    fig = Figure(figsize=(6.4, 4.6), dpi=100)
-    ax = fig.add_subplot()
+    fig, ax = _figure(6.4, 4.6)
     styles = {"dominated": dict(c="tab:blue", alpha=0.25, s=28),
               "infeasible": dict(c="grey", alpha=0.5, marker="x", s=28),
               "Pareto front": dict(c="tab:red", s=42, edgecolors="k")}
@@ -87,14 +98,10 @@ def pareto_png(rows: list[dict], space: SearchSpace, path: str, reference: list[
     for r in front:
         ax.annotate(str(r["number"]), (r["values"][0], r["values"][1]), fontsize=7, xytext=(3, 3),
                     textcoords="offset points")
-    ax.set_xlabel(f"{x_m} ({space.objectives[0].mode})")
-    ax.set_ylabel(f"{y_m} ({space.objectives[1].mode})")
-    ax.set_title(f"{len(front)} Pareto-optimal of {len(rows)} complete trials")
-    ax.grid(alpha=0.3)
+    ax.set(xlabel=f"{x_m} ({space.objectives[0].mode})", ylabel=f"{y_m} ({space.objectives[1].mode})",
+           title=f"{len(front)} Pareto-optimal of {len(rows)} complete trials")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return _save(fig, ax, path)
 
 
 def pareto_html(rows: list[dict], space: SearchSpace, path: str, reference: list[dict] | None = None) -> str:
@@ -132,20 +139,10 @@ def pareto_html(rows: list[dict], space: SearchSpace, path: str, reference: list
 
 
 def hypervolume_png(history: list[float], path: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5.6, 3.4), dpi=100)
-    ax = fig.add_subplot()
+    fig, ax = _figure(5.6, 3.4)
     ax.plot(range(1, len(history) + 1), history, marker="o", ms=3)
-    ax.set_xlabel("finished trials")
-    ax.set_ylabel("hypervolume (share of the reference box)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
+    ax.set(xlabel="finished trials", ylabel="hypervolume (share of the reference box)")
+    return _save(fig, ax, path)
 
 
 def write_all(rows: list[dict], space: SearchSpace, history: list[float], out_dir: str,

@@ -25,6 +25,7 @@ the file.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import tempfile
@@ -251,8 +252,7 @@ class StoreMirror(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.store.mirror()
 
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self.store.mirror()
+    on_trial_error = on_trial_complete
 
 
 def slim_checkpoint(directory: str) -> None:
@@ -262,32 +262,22 @@ def slim_checkpoint(directory: str) -> None:
     (`weights_only`), so `dnasweep train` refuses to continue from it rather than fail midway."""
     from dnasweep.train import checkpoint
 
-    if not checkpoint.exists(directory):
-        return
-    state = checkpoint.load(directory)
-    if "optimizer" not in state:
+    if not checkpoint.exists(directory) or "optimizer" not in (state := checkpoint.load(directory)):
         return
     state.pop("optimizer")
     with open(os.path.join(directory, "config.yaml")) as f:
-        config_yaml = f.read()
-    checkpoint.save(directory, {**state, "weights_only": True}, config_yaml)
+        checkpoint.save(directory, {**state, "weights_only": True}, f.read())
 
 
 def read_pointer(directory: str) -> dict | None:
     """The pointer in a checkpoint Tune restored (`directory`), None for a whole checkpoint (a
     sweep started before pointers: Tune holds a copy)."""
-    import json
+    from dnasweep.sweep.study import read_json
 
-    path = os.path.join(directory, POINTER)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return read_json(os.path.join(directory, POINTER))
 
 
 def write_pointer(directory: str, rel: str, step: int) -> None:
-    import json
-
     with open(os.path.join(directory, POINTER), "w") as f:
         json.dump({"checkpoint": rel, "step": step}, f)
 

@@ -76,16 +76,12 @@ def read_space(sweep_dir: str) -> SearchSpace:
 def counts(study) -> dict[str, int]:
     """Trials by outcome: complete, pruned (stopped early by the scheduler), failed (diverged, OOM,
     errors), abandoned, running."""
-    out = {"complete": 0, "pruned": 0, "failed": 0, "abandoned": 0, "running": 0}
+    out = dict.fromkeys(("complete", "pruned", "failed", "abandoned", "running"), 0)
     for t in study.get_trials(deepcopy=False):
-        if t.state.name == "COMPLETE":
-            out["complete"] += 1
-        elif t.state.name == "PRUNED":
-            out["pruned"] += 1
-        elif t.state.name == "FAIL":
-            out["abandoned" if ABANDONED in t.user_attrs else "failed"] += 1
-        elif t.state.name == "RUNNING":
-            out["running"] += 1
+        state = t.state.name.lower()
+        state = ("abandoned" if ABANDONED in t.user_attrs else "failed") if state == "fail" else state
+        if state in out:  # WAITING trials are not counted
+            out[state] += 1
     return out
 
 
