@@ -63,6 +63,10 @@ def test_smoke_sweep_end_to_end(ray_cluster, tmp_path):
     values = np.array([t.values for t in study.trials])
     on_front = {t.number for t, keep in zip(study.trials, pareto_mask(values, ["min", "min"]), strict=True) if keep}
     assert {r["trial"] for r in res.front} == on_front
+    # Tune's CSV and JSON loggers write each trial's results; TensorBoard's (a ~1 s import) is off
+    tune_files = {f for _, _, fs in os.walk(os.path.join(res.sweep_dir, "tune")) for f in fs}
+    assert {"progress.csv", "result.json"} <= tune_files
+    assert not [f for f in tune_files if f.startswith("events.out.tfevents")], tune_files
     # conditional parameter: threshold only where the router is the threshold router
     for t in study.trials:
         assert ("model.router.threshold" in t.params) == (t.params["model.router.type"] == "threshold")

@@ -113,6 +113,7 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
     """Build (or restore) the Tuner, run it to the budget or to a stop signal, close the books."""
     import optuna
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from dnasweep.sweep import budget, compat
     from dnasweep.sweep.cluster import bundle
@@ -148,7 +149,10 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
     pruned: dict[str, int] = {}  # MO-ASHA's decisions, read by the progress line and the tracker
     tracker.pruned = pruned
     progress = Progress(space, log, {**counts(study), "steps": budget.steps_used(study, space)[0]}, pruned)
-    callbacks = [tracker, progress, *store.callbacks()]
+    # Tune's default loggers, less TensorBoard's: importing tensorboardX cost ~1 s of the driver's
+    # start (bench/orchestration.py, py-spy), for event files nothing reads (MLflow holds the metrics).
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    callbacks = [tracker, progress, *store.callbacks(), CSVLoggerCallback(), JsonLoggerCallback()]
     trainable = tune.with_resources(tune.with_parameters(trial, space=space, store=store, frontier=frontier_of(rungs)),
                                     bundle(space))
     # Trials report training metrics between evaluations; only evaluations carry the objectives.

@@ -8,7 +8,6 @@ Default store: sqlite:///SWEEP/mlflow.db, opened with
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import sys
@@ -26,9 +25,6 @@ from dnasweep.sweep.study import read_json
 FLUSH_EVERY_S = 5.0  # buffered metrics are written at least this often (and when a trial ends)
 STATE_FILE = "tracking.json"  # SWEEP/tracking.json: experiment, parent run, Ray trial id -> MLflow run id
 BACKLOG_FILE = "tracking_backlog.json"  # results the store did not take before the driver stopped
-
-# Ray adds bookkeeping keys to every result; only our metrics (name with a "/") are logged.
-_SKIP_PREFIXES = ("config/",)
 
 
 def default_uri(sweep_dir: str) -> str:
@@ -96,9 +92,6 @@ class MLflowSweepLogger(Callback):
         self.space, self.sweep_dir, self.uri = space, sweep_dir, uri
         self.fetch = fetch  # trial id -> None: brings SWEEP/trials/ID from object storage (storage.py)
         self.state_path = os.path.join(sweep_dir, STATE_FILE)
-        # An explicit client, never mlflow.set_tracking_uri: that also sets MLFLOW_TRACKING_URI in
-        # os.environ, so the next sweep started from the same process would log into this store.
-        self.client = MlflowClient(uri)
         self.errors: list[str] = []  # tracking failures (reported, never raised)
         self.down_since: float | None = None  # set while the store fails; one warning per outage
         # Results wait here and go out in batches: one commit per few seconds instead of one per
@@ -114,6 +107,11 @@ class MLflowSweepLogger(Callback):
         # Runs are created late (buffering), so they carry the trial's own start and end, in ms
         self.times: dict[str, list] = {}  # Ray trial id -> [start, end or None]
         self.last_flush = time.monotonic()
+        if uri == default_uri(sweep_dir):
+            _new_store_from_template(sweep_dir)
+        # An explicit client, never mlflow.set_tracking_uri: that also sets MLFLOW_TRACKING_URI in
+        # os.environ, so the next sweep started from the same process would log into this store.
+        self.client = MlflowClient(uri)
         state = read_json(self.state_path) if resume else None
         if state and self._has_run(state["parent"]):  # `dnasweep resume`: the same parent and child runs
             self.exp_id, self.parent_id, self.runs = state["experiment_id"], state["parent"], state["runs"]
@@ -231,29 +229,31 @@ class MLflowSweepLogger(Callback):
                 "out_dir": os.path.join(self.sweep_dir, "trials", trial_id)}
 
     def log_params(self, run_id: str, params: dict) -> None:
-        items = [_param(k, v) for k, v in sorted(params.items())]
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(run_id, params=items[i:i + 100])
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        from mlflow.entities import Metric
-
         tid = trial.trial_id
         if tid not in self.configs:  # once per trial: this runs on every report
             self.configs[tid] = dict(trial.config)
-        step = int(result.get("step", 0))
-        ts = int(result.get("timestamp", 0)) * 1000
         self.times.setdefault(tid, [int((result.get("timestamp", time.time()) - result.get("time_total_s", 0)) * 1000),
                                     None])
-        metrics = [Metric(k, float(v), ts, step) for k, v in result.items()
-                   if "/" in k and not k.startswith(_SKIP_PREFIXES) and _number(v)]
         # A retried or resumed trial re-runs the steps after its last checkpoint and reports them
         # again, with the same values (resume is exact): keep the first report of each (metric, step).
-        self._add(tid, metrics)
+        self._add(tid, [result], int(result.get("timestamp", 0)) * 1000)
         if time.monotonic() - self.last_flush > FLUSH_EVERY_S:
             self.flush()
 
-    def _add(self, tid: str, metrics: list) -> None:
+    def _add(self, tid: str, rows: list[dict], ts: int) -> None:
+        """The metrics of `rows` (each with its step) not yet written or pending, queued for `tid`'s run."""
+        from mlflow.entities import Metric
+
+        # Ray adds bookkeeping keys to every result; only our metrics (name with a "/") are logged.
+        metrics = [Metric(k, float(v), ts, int(r.get(M.STEP, 0))) for r in rows for k, v in r.items()
+                   if "/" in k and not k.startswith("config/") and M.is_number(v)]
         seen = self.logged.setdefault(tid, {})
         fresh = [m for m in metrics if m.step not in seen.setdefault(m.key, set())]
         for m in fresh:
@@ -264,17 +264,12 @@ class MLflowSweepLogger(Callback):
         """An ended trial's metrics.jsonl (written by the trial itself) fills any step the store
         lacks: steps a killed driver held in its buffer, which a resumed trial never re-reports
         (it continues after its checkpoint)."""
-        from mlflow.entities import Metric
-
         if self.fetch:
             self.fetch(tid)
         path = os.path.join(self.sweep_dir, "trials", tid, "metrics.jsonl")
-        ts = int(time.time() * 1000)
         if os.path.exists(path):
             with open(path) as f:
-                rows = [json.loads(line) for line in f if line.strip()]
-            self._add(tid, [Metric(k, float(v), ts, int(r.get("step", 0))) for r in rows for k, v in r.items()
-                            if "/" in k and _number(v)])
+                self._add(tid, [json.loads(line) for line in f if line.strip()], int(time.time() * 1000))
         self.backfilled.add(tid)
 
     def flush(self) -> bool:
@@ -383,17 +378,12 @@ class MLflowSweepLogger(Callback):
     def reference(self, rungs: list[dict]) -> None:
         """One child run per rung of the dense reference ladder (tag dnasweep.role=reference), with its
         config, metric history and result; a resumed sweep finds them in tracking.json (no duplicates)."""
-        from mlflow.entities import Metric
-
         for r in rungs:
             tid = f"ref-{r['hash']}"
             self.rungs[tid] = r
             if tid in self.runs or "result" not in r:
                 continue
-            ts = int(time.time() * 1000)
-            rows = [*r["rows"], {**r["result"], M.STEP: r["result"]["step"]}]
-            self._add(tid, [Metric(k, float(v), ts, int(row.get(M.STEP, 0))) for row in rows for k, v in row.items()
-                            if "/" in k and _number(v)])
+            self._add(tid, [*r["rows"], {**r["result"], M.STEP: r["result"]["step"]}], int(time.time() * 1000))
             ok = r["result"]["status"] == "completed"
             self.ended[tid] = ("FINISHED" if ok else "FAILED", {} if ok else {
                 "dnasweep.status": str(r["result"]["status"]), "dnasweep.fail_reason": str(r["result"]["reason"])})
@@ -404,10 +394,38 @@ class MLflowSweepLogger(Callback):
         self.drain(wait_s=10.0)
 
 
-def _param(key: str, value):
-    from mlflow.entities import Param
+def _new_store_from_template(sweep_dir: str) -> None:
+    """A sweep's own SQLite store starts as a copy of an empty store that MLflow built once per
+    MLflow version ($XDG_CACHE_HOME/dnasweep): MLflow builds a new store by running every schema
+    migration, ~1.6 s of the driver's CPU at each sweep start (bench/orchestration.py), a copy
+    takes milliseconds. The copy's Default experiment keeps its artifacts in the sweep, as every
+    experiment a sweep creates does. Without a writable cache MLflow builds the store itself."""
+    import shutil
+    import sqlite3
 
-    return Param(key, str(value)[:6000])
+    import mlflow
+    from mlflow import MlflowClient
+
+    from dnasweep.data.pystdlib import cache_dir
+
+    db = os.path.join(sweep_dir, "mlflow.db")
+    if os.path.exists(db):
+        return
+    template = cache_dir() / f"mlflow-{mlflow.__version__}.db"
+    try:
+        if not template.exists():
+            template.parent.mkdir(parents=True, exist_ok=True)
+            tmp = f"{template}.{os.getpid()}.tmp"
+            MlflowClient(f"sqlite:///{tmp}").search_experiments(max_results=1)  # MLflow migrates it
+            os.replace(tmp, template)
+        shutil.copyfile(template, db + ".tmp")
+        with sqlite3.connect(db + ".tmp") as con:
+            con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                        (Path(sweep_dir, "mlartifacts", "0").resolve().as_uri(),))
+        con.close()
+        os.replace(db + ".tmp", db)
+    except (OSError, sqlite3.Error):
+        return
 
 
 def _write_json(path: str, obj) -> None:
@@ -415,7 +433,3 @@ def _write_json(path: str, obj) -> None:
     with open(tmp, "w") as f:
         json.dump(obj, f)
     os.replace(tmp, path)  # atomic: a kill mid-write leaves the old file, never half of one
-
-
-def _number(v) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
