@@ -16,6 +16,7 @@ Tensor names carry their shape:
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -25,11 +26,19 @@ from torch import nn
 _GROUPED_MM = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 
 
-def grouped_matmul(x_PD: torch.Tensor, w_EDF: torch.Tensor, counts: list[int]) -> torch.Tensor:
+def group_offsets(counts: list[int], device: torch.device) -> torch.Tensor:
+    """The grouped matmul's end offsets of `counts` (int32): built once per bank and step, shared
+    by every grouped matmul of the bank, as one host-to-tensor copy (no cumsum op)."""
+    return torch.tensor(list(itertools.accumulate(counts)), dtype=torch.int32, device=device)
+
+
+def grouped_matmul(x_PD: torch.Tensor, w_EDF: torch.Tensor, counts: list[int],
+                   offs: torch.Tensor | None = None) -> torch.Tensor:
     """Rows of x_PD, sorted by module, times their module's weight: one grouped matmul.
 
-    `counts[e]` rows belong to module e. Uses torch's grouped matmul where it applies (same dtype,
-    16-byte aligned widths), else a loop over modules (still no per-token Python work).
+    `counts[e]` rows belong to module e (`offs`: their `group_offsets`, built here if not given).
+    Uses torch's grouped matmul where it applies (same dtype, 16-byte aligned widths), else a loop
+    over modules (still no per-token Python work).
     """
     E = w_EDF.shape[0]
     if E == 1:
@@ -39,7 +48,7 @@ def grouped_matmul(x_PD: torch.Tensor, w_EDF: torch.Tensor, counts: list[int]) -
     if torch.compiler.is_compiling():  # traced, the kernel accepts bf16 only
         kernel_dtype = x_PD.dtype == torch.bfloat16 == w_EDF.dtype
     if _GROUPED_MM is not None and aligned and kernel_dtype and x_PD.shape[0] > 0:
-        offs = torch.tensor(counts, device=x_PD.device, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+        offs = group_offsets(counts, x_PD.device) if offs is None else offs
         return _GROUPED_MM(x_PD.contiguous(), w_EDF, offs=offs)
     parts = [xe @ w_EDF[e] for e, xe in enumerate(x_PD.split(counts)) if counts[e]]
     return torch.cat(parts) if parts else x_PD.new_zeros(0, w_EDF.shape[2])
@@ -55,6 +64,10 @@ class Rope(nn.Module):
         ang = torch.outer(torch.arange(max_len, dtype=torch.float32), inv)  # [L, Dh/2]
         self.register_buffer("cos", ang.cos(), persistent=False)
         self.register_buffer("sin", ang.sin(), persistent=False)
+        # The same rotation of q and k in one formula (`apply_qkv`): x * cos + swap_halves(x) * sin,
+        # sin signed -sin | +sin over the halves -> [L, 2 (cos, sin), Dh]. Bitwise what `apply` computes.
+        cs = torch.stack([torch.cat((ang.cos(), ang.cos()), -1), torch.cat((-ang.sin(), ang.sin()), -1)], 1)
+        self.register_buffer("cs_L2Dh", cs, persistent=False)
 
     def apply(self, x_PHd: torch.Tensor, pos_P: torch.Tensor) -> torch.Tensor:
         """Rotate per-token heads x [P, H, Dh] by each token's position pos [P]."""
@@ -62,6 +75,23 @@ class Rope(nn.Module):
         sin = self.sin[pos_P].unsqueeze(1).to(x_PHd.dtype)
         x1, x2 = x_PHd.chunk(2, dim=-1)
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+    def apply_qkv(self, qkv_PX: torch.Tensor, pos_P: torch.Tensor, n_heads: int) -> torch.Tensor:
+        """Rotate q and k of packed q|k|v rows [P, 3D] by each row's position pos [P] -> [P, 3D].
+
+        One table lookup and four elementwise ops for q and k together, then one cat with v,
+        instead of two lookups, a chunk and six ops per tensor plus a cat each."""
+        P, X = qkv_PX.shape
+        L, _, Dh = self.cs_L2Dh.shape
+        D = X // 3
+        # Tables spread over the heads first (a small [L, 2, D] copy): a per-pair table broadcast
+        # over heads leaves the elementwise kernels an inner loop of Dh and runs several times slower.
+        cs_L2D = self.cs_L2Dh[:, :, None].expand(L, 2, n_heads, Dh).reshape(L, 2, D)
+        cs = cs_L2D.index_select(0, pos_P).to(qkv_PX.dtype)  # [P, 2, D]
+        cos, sin = cs[:, :1], cs[:, 1:]  # [P, 1, D]: the same for q and k
+        qk, v = qkv_PX.view(P, 3, D).split([2, 1], 1)  # split: one cat in backward, not two zero-filled copies
+        rot = qk.reshape(P, 2, n_heads, Dh).roll(Dh // 2, -1).view(P, 2, D)
+        return torch.cat((qk * cos + rot * sin, v), 1).view(P, X)
 
 
 class AttentionBank(nn.Module):
@@ -127,48 +157,60 @@ class AttentionBank(nn.Module):
         o = self.core(*(t.view(B, L, self.h, -1) for t in (q, k, v)), None)
         return (o.reshape(B * L, D) @ self.w_o_ADD[0].to(o.dtype)).view(B, L, D)
 
-    def routed_exact(self, h_BLD: torch.Tensor, mod_P: torch.Tensor, tok_P: torch.Tensor, counts: list[int]):
+    def routed_exact(self, xn_PD: torch.Tensor, row_P: torch.Tensor, tok_P: torch.Tensor, n_AB: list[int],
+                     B: int, L: int, w_qkv: torch.Tensor | None = None):
         """The exact (host-sized) path: updates for routed pairs -> (delta_PD, (useful, executed)).
 
-        Pairs are sorted by module and, within a module, by flat token index t = b*L + l;
-        `counts[a]` pairs belong to module a. Projections run on exactly the routed rows
-        (grouped matmul); each module's core rows are padded to that module's longest row.
+        `xn_PD` holds the layer-normed (gain not applied) rows of the routed pairs, sorted by
+        (module, sequence) row `row_P` = a*B + b and, within a row, by time (`tok_P`: flat token
+        index b*L + l); `n_AB` (host ints, [A*B] row-major) pairs per row. `w_qkv`: the q|k|v
+        weights with the norm gains folded in (ModulePool.folded), computed here if not given.
+        Projections run on exactly the routed rows (grouped matmul); each module's core rows are
+        padded to that module's longest row. FLOPs are host floats.
         """
-        B, L, D = h_BLD.shape
-        P, A, dev = mod_P.shape[0], self.n, h_BLD.device
-        b_P, pos_P = tok_P // L, tok_P % L
-        xn = F.layer_norm(h_BLD.reshape(B * L, D)[tok_P], (D,))
-        w_qkv = (self.norm_AD[:, :, None] * self.w_qkv_AD3D).to(xn.dtype)
-        q, k, v = grouped_matmul(xn, w_qkv, counts).view(P, 3, self.h, D // self.h).unbind(1)
+        P, D = xn_PD.shape
+        A, H, dev = self.n, self.h, xn_PD.device
+        n_rows = [n_AB[a * B:(a + 1) * B] for a in range(A)]
+        counts = [sum(r) for r in n_rows]
+        C_A = [max(r) for r in n_rows]
+        if w_qkv is None:
+            w_qkv = self.norm_AD[:, :, None] * self.w_qkv_AD3D
+        offs = group_offsets(counts, dev)  # shared by both projections
+        qkv_PX = grouped_matmul(xn_PD, w_qkv.to(xn_PD.dtype), counts, offs)
         if self.rope is not None:
-            q, k = self.rope.apply(q, pos_P), self.rope.apply(k, pos_P)
-        # Slot of each pair in its (module, sequence) row: its rank among that row's pairs.
-        row_P = mod_P * B + b_P  # non-decreasing along P
-        n_AB = torch.bincount(row_P, minlength=A * B)
-        slot_P = torch.arange(P, device=dev) - (n_AB.cumsum(0) - n_AB)[row_P]
-        n_AB = n_AB.view(A, B)
-        # One core call per module, rows padded to that module's longest row. (One call for all
-        # modules padded to the longest row overall ran no faster on 2 CPU cores and executed
-        # 1.05-1.10x the useful FLOPs instead of 1.02-1.04.)
-        C_A = n_AB.max(1).values.tolist()
-        outs, start = [], 0
+            qkv_PX = self.rope.apply_qkv(qkv_PX, tok_P % L, H)  # each pair at its ORIGINAL position
+        # One buffer holds every module's [B, C_a] block of q|k|v at its offset; the pair of row r's
+        # j-th slot lands at start_r + j = p + shift_r (shift_r: row r's block start minus its
+        # first pair), so one table lookup places every pair. Padding slots stay zero.
+        shift_AB, first, start = [], 0, 0
         for a in range(A):
+            for n in n_rows[a]:
+                shift_AB.append(start - first)
+                first, start = first + n, start + C_A[a]
+        dest_P = torch.arange(P, device=dev) + torch.tensor(shift_AB, device=dev).index_select(0, row_P)
+        # index_add_ into zeros places each pair once (a copy); its backward is one index_select,
+        # both far cheaper on CPU than index_put and its accumulating backward.
+        qkv_SX = qkv_PX.new_zeros(start, 3 * D).index_add_(0, dest_P, qkv_PX)
+        # split, not slicing: the backward of one split is one cat, that of each slice a zero-filled
+        # copy of the whole buffer.
+        # Vision masks padded keys; a sequence with no token here keeps slot 0 visible. One mask for
+        # every (module, sequence) row, each module reading its [B, C_a] corner.
+        valid_NC = None
+        if not self.causal:
+            slot_C = torch.arange(max(C_A), device=dev)
+            valid_NC = (slot_C < torch.tensor(n_AB, device=dev)[:, None]) | (slot_C == 0)
+        outs = []
+        for a, qkv_BCX in enumerate(qkv_SX.split([B * C for C in C_A])):
             if counts[a] == 0:
                 continue
-            seg = slice(start, start + counts[a])
-            start += counts[a]
             C = C_A[a]
-            idx = b_P[seg] * C + slot_P[seg]
-            packed = [t.new_zeros(B * C, *t.shape[1:]).index_put((idx,), t[seg]).view(B, C, *t.shape[1:])
-                      for t in (q, k, v)]
-            # Vision masks padded keys; a sequence with no token here keeps slot 0 visible.
-            slot_C = torch.arange(C, device=dev)
-            valid = None if self.causal else (slot_C < n_AB[a, :, None]) | (slot_C == 0)
-            outs.append(self.core(*packed, valid).reshape(B * C, D)[idx])
-        o_PD = torch.cat(outs) if len(outs) > 1 else outs[0]
-        delta_PD = grouped_matmul(o_PD, self.w_o_ADD.to(o_PD.dtype), counts)
-        n = n_AB.double()
-        useful = self.flops(P, (n * n).sum())
+            q, k, v = qkv_BCX.view(B, C, 3, H, D // H).unbind(2)
+            valid = None if valid_NC is None else valid_NC[a * B:(a + 1) * B, :C]
+            outs.append(self.core(q, k, v, valid).reshape(B * C, D))
+        o_SD = torch.cat(outs) if len(outs) > 1 else outs[0]
+        o_PD = o_SD.index_select(0, dest_P)
+        delta_PD = grouped_matmul(o_PD, self.w_o_ADD.to(o_PD.dtype), counts, offs)
+        useful = self.flops(P, float(sum(n * n for n in n_AB)))
         executed = self.flops(P, B * float(sum(c * c for c in C_A)))
         return delta_PD, (useful, executed)
 
@@ -198,12 +240,16 @@ class MLPBank(nn.Module):
         hid_ECF = F.gelu(torch.bmm(xn, w_in))
         return torch.bmm(hid_ECF, self.w_out_EFD.to(hid_ECF.dtype))
 
-    def grouped(self, x_PD: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """The exact (host-sized) path: rows sorted by module, `counts[e]` for module e."""
-        xn = F.layer_norm(x_PD, (self.d,))
-        w_in = (self.norm_ED[:, :, None] * self.w_in_EDF).to(xn.dtype)
-        hid_PF = F.gelu(grouped_matmul(xn, w_in, counts))
-        return grouped_matmul(hid_PF, self.w_out_EFD.to(hid_PF.dtype), counts)
+    def grouped(self, x_PD: torch.Tensor, counts: list[int], w_in: torch.Tensor | None = None,
+                normed: bool = False) -> torch.Tensor:
+        """The exact (host-sized) path: rows sorted by module, `counts[e]` for module e; `w_in` as
+        in `forward`; `normed`: x_PD is already layer-normed (gain not applied)."""
+        xn = x_PD if normed else F.layer_norm(x_PD, (self.d,))
+        if w_in is None:
+            w_in = self.norm_ED[:, :, None] * self.w_in_EDF
+        offs = group_offsets(counts, x_PD.device)  # shared by both matmuls
+        hid_PF = F.gelu(grouped_matmul(xn, w_in.to(xn.dtype), counts, offs))
+        return grouped_matmul(hid_PF, self.w_out_EFD.to(hid_PF.dtype), counts, offs)
 
     def flops(self, n_tokens: int) -> float:
         return 4.0 * self.d * self.f * n_tokens

@@ -69,37 +69,50 @@ class DNAModel(nn.Module):
         B, L, _ = h_BLD.shape
         T, M, S = B * L, cfg.pool.size, cfg.n_steps
         caps = self._caps(B, L, h_BLD.device)
-        visits_TM = torch.zeros(T, M, dtype=torch.int32, device=h_BLD.device)
-        zero = h_BLD.new_zeros((), dtype=torch.float32)
-        compute, balance, zloss, entropy = zero, zero, zero, zero
-        useful = executed = dropped = computing = zero.double()
-        slots, needs, paths = [], [], []
-        w = None if caps is None else self.pool.folded()  # once per forward: every step uses the pool
+        results, idx, active, probs, logits_S, routed_steps = [], [], [], [], [], []
+        w = self.pool.folded()  # once per forward: every step uses the pool (exact and static alike)
         for s in range(S):
             route = self.routing(h_BLD, s, keys_BL)
             h_BLD, res = self.pool(h_BLD, route, caps, w)
-            useful, executed = useful + res.flops_useful, executed + res.flops_executed
-            dropped, computing = dropped + res.dropped, computing + res.computing
-            slots.append(res.slots_M)
-            needs.append(res.need_3)
-            ones_TK = (route.active_TK if route.active_TK is not None
-                       else torch.ones_like(route.idx_TK, dtype=torch.bool)).to(torch.int32)
-            visits_TM.scatter_add_(1, route.idx_TK, ones_TK)
-            if return_paths:
-                paths.append(torch.where(ones_TK.bool(), route.idx_TK, -1))
+            results.append(res)
+            idx.append(route.idx_TK)
+            active.append(route.active_TK)
             if route.logits_TM is not None:
-                logits_TM = route.logits_TM
-                probs_TM = logits_TM.softmax(-1)
-                compute = compute + (probs_TM @ self.cost_M).mean()
-                f_M = res.slots_M.float() / res.slots_M.sum().clamp_min(1)
-                balance = balance + M * (f_M * probs_TM.mean(0)).sum()
-                zloss = zloss + torch.logsumexp(logits_TM, -1).square().mean()
-                with torch.no_grad():
-                    entropy = entropy + (-(probs_TM * probs_TM.clamp_min(1e-12).log()).sum(-1).mean())
+                routed_steps.append(s)
+                logits_S.append(route.logits_TM)
+                probs.append(route.probs_TM if route.probs_TM is not None else route.logits_TM.softmax(-1))
+        # What routing did, and the auxiliary terms, for all steps at once: a handful of ops on [S, ...]
+        # stacks instead of a few dozen small ones per step (same sums, in another order).
+        slots_SM_long = torch.stack([r.slots_M for r in results])
+        useful = torch.stack([r.flops_useful for r in results]).sum()
+        executed = torch.stack([r.flops_executed for r in results]).sum()
+        dropped = torch.stack([r.dropped for r in results]).sum().double()
+        computing = torch.stack([r.computing for r in results]).sum().double()
+        needs = [r.need_3 for r in results]
+        idx_TSK = torch.stack(idx, 1)
+        if all(a is None for a in active):
+            ones_TSK = torch.ones_like(idx_TSK, dtype=torch.bool)
+        else:
+            ones_TSK = torch.stack([torch.ones_like(i, dtype=torch.bool) if a is None else a
+                                    for i, a in zip(idx, active, strict=True)], 1)
+        visits_TM = torch.zeros(T, M, dtype=torch.int32, device=h_BLD.device)
+        visits_TM.scatter_add_(1, idx_TSK.reshape(T, -1), ones_TSK.reshape(T, -1).to(torch.int32))
+        paths = [torch.where(ones_TSK, idx_TSK, -1)] if return_paths else []
+        zero = h_BLD.new_zeros((), dtype=torch.float32)
+        compute, balance, zloss, entropy = zero, zero, zero, zero
+        if logits_S:
+            logits_STM, probs_STM = torch.stack(logits_S), torch.stack(probs)
+            compute = (probs_STM @ self.cost_M).mean(-1).sum()
+            f_SM = slots_SM_long[routed_steps].float()
+            f_SM = f_SM / f_SM.sum(-1, keepdim=True).clamp_min(1)
+            balance = M * (f_SM * probs_STM.mean(1)).sum()
+            zloss = torch.logsumexp(logits_STM, -1).square().mean(-1).sum()
+            with torch.no_grad():
+                entropy = (-(probs_STM * probs_STM.clamp_min(1e-12).log()).sum(-1).mean(-1)).sum()
         logits = self.readout(h_BLD)
         base = (self.stem.flops(B, L) + sum(b.flops(B, L) for b in self.backbone)
                 + self.routing.flops(T) + self.readout.flops(B, L))
-        slots_SM = torch.stack(slots).detach().float()
+        slots_SM = slots_SM_long.detach().float()
         n_id = cfg.pool.n_identity
         stats = RoutingStats(
             flops_per_token_=(base + useful) / T,
@@ -113,7 +126,7 @@ class DNAModel(nn.Module):
             capacity_need_S3=torch.stack(needs),
         )
         aux = {"compute": compute / S, "balance": balance / S, "z": zloss / S}
-        return ModelOutput(logits, stats, aux, torch.stack(paths, 1).view(B, L, S, -1) if return_paths else None)
+        return ModelOutput(logits, stats, aux, paths[0].view(B, L, S, -1) if return_paths else None)
 
     def _caps(self, B: int, L: int, device: torch.device) -> Caps | None:
         """Capacities of this forward: None (exact, the pool sizes segments on the host) in every

@@ -122,11 +122,10 @@ class ModulePool(nn.Module):
         if route.active_TK is not None:
             mod_TK = torch.where(route.active_TK, mod_TK, M)
         mod_P = mod_TK.reshape(-1)
+        if caps is None:  # exact, sized on the host (eager CPU: no device to sync with)
+            return self._exact(h_BLD, mod_P, route, w)
         mod_BQ = mod_P.view(B, L * K)
         onehot_BQM = F.one_hot(mod_BQ, M + 1)
-        if caps is None:  # exact, sized on the host (eager CPU: no device to sync with)
-            n_BM = onehot_BQM.sum(1)
-            return self._exact(h_BLD, mod_P, route, n_BM.sum(0), self._need(n_BM))
         # Rank of each pair among its module's pairs of its sequence, and of the whole batch.
         incl_BQM = onehot_BQM.cumsum(1)
         n_BM = incl_BQM[:, -1]  # [B, M+1] pairs per (sequence, module)
@@ -182,16 +181,29 @@ class ModulePool(nn.Module):
         return torch.stack([slots_M[:A].max() if A else zero, n_BM[:, :A].max() if A else zero,
                             slots_M[A:A + E].max() if E else zero])
 
-    def _exact(self, h_BLD, mod_P, route: Route, slots_M, need_3):
+    def _exact(self, h_BLD, mod_P, route: Route, w: dict[str, torch.Tensor] | None):
         """Exact dispatch: pairs sorted by module, every segment at its own size (grouped matmul),
-        sizes read on the host. Nothing is dropped or padded outside the attention core."""
+        sizes read on the host. Nothing is dropped or padded outside the attention core. `w`: the
+        folded weights (`folded`), computed per bank if not given.
+
+        Row gathers use index_select and scatters index_add: on CPU both are several times faster
+        than advanced indexing and index_put, and each is the other's backward."""
         B, L, D = h_BLD.shape
         T, K = route.idx_TK.shape
-        gate_P = route.gate_TK.reshape(-1)
-        tok_P = torch.arange(T, device=h_BLD.device).repeat_interleave(K)
-        order = torch.argsort(mod_P, stable=True)
-        mod_P, gate_P, tok_P = mod_P[order], gate_P[order], tok_P[order]
-        c = slots_M.tolist()
+        P, M, A, E, dev = T * K, self.size, self.n_t + self.n_a, self.n_m, h_BLD.device
+        w = {} if w is None else w
+        # Pairs come in token order (p = t*K + k, t = b*L + l), so a stable sort by row = module * B
+        # + sequence orders them by module, then sequence, then time, and one bincount of the rows,
+        # read on the host once, sizes everything: module segments, attention rows, capacity needs.
+        key_P = mod_P * B + torch.arange(P, device=dev) // (K * L)
+        row_P, order = torch.sort(key_P, stable=True)
+        n_MB = torch.bincount(key_P, minlength=(M + 1) * B).tolist()  # pairs per (module, sequence)
+        c = [sum(n_MB[m * B:(m + 1) * B]) for m in range(M + 1)]
+        slots_M = torch.tensor(c[:M], device=dev)
+        need_3 = torch.tensor([max(c[:A], default=0), max(n_MB[:A * B], default=0), max(c[A:A + E], default=0)],
+                              device=dev)  # the Caps that drop nothing (as `_need`)
+        tok_P = order // K  # pair p = t*K + k belongs to token t
+        gate_P = route.gate_TK.reshape(-1).index_select(0, order)
         nt, na, nm = self.n_t, self.n_a, self.n_m
         p1 = sum(c[:nt])
         p2 = p1 + sum(c[nt:nt + na])
@@ -199,27 +211,40 @@ class ModulePool(nn.Module):
         h_TD = h_BLD.reshape(T, D)
         useful = executed = 0.0
         updates = []
+        if p3:
+            # One gather and one layer norm serve every computing pair (attention bank, MLP-only).
+            # Segments are cut with split, never slicing: the backward of one split is one cat, that
+            # of each slice a zero-filled copy of the whole tensor.
+            tok_p3 = tok_P[:p3]
+            x_PD = h_TD.index_select(0, tok_p3)
+            xn_PD = F.layer_norm(x_PD, (D,))
+            xn_attn, xn_mlp = xn_PD.split([p2, p3 - p2])
         if p2:
-            attn_PD, (fu, fe) = self.attn.routed_exact(h_BLD, mod_P[:p2], tok_P[:p2], c[:nt + na])
+            attn_PD, (fu, fe) = self.attn.routed_exact(xn_attn, row_P[:p2], tok_P[:p2], n_MB[:A * B], B, L,
+                                                       w.get("qkv"))
             useful, executed = useful + fu, executed + fe
             if p1:
-                mlp_PD = self.mlp_t.grouped(h_TD[tok_P[:p1]] + attn_PD[:p1], c[:nt])
-                updates.append(attn_PD[:p1] + mlp_PD)
+                attn_t, attn_a = attn_PD.split([p1, p2 - p1])
+                x_t = x_PD.split([p1, p3 - p1])[0]
+                mlp_PD = self.mlp_t.grouped(x_t + attn_t, c[:nt], w.get("t"))
+                updates.append(attn_t + mlp_PD)
+                if p2 > p1:
+                    updates.append(attn_a)
                 f = self.mlp_t.flops(p1)
                 useful, executed = useful + f, executed + f
-            if p2 > p1:
-                updates.append(attn_PD[p1:p2])
+            else:
+                updates.append(attn_PD)
         if p3 > p2:
-            updates.append(self.mlp_o.grouped(h_TD[tok_P[p2:p3]], c[nt + na:nt + na + nm]))
+            updates.append(self.mlp_o.grouped(xn_mlp, c[nt + na:nt + na + nm], w.get("o"), normed=True))
             f = self.mlp_o.flops(p3 - p2)
             useful, executed = useful + f, executed + f
         if updates:
             u_PD = torch.cat(updates) if len(updates) > 1 else updates[0]
-            h_TD = h_TD.index_add(0, tok_P[:p3], u_PD.to(h_TD.dtype) * gate_P[:p3, None].to(h_TD.dtype))
-        f64 = dict(dtype=torch.float64, device=h_BLD.device)
-        computing = torch.tensor(p3, device=h_BLD.device)
-        return h_TD.view(B, L, D), StepResult(slots_M[:self.size], torch.as_tensor(useful, **f64),
-                                              torch.as_tensor(executed, **f64), computing * 0, computing, need_3)
+            gate_p3 = gate_P.split([p3, gate_P.shape[0] - p3])[0]
+            h_TD = h_TD.index_add(0, tok_p3, u_PD.to(h_TD.dtype) * gate_p3[:, None].to(h_TD.dtype))
+        useful_, executed_ = torch.tensor([useful, executed], dtype=torch.float64, device=dev).unbind()
+        dropped_, computing_ = torch.tensor([0, p3], device=dev).unbind()
+        return h_TD.view(B, L, D), StepResult(slots_M, useful_, executed_, dropped_, computing_, need_3)
 
     def _attention(self, out_TD, x_ACD, tok_S, gate_S, dest_P, keep_P, row_P, rank_seq_P, B: int, L: int, R: int, w):
         """The attention bank (and the MLPs of transformer modules) on packed slots S of the [A, C]

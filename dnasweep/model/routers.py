@@ -36,6 +36,9 @@ class Route:
     gate_TK: torch.Tensor  # weight ρ of each slot in h <- h + Σ ρ (M(h) - h)
     active_TK: torch.Tensor | None  # which slots are used (threshold, expert choice); None = all
     logits_TM: torch.Tensor | None  # router logits (None for the hash router: nothing is learnt)
+    # softmax(logits_TM) when the rule computed it anyway: the auxiliary losses reuse it instead of
+    # a second softmax (and its backward) per step; None: computed from logits_TM when needed.
+    probs_TM: torch.Tensor | None = None
 
 
 Rule = Callable[[torch.Tensor, torch.Tensor, "RouteContext"], Route]
@@ -71,7 +74,7 @@ def topk_rule(logits_TM, bias_M, ctx):
     """The paper's router: softmax scores, hard top-k; the bias steers selection, not gates."""
     probs_TM = logits_TM.softmax(-1)
     idx, gate = _topk_of(probs_TM.detach() + bias_M, probs_TM, ctx)
-    return Route(idx, gate, None, logits_TM)
+    return Route(idx, gate, None, logits_TM, probs_TM)
 
 
 @register_router("sigmoid")
@@ -92,7 +95,7 @@ def noisy_topk_rule(logits_TM, bias_M, ctx):
         u = torch.rand_like(scores).clamp_(1e-9, 1 - 1e-9)
         scores = scores - ctx.cfg.router.noise * torch.log(-torch.log(u))
     idx, gate = _topk_of(scores.softmax(-1) + bias_M, probs_TM, ctx)
-    return Route(idx, gate, None, logits_TM)
+    return Route(idx, gate, None, logits_TM, probs_TM)
 
 
 @register_router("threshold")
@@ -107,7 +110,7 @@ def threshold_rule(logits_TM, bias_M, ctx):
     gate_TK = probs_TM.gather(-1, top.indices)
     if ctx.cfg.router.normalize_gates:
         gate_TK = gate_TK * active_TK / (gate_TK * active_TK).sum(-1, keepdim=True).clamp_min(1e-9)
-    return Route(top.indices, gate_TK, active_TK, logits_TM)
+    return Route(top.indices, gate_TK, active_TK, logits_TM, probs_TM)
 
 
 @register_router("hash", learns=False, biasable=False, hash_table=True)
@@ -124,7 +127,7 @@ def dense_rule(logits_TM, bias_M, ctx):
     probs_TM = logits_TM.softmax(-1)
     T, M = probs_TM.shape
     idx_TK = torch.arange(M, device=probs_TM.device).expand(T, M)
-    return Route(idx_TK, probs_TM, None, logits_TM)
+    return Route(idx_TK, probs_TM, None, logits_TM, probs_TM)
 
 
 @register_router("expert_choice", causal=False, biasable=False, all_modules=True, capacity=True)
@@ -138,7 +141,7 @@ def expert_choice_rule(logits_TM, bias_M, ctx):
     chosen_BCM = p_BLM.topk(cap, dim=1).indices
     active_BLM = torch.zeros_like(p_BLM, dtype=torch.bool).scatter_(1, chosen_BCM, True)
     idx_TK = torch.arange(M, device=probs_TM.device).expand(T, M)
-    return Route(idx_TK, probs_TM, active_BLM.view(T, M), logits_TM)
+    return Route(idx_TK, probs_TM, active_BLM.view(T, M), logits_TM, probs_TM)
 
 
 # The identity bias is added to selection scores that every biasable built-in rule keeps in [0, 1]
