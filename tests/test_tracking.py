@@ -115,11 +115,11 @@ def test_a_new_sweep_store_is_a_copy_of_the_cached_empty_store(tmp_path, monkeyp
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         t = tracking.MLflowSweepLogger(space, name, str(tmp_path / name), tracking.default_uri(str(tmp_path / name)))
+        _report(t, _trial("t1"), 5)
+        t.on_trial_complete(0, [], _trial("t1", {"val/loss": 1.0}))
         if name == "a":
             template = next((tmp_path / "cache" / "dnasweep").glob("mlflow-*.db"))
             built = template.stat().st_mtime_ns
-        _report(t, _trial("t1"), 5)
-        t.on_trial_complete(0, [], _trial("t1", {"val/loss": 1.0}))
         assert MlflowClient(t.uri).get_run(t.runs["t1"]).info.status == "FINISHED"
         assert _schema(tmp_path / name / "mlflow.db") == _schema(fresh)
         default = MlflowClient(t.uri).get_experiment("0")
@@ -140,3 +140,22 @@ def test_without_a_writable_cache_mlflow_builds_the_store_itself(tmp_path, monke
                                    tracking.default_uri(str(tmp_path / "s")))
     assert MlflowClient(t.uri).get_run(t.parent_id).info.status == "RUNNING"
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["mlflow.db", "tracking.json"]
+
+
+def test_a_new_sweep_opens_its_store_at_the_first_write_with_the_sweeps_start_time(tmp_path, monkeypatch):
+    """MLflow's import and the parent run are off the start of a sweep (they come with the first
+    write, while trials train), and the parent run still starts when the sweep did."""
+    from mlflow import MlflowClient
+
+    from dnasweep.sweep import tracking
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "s").mkdir()
+    t = tracking.MLflowSweepLogger(parse_space(SPACE, "s.yaml"), "s", str(tmp_path / "s"),
+                                   tracking.default_uri(str(tmp_path / "s")))
+    assert list((tmp_path / "s").iterdir()) == []  # nothing opened yet
+    _report(t, _trial("t1"), 5)
+    t.flush()
+    parent = MlflowClient(t.uri).get_run(t.parent_id)
+    assert parent.info.start_time == t.started_ms and parent.info.run_name == "s"
+    assert MlflowClient(t.uri).get_run(t.runs["t1"]).data.tags["mlflow.parentRunId"] == t.parent_id

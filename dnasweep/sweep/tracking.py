@@ -86,8 +86,6 @@ class MLflowSweepLogger(Callback):
 
     def __init__(self, space: SearchSpace, name: str, sweep_dir: str, uri: str, resume: bool = False,
                  fetch=None):
-        from mlflow import MlflowClient
-
         _quick_http_failures()
         self.space, self.sweep_dir, self.uri = space, sweep_dir, uri
         self.fetch = fetch  # trial id -> None: brings SWEEP/trials/ID from object storage (storage.py)
@@ -107,31 +105,39 @@ class MLflowSweepLogger(Callback):
         # Runs are created late (buffering), so they carry the trial's own start and end, in ms
         self.times: dict[str, list] = {}  # Ray trial id -> [start, end or None]
         self.last_flush = time.monotonic()
-        if uri == default_uri(sweep_dir):
-            _new_store_from_template(sweep_dir)
+        self.name, self.started_ms = name, int(time.time() * 1000)
+        # A new sweep opens its store at its first write (`__getattr__`), which comes while the first
+        # trials train: MLflow's import (~1.2 s) and the parent run are then off the start of the
+        # sweep (bench/orchestration.py). A resumed one opens it now: the steps its store already
+        # has must be known before the first report.
+        if resume:
+            self._connect(resume=True)
+
+    def __getattr__(self, name: str):
+        # The store's handles, made on first use (only reached while they are not set yet)
+        if name in ("client", "exp_id", "parent_id", "runs") and "name" in self.__dict__:
+            self._connect(resume=False)
+            return self.__dict__[name]
+        raise AttributeError(name)
+
+    def _connect(self, resume: bool) -> None:
+        from mlflow import MlflowClient
+
+        if self.uri == default_uri(self.sweep_dir):
+            _new_store_from_template(self.sweep_dir)
         # An explicit client, never mlflow.set_tracking_uri: that also sets MLFLOW_TRACKING_URI in
         # os.environ, so the next sweep started from the same process would log into this store.
-        self.client = MlflowClient(uri)
+        client = MlflowClient(self.uri)
         state = read_json(self.state_path) if resume else None
-        if state and self._has_run(state["parent"]):  # `dnasweep resume`: the same parent and child runs
+        if state and _has_run(client, state["parent"]):  # `dnasweep resume`: the same parent and child runs
+            self.client = client
             self.exp_id, self.parent_id, self.runs = state["experiment_id"], state["parent"], state["runs"]
             self.client.update_run(self.parent_id, status="RUNNING")
             self._load_logged_steps()
             return
-        self._open(name)
+        self._open(client)
         if state:  # resumed against a store without this sweep's runs (a new server after a lost head)
             self._rebuild(state["runs"])
-
-    def _has_run(self, run_id: str) -> bool:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            self.client.get_run(run_id)
-            return True
-        except MlflowException as e:
-            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return False
-            raise
 
     def _rebuild(self, old_runs: dict[str, str]) -> None:
         """Recreate the runs of trials that ended before the sweep moved to this store, from their
@@ -151,16 +157,18 @@ class MLflowSweepLogger(Callback):
             self.ended[tid] = (status, tags)
         self.flush()
 
-    def _open(self, name: str) -> None:
-        """A new parent run (and the experiment, if the store lacks it)."""
+    def _open(self, client) -> None:
+        """A new parent run (and the experiment, if the store lacks it); its handles are set only
+        once all of it exists."""
         space, sweep_dir = self.space, self.sweep_dir
-        exp = self.client.get_experiment_by_name(space.tracking.experiment)
+        exp = client.get_experiment_by_name(space.tracking.experiment)
         # A new experiment keeps its artifacts in the sweep directory (MLflow's default would be
         # ./mlruns under whatever directory the user happened to start from).
-        self.exp_id = exp.experiment_id if exp else self.client.create_experiment(
+        exp_id = exp.experiment_id if exp else client.create_experiment(
             space.tracking.experiment, artifact_location=Path(sweep_dir, "mlartifacts").resolve().as_uri())
-        parent = self.client.create_run(self.exp_id, run_name=name, tags={"dnasweep.sweep": name})
-        self.parent_id = parent.info.run_id
+        parent = client.create_run(exp_id, run_name=self.name, tags={"dnasweep.sweep": self.name},
+                                   start_time=self.started_ms)
+        self.client, self.exp_id, self.parent_id = client, exp_id, parent.info.run_id
         self.runs: dict[str, str] = {}  # Ray trial id -> MLflow run id (persisted: resume reuses it)
         self._save_state()
         base = flatten(to_dict(space.base))
@@ -392,6 +400,18 @@ class MLflowSweepLogger(Callback):
     def suspend(self) -> None:
         """The sweep stopped early (Ctrl-C / SIGTERM): write what is buffered, leave runs open."""
         self.drain(wait_s=10.0)
+
+
+def _has_run(client, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+        return True
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
 
 
 def _new_store_from_template(sweep_dir: str) -> None:
