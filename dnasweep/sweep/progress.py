@@ -27,8 +27,11 @@ class Progress(Callback):
     """Tune callback printing one line per started / restarted / finished trial. A trial restarted
     (its worker died, retried from its checkpoint) counts once as running, and apart as a restart."""
 
-    def __init__(self, space: SearchSpace, log, before: dict | None = None, pruned: dict | None = None):
+    def __init__(self, space: SearchSpace, log, before: dict | None = None, pruned: dict | None = None,
+                 on_draining=None):
         self.space, self.log = space, log
+        # called once when no trial is left to start (a slot stays idle from then on)
+        self.on_draining = on_draining
         before = before or {}  # a resumed sweep counts the trials its earlier runs finished
         self.done, self.failed = before.get("complete", 0), before.get("failed", 0)
         self.n_pruned = before.get("pruned", 0)
@@ -73,6 +76,14 @@ class Progress(Callback):
             why = res.get("reason") or "no finite objectives"
             self.log(f"{self._head()}  FAIL  {trial.trial_id} ({res.get('status', 'failed')}): {why}")
 
+        self._draining()
+
+    def _draining(self) -> None:
+        b = self.space.budget
+        if self.on_draining and self.done + self.n_pruned + self.failed > b.trials - b.concurrent:
+            self.on_draining()
+            self.on_draining = None
+
     def on_trial_recover(self, iteration, trials, trial, **info):
         self.restarts += 1
         self.log(f"{self._head()}  RETRY {trial.trial_id}: {_why(trial)}; restarting from its last checkpoint")
@@ -82,3 +93,4 @@ class Progress(Callback):
         self.failed += 1
         where = os.path.dirname(trial.error_file) if getattr(trial, "error_file", None) else "its log"
         self.log(f"{self._head()}  ERROR {trial.trial_id}: {_why(trial)} (see {where})")
+        self._draining()

@@ -115,7 +115,7 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from dnasweep.sweep import budget, compat
+    from dnasweep.sweep import budget, compat, plots
     from dnasweep.sweep.cluster import bundle
     from dnasweep.sweep.moasha import MOASHA, make_scheduler
     from dnasweep.sweep.progress import Progress
@@ -148,7 +148,8 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
     store.mirror()
     pruned: dict[str, int] = {}  # MO-ASHA's decisions, read by the progress line and the tracker
     tracker.pruned = pruned
-    progress = Progress(space, log, {**counts(study), "steps": budget.steps_used(study, space)[0]}, pruned)
+    progress = Progress(space, log, {**counts(study), "steps": budget.steps_used(study, space)[0]}, pruned,
+                        on_draining=plots.warm)
     # Tune's default loggers, less TensorBoard's: importing tensorboardX cost ~1 s of the driver's
     # start (bench/orchestration.py, py-spy), for event files nothing reads (MLflow holds the metrics).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")

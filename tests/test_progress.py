@@ -1,0 +1,51 @@
+"""The progress callback (fake Tune trials, no cluster): counts, and the one call it makes when no
+trial is left to start, which warms the end-of-sweep figures while the last trials run."""
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("ray", reason="the sweep extra (ray[tune], optuna, mlflow) is not installed")
+
+from dnasweep.space import parse_space  # noqa: E402
+from dnasweep.sweep.progress import Progress  # noqa: E402
+
+SPACE = {"base": {"model": {"d_model": 32, "n_heads": 4, "seq_len": 32, "n_steps": 2}, "train": {"max_steps": 10}},
+         "search": {"train.lr": {"float": [1e-3, 1e-2], "log": True}},
+         "objectives": [{"metric": "val/loss", "mode": "min"}, {"metric": "compute/flops_per_token", "mode": "min"}],
+         "budget": {"trials": 5, "concurrent": 2}}
+
+
+def _trial(i, loss=1.0):
+    return SimpleNamespace(trial_id=f"t{i}", config={"train.lr": 1e-3},
+                           last_result={"val/loss": loss, "compute/flops_per_token": 1e5, "step": 10})
+
+
+@pytest.mark.parametrize("before", [0, 2])
+def test_draining_is_called_once_when_no_trial_is_left_to_start(before):
+    """5 trials, 2 at a time: from the 4th end on, the 5th runs alone (a slot stays idle); a resumed
+    sweep counts the trials its earlier runs finished."""
+    calls, lines = [], []
+    p = Progress(parse_space(SPACE, "s.yaml"), lines.append, {"complete": before}, on_draining=lambda: calls.append(1))
+    ends = []
+    for i in range(before, 5):
+        p.on_trial_start(0, [], _trial(i))
+        if i % 2:
+            p.on_trial_error(0, [], SimpleNamespace(trial_id=f"t{i}", error_file=None))
+        else:
+            p.on_trial_complete(0, [], _trial(i))
+        ends.append(len(calls))
+    assert ends == [0] * (3 - before) + [1, 1]  # after the 4th of 5 ended, and only once
+    assert "5/5 finished" in lines[-1]
+
+
+def test_warm_imports_the_figure_libraries_in_a_thread():
+    code = ("import sys, threading\n"
+            "from dnasweep.sweep import plots\n"
+            "assert 'plotly.graph_objects' not in sys.modules and 'matplotlib.figure' not in sys.modules\n"
+            "plots.warm()\n"
+            "[t.join() for t in threading.enumerate() if t.name == 'dnasweep-warm-figures']\n"
+            "assert 'plotly.graph_objects' in sys.modules and 'matplotlib.figure' in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
