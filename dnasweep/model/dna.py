@@ -97,7 +97,6 @@ class DNAModel(nn.Module):
                                     for i, a in zip(idx, active, strict=True)], 1)
         visits_TM = torch.zeros(T, M, dtype=torch.int32, device=h_BLD.device)
         visits_TM.scatter_add_(1, idx_TSK.reshape(T, -1), ones_TSK.reshape(T, -1).to(torch.int32))
-        paths = [torch.where(ones_TSK, idx_TSK, -1)] if return_paths else []
         zero = h_BLD.new_zeros((), dtype=torch.float32)
         compute, balance, zloss, entropy = zero, zero, zero, zero
         if logits_S:
@@ -126,7 +125,8 @@ class DNAModel(nn.Module):
             capacity_need_S3=torch.stack(needs),
         )
         aux = {"compute": compute / S, "balance": balance / S, "z": zloss / S}
-        return ModelOutput(logits, stats, aux, paths[0].view(B, L, S, -1) if return_paths else None)
+        paths = torch.where(ones_TSK, idx_TSK, -1).view(B, L, S, -1) if return_paths else None
+        return ModelOutput(logits, stats, aux, paths)
 
     def _caps(self, B: int, L: int, device: torch.device) -> Caps | None:
         """Capacities of this forward: None (exact, the pool sizes segments on the host) in every
