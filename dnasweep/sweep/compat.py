@@ -55,6 +55,44 @@ def live_trial(study, frozen):
     return optuna.trial.Trial(study, frozen._trial_id)
 
 
+def retry_trials_whose_reused_worker_died() -> None:
+    """Make Ray Tune retry, once, a trial whose reused worker turns out dead (idempotent).
+
+    With reuse_actors, a finished trial's worker waits, idle, for the next trial. If it dies there
+    (OOM killer, a lost node), Tune hears of it twice when it hands the worker the next trial: as
+    the actor's failure, which restarts the trial (a retry, as for a worker dying in its creation
+    task), then as the failure of the `reset` task, which finds the trial PENDING again and, Tune
+    retrying only RUNNING trials, errored it outright with its retries unspent. The second report
+    of the one death is dropped; a reset failure reported alone is treated as the actor's.
+    tests/faults/test_worker_killed.py kills an idle worker and checks the next trial completes.
+    """
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.experiment import Trial
+
+    failure = TuneController._trial_task_failure
+    if getattr(failure, "dnasweep_patched", False):
+        return
+
+    def _trial_task_failure(self, trial, exception):
+        echoes = self.__dict__.setdefault("_dnasweep_reset_echoes", set())
+        if trial in self._resetting_trials:  # the worker being handed this trial died
+            self._resetting_trials.discard(trial)
+            if trial.status == Trial.RUNNING:  # the actor's failure: its reset's failure follows
+                echoes.add(trial)
+            else:
+                self._set_trial_status(trial, Trial.RUNNING)
+                if trial in self._staged_trials:
+                    self._unstage_trial_with_resources(trial)
+        elif trial in echoes:
+            echoes.discard(trial)
+            if trial.status == Trial.PENDING:  # requeued by the first report: nothing more to do
+                return None
+        return failure(self, trial, exception)
+
+    _trial_task_failure.dnasweep_patched = True
+    TuneController._trial_task_failure = _trial_task_failure
+
+
 def check() -> None:
     """Touch every private attribute above on fresh objects; AttributeError if one moved."""
     import optuna
@@ -67,6 +105,13 @@ def check() -> None:
     search = OptunaSearch(space={"x": optuna.distributions.FloatDistribution(0, 1)}, metric="m", mode="min")
     search.set_search_properties("m", "min", config={})
     search.suggest("t0")
+    import inspect
+
+    from ray.tune.execution.tune_controller import TuneController
+
+    for name in ("_trial_task_failure", "_set_trial_status", "_unstage_trial_with_resources"):
+        assert callable(getattr(TuneController, name)), f"TuneController.{name} moved"
+    assert "self._resetting_trials" in inspect.getsource(TuneController.__init__), "TuneController._resetting_trials"
     assert isinstance(search_trials(search), dict) and isinstance(search_completed(search), set)
     set_search_study(search, search_study(search))
     import tempfile

@@ -200,6 +200,7 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
                                                      callbacks=callbacks, failure_config=tune.FailureConfig(
                                                          max_failures=space.budget.retries)))
     if restored or budget.left(study, space):
+        compat.retry_trials_whose_reused_worker_died()
         with _sigterm_as_sigint():
             tuner.fit()
     study = optuna.load_study(study_name=name, storage=storage)

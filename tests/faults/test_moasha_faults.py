@@ -40,8 +40,16 @@ def test_worker_killed_between_rungs_continues_and_is_judged_once_per_rung(ray_c
     spec["sampler"]["seed"] = 0
     space = parse_space(spec, "killed.yaml")
     killed: dict = {}
-    killer = threading.Thread(target=_kill_first_worker_after_checkpoint, args=(str(tmp_path / "k"), killed, 30),
-                              daemon=True)
+
+    def training(tid: str) -> bool:  # not pruned: still RUNNING in the study
+        try:
+            states = _states(str(tmp_path / "k"))
+        except Exception:  # the journal is being written
+            return False
+        return any(s == "RUNNING" and a.get("ray_trial_id") == tid for s, a in states.values())
+
+    killer = threading.Thread(target=_kill_first_worker_after_checkpoint,
+                              args=(str(tmp_path / "k"), killed, 30, training), daemon=True)
     killer.start()
     lines: list[str] = []
     res = run_sweep(space, "k", root=str(tmp_path), log=lines.append)

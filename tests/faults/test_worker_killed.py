@@ -28,8 +28,10 @@ SPACE = {
 }
 
 
-def _kill_first_worker_after_checkpoint(sweep_dir: str, killed: dict, min_step: int = 30) -> None:
-    """Wait until some trial has a checkpoint at >= min_step, then SIGKILL its worker process."""
+def _kill_first_worker_after_checkpoint(sweep_dir: str, killed: dict, min_step: int = 30, training=None) -> None:
+    """Wait until some trial has a checkpoint at >= min_step, then SIGKILL its worker process.
+    `training(trial_id)`, if given, must also hold: a trial stopped by a scheduler has no
+    result.json either, and its worker may be training another trial by then (reuse_actors)."""
     deadline = time.time() + 300
     while time.time() < deadline and not killed:
         trials = os.path.join(sweep_dir, "trials")
@@ -42,7 +44,8 @@ def _kill_first_worker_after_checkpoint(sweep_dir: str, killed: dict, min_step: 
                     last = max(json.loads(line).get("step", 0) for line in f)
             except (OSError, ValueError, IndexError):
                 continue
-            if last >= min_step and not os.path.exists(os.path.join(d, "result.json")):
+            if (last >= min_step and not os.path.exists(os.path.join(d, "result.json"))
+                    and (training is None or training(tid))):
                 os.kill(pid, signal.SIGKILL)
                 killed.update(trial=tid, pid=pid, at_step=last)
                 return
@@ -85,3 +88,43 @@ def test_killed_worker_resumes_from_checkpoint_and_nothing_is_duplicated(ray_clu
     history = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
     assert history == list(range(5, 121, 5))
     assert run.info.status == "FINISHED"
+
+
+def test_idle_reused_worker_killed_the_next_trial_is_retried(ray_cluster, tmp_path, monkeypatch):
+    """A finished trial's worker waits, idle, for the next trial (reuse_actors). If it dies there,
+    Ray Tune's reset of it fails while the next trial is still PENDING, and Tune errored that trial
+    outright, with its retries unspent (seen once in CI under MO-ASHA: a trial FAILed at step 0)."""
+    from dnasweep.sweep import searcher as searcher_mod
+    from dnasweep.sweep.runner import run_sweep
+
+    spec = {**SPACE, "budget": {"trials": 2, "concurrent": 1, "retries": 1}}
+    spec["base"] = {**SPACE["base"], "train": {**SPACE["base"]["train"], "max_steps": 20, "eval_every": 20}}
+    space = parse_space(spec, "idle.yaml")
+    trials_dir, killed = tmp_path / "idle" / "trials", {}
+    suggest = searcher_mod.ParetoOptunaSearch.suggest
+
+    def suggest_after_killing_the_idle_worker(self, trial_id):
+        # Tune asks for the second trial only once the first has ended (one slot): its worker is
+        # then idle, kept for reuse. Kill it before the second trial is handed to it.
+        done = [d for d in trials_dir.iterdir() if (d / "result.json").exists()] if trials_dir.exists() else []
+        if done and not killed:
+            pid = int((done[0] / "attempts.log").read_text().split()[1])
+            os.kill(pid, signal.SIGKILL)
+            for _ in range(100):  # until the process is gone
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
+            killed.update(trial=done[0].name, pid=pid)
+        return suggest(self, trial_id)
+
+    monkeypatch.setattr(searcher_mod.ParetoOptunaSearch, "suggest", suggest_after_killing_the_idle_worker)
+    lines: list[str] = []
+    res = run_sweep(space, "idle", root=str(tmp_path), log=lines.append)
+    assert killed, "the first trial's worker was never killed"
+    assert res.n_complete == 2 and res.n_failed == 0, lines
+    second = next(d for d in trials_dir.iterdir() if d.name != killed["trial"])
+    assert sum("RETRY" in ln and second.name in ln for ln in lines) == 1, lines  # one death, one retry
+    pids = [int(ln.split()[1]) for ln in (second / "attempts.log").read_text().splitlines()]
+    assert pids and killed["pid"] not in pids, pids  # it ran on a live worker, once
