@@ -50,10 +50,10 @@ def masked_step(pool, h_BLD, route, *_):
     A, H = bank.n, bank.h
     xn = F.layer_norm(h_BLD, (D,))
     qkv = torch.einsum("bld,ade->able", xn, bank.norm_AD[:, :, None] * bank.w_qkv_AD3D)
-    q, k, v = qkv.view(A, B, L, 3, H, D // H).permute(3, 0, 1, 4, 2, 5).unbind(0)  # [A, B, H, L, Dh]
     if bank.rope is not None:
-        pos = torch.arange(L, device=h_BLD.device).repeat(A * B * H)
-        q, k = (bank.rope.apply(t.reshape(-1, 1, D // H), pos).view_as(t) for t in (q, k))
+        pos = torch.arange(L, device=h_BLD.device).repeat(A * B)
+        qkv = bank.rope.apply_qkv(qkv.reshape(A * B * L, 3 * D), pos, H)
+    q, k, v = qkv.view(A, B, L, 3, H, D // H).permute(3, 0, 1, 4, 2, 5).unbind(0)  # [A, B, H, L, Dh]
     causal = torch.ones(L, L, dtype=torch.bool, device=h_BLD.device).tril()
     mask = (causal & routed_AB1L) | torch.eye(L, dtype=torch.bool, device=h_BLD.device)
     o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(2, 3).reshape(A, B * L, D)

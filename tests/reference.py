@@ -20,8 +20,10 @@ def attention_update(bank: AttentionBank, a: int, h_BLD: torch.Tensor, routed_BL
     H, Dh = bank.h, D // bank.h
     xn = F.layer_norm(h_BLD, (D,)) * bank.norm_AD[a]
     q, k, v = (xn @ bank.w_qkv_AD3D[a]).view(B, L, 3, H, Dh).permute(2, 0, 3, 1, 4)
-    if bank.rope is not None:  # rotate pairs (i, i + Dh/2) by angle pos * theta_i
-        cos, sin = bank.rope.cos[:L].to(q.dtype), bank.rope.sin[:L].to(q.dtype)
+    if bank.rope is not None:  # rotate pairs (i, i + Dh/2) by angle pos * theta_i, theta_i = 10000^(-2i/Dh)
+        theta = 10000.0 ** -(torch.arange(0, Dh, 2, dtype=torch.float32) / Dh)
+        ang = torch.arange(L, dtype=torch.float32)[:, None] * theta
+        cos, sin = ang.cos().to(q.dtype), ang.sin().to(q.dtype)
         q, k = (torch.cat((t[..., :Dh // 2] * cos - t[..., Dh // 2:] * sin,
                            t[..., Dh // 2:] * cos + t[..., :Dh // 2] * sin), -1) for t in (q, k))
     scores = q @ k.transpose(-1, -2) / math.sqrt(Dh)  # [B, H, L, L]

@@ -62,25 +62,15 @@ class Rope(nn.Module):
         super().__init__()
         inv = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         ang = torch.outer(torch.arange(max_len, dtype=torch.float32), inv)  # [L, Dh/2]
-        self.register_buffer("cos", ang.cos(), persistent=False)
-        self.register_buffer("sin", ang.sin(), persistent=False)
-        # The same rotation of q and k in one formula (`apply_qkv`): x * cos + swap_halves(x) * sin,
-        # sin signed -sin | +sin over the halves -> [L, 2 (cos, sin), Dh]. Bitwise what `apply` computes.
+        # q and k rotated in one formula: x * cos + swap_halves(x) * sin, with sin signed -sin | +sin
+        # over the halves (rotating pairs (i, i + Dh/2)) -> [L, 2 (cos, sin), Dh].
         cs = torch.stack([torch.cat((ang.cos(), ang.cos()), -1), torch.cat((-ang.sin(), ang.sin()), -1)], 1)
         self.register_buffer("cs_L2Dh", cs, persistent=False)
-
-    def apply(self, x_PHd: torch.Tensor, pos_P: torch.Tensor) -> torch.Tensor:
-        """Rotate per-token heads x [P, H, Dh] by each token's position pos [P]."""
-        cos = self.cos[pos_P].unsqueeze(1).to(x_PHd.dtype)  # [P, 1, Dh/2]
-        sin = self.sin[pos_P].unsqueeze(1).to(x_PHd.dtype)
-        x1, x2 = x_PHd.chunk(2, dim=-1)
-        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
     def apply_qkv(self, qkv_PX: torch.Tensor, pos_P: torch.Tensor, n_heads: int) -> torch.Tensor:
         """Rotate q and k of packed q|k|v rows [P, 3D] by each row's position pos [P] -> [P, 3D].
 
-        One table lookup and four elementwise ops for q and k together, then one cat with v,
-        instead of two lookups, a chunk and six ops per tensor plus a cat each."""
+        One table lookup and four elementwise ops for q and k together, then one cat with v."""
         P, X = qkv_PX.shape
         L, _, Dh = self.cs_L2Dh.shape
         D = X // 3
@@ -127,10 +117,10 @@ class AttentionBank(nn.Module):
         A, C, D = x_ACD.shape
         xn = F.layer_norm(x_ACD, (D,))
         w_qkv = (self.norm_AD[:, :, None] * self.w_qkv_AD3D).to(xn.dtype)  # fold the norm's gain in
-        q, k, v = torch.bmm(xn, w_qkv).view(A * C, 3, self.h, D // self.h).unbind(1)
+        qkv_PX = torch.bmm(xn, w_qkv).view(A * C, 3 * D)
         if self.rope is not None:
-            pos = pos_AC.reshape(-1)
-            q, k = self.rope.apply(q, pos), self.rope.apply(k, pos)
+            qkv_PX = self.rope.apply_qkv(qkv_PX, pos_AC.reshape(-1), self.h)
+        q, k, v = qkv_PX.view(A * C, 3, self.h, D // self.h).unbind(1)
         return tuple(t.view(A, C, self.h, D // self.h) for t in (q, k, v))
 
     def out(self, o_ACD: torch.Tensor) -> torch.Tensor:

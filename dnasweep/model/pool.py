@@ -259,10 +259,10 @@ class ModulePool(nn.Module):
         blk_N = torch.cat([dest_P, dest_P.new_zeros(1)])[pair_N]  # its slot of the block (padding: 0)
         n_row = torch.zeros(A * B + 1, dtype=torch.int64, device=x_ACD.device).scatter_add(
             0, torch.where(keep_P, row_P, A * B), keep_P.long())[:A * B]  # kept tokens per row
-        q, k, v = qkv_SX[blk_N].view(A * B * R, 3, H, D // H).unbind(1)
+        qkv_NX = qkv_SX[blk_N]
         if bank.rope is not None:  # each token at its ORIGINAL position (padding: any)
-            pos_N = tok_S[blk_N] % L
-            q, k = bank.rope.apply(q, pos_N), bank.rope.apply(k, pos_N)
+            qkv_NX = bank.rope.apply_qkv(qkv_NX, tok_S[blk_N] % L, H)
+        q, k, v = qkv_NX.view(A * B * R, 3, H, D // H).unbind(1)
         valid = None
         if not bank.causal:  # a row with no token keeps slot 0 visible: finite softmax, never read
             slot_R = torch.arange(R, device=x_ACD.device)
