@@ -93,6 +93,49 @@ def retry_trials_whose_reused_worker_died() -> None:
     TuneController._trial_task_failure = _trial_task_failure
 
 
+# Ray Tune's own integration callbacks, compared by class name in its usage telemetry.
+_INTEGRATION_CALLBACKS = ("WandbLoggerCallback", "MLflowLoggerCallback", "CometLoggerCallback", "AimLoggerCallback")
+
+
+def tag_callbacks_without_imports() -> None:
+    """Ray Tune's usage telemetry, as Tune records it, without importing all of MLflow (idempotent).
+
+    At every `tune.run`, before the first trial starts, `ray.air._internal.usage.tag_callbacks`
+    counts the callbacks by class; to know the class names it imports Tune's MLflow, W&B, Comet and
+    Aim integrations, and the MLflow one imports `mlflow` whole (its genai packages too). That was
+    the largest single cost of a sweep's start on the driver (py-spy). The same count by name;
+    a sweep imports MLflow when it first writes to its store, while the first trials train.
+    """
+    import collections
+    import json
+
+    from ray.air._internal import usage
+
+    if getattr(usage.tag_callbacks, "dnasweep_patched", False):
+        return
+
+    def tag_callbacks(callbacks) -> bool:
+        from ray.tune import Callback
+        from ray.tune.logger import LoggerCallback
+        from ray.tune.utils.callback import DEFAULT_CALLBACK_CLASSES
+
+        if not callbacks:
+            return False
+        known = {*_INTEGRATION_CALLBACKS, *(c.__name__ for c in DEFAULT_CALLBACK_CLASSES)}
+        counts: dict[str, int] = collections.defaultdict(int)
+        for cb in callbacks:
+            if isinstance(cb, Callback):
+                name = type(cb).__name__
+                counts[name if name in known else
+                       "CustomLoggerCallback" if isinstance(cb, LoggerCallback) else "CustomCallback"] += 1
+        if counts:
+            usage.record_extra_usage_tag(usage.TagKey.AIR_CALLBACKS, json.dumps(counts))
+        return bool(counts)
+
+    tag_callbacks.dnasweep_patched = True
+    usage.tag_callbacks = tag_callbacks
+
+
 def check() -> None:
     """Touch every private attribute above on fresh objects; AttributeError if one moved."""
     import optuna
@@ -105,9 +148,14 @@ def check() -> None:
     search = OptunaSearch(space={"x": optuna.distributions.FloatDistribution(0, 1)}, metric="m", mode="min")
     search.set_search_properties("m", "min", config={})
     search.suggest("t0")
+    import importlib
     import inspect
 
+    from ray.air._internal import usage
     from ray.tune.execution.tune_controller import TuneController
+
+    assert callable(usage.tag_callbacks) and callable(usage.record_extra_usage_tag) and usage.TagKey.AIR_CALLBACKS
+    assert "air_usage.tag_callbacks(" in inspect.getsource(importlib.import_module("ray.tune.tune").run)
 
     for name in ("_trial_task_failure", "_set_trial_status", "_unstage_trial_with_resources"):
         assert callable(getattr(TuneController, name)), f"TuneController.{name} moved"

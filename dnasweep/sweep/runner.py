@@ -201,6 +201,7 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
                                                          max_failures=space.budget.retries)))
     if restored or budget.left(study, space):
         compat.retry_trials_whose_reused_worker_died()
+        compat.tag_callbacks_without_imports()
         with _sigterm_as_sigint():
             tuner.fit()
     study = optuna.load_study(study_name=name, storage=storage)
