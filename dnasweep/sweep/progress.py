@@ -86,7 +86,9 @@ class Progress(Callback):
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self.restarts += 1
-        self.log(f"{self._head()}  RETRY {trial.trial_id}: {_why(trial)}; restarting from its last checkpoint")
+        # a worker that died before the trial's first checkpoint (an idle reused one) restarts it at step 0
+        self.log(f"{self._head()}  RETRY {trial.trial_id}: {_why(trial)}; restarting from its last checkpoint, "
+                 "if it has one")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.running.discard(trial.trial_id)
