@@ -73,6 +73,10 @@ class SearchSpace:
             out.append(ladder_b)
         return out
 
+    def most_steps(self) -> int:
+        """The most training steps one trial can be asked for: what a step budget must leave room for."""
+        return most_steps(self.base.train.max_steps, self.params)
+
     def apply(self, values: dict, out_dir: str) -> TrialConfig:
         """The trial config of one point (its active sampled values); ConfigError if invalid."""
         return apply(self.base, values, out_dir, source=self.source)
@@ -152,7 +156,12 @@ def _constraints(raw: list, base: TrialConfig | None, searched, p: list[Problem]
     return out
 
 
-def _budget_problems(cfg, base: TrialConfig, bad: set[str]) -> list[Problem]:
+def most_steps(base_max_steps: int, params: list[Param]) -> int:
+    """base train.max_steps, or the largest value a searched train.max_steps can draw if larger."""
+    return max([base_max_steps, *(int(v) for q in params if q.path == "train.max_steps" for v in q.ends())])
+
+
+def _budget_problems(cfg, base: TrialConfig, bad: set[str], params: list[Param]) -> list[Problem]:
     """The scheduler's rungs against the base's evaluations, and a step budget that fits a trial
     (each judged only when its own section has no problem yet: `bad`)."""
     p, s, tc = [], cfg.scheduler, base.train
@@ -166,10 +175,12 @@ def _budget_problems(cfg, base: TrialConfig, bad: set[str]) -> list[Problem]:
             p.append(Problem("scheduler", f"no rung below base train.max_steps ({tc.max_steps}) in every bracket: "
                              f"grace_steps {grace} x reduction_factor {s.reduction_factor}^{s.brackets - 1}",
                              "lower grace_steps or brackets, or raise train.max_steps"))
-    if cfg.budget.steps is not None and "budget" not in bad and cfg.budget.steps < tc.max_steps:
+    most = most_steps(tc.max_steps, params)
+    if cfg.budget.steps is not None and "budget" not in bad and cfg.budget.steps < most:
         p.append(Problem("budget.steps", f"{cfg.budget.steps} is less than one trial's train.max_steps "
-                         f"({tc.max_steps}): no trial would start", f"use at least {tc.max_steps}, e.g. "
-                         f"{tc.max_steps * cfg.budget.trials} for budget.trials x max_steps"))
+                         f"({most}{'' if most == tc.max_steps else ', the most a trial can draw'}): no trial "
+                         f"would start", f"use at least {most}, e.g. {most * cfg.budget.trials} for "
+                         "budget.trials x max_steps"))
     return p
 
 
@@ -193,7 +204,7 @@ def parse_space(data: dict, source: str, overrides: list[str] | None = None, smo
     if base is not None and not any(q.key.startswith(("search", "constraints")) for q in p):
         p += unsatisfiable(params, constraints, base)
     if base is not None:
-        p += _budget_problems(cfg, base, {q.key.split(".")[0] for q in p})
+        p += _budget_problems(cfg, base, {q.key.split(".")[0] for q in p}, params)
     raise_if(p, source)
     return SearchSpace(source, cfg, params, constraints)
 

@@ -34,10 +34,10 @@ def finished(study) -> int:
 
 def left(study, space: SearchSpace) -> bool:
     """Whether the budget allows another trial: trials below budget.trials and, with budget.steps,
-    room for one more trial of train.max_steps beside the steps spent and committed."""
+    room beside the steps spent and committed for one more trial of the most steps it can draw."""
     if finished(study) >= space.budget.trials:
         return False
     if space.budget.steps is None:
         return True
     spent, committed = steps_used(study, space)
-    return spent + committed + space.base.train.max_steps <= space.budget.steps
+    return spent + committed + space.most_steps() <= space.budget.steps

@@ -77,8 +77,10 @@ class ParetoOptunaSearch(OptunaSearch):
     def suggest(self, trial_id):
         space = self.sweep_space
         if space.budget.steps is not None:  # a step budget: start a trial only if its max_steps fit
+            # judged before the point is drawn, so for the most steps a trial can draw (a searched
+            # train.max_steps): a 3000-step draw once went past a 3000 budget with 600 committed
             spent, committed = budget.steps_used(compat.search_study(self), space)
-            if spent + committed + space.base.train.max_steps > space.budget.steps:
+            if spent + committed + space.most_steps() > space.budget.steps:
                 # nothing running: nothing can free steps (a pruned trial returns its unspent ones)
                 return Searcher.FINISHED if committed == 0 else None
         config = super().suggest(trial_id)
@@ -146,7 +148,9 @@ class ParetoOptunaSearch(OptunaSearch):
             for c in self.sweep_space.constraints:
                 v = result.get(c.metric)
                 violation = c.violation(v) if isinstance(v, int | float) and math.isfinite(v) else 1.0
-                ot.set_constraint(c.metric, violation)
+                # one key per constraint: Optuna keeps the first value set under a key, so two bounds
+                # on one metric keyed by the metric left the second unenforced
+                ot.set_constraint(f"{c.metric} {c.op} {c.bound:g}", violation)
             study.tell(ot, [float(v) for v in vals])
         else:
             reason = (result or {}).get("reason") or ("the trial raised or its worker died too often" if error

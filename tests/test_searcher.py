@@ -1,0 +1,60 @@
+"""The searcher's bookkeeping on a real in-memory Optuna study (no Ray cluster): constraints told
+as written, and a step budget that holds when train.max_steps itself is searched."""
+
+import pytest
+
+pytest.importorskip("ray", reason="the sweep extra (ray[tune], optuna, mlflow) is not installed")
+
+from dnasweep.errors import ConfigError  # noqa: E402
+from dnasweep.space import parse_space  # noqa: E402
+from dnasweep.sweep import budget, compat  # noqa: E402
+from dnasweep.sweep.searcher import ParetoOptunaSearch  # noqa: E402
+from dnasweep.sweep.study import trial_rows  # noqa: E402
+
+OBJ = [{"metric": "val/loss", "mode": "min"}, {"metric": "compute/flops_per_token", "mode": "min"}]
+BASE = {"model": {"d_model": 32, "n_heads": 4, "seq_len": 32, "n_steps": 2}, "train": {"max_steps": 1000}}
+
+
+def _searcher(spec: dict) -> tuple:
+    space = parse_space(spec, "s.yaml")
+    s = ParetoOptunaSearch(space)
+    s.set_search_properties(None, None, {})
+    return space, s
+
+
+def test_two_bounds_on_one_metric_are_both_enforced():
+    """`params/total` in a band: a trial below the lower bound is infeasible, off the front (Optuna
+    kept the first value set under a key; keyed by metric, the second bound was dropped)."""
+    space, s = _searcher({"base": BASE, "search": {"train.lr": {"float": [1e-3, 1e-2], "log": True}},
+                          "objectives": OBJ, "constraints": ["params/total <= 2e5", "params/total >= 5e4"]})
+    s.suggest("a")
+    s.on_trial_complete("a", {"val/loss": 1.0, "compute/flops_per_token": 1e5, "params/total": 3e4, "step": 1000})
+    study = compat.search_study(s)
+    (t,) = study.trials
+    assert sorted(t.constraints.values()) == pytest.approx([-1.7e5, 2e4])
+    assert study.best_trials == []
+    assert [r["feasible"] for r in trial_rows(study, space)] == [False]
+
+
+SEARCHED_STEPS = {"base": BASE, "search": {"train.max_steps": {"int": [500, 3000]}}, "objectives": OBJ,
+                  "budget": {"trials": 10, "steps": 3000}}
+
+
+def test_a_searched_max_steps_never_takes_a_step_budget_past_its_end():
+    """600 steps committed, 3000 in the budget: room for a base trial (1000) but not for the 3000 a
+    trial can draw, so no trial starts (one used to, and drew 3000: 3600 of 3000)."""
+    space, s = _searcher(SEARCHED_STEPS)
+    study = compat.search_study(s)
+    running = study.ask()
+    running.set_user_attr(budget.MAX_STEPS, 600)
+    assert s.suggest("b") is None  # nothing can start until the running trial frees its steps
+    assert space.most_steps() == 3000
+    assert not budget.left(study, space)
+    assert len(study.trials) == 1
+
+
+def test_a_step_budget_below_the_most_steps_a_trial_can_draw_is_refused():
+    with pytest.raises(ConfigError) as e:
+        parse_space({**SEARCHED_STEPS, "budget": {"trials": 10, "steps": 2000}}, "s.yaml")
+    (p,) = e.value.problems
+    assert p.key == "budget.steps" and "3000, the most a trial can draw" in p.message
