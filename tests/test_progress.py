@@ -49,3 +49,19 @@ def test_warm_imports_the_figure_libraries_in_a_thread():
             "[t.join() for t in threading.enumerate() if t.name == 'dnasweep-warm-figures']\n"
             "assert 'plotly.graph_objects' in sys.modules and 'matplotlib.figure' in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_a_trial_counted_before_a_resume_is_not_counted_again_when_it_replays():
+    """Finished (or pruned) before the driver died, after Tune last saved: on resume it runs again,
+    and its end was counted twice ('3/2 finished')."""
+    lines = []
+    p = Progress(parse_space(SPACE, "s.yaml"), lines.append, {"complete": 1, "pruned": 1, "steps": 15},
+                 pruned={"t1": 5}, told={"t0", "t1"})
+    for i in (0, 1, 2):
+        p.on_trial_start(0, [], _trial(i))
+    p.on_trial_complete(0, [], _trial(0))  # its saved result re-reported
+    p.on_trial_complete(0, [], _trial(1))  # MO-ASHA stops it again at its rung
+    p.on_trial_complete(0, [], _trial(2))  # a new trial
+    assert (p.done, p.n_pruned, p.failed, p.steps, p.running) == (2, 1, 0, 25, set())
+    assert "3/5 finished" in lines[-1]  # not 5/5
+    assert sum("again" in ln for ln in lines) == 2

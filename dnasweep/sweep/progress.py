@@ -28,7 +28,7 @@ class Progress(Callback):
     (its worker died, retried from its checkpoint) counts once as running, and apart as a restart."""
 
     def __init__(self, space: SearchSpace, log, before: dict | None = None, pruned: dict | None = None,
-                 on_draining=None):
+                 on_draining=None, told: set[str] | None = None):
         self.space, self.log = space, log
         # called once when no trial is left to start (a slot stays idle from then on)
         self.on_draining = on_draining
@@ -37,6 +37,9 @@ class Progress(Callback):
         self.n_pruned = before.get("pruned", 0)
         self.steps = before.get("steps", 0)  # training steps of the finished trials (budget.steps)
         self.pruned = pruned if pruned is not None else {}  # Ray trial id -> rung (MO-ASHA's, shared)
+        # Ray trial ids already counted in `before`: finished before a driver died, after Tune last
+        # saved its state, they run again on resume (their saved result re-reported, or pruned again)
+        self.told = set(told or ())
         self.running: set[str] = set()
         self.restarts = 0
         self.t0 = time.time()
@@ -59,6 +62,8 @@ class Progress(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.running.discard(trial.trial_id)
+        if self._replayed(trial):
+            return
         res = trial.last_result or {}
         objs = [res.get(o.metric) for o in self.space.objectives]
         step = res.get("step")
@@ -78,6 +83,15 @@ class Progress(Callback):
 
         self._draining()
 
+    def _replayed(self, trial) -> bool:
+        """A trial counted before this run (in `before`) ended again: said, not counted twice."""
+        if trial.trial_id not in self.told:
+            return False
+        self.told.discard(trial.trial_id)
+        self.log(f"{self._head()}  ended {trial.trial_id} again: counted before the driver stopped")
+        self._draining()
+        return True
+
     def _draining(self) -> None:
         b = self.space.budget
         if self.on_draining and self.done + self.n_pruned + self.failed > b.trials - b.concurrent:
@@ -92,6 +106,8 @@ class Progress(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.running.discard(trial.trial_id)
+        if self._replayed(trial):
+            return
         self.failed += 1
         where = os.path.dirname(trial.error_file) if getattr(trial, "error_file", None) else "its log"
         self.log(f"{self._head()}  ERROR {trial.trial_id}: {_why(trial)} (see {where})")

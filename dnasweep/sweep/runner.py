@@ -148,8 +148,10 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
     store.mirror()
     pruned: dict[str, int] = {}  # MO-ASHA's decisions, read by the progress line and the tracker
     tracker.pruned = pruned
+    told = {t.user_attrs["ray_trial_id"] for t in study.get_trials(deepcopy=False)
+            if t.state.is_finished() and "ray_trial_id" in t.user_attrs}
     progress = Progress(space, log, {**counts(study), "steps": budget.steps_used(study, space)[0]}, pruned,
-                        on_draining=plots.warm)
+                        on_draining=plots.warm, told=told)
     # Tune's default loggers, less TensorBoard's: importing tensorboardX cost ~1 s of the driver's
     # start (bench/orchestration.py, py-spy), for event files nothing reads (MLflow holds the metrics).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
