@@ -54,6 +54,29 @@ def test_speed_gain_interpolates_tokens_per_s_at_equal_loss():
     assert s.bound == 0 and s.value == pytest.approx(2000.0 / math.sqrt(4000 * 2000))
 
 
+def test_speed_gain_only_on_the_hardware_the_rungs_trained_on():
+    """A ladder cached on one machine and reused by trials on another: FLOPs still compare, tokens/s
+    do not (a GPU trial against CPU rungs read as a speed gain of the GPU/CPU ratio)."""
+    cpu = [{**r, "hardware": "cpu: EPYC x1 threads"} for r in RUNGS]
+    m = {M.VAL_LOSS: 2.75, M.FLOPS_PER_TOKEN: 1e5, M.TOKENS_PER_S: 9e5}
+    on_gpu = Frontier(cpu).metrics(m, "cuda: NVIDIA H200")
+    assert on_gpu[M.COMPUTE_GAIN] == pytest.approx(2.0) and M.SPEED_GAIN not in on_gpu
+    assert Frontier(cpu).metrics(m, "cpu: EPYC x1 threads")[M.SPEED_GAIN] == pytest.approx(9e5 / math.sqrt(8e6))
+    # rungs that recorded no hardware (older caches) or disagree: no speed claim for a trial that says where it is
+    assert M.SPEED_GAIN not in Frontier(RUNGS).metrics(m, "cpu: EPYC x1 threads")
+    mixed = [{**RUNGS[0], "hardware": "cuda: NVIDIA H200"}, *cpu[1:]]
+    assert M.SPEED_GAIN not in Frontier(mixed).metrics(m, "cpu: EPYC x1 threads")
+
+
+def test_hardware_names_the_device_the_cpu_and_threads():
+    import torch
+
+    from dnasweep.space.reference import hardware
+
+    h = hardware(torch.device("cpu"))
+    assert h.startswith("cpu: ") and h.endswith(f" x{torch.get_num_threads()} threads")
+
+
 def test_ladder_configs_and_hash():
     space = parse_space({"base": {"model": {"d_model": 32, "n_heads": 4, "seq_len": 24, "n_steps": 2}},
                          "objectives": [{"metric": "val/loss"}],

@@ -94,6 +94,9 @@ def _check_reference(res, space, root, lines):
         with open(os.path.join(res.sweep_dir, "trials", d, "result.json")) as f:
             r = json.load(f)
         assert r[M.COMPUTE_GAIN] > 0 and r[M.COMPUTE_GAIN_BOUND] in (-1.0, 0.0, 1.0), r
+        assert r[M.SPEED_GAIN] > 0, r  # rungs and trials on this machine's CPU, one thread each: tokens/s compare
+    with open(os.path.join(res.sweep_dir, "reference.json")) as f:
+        assert all(r["hardware"].startswith("cpu: ") for r in json.load(f))
     cache = sorted(os.listdir(root / "reference-cache"))
     stamps = [os.path.getmtime(root / "reference-cache" / c) for c in cache]
     again = []

@@ -6,7 +6,10 @@ the same data, steps, batch and seed as the trials. Each rung is cached by the h
 it. From the rungs' results, the frontier is the non-dominated set in (FLOPs/token, val/loss);
 a trial's compute gain is the FLOPs/token a dense model on that frontier would need for the
 trial's val/loss (linear in log FLOPs between rungs) over the trial's own; > 1: the DNA beats
-dense. Outside the ladder's range the gain is a bound, never an extrapolation. Ray-free.
+dense. Outside the ladder's range the gain is a bound, never an extrapolation. The speed gain
+(tokens/s) holds only on the hardware the rungs trained on: each rung records it (`hardware()`),
+and a trial elsewhere (a cached ladder from a CPU machine, trials on a GPU) gets no speed gain.
+Ray-free.
 """
 
 from __future__ import annotations
@@ -44,6 +47,23 @@ def config_hash(cfg: TrialConfig) -> str:
     return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(d)).encode()).hexdigest()[:16]
 
 
+def hardware(device) -> str:
+    """What a run's tokens/s depend on: the GPU's name, or the CPU's model and torch's threads."""
+    import torch
+
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    import platform
+
+    return f"{device.type}: {model or platform.machine()} x{torch.get_num_threads()} threads"
+
+
 @dataclass
 class Gain:
     """A ratio against the frontier: exact inside the ladder's range, a bound outside it."""
@@ -59,6 +79,9 @@ class Frontier:
     """The dense frontier: rungs not beaten on both FLOPs/token and val/loss, by rising FLOPs."""
 
     def __init__(self, rungs: list[dict]):
+        # the rungs' hardware when they agree and each recorded it (older caches did not): else None
+        kinds = {r.get("hardware") for r in rungs}
+        self.hardware = kinds.pop() if len(kinds) == 1 else None
         pts = sorted((r[M.FLOPS_PER_TOKEN], r[M.VAL_LOSS], r.get(M.TOKENS_PER_S)) for r in rungs
                      if M.is_number(r.get(M.FLOPS_PER_TOKEN)) and M.is_number(r.get(M.VAL_LOSS)))
         self.points: list[tuple[float, float, float | None]] = []
@@ -89,22 +112,24 @@ class Frontier:
         dense, bound = self._at(loss, 0)
         return Gain(dense / flops, bound)
 
-    def speed_gain(self, loss: float, tokens_per_s: float) -> Gain | None:
-        """`tokens_per_s` over a dense model's tokens/s at `loss` (None if a rung lacks tokens/s). A
-        better loss than every rung bounds the dense speed from above, so the gain from below."""
-        if any(not M.is_number(p[2]) for p in self.points):
+    def speed_gain(self, loss: float, tokens_per_s: float, hardware: str | None = None) -> Gain | None:
+        """`tokens_per_s` over a dense model's tokens/s at `loss` (None if a rung lacks tokens/s, or
+        if `hardware` is given and is not the rungs'). A better loss than every rung bounds the dense
+        speed from above, so the gain from below."""
+        if any(not M.is_number(p[2]) for p in self.points) or (hardware is not None and hardware != self.hardware):
             return None
         dense, bound = self._at(loss, 2)
         return Gain(tokens_per_s / dense, bound)
 
-    def metrics(self, m: dict) -> dict:
-        """The compare/* metrics of one evaluation's metrics `m` (empty if it lacks what they need)."""
+    def metrics(self, m: dict, hardware: str | None = None) -> dict:
+        """The compare/* metrics of one evaluation's metrics `m` (empty if it lacks what they need);
+        with `hardware` (the trial's), the speed gain only if the rungs trained on the same."""
         loss, flops, tps = m.get(M.VAL_LOSS), m.get(M.FLOPS_PER_TOKEN), m.get(M.TOKENS_PER_S)
         if not (self and M.is_number(loss) and M.is_number(flops) and flops > 0):
             return {}
         g = self.compute_gain(loss, flops)
         out = {M.COMPUTE_GAIN: g.value, M.COMPUTE_GAIN_BOUND: float(g.bound)}
-        if M.is_number(tps) and (s := self.speed_gain(loss, tps)) is not None:
+        if M.is_number(tps) and (s := self.speed_gain(loss, tps, hardware)) is not None:
             out.update({M.SPEED_GAIN: s.value, M.SPEED_GAIN_BOUND: float(s.bound)})
         return out
 

@@ -20,7 +20,7 @@ from dnasweep.space import SearchSpace
 from dnasweep.space.reference import Frontier, config_hash, ladder
 from dnasweep.sweep.study import read_json
 
-FILE = "reference.json"  # SWEEP/reference.json: [{hash, d_model, dense_layers, result, rows, config}]
+FILE = "reference.json"  # SWEEP/reference.json: [{hash, d_model, dense_layers, result, rows, hardware, config}]
 CSV_COLUMNS = ["d_model", "dense_layers", M.PARAMS_TOTAL, M.FLOPS_PER_TOKEN, M.VAL_LOSS, M.TOKENS_PER_S,
                "status", "frontier", "reused", "hash"]
 
@@ -29,15 +29,17 @@ def _train_rung(cfg_dict: dict) -> dict:
     """One rung, on a worker: train it in node-local scratch, return its result and metric rows."""
     from dnasweep.config import build_trial
     from dnasweep.plugins import load_plugins
-    from dnasweep.train.loop import run_trial
+    from dnasweep.space.reference import hardware
+    from dnasweep.train.loop import resolve_device, run_trial
 
     load_plugins()
     out = tempfile.mkdtemp(prefix="dnasweep-reference-")
     try:
-        result = run_trial(build_trial(cfg_dict, [f"out_dir={out}"]), resume=False)
+        cfg = build_trial(cfg_dict, [f"out_dir={out}"])
+        result = run_trial(cfg, resume=False)
         with open(os.path.join(out, "metrics.jsonl")) as f:
             rows = [json.loads(line) for line in f if line.strip()]
-        return {"result": result.to_json(), "rows": rows}
+        return {"result": result.to_json(), "rows": rows, "hardware": hardware(resolve_device(cfg.train.device))}
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -60,7 +62,8 @@ def train_reference(space: SearchSpace, sweep_dir: str, root: str, log) -> list[
         known = own.get(h) or (read_json(os.path.join(cache, f"{h}.json")) if ref.cache else None)
         entry = {"hash": h, "d_model": cfg.model.d_model, "dense_layers": cfg.model.dense_layers,
                  "config": flatten(to_dict(cfg)), "reused": known is not None}
-        rungs.append({**entry, **({"result": known["result"], "rows": known["rows"]} if known else {})})
+        rungs.append({**entry, **({"result": known["result"], "rows": known["rows"],
+                                    "hardware": known.get("hardware")} if known else {})})
         if not known:
             todo.append((len(rungs) - 1, to_dict(cfg)))
     if todo:
@@ -91,7 +94,8 @@ def train_reference(space: SearchSpace, sweep_dir: str, root: str, log) -> list[
 
 
 def frontier_of(rungs: list[dict]) -> Frontier:
-    return Frontier([r["result"] for r in rungs if r.get("result", {}).get("status") == "completed"])
+    return Frontier([{**r["result"], "hardware": r.get("hardware")} for r in rungs
+                     if r.get("result", {}).get("status") == "completed"])
 
 
 def write(sweep_dir: str, rungs: list[dict]) -> list[str]:

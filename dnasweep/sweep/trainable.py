@@ -60,6 +60,17 @@ def _rules(e: ConfigError) -> str:
     return "; ".join(f"{p.key}: {p.message}" for p in e.problems)
 
 
+def _derive(frontier: Frontier | None, cfg):
+    """compare/* gains against the frontier, the speed gain only on the rungs' hardware."""
+    if not frontier:
+        return None
+    from dnasweep.space.reference import hardware
+    from dnasweep.train.loop import resolve_device
+
+    here = hardware(resolve_device(cfg.train.device))
+    return lambda m: frontier.metrics(m, here)
+
+
 def trial(config: dict, space: SearchSpace, store: LocalStore, frontier: Frontier | None = None) -> None:
     """One Ray Tune trial; with a dense reference `frontier`, every evaluation adds its compare/* gains."""
     import ray
@@ -106,7 +117,7 @@ def trial(config: dict, space: SearchSpace, store: LocalStore, frontier: Frontie
         f.write(f"pid {os.getpid()} start_step {start} time {time.time():.1f} node {node}\n")
     try:
         with memory_limit(space.resources.memory_gb):
-            result = run_trial(cfg, TuneReporter(store, trial_id), derive=frontier.metrics if frontier else None)
+            result = run_trial(cfg, TuneReporter(store, trial_id), derive=_derive(frontier, cfg))
         status, reason = result.status, result.reason
     except ConfigError as e:  # the data does not fit the model (vocabulary, image shape): invalid
         status, reason = "invalid", _rules(e)
