@@ -140,6 +140,23 @@ def test_wall_clock_limit_ends_with_eval_and_checkpoint(tmp_path):
     assert (tmp_path / "checkpoint" / "state.pt").exists()
 
 
+def test_time_limit_counts_training_time_as_resume_does(tmp_path, monkeypatch):
+    """The limit stopped on wall-clock time (evaluations included) while resume judged a run done by
+    its training time: a run stopped by the limit trained on when run again, its result replaced."""
+    import time
+
+    from dnasweep.train import loop
+
+    evaluate = loop.evaluate
+    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: (time.sleep(0.3), evaluate(*a, **k))[1])
+    cfg = build_trial({}, [*TINY, "train.max_steps=100000", "train.time_limit_s=0.3", "train.eval_every=5",
+                           f"out_dir={tmp_path}"])
+    first = run_trial(cfg)
+    assert "time limit" in first.reason and 0 < first.step < 100000
+    again = run_trial(cfg)
+    assert again.already_done and again.step == first.step
+
+
 def test_grad_accumulation_counts_every_micro_batch(tmp_path):
     cfg = build_trial({}, [*TINY, "train.max_steps=1000", "train.max_tokens=1280", "train.grad_accum=2",
                            "train.eval_every=1000", f"out_dir={tmp_path}"])

@@ -15,7 +15,7 @@ class TrainConfig:
 
     max_steps: int = field(default=1000, metadata=gt(0))  # optimizer steps
     max_tokens: int | None = field(default=None, metadata=gt(0))  # stop after this many training tokens; None: no limit
-    time_limit_s: float | None = field(default=None, metadata=gt(0))  # stop (final eval + checkpoint) after this long
+    time_limit_s: float | None = field(default=None, metadata=gt(0))  # stop after this much training time (s)
     batch_size: int = field(default=32, metadata=gt(0))  # sequences (or images) per micro-batch
     grad_accum: int = field(default=1, metadata=gt(0))  # micro-batches per optimizer step
     lr: float = field(default=3e-3, metadata=gt(0))  # peak learning rate (AdamW)

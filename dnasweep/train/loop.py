@@ -168,7 +168,6 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
         return {**res, **(derive(res) if derive else {})}
 
     status, reason, last = "completed", f"reached {total_steps} steps", {}
-    deadline = None if tc.time_limit_s is None else time.perf_counter() + tc.time_limit_s - train_time
     model.train()
     skip_log: list[float] = []  # identity share of each training step since the last log row
     drop_log: list = []  # compiled: share of slots dropped by capacity per step (0-dim tensors)
@@ -213,7 +212,9 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
                     row[M.ROUTER_DROPPED] = float(sum(drop_log)) / len(drop_log)
                     drop_log.clear()
                 rep.report(row)
-            timed_out = deadline is not None and time.perf_counter() >= deadline
+            # training time, as resume judges a run done by (wall time would count evaluations, and
+            # a run stopped by the limit trained on when run again)
+            timed_out = tc.time_limit_s is not None and train_time >= tc.time_limit_s
             if timed_out:
                 reason = f"time limit {tc.time_limit_s:g}s reached at step {step}"
             if step % tc.eval_every == 0 or step == total_steps or timed_out:
