@@ -159,3 +159,59 @@ def test_a_new_sweep_opens_its_store_at_the_first_write_with_the_sweeps_start_ti
     parent = MlflowClient(t.uri).get_run(t.parent_id)
     assert parent.info.start_time == t.started_ms and parent.info.run_name == "s"
     assert MlflowClient(t.uri).get_run(t.runs["t1"]).data.tags["mlflow.parentRunId"] == t.parent_id
+
+
+def test_a_backlog_written_on_resume_logs_each_step_once(tmp_path, monkeypatch):
+    """The store was down at the end: the buffered steps went to tracking_backlog.json. On resume they
+    were queued again from metrics.jsonl too (the backlog's steps were not marked as queued), and
+    MLflow kept both copies (their timestamps differ): every such step twice in the history."""
+    from mlflow import MlflowClient
+
+    from dnasweep.sweep import tracking
+
+    monkeypatch.setattr(tracking, "FLUSH_EVERY_S", 1e9)
+    space = parse_space(SPACE, "s.yaml")
+    sweep = tmp_path / "s"
+    (sweep / "trials" / "t1").mkdir(parents=True)
+    uri = tracking.default_uri(str(sweep))
+    first = tracking.MLflowSweepLogger(space, "s", str(sweep), uri)
+    t = _trial("t1")
+    for step in (5, 10):
+        _report(first, t, step)
+    first.flush()
+    for step in (15, 20):
+        _report(first, t, step)  # the store is down from here to the end of the sweep
+    first.ended["t1"] = ("FINISHED", {})
+    first._save_backlog()
+    with open(sweep / "trials" / "t1" / "metrics.jsonl", "w") as f:
+        f.writelines(json.dumps({"step": s, "train/loss": 10.0 - s / 10}) + "\n" for s in range(5, 25, 5))
+
+    second = tracking.MLflowSweepLogger(space, "s", str(sweep), uri, resume=True)
+    second.load_backlog()
+    assert second.drain(wait_s=5)
+    rid = first.runs["t1"]
+    client = MlflowClient(uri)
+    assert sorted(m.step for m in client.get_metric_history(rid, "train/loss")) == [5, 10, 15, 20]
+    assert client.get_run(rid).info.status == "FINISHED"
+
+
+def test_closing_the_parent_again_does_not_repeat_the_sweep_history(tmp_path):
+    """A finished sweep resumed to write its backlog closes its parent run a second time: the
+    hypervolume and front-size histories were logged again, every point twice."""
+    from mlflow import MlflowClient
+
+    from dnasweep import metrics as M
+    from dnasweep.sweep import tracking
+    from dnasweep.sweep.summary import close_parent
+
+    space = parse_space(SPACE, "s.yaml")
+    sweep = tmp_path / "s"
+    sweep.mkdir()
+    uri = tracking.default_uri(str(sweep))
+    rows = [{"number": i, "values": [v], "feasible": True, "front": i == 1, "params": {"train.lr": 1e-3},
+             "ray_trial_id": f"t{i}"} for i, v in enumerate([2.0, 1.0, 1.5])]
+    t = tracking.MLflowSweepLogger(space, "s", str(sweep), uri)
+    close_parent(t, [rows[1]], rows)
+    close_parent(tracking.MLflowSweepLogger(space, "s", str(sweep), uri, resume=True), [rows[1]], rows)
+    history = MlflowClient(uri).get_metric_history(t.parent_id, M.SWEEP_FRONT_SIZE)
+    assert sorted(m.step for m in history) == [1, 2, 3]

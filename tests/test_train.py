@@ -131,7 +131,7 @@ def test_shipped_configs_validate_and_smoke_train(space, tmp_path):
     assert run_trial(cfg).status == "completed"
 
 
-def test_wall_clock_limit_ends_with_eval_and_checkpoint(tmp_path):
+def test_time_limit_ends_with_eval_and_checkpoint(tmp_path):
     cfg = build_trial({}, [*TINY, "train.max_steps=100000", "train.time_limit_s=2", "train.eval_every=100000",
                            f"out_dir={tmp_path}"])
     res = run_trial(cfg)

@@ -86,9 +86,12 @@ def close_parent(t, front: list[dict], rows: list[dict]) -> None:
         seen = lambda i: [r["values"] for r in rows[: i + 1] if r["feasible"]]  # noqa: E731
         front_sizes = [int(pareto_mask(seen(i), modes).sum()) if seen(i) else 0 for i in range(len(rows))]
         ts = int(time.time() * 1000)
-        t.client.log_batch(t.parent_id, metrics=[Metric(k, v, ts, i + 1) for k, vs in (
-            (M.SWEEP_HYPERVOLUME, history), (M.SWEEP_HYPERVOLUME_RAW, raw), (M.SWEEP_FRONT_SIZE, front_sizes))
-            for i, v in enumerate(vs)])
+        # a finished sweep resumed (to write a tracking backlog) closes its parent again: the same
+        # history is there already, and MLflow would keep a second copy of every point
+        if len(t.client.get_metric_history(t.parent_id, M.SWEEP_FRONT_SIZE)) != len(rows):
+            t.client.log_batch(t.parent_id, metrics=[Metric(k, v, ts, i + 1) for k, vs in (
+                (M.SWEEP_HYPERVOLUME, history), (M.SWEEP_HYPERVOLUME_RAW, raw), (M.SWEEP_FRONT_SIZE, front_sizes))
+                for i, v in enumerate(vs)])
         t.log_params(t.parent_id, {f"hypervolume_ref.{o.metric}": f"{v:.6g}"
                                           for o, v in zip(t.space.objectives, ref, strict=True)})
     reference = list(t.rungs.values())

@@ -372,6 +372,9 @@ class MLflowSweepLogger(Callback):
         if b:
             for t, ms in b["pending"].items():
                 self.pending.setdefault(t, []).extend(Metric(*m) for m in ms)
+                seen = self.logged.setdefault(t, {})  # queued: metrics.jsonl's copy of them is not new
+                for key, _, _, step in ms:
+                    seen.setdefault(key, set()).add(int(step))
             self.ended.update({t: tuple(v) for t, v in b["ended"].items()})
             self.configs.update(b["configs"])
 
