@@ -17,8 +17,8 @@ def _train(args: argparse.Namespace) -> int:
     from dnasweep.train.report import ConsoleReporter
 
     overrides = list(args.overrides)
-    if args.out:
-        overrides.append(f"out_dir={args.out}")
+    if args.out:  # a path, quoted: as bare YAML, 'exp #2' lost its '#2' and 'off' became False
+        overrides.append(f"out_dir={json.dumps(args.out)}")
     cfg = load_trial(args.config, overrides)
     console = None if args.quiet else ConsoleReporter(cfg.train.max_steps)
     result = run_trial(cfg, console, resume=not args.no_resume)

@@ -207,3 +207,15 @@ def test_a_save_killed_between_its_renames_still_resumes(tmp_path, trial, killed
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert "continued from step 6" in res["reason"], res
     assert _train_steps(out) == list(range(1, 10))
+
+
+@pytest.mark.parametrize("name", ["exp #2", "off", "1e3"])
+def test_out_is_the_directory_given_not_a_yaml_value(tmp_path, trial, name, monkeypatch):
+    """--out went through YAML as `out_dir=VALUE`: 'exp #2' became 'exp' (a comment), 'off' and '1e3'
+    a bool and a float (refused). Into 'exp' a run could silently resume another's checkpoint."""
+    seen = []
+    monkeypatch.setattr(loop, "run_trial", lambda cfg, *a, **k: seen.append(cfg) or loop.TrialResult(
+        "completed", "stub", 0, out_dir=cfg.out_dir))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", trial, "--out", name, "--quiet"]) == 0
+    assert seen[0].out_dir == name
