@@ -35,7 +35,7 @@ def _train_rung(cfg_dict: dict) -> dict:
     load_plugins()
     out = tempfile.mkdtemp(prefix="dnasweep-reference-")
     try:
-        cfg = build_trial(cfg_dict, [f"out_dir={out}"])
+        cfg = build_trial(cfg_dict, [f"out_dir={json.dumps(out)}"])  # quoted: TMPDIR may hold any path
         result = run_trial(cfg, resume=False)
         with open(os.path.join(out, "metrics.jsonl")) as f:
             rows = [json.loads(line) for line in f if line.strip()]
