@@ -429,3 +429,24 @@ def test_val_batches_fixed_and_complete():
     vb = D.vision_val_batches(d, 64)
     assert torch.equal(torch.cat([b[1] for b in vb]), torch.from_numpy(d.val_y))
     assert vb[0][0].shape == (64, 1, 8, 8) and abs(float(vb[0][0].mean())) < 0.5
+
+
+def test_trials_of_a_sweep_are_scored_on_the_same_windows_whatever_their_batch_size():
+    """The val windows were batch_size x eval_batches evenly spaced ones: a sweep searching the batch
+    size scored its trials (and its dense reference, at the base's) on different text."""
+    from dnasweep.space import parse_space
+
+    space = parse_space({"base": {"model": {"d_model": 32, "n_heads": 4, "seq_len": 16, "n_steps": 2},
+                                  "train": {"batch_size": 16, "eval_batches": 8}},
+                         "search": {"train.batch_size": {"choice": [16, 32, 12]}},
+                         "objectives": [{"metric": "val/loss"}]}, "s.yaml")
+    tokens = np.arange(5000, dtype=np.uint16)
+
+    def text(values):
+        t = space.apply(values, "out").train
+        return torch.cat([x for x, _ in D.lm_val_batches(tokens, t.batch_size, 16, t.eval_batches, t.eval_windows)])
+
+    base = text({"train.batch_size": 16})
+    assert base.shape == (128, 16)  # the base's own windows, as before
+    assert torch.equal(text({"train.batch_size": 32}), base) and torch.equal(text({"train.batch_size": 12}), base)
+    assert space.apply({"train.batch_size": 16}, "out").train.eval_windows is None  # the base's config unchanged

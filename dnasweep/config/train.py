@@ -27,6 +27,7 @@ class TrainConfig:
     grad_clip: float = field(default=1.0, metadata=ge(0))  # clip the global gradient norm to this (0: off)
     eval_every: int = field(default=100, metadata=gt(0))  # evaluate on held-out data every this many steps (and last)
     eval_batches: int = field(default=8, metadata=gt(0))  # fixed held-out batches per evaluation (LM; vision: all)
+    eval_windows: int | None = field(default=None, metadata=gt(0))  # LM held-out windows; None: batch x eval_batches
     log_every: int = field(default=10, metadata=gt(0))  # report training metrics every this many steps
     checkpoint_every: int = field(default=0, metadata=ge(0))  # checkpoint every this many steps (0: at evaluations)
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N

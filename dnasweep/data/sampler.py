@@ -134,14 +134,16 @@ class VisionSampler:
         self._perm = self._permutation(self.epoch)
 
 
-def lm_val_batches(tokens: np.ndarray, batch_size: int, seq_len: int,
-                   n_batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """n_batches fixed batches of evenly spaced windows over the whole val array (no randomness),
-    so every trial of a sweep is scored on the same text."""
-    _check_sizes(batch_size=batch_size, seq_len=seq_len, n_batches=n_batches)
+def lm_val_batches(tokens: np.ndarray, batch_size: int, seq_len: int, n_batches: int,
+                   n_windows: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`n_windows` (default batch_size x n_batches) evenly spaced windows over the whole val array
+    (no randomness), in batches of batch_size (the last may be short): the windows depend on their
+    number only, so trials that pin it are scored on the same text whatever their batch size."""
+    n = n_windows or batch_size * n_batches
+    _check_sizes(batch_size=batch_size, seq_len=seq_len, n_batches=n_batches, n_windows=n)
     windows = _windows(tokens, seq_len, "val")
-    starts = np.linspace(0, len(windows) - 1, batch_size * n_batches).round().astype(np.int64)
-    return [_xy(windows[starts[i * batch_size: (i + 1) * batch_size]]) for i in range(n_batches)]
+    starts = np.linspace(0, len(windows) - 1, n).round().astype(np.int64)
+    return [_xy(windows[starts[i: i + batch_size]]) for i in range(0, n, batch_size)]
 
 
 def vision_val_batches(data: VisionData, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

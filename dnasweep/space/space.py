@@ -78,8 +78,15 @@ class SearchSpace:
         return most_steps(self.base.train.max_steps, self.params)
 
     def apply(self, values: dict, out_dir: str) -> TrialConfig:
-        """The trial config of one point (its active sampled values); ConfigError if invalid."""
-        return apply(self.base, values, out_dir, source=self.source)
+        """The trial config of one point (its active sampled values); ConfigError if invalid.
+        An LM point whose batch size (or eval_batches) differs from the base's keeps the base's
+        validation windows (train.eval_windows), so every trial is scored on the same text."""
+        cfg = apply(self.base, values, out_dir, source=self.source)
+        b, t = self.base.train, cfg.train
+        if cfg.model.task == "lm" and t.eval_windows is None and (t.batch_size, t.eval_batches) != (
+                b.batch_size, b.eval_batches):
+            t.eval_windows = b.eval_windows or b.batch_size * b.eval_batches
+        return cfg
 
     def to_dict(self) -> dict:
         """The file as run (what SWEEP/space.json holds); `space_from_dict` reads it back."""

@@ -107,7 +107,7 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     if task == "lm":
         sampler = LMSampler(data.train, tc.batch_size, cfg.model.seq_len, seed=tc.seed)
-        val = lm_val_batches(data.val, tc.batch_size, cfg.model.seq_len, tc.eval_batches)
+        val = lm_val_batches(data.val, tc.batch_size, cfg.model.seq_len, tc.eval_batches, tc.eval_windows)
         bytes_per_token = data.bytes_per_token
     else:
         sampler = VisionSampler(data.train_x, data.train_y, tc.batch_size, tc.seed, data.mean, data.std)
