@@ -215,3 +215,29 @@ def test_closing_the_parent_again_does_not_repeat_the_sweep_history(tmp_path):
     close_parent(tracking.MLflowSweepLogger(space, "s", str(sweep), uri, resume=True), [rows[1]], rows)
     history = MlflowClient(uri).get_metric_history(t.parent_id, M.SWEEP_FRONT_SIZE)
     assert sorted(m.step for m in history) == [1, 2, 3]
+
+
+def test_the_sweep_files_are_written_when_the_store_is_down_at_the_end(tmp_path, monkeypatch):
+    """close_parent waited on the store, then raised at its first MLflow call: pareto.png,
+    pareto.html and hypervolume.png were never written, while the log pointed to pareto.html."""
+    from dnasweep.sweep import tracking
+    from dnasweep.sweep.summary import close_parent
+
+    space = parse_space({**SPACE, "objectives": [{"metric": "val/loss"}, {"metric": "compute/flops_per_token"}]},
+                        "s.yaml")
+    sweep = tmp_path / "s"
+    sweep.mkdir()
+    t = tracking.MLflowSweepLogger(space, "s", str(sweep), tracking.default_uri(str(sweep)))
+    rows = [{"number": i, "values": v, "feasible": True, "front": True, "params": {"train.lr": 1e-3},
+             "ray_trial_id": f"t{i}"} for i, v in enumerate([[2.0, 1e5], [1.0, 2e5]])]
+    t.runs["t0"] = "a-run"
+    monkeypatch.setattr(t, "drain", lambda wait_s: False)  # the store never answered
+
+    def down(*a, **k):
+        raise ConnectionError("the store is down")
+
+    monkeypatch.setattr(t.client, "set_tag", down)
+    with pytest.raises(ConnectionError):
+        close_parent(t, rows, rows)
+    written = {p.name for p in sweep.iterdir()}
+    assert {"pareto_front.csv", "trials.csv", "pareto.png", "pareto.html", "hypervolume.png"} <= written, written

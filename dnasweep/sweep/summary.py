@@ -55,25 +55,20 @@ def _analyze_front(sweep_dir: str, front: list[dict], uri: str, space: SearchSpa
 
 def close_parent(t, front: list[dict], rows: list[dict]) -> None:
     """Close the parent run with the sweep's summary: Pareto front table (CSV), every complete
-    trial (CSV), Pareto plots (PNG, HTML), and the hypervolume after each finished trial."""
+    trial (CSV), Pareto plots (PNG, HTML), and the hypervolume after each finished trial. The
+    files are written first: a store down at the end of the sweep does not keep them from the user."""
     import numpy as np
     from mlflow.entities import Metric
 
     from dnasweep.sweep import plots
     from dnasweep.sweep.pareto import hypervolume_history, pareto_mask, reference_point
 
-    t.drain(wait_s=120.0)
     objs, modes = [o.metric for o in t.space.objectives], [o.mode for o in t.space.objectives]
     paths = [_write_csv(os.path.join(t.sweep_dir, "pareto_front.csv"), front),
              _write_csv(os.path.join(t.sweep_dir, "trials.csv"), [
                  {"trial": r["number"], **dict(zip(objs, r["values"], strict=True)), "feasible": r["feasible"],
                   "pareto": r["front"], **r["params"], "ray_trial_id": r["ray_trial_id"]}
                  for r in sorted(rows, key=lambda r: r["number"])])]
-    for r in rows:  # the front table names trials by Optuna number: so does MLflow
-        if r["ray_trial_id"] in t.runs:
-            rid = t.runs[r["ray_trial_id"]]
-            t.client.set_tag(rid, "dnasweep.optuna_trial", str(r["number"]))
-            t.client.set_tag(rid, "dnasweep.front", str(r["front"]).lower())
     history: list[float] = []
     ok = [r["values"] for r in rows if r["feasible"]]
     if ok:
@@ -85,6 +80,19 @@ def close_parent(t, front: list[dict], rows: list[dict]) -> None:
         history = [h / box if box > 0 else 0.0 for h in raw]
         seen = lambda i: [r["values"] for r in rows[: i + 1] if r["feasible"]]  # noqa: E731
         front_sizes = [int(pareto_mask(seen(i), modes).sum()) if seen(i) else 0 for i in range(len(rows))]
+    reference = list(t.rungs.values())
+    paths += plots.write_all(rows, t.space, history, t.sweep_dir, reference)
+    if reference:
+        paths.append(os.path.join(t.sweep_dir, "reference.csv"))
+    paths += [p for p in (os.path.join(t.sweep_dir, "space.json"), t.space.source) if os.path.isfile(p)]
+
+    t.drain(wait_s=120.0)
+    for r in rows:  # the front table names trials by Optuna number: so does MLflow
+        if r["ray_trial_id"] in t.runs:
+            rid = t.runs[r["ray_trial_id"]]
+            t.client.set_tag(rid, "dnasweep.optuna_trial", str(r["number"]))
+            t.client.set_tag(rid, "dnasweep.front", str(r["front"]).lower())
+    if ok:
         ts = int(time.time() * 1000)
         # a finished sweep resumed (to write a tracking backlog) closes its parent again: the same
         # history is there already, and MLflow would keep a second copy of every point
@@ -93,12 +101,7 @@ def close_parent(t, front: list[dict], rows: list[dict]) -> None:
                 (M.SWEEP_HYPERVOLUME, history), (M.SWEEP_HYPERVOLUME_RAW, raw), (M.SWEEP_FRONT_SIZE, front_sizes))
                 for i, v in enumerate(vs)])
         t.log_params(t.parent_id, {f"hypervolume_ref.{o.metric}": f"{v:.6g}"
-                                          for o, v in zip(t.space.objectives, ref, strict=True)})
-    reference = list(t.rungs.values())
-    paths += plots.write_all(rows, t.space, history, t.sweep_dir, reference)
-    if reference:
-        paths.append(os.path.join(t.sweep_dir, "reference.csv"))
-    paths += [p for p in (os.path.join(t.sweep_dir, "space.json"), t.space.source) if os.path.isfile(p)]
+                                   for o, v in zip(t.space.objectives, ref, strict=True)})
     for path in paths:
         t.client.log_artifact(t.parent_id, path)
     t.client.set_terminated(t.parent_id, "FINISHED")
