@@ -241,3 +241,33 @@ def test_the_sweep_files_are_written_when_the_store_is_down_at_the_end(tmp_path,
         close_parent(t, rows, rows)
     written = {p.name for p in sweep.iterdir()}
     assert {"pareto_front.csv", "trials.csv", "pareto.png", "pareto.html", "hypervolume.png"} <= written, written
+
+
+def test_a_sweep_moved_to_a_new_store_recreates_its_pruned_and_failed_trials_too(tmp_path):
+    """Resumed against a store without its runs (a new server after a lost head), the sweep rebuilt
+    only trials with a result.json: pruned, invalid and errored trials write none, and silently got
+    no run in the new store."""
+    from mlflow import MlflowClient
+
+    from dnasweep.sweep import tracking
+
+    space = parse_space(SPACE, "s.yaml")
+    sweep = tmp_path / "s"
+    for tid in ("t1", "t2", "t3"):
+        (sweep / "trials" / tid).mkdir(parents=True)
+        (sweep / "trials" / tid / "metrics.jsonl").write_text(json.dumps({"step": 5, "train/loss": 3.0}) + "\n")
+    first = tracking.MLflowSweepLogger(space, "s", str(sweep), f"sqlite:///{tmp_path / 'old.db'}")
+    for tid in ("t1", "t2", "t3"):
+        _report(first, _trial(tid), 5)
+    first.flush()
+    new_uri = f"sqlite:///{tmp_path / 'new.db'}"
+    finished = {"t1": ("PRUNED", {"pruned_at": 20}), "t2": ("FAIL", {"fail_reason": "x: broken rule",
+                                                                    "fail_status": "invalid"})}
+    second = tracking.MLflowSweepLogger(space, "s", str(sweep), new_uri, resume=True, finished=finished)
+    assert second.drain(wait_s=5)
+    client = MlflowClient(new_uri)
+    runs = {r.data.tags.get("dnasweep.trial"): r for r in client.search_runs([second.exp_id])}
+    assert runs["t1"].info.status == "FINISHED" and runs["t1"].data.tags["dnasweep.status"] == "pruned"
+    assert runs["t1"].data.tags["dnasweep.stopped_at_step"] == "20"
+    assert runs["t2"].info.status == "FAILED" and runs["t2"].data.tags["dnasweep.status"] == "invalid"
+    assert "t3" not in runs  # still running: its run comes when it reports again

@@ -140,7 +140,9 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
                  "constraints": space.config.constraints, "sampler": vars(space.sampler),
                  "budget": vars(space.budget)}.items():
         study.set_user_attr(k, v)
-    tracker = MLflowSweepLogger(space, name, sweep_dir, uri, resume=resume, fetch=store.fetch)
+    finished = {t.user_attrs["ray_trial_id"]: (t.state.name, t.user_attrs) for t in study.get_trials(deepcopy=False)
+                if t.state.is_finished() and "ray_trial_id" in t.user_attrs}
+    tracker = MLflowSweepLogger(space, name, sweep_dir, uri, resume=resume, fetch=store.fetch, finished=finished)
     if resume:
         tracker.load_backlog()
     rungs = train_reference(space, sweep_dir, root, log)  # before the trials: their gains need it
@@ -148,10 +150,8 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
     store.mirror()
     pruned: dict[str, int] = {}  # MO-ASHA's decisions, read by the progress line and the tracker
     tracker.pruned = pruned
-    told = {t.user_attrs["ray_trial_id"] for t in study.get_trials(deepcopy=False)
-            if t.state.is_finished() and "ray_trial_id" in t.user_attrs}
     progress = Progress(space, log, {**counts(study), "steps": budget.steps_used(study, space)[0]}, pruned,
-                        on_draining=plots.warm, told=told)
+                        on_draining=plots.warm, told=set(finished))
     # Tune's default loggers, less TensorBoard's: importing tensorboardX cost ~1 s of the driver's
     # start (bench/orchestration.py, py-spy), for event files nothing reads (MLflow holds the metrics).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")

@@ -85,8 +85,11 @@ class MLflowSweepLogger(Callback):
     """
 
     def __init__(self, space: SearchSpace, name: str, sweep_dir: str, uri: str, resume: bool = False,
-                 fetch=None):
+                 fetch=None, finished: dict[str, tuple[str, dict]] | None = None):
         _quick_http_failures()
+        # Ray trial id -> (Optuna state, user attrs) of the study's finished trials, for a resume
+        # that moves to a new store: a pruned, invalid or errored trial wrote no result.json
+        self.finished = finished or {}
         self.space, self.sweep_dir, self.uri = space, sweep_dir, uri
         self.fetch = fetch  # trial id -> None: brings SWEEP/trials/ID from object storage (storage.py)
         self.state_path = os.path.join(sweep_dir, STATE_FILE)
@@ -148,11 +151,19 @@ class MLflowSweepLogger(Callback):
             if self.fetch:
                 self.fetch(tid)
             res = read_json(os.path.join(self.sweep_dir, "trials", tid, "result.json"))
-            if res is None:
+            state, attrs = self.finished.get(tid, (None, {}))
+            if res is not None:
+                status = "FINISHED" if res.get("status") == "completed" else "FAILED"
+                tags = {} if status == "FINISHED" else {"dnasweep.fail_reason": str(res.get("reason", "")),
+                                                       "dnasweep.status": str(res.get("status"))}
+            elif state == "PRUNED":  # stopped at a rung: no result.json
+                status, tags = "FINISHED", {"dnasweep.status": "pruned",
+                                            "dnasweep.stopped_at_step": str(attrs.get("pruned_at"))}
+            elif state == "FAIL":  # an invalid point, or a trial that raised: no result.json
+                status, tags = "FAILED", {"dnasweep.fail_reason": str(attrs.get("fail_reason", "unknown"))[:5000],
+                                          "dnasweep.status": str(attrs.get("fail_status", "error"))}
+            else:
                 continue  # still running: its run is created when it reports again
-            status = "FINISHED" if res.get("status") == "completed" else "FAILED"
-            tags = {} if status == "FINISHED" else {"dnasweep.fail_reason": str(res.get("reason", "")),
-                                                   "dnasweep.status": str(res.get("status"))}
             self.pending.setdefault(tid, [])
             self.ended[tid] = (status, tags)
         self.flush()
