@@ -37,6 +37,7 @@ def test_moasha_sweep_prunes_trials_and_keeps_them_off_the_front(ray_cluster, tm
     from dnasweep.sweep.moasha import RUNG
     from dnasweep.sweep.runner import run_sweep
     from dnasweep.sweep.study import open_study
+    from dnasweep.train import checkpoint
 
     space = parse_space(MOASHA, "moasha.yaml")
     lines: list[str] = []
@@ -67,6 +68,9 @@ def test_moasha_sweep_prunes_trials_and_keeps_them_off_the_front(ray_cluster, tm
         with open(os.path.join(res.sweep_dir, "trials", t.user_attrs["ray_trial_id"], "metrics.jsonl")) as f:
             steps = [json.loads(line)["step"] for line in f]
         assert max(steps) < MAX_STEPS  # stopped, not trained to the end
+        # slimmed at the end of the sweep as a finished trial is: its optimizer state went
+        ckpt = os.path.join(res.sweep_dir, "trials", t.user_attrs["ray_trial_id"], "checkpoint")
+        assert checkpoint.load(ckpt).get("weights_only"), t.number
     for t in complete:  # a complete trial passed every rung of its bracket and was recorded there
         assert all(RUNG.format(step=r, metric="val/loss") in t.user_attrs for r in space.rungs()[0])
         assert "dnasweep.status" not in runs[t.user_attrs["ray_trial_id"]].data.tags

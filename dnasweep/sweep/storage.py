@@ -76,6 +76,14 @@ class LocalStore:
         """Called by the trial when it ends, before it returns to Tune."""
         slim_checkpoint(os.path.join(out, "checkpoint"))
 
+    def pruned_ended(self, trial_id: str) -> None:
+        """Called by the driver at the end of a sweep for a trial MO-ASHA stopped: Tune stops it with
+        SystemExit inside a report, past the trial's own end (`trial_ended`), and a trial stopped
+        because its driver is stopping ends the same way, so only the driver knows it is final.
+        Here its checkpoint is slimmed. (In object storage, its files stay in the worker's scratch:
+        not handled yet.)"""
+        slim_checkpoint(os.path.join(self.trial_out(trial_id), "checkpoint"))
+
     def checkpointed(self, trial_id: str, ckpt_dir: str, step: int) -> str:
         """Called by the trial before it reports checkpoint `ckpt_dir` (its out_dir/checkpoint) to
         Tune: where that checkpoint is kept, relative to the sweep, for the pointer Tune gets.
@@ -161,6 +169,9 @@ class ObjectStore(LocalStore):
     def pull_result(self, trial_id: str, out: str) -> None:
         if not os.path.exists(os.path.join(out, "result.json")):
             self.get(f"trials/{trial_id}/result.json", os.path.join(out, "result.json"))
+
+    def pruned_ended(self, trial_id: str) -> None:
+        pass  # the trial's directory is in a worker's scratch, out of the driver's reach
 
     def trial_ended(self, trial_id: str, out: str) -> None:
         slim_checkpoint(os.path.join(out, "checkpoint"))

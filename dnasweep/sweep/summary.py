@@ -19,6 +19,8 @@ def finish_sweep(study, space: SearchSpace, store, tracker, uri: str, log, analy
     for t in study.get_trials(deepcopy=False):  # trials that ended under an earlier head (resume from a store)
         if t.user_attrs.get("ray_trial_id"):
             store.fetch(t.user_attrs["ray_trial_id"])
+            if t.state.name == "PRUNED":  # final now that every trial has stopped: its optimizer state can go
+                store.pruned_ended(t.user_attrs["ray_trial_id"])
     front = result_of(study, space, sweep_dir).front
     try:  # a tracking failure is reported, never raised: the sweep's results are safe on disk
         close_parent(tracker, front, trial_rows(study, space))
