@@ -163,3 +163,22 @@ def test_grad_accumulation_counts_every_micro_batch(tmp_path):
     res = run_trial(cfg)
     assert res.step == 5  # 1280 tokens / (2 micro-batches x 4 x 32) per optimizer step
     assert res.status == "completed"
+
+
+def test_routing_feedback_sees_every_micro_batch_of_a_step(tmp_path, monkeypatch):
+    """With grad_accum, the selection-bias updates (skip control, loss-free balancing, capacities)
+    and the logged identity share read only the last micro-batch's routing."""
+    from dnasweep.model.dna import DNAModel
+
+    seen = []
+    monkeypatch.setattr(DNAModel, "update_routing_biases",
+                        lambda self, out: seen.append(float(out.stats.slots_SM.sum())))
+
+    def slots_per_step(accum):
+        seen.clear()
+        run_trial(build_trial({}, [*TINY, "train.max_steps=2", f"train.grad_accum={accum}", "train.eval_every=2",
+                                   f"out_dir={tmp_path / str(accum)}"]))
+        return list(seen)
+
+    one, two = slots_per_step(1), slots_per_step(2)
+    assert len(one) == len(two) == 2 and two == [2 * v for v in one]  # every token of the step, counted once

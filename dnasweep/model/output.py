@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -35,6 +35,19 @@ class RoutingStats:
     identity_fraction = property(lambda self: _num(self.identity_fraction_))
     entropy = property(lambda self: _num(self.entropy_))
     dropped_fraction = property(lambda self: _num(self.dropped_fraction_))
+
+
+def combine(stats: list[RoutingStats]) -> RoutingStats:
+    """One optimizer step's routing over its equal-sized micro-batches (grad_accum): slot counts
+    summed, shares averaged, each step's capacity need at its largest; the rest the last one's."""
+    if len(stats) == 1:
+        return stats[0]
+    last, n = stats[-1], len(stats)
+    return replace(last, slots_SM=None if last.slots_SM is None else sum(s.slots_SM for s in stats),
+                   identity_fraction_=sum(s.identity_fraction_ for s in stats) / n,
+                   dropped_fraction_=sum(s.dropped_fraction_ for s in stats) / n,
+                   capacity_need_S3=None if last.capacity_need_S3 is None else
+                   torch.stack([s.capacity_need_S3 for s in stats]).amax(0))
 
 
 @dataclass

@@ -7,6 +7,7 @@ through the Reporter protocol only; it never imports ray, optuna or mlflow.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -21,6 +22,7 @@ from dnasweep.config import TrialConfig, to_yaml
 from dnasweep.data import LMSampler, VisionSampler, lm_val_batches, load_data, vision_val_batches
 from dnasweep.errors import ConfigError, Problem
 from dnasweep.model import build_model, compute_loss
+from dnasweep.model.output import combine
 from dnasweep.train import checkpoint
 from dnasweep.train.evaluate import evaluate
 from dnasweep.train.limits import is_oom
@@ -177,7 +179,7 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
             lr = lr_at(step, tc, total_steps)
             for g in opt.param_groups:
                 g["lr"] = lr
-            ce_sum, aux_sum = 0.0, 0.0
+            ce_sum, aux_sum, stats = 0.0, 0.0, []
             for _ in range(tc.grad_accum):
                 x, y = sampler.next()
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -187,6 +189,9 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
                 (loss / tc.grad_accum).backward()
                 ce_sum += float(parts["ce"])
                 aux_sum += float(parts["aux"])
+                stats.append(out.stats)
+            # the routing feedback and its logged shares see the whole step, not its last micro-batch
+            out = dataclasses.replace(out, stats=combine(stats))
             ce = ce_sum / tc.grad_accum
             if not math.isfinite(ce) or not math.isfinite(aux_sum):
                 status, reason = "diverged", f"non-finite loss ({ce}) at step {step + 1}"
