@@ -26,4 +26,13 @@ def test_orchestration_idle_breakdown_hand_computed():
 
     # two slots from t=0 to t=10: lane A trains 1-4 and 5-10, lane B trains 2-7 then idles
     parts = idle_breakdown([(1, 4), (2, 7), (5, 10)], 0, 10, 2)
-    assert parts == {"start": (1 + 2) / 2, "between": 1 / 2, "tail": 3 / 2}
+    assert parts == {"start": (1 + 2) / 2, "between": 1 / 2, "tail": 3 / 2, "end": 0}
+    assert idle_breakdown([(1, 4), (2, 7), (5, 9)], 0, 10, 2)["end"] == 1  # the sweep ended 1 s after its last trial
+
+
+def test_orchestration_packed_makespan_hand_computed():
+    from orchestration import packed
+
+    # durations 3, 5, 5 in start order on 2 slots: [3, 0] -> [3, 5] -> [8, 5]
+    assert packed([(5, 10), (1, 4), (2, 7)], 2) == 8
+    assert packed([(0, 2), (0, 2), (0, 2)], 3) == 2
