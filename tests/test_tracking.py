@@ -271,3 +271,28 @@ def test_a_sweep_moved_to_a_new_store_recreates_its_pruned_and_failed_trials_too
     assert runs["t1"].data.tags["dnasweep.stopped_at_step"] == "20"
     assert runs["t2"].info.status == "FAILED" and runs["t2"].data.tags["dnasweep.status"] == "invalid"
     assert "t3" not in runs  # still running: its run comes when it reports again
+
+
+def test_a_resume_closes_runs_the_study_finished_while_the_store_was_down(tmp_path):
+    """The store was down when a trial ended, then the driver was killed: Tune had saved the trial
+    as TERMINATED and reports it no more, so its run stayed RUNNING for good."""
+    from mlflow import MlflowClient
+
+    from dnasweep.sweep import tracking
+
+    space = parse_space(SPACE, "s.yaml")
+    sweep = tmp_path / "s"
+    uri = tracking.default_uri(str(sweep))
+    for tid in ("t1", "t2"):
+        (sweep / "trials" / tid).mkdir(parents=True)
+    first = tracking.MLflowSweepLogger(space, "s", str(sweep), uri)
+    for tid in ("t1", "t2"):
+        _report(first, _trial(tid), 5)
+    first.flush()  # both runs exist, RUNNING; t1 then ends unseen by the store, and the driver dies
+    (sweep / "trials" / "t1" / "result.json").write_text(json.dumps({"status": "completed", "step": 50}))
+    second = tracking.MLflowSweepLogger(space, "s", str(sweep), uri, resume=True,
+                                        finished={"t1": ("COMPLETE", {})})
+    assert second.drain(wait_s=5)
+    client = MlflowClient(uri)
+    assert client.get_run(first.runs["t1"]).info.status == "FINISHED"
+    assert client.get_run(first.runs["t2"]).info.status == "RUNNING"  # still training: Tune reports it

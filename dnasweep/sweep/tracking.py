@@ -137,35 +137,56 @@ class MLflowSweepLogger(Callback):
             self.exp_id, self.parent_id, self.runs = state["experiment_id"], state["parent"], state["runs"]
             self.client.update_run(self.parent_id, status="RUNNING")
             self._load_logged_steps()
+            self._close_stale_runs()
             return
         self._open(client)
         if state:  # resumed against a store without this sweep's runs (a new server after a lost head)
             self._rebuild(state["runs"])
+
+    def _close_stale_runs(self) -> None:
+        """Close the runs of trials the study holds as finished that stayed RUNNING (the store was
+        down when they ended, then the driver was killed): Ray Tune reports them no more."""
+        running = {r.info.run_id for r in self.client.search_runs(
+            [self.exp_id], filter_string=f"tags.mlflow.parentRunId = '{self.parent_id}' and attributes.status = "
+            "'RUNNING'", max_results=50000)}
+        for tid in self.finished:
+            if self.runs.get(tid) in running:
+                if self.fetch:
+                    self.fetch(tid)
+                self._queue_end(tid)
+        if self.ended:
+            self.flush()
+
+    def _queue_end(self, tid: str) -> bool:
+        """Queue trial `tid` as ended, from its directory (result.json) or the study; False when it
+        is neither (still running)."""
+        res = read_json(os.path.join(self.sweep_dir, "trials", tid, "result.json"))
+        state, attrs = self.finished.get(tid, (None, {}))
+        if res is not None:
+            status = "FINISHED" if res.get("status") == "completed" else "FAILED"
+            tags = {} if status == "FINISHED" else {"dnasweep.fail_reason": str(res.get("reason", "")),
+                                                   "dnasweep.status": str(res.get("status"))}
+        elif state == "PRUNED":  # stopped at a rung: no result.json
+            status, tags = "FINISHED", {"dnasweep.status": "pruned",
+                                        "dnasweep.stopped_at_step": str(attrs.get("pruned_at"))}
+        elif state == "FAIL":  # an invalid point, or a trial that raised: no result.json
+            status, tags = "FAILED", {"dnasweep.fail_reason": str(attrs.get("fail_reason", "unknown"))[:5000],
+                                      "dnasweep.status": str(attrs.get("fail_status", "error"))}
+        else:
+            return False
+        self.pending.setdefault(tid, [])
+        self.ended[tid] = (status, tags)
+        return True
 
     def _rebuild(self, old_runs: dict[str, str]) -> None:
         """Recreate the runs of trials that ended before the sweep moved to this store, from their
         directories (config, metrics.jsonl, result.json): queued as ended, written by flush."""
         print(f"MLflow store {redact(self.uri)} has none of this sweep's runs: recreating the {len(old_runs)} "
               "trials' runs from their directories", file=sys.stderr)
-        for tid in old_runs:
+        for tid in old_runs:  # one still running gets its run when it reports again
             if self.fetch:
                 self.fetch(tid)
-            res = read_json(os.path.join(self.sweep_dir, "trials", tid, "result.json"))
-            state, attrs = self.finished.get(tid, (None, {}))
-            if res is not None:
-                status = "FINISHED" if res.get("status") == "completed" else "FAILED"
-                tags = {} if status == "FINISHED" else {"dnasweep.fail_reason": str(res.get("reason", "")),
-                                                       "dnasweep.status": str(res.get("status"))}
-            elif state == "PRUNED":  # stopped at a rung: no result.json
-                status, tags = "FINISHED", {"dnasweep.status": "pruned",
-                                            "dnasweep.stopped_at_step": str(attrs.get("pruned_at"))}
-            elif state == "FAIL":  # an invalid point, or a trial that raised: no result.json
-                status, tags = "FAILED", {"dnasweep.fail_reason": str(attrs.get("fail_reason", "unknown"))[:5000],
-                                          "dnasweep.status": str(attrs.get("fail_status", "error"))}
-            else:
-                continue  # still running: its run is created when it reports again
-            self.pending.setdefault(tid, [])
-            self.ended[tid] = (status, tags)
+            self._queue_end(tid)
         self.flush()
 
     def _open(self, client) -> None:
