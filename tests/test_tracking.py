@@ -23,9 +23,8 @@ def _report(tracker, trial, step):
     tracker.on_trial_result(0, [], trial, {"step": step, "train/loss": 10.0 - step / 10, "timestamp": 1})
 
 
-def test_steps_buffered_by_a_killed_driver_come_back_from_metrics_jsonl(tmp_path, monkeypatch):
-    from mlflow import MlflowClient
-
+def _one_trial_sweep(tmp_path, monkeypatch):
+    """(space, sweep dir, store uri, a tracker, trial t1) of a new sweep whose tracker writes only when flushed."""
     from dnasweep.sweep import tracking
 
     monkeypatch.setattr(tracking, "FLUSH_EVERY_S", 1e9)  # only explicit flushes write
@@ -33,8 +32,15 @@ def test_steps_buffered_by_a_killed_driver_come_back_from_metrics_jsonl(tmp_path
     sweep = tmp_path / "s"
     (sweep / "trials" / "t1").mkdir(parents=True)
     uri = tracking.default_uri(str(sweep))
-    first = tracking.MLflowSweepLogger(space, "s", str(sweep), uri)
-    t = _trial("t1")
+    return space, sweep, uri, tracking.MLflowSweepLogger(space, "s", str(sweep), uri), _trial("t1")
+
+
+def test_steps_buffered_by_a_killed_driver_come_back_from_metrics_jsonl(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from dnasweep.sweep import tracking
+
+    space, sweep, uri, first, t = _one_trial_sweep(tmp_path, monkeypatch)
     for step in (5, 10, 15, 20):
         _report(first, t, step)
     first.flush()  # steps 5..20 reach the store
@@ -169,13 +175,7 @@ def test_a_backlog_written_on_resume_logs_each_step_once(tmp_path, monkeypatch):
 
     from dnasweep.sweep import tracking
 
-    monkeypatch.setattr(tracking, "FLUSH_EVERY_S", 1e9)
-    space = parse_space(SPACE, "s.yaml")
-    sweep = tmp_path / "s"
-    (sweep / "trials" / "t1").mkdir(parents=True)
-    uri = tracking.default_uri(str(sweep))
-    first = tracking.MLflowSweepLogger(space, "s", str(sweep), uri)
-    t = _trial("t1")
+    space, sweep, uri, first, t = _one_trial_sweep(tmp_path, monkeypatch)
     for step in (5, 10):
         _report(first, t, step)
     first.flush()

@@ -151,27 +151,24 @@ class MLflowSweepLogger(Callback):
             "'RUNNING'", max_results=50000)}
         for tid in self.finished:
             if self.runs.get(tid) in running:
-                if self.fetch:
-                    self.fetch(tid)
                 self._queue_end(tid)
         if self.ended:
             self.flush()
 
     def _queue_end(self, tid: str) -> bool:
-        """Queue trial `tid` as ended, from its directory (result.json) or the study; False when it
-        is neither (still running)."""
+        """Queue trial `tid` as ended, from its directory (result.json, brought from object storage
+        first) or the study; False when it is neither (still running)."""
+        if self.fetch:
+            self.fetch(tid)
         res = read_json(os.path.join(self.sweep_dir, "trials", tid, "result.json"))
         state, attrs = self.finished.get(tid, (None, {}))
         if res is not None:
             status = "FINISHED" if res.get("status") == "completed" else "FAILED"
-            tags = {} if status == "FINISHED" else {"dnasweep.fail_reason": str(res.get("reason", "")),
-                                                   "dnasweep.status": str(res.get("status"))}
+            tags = {} if status == "FINISHED" else _failed_tags(res.get("reason"), res.get("status"))
         elif state == "PRUNED":  # stopped at a rung: no result.json
-            status, tags = "FINISHED", {"dnasweep.status": "pruned",
-                                        "dnasweep.stopped_at_step": str(attrs.get("pruned_at"))}
+            status, tags = "FINISHED", _pruned_tags(attrs.get("pruned_at"))
         elif state == "FAIL":  # an invalid point, or a trial that raised: no result.json
-            status, tags = "FAILED", {"dnasweep.fail_reason": str(attrs.get("fail_reason", "unknown"))[:5000],
-                                      "dnasweep.status": str(attrs.get("fail_status", "error"))}
+            status, tags = "FAILED", _failed_tags(attrs.get("fail_reason"), attrs.get("fail_status", "error"))
         else:
             return False
         self.pending.setdefault(tid, [])
@@ -184,8 +181,6 @@ class MLflowSweepLogger(Callback):
         print(f"MLflow store {redact(self.uri)} has none of this sweep's runs: recreating the {len(old_runs)} "
               "trials' runs from their directories", file=sys.stderr)
         for tid in old_runs:  # one still running gets its run when it reports again
-            if self.fetch:
-                self.fetch(tid)
             self._queue_end(tid)
         self.flush()
 
@@ -345,19 +340,17 @@ class MLflowSweepLogger(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         res = trial.last_result or {}
         if trial.trial_id in self.pruned:  # stopped at a rung by MO-ASHA: not a failure, not a result
-            self._end(trial, "FINISHED", {"dnasweep.status": "pruned",
-                                          "dnasweep.stopped_at_step": str(self.pruned[trial.trial_id])})
+            self._end(trial, "FINISHED", _pruned_tags(self.pruned[trial.trial_id]))
         elif res.get("failed"):  # diverged or out of memory: the trial said why
-            self._end(trial, "FAILED", {"dnasweep.fail_reason": str(res.get("reason", "unknown"))[:5000],
-                                        "dnasweep.status": str(res.get("status", "failed"))})
+            self._end(trial, "FAILED", _failed_tags(res.get("reason"), res.get("status")))
         else:  # a bypassed pool is named on the run, as on the front table
             self._end(trial, "FINISHED", {"dnasweep.collapsed": str(bool(res[M.ROUTER_COLLAPSED])).lower()}
                       if M.ROUTER_COLLAPSED in res else {})
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._end(trial, "FAILED", {"dnasweep.fail_reason": "the trial raised or its worker died beyond "
-                                    f"budget.retries={self.space.budget.retries} (see {trial.local_path or 'its log'})",
-                                    "dnasweep.status": "error"})
+        self._end(trial, "FAILED", _failed_tags("the trial raised or its worker died beyond budget.retries="
+                                                f"{self.space.budget.retries} (see {trial.local_path or 'its log'})",
+                                                "error"))
 
     def _end(self, trial, status: str, tags: dict) -> None:
         self.times.setdefault(trial.trial_id, [None, None])[1] = int(time.time() * 1000)
@@ -414,7 +407,7 @@ class MLflowSweepLogger(Callback):
         """Close the runs of trials that no longer exist in Ray Tune's state (FAILED, with the reason)."""
         for tid in trial_ids:
             if tid in self.runs and self.client.get_run(self.runs[tid]).info.status == "RUNNING":
-                self.ended[tid] = ("FAILED", {"dnasweep.fail_reason": reason, "dnasweep.status": "abandoned"})
+                self.ended[tid] = ("FAILED", _failed_tags(reason, "abandoned"))
                 self.pending.setdefault(tid, [])
         self.flush()
 
@@ -428,13 +421,23 @@ class MLflowSweepLogger(Callback):
                 continue
             self._add(tid, [*r["rows"], {**r["result"], M.STEP: r["result"]["step"]}], int(time.time() * 1000))
             ok = r["result"]["status"] == "completed"
-            self.ended[tid] = ("FINISHED" if ok else "FAILED", {} if ok else {
-                "dnasweep.status": str(r["result"]["status"]), "dnasweep.fail_reason": str(r["result"]["reason"])})
+            self.ended[tid] = ("FINISHED" if ok else "FAILED",
+                               {} if ok else _failed_tags(r["result"]["reason"], r["result"]["status"]))
         self.flush()
 
     def suspend(self) -> None:
         """The sweep stopped early (Ctrl-C / SIGTERM): write what is buffered, leave runs open."""
         self.drain(wait_s=10.0)
+
+
+def _pruned_tags(step) -> dict[str, str]:
+    """The tags of a run MO-ASHA stopped at rung `step`."""
+    return {"dnasweep.status": "pruned", "dnasweep.stopped_at_step": str(step)}
+
+
+def _failed_tags(reason, status) -> dict[str, str]:
+    """The tags of a failed run: why (MLflow keeps at most 5000 characters of a tag) and its status."""
+    return {"dnasweep.fail_reason": str(reason or "unknown")[:5000], "dnasweep.status": str(status or "failed")}
 
 
 def _has_run(client, run_id: str) -> bool:

@@ -190,8 +190,8 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
                 ce_sum += float(parts["ce"])
                 aux_sum += float(parts["aux"])
                 stats.append(out.stats)
-            # the routing feedback and its logged shares see the whole step, not its last micro-batch
-            out = dataclasses.replace(out, stats=combine(stats))
+            if tc.grad_accum > 1:  # the routing feedback and its logged shares see the whole step
+                out = dataclasses.replace(out, stats=combine(stats))
             ce = ce_sum / tc.grad_accum
             if not math.isfinite(ce) or not math.isfinite(aux_sum):
                 status, reason = "diverged", f"non-finite loss ({ce}) at step {step + 1}"
