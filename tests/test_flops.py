@@ -89,3 +89,52 @@ def test_gpu_summary_reports_useful_mfu_from_measured_flops(tmp_path):
     assert f"{3 * 1e9 * 1e5 / 989e12:.1%}" in table  # DNA useful MFU against the H200 peak
     assert "vs dense 0.833" in table and "exec/useful 1.050" in table
     assert "{'completed': 1}" in table and "(not run)" in table  # the sweep's exit code never written
+
+
+@pytest.mark.parametrize("n_transformer,n_identity,top_k,factor", [(6, 3, 1, 1.0), (2, 2, 8, 2.0)])
+def test_nominal_flops_of_expert_choice_follow_its_capacity(n_transformer, n_identity, top_k, factor):
+    """Expert choice gives every module exactly its capacity of tokens per image, whatever it has
+    learnt, so the config-only estimate must equal what a forward measures. It used to assume
+    capacity_factor x top_k slots per token (39% under at 13 modules, top-1; 57% over when the
+    capacity is the whole image)."""
+    from dnasweep.model.flops import nominal
+
+    cfg = tiny_cfg("vision", "expert_choice", d_model=64, image_size=8, patch_size=2)
+    cfg.pool.n_transformer, cfg.pool.n_identity = n_transformer, n_identity
+    cfg.router.top_k, cfg.router.capacity_factor = top_k, factor
+    out = build_model(cfg).eval()(torch.randn(4, 1, 8, 8))
+    assert nominal(cfg).flops_per_token == pytest.approx(out.stats.flops_per_token, rel=1e-6)
+
+
+def test_compute_penalty_prices_expert_choice_attention_at_its_capacity():
+    """cost_M (the compute penalty's per-module weights) prices an attention module at the tokens
+    it attends over: under expert choice, its capacity per image, not the whole image."""
+    from dnasweep.model.flops import block_cost, module_costs
+
+    cfg = tiny_cfg("vision", "expert_choice", d_model=32, image_size=8, patch_size=2)
+    model = build_model(cfg).eval()
+    out = model(torch.randn(2, 1, 8, 8), return_paths=True)
+    L, M = cfg.tokens_per_example, cfg.pool.size
+    tokens_per_module = (out.paths[0] >= 0).sum(0).float().mean(0)  # [S, M] over steps: per image
+    cap = tokens_per_module.max().item()
+    assert cap < L  # the case that matters: modules see part of the image
+    want = torch.tensor(module_costs(cfg, cap)) / block_cost(cfg)
+    assert torch.allclose(model.cost_M, want), (model.cost_M, want, M)
+
+
+def test_nominal_dense_match_is_the_depth_nearest_the_dna():
+    """dense_match: nominal picks the block count whose FLOPs come nearest the DNA's nominal
+    FLOPs, routers included (they were left out: one block short here)."""
+    import dataclasses
+
+    from dnasweep.model.flops import dense_blocks, nominal
+
+    cfg = tiny_cfg("lm", "topk", d_model=128, n_steps=8, seq_len=256, dense_match="nominal")
+    cfg.pool.n_transformer, cfg.router.top_k = 2, 2
+    target = nominal(cfg).flops_per_token
+    dense = dataclasses.replace(cfg, kind="dense")
+    n = dense_blocks(dense)
+    got = nominal(dense).flops_per_token
+    for other in (n - 1, n + 1):
+        f = nominal(dataclasses.replace(dense, dense_layers=other)).flops_per_token
+        assert abs(got - target) < abs(f - target), (n, other, got, f, target)

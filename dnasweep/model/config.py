@@ -9,6 +9,7 @@ took and why.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -104,6 +105,12 @@ class ModelConfig:
         if self.task == "lm":
             return self.seq_len
         return (self.image_size // self.patch_size) ** 2 + (1 if self.pooling == "cls" else 0)
+
+    @property
+    def expert_capacity(self) -> int:
+        """Tokens of each sequence a module takes under a capacity router (expert choice)."""
+        L, r = self.tokens_per_example, self.router
+        return min(L, max(1, math.ceil(r.capacity_factor * L * r.top_k / self.pool.size)))
 
     @property
     def slots_per_token(self) -> int:

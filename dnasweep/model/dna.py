@@ -18,7 +18,7 @@ from torch import nn
 
 from dnasweep.model.banks import Rope, out_std
 from dnasweep.model.config import ModelConfig
-from dnasweep.model.flops import block_cost, module_costs, module_params
+from dnasweep.model.flops import block_cost, effective_k, module_costs, module_params
 from dnasweep.model.layers import Block, Readout, Stem
 from dnasweep.model.output import ModelOutput, RoutingStats
 from dnasweep.model.pool import Caps, ModulePool
@@ -49,9 +49,9 @@ class DNAModel(nn.Module):
         self.caps: Caps | None = None
         M = cfg.pool.size
         # Per-token cost of each module relative to a dense block, for the compute penalty.
-        # Attention context is the uniform-routing share of the sequence (see flops.py).
-        k_share = min(cfg.slots_per_token, M) / M
-        cost = torch.tensor(module_costs(cfg, cfg.tokens_per_example * k_share)) / block_cost(cfg)
+        # Attention context is the uniform-routing share of the sequence, as `nominal` prices it.
+        context = cfg.tokens_per_example * min(effective_k(cfg), M) / M
+        cost = torch.tensor(module_costs(cfg, context)) / block_cost(cfg)
         self.register_buffer("cost_M", cost, persistent=False)
         self.register_buffer("params_M", torch.tensor(module_params(cfg), dtype=torch.float32),
                              persistent=False)

@@ -14,6 +14,7 @@ Formulas (forward, per token, matmuls only; training costs about 3x):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from dnasweep.model.config import ModelConfig
@@ -45,8 +46,8 @@ def effective_k(cfg: ModelConfig) -> float:
     """Slots per token per step under the nominal (uniform) routing."""
     r = cfg.router
     spec = find_router(r.type)
-    if spec is not None and spec.capacity:
-        return r.capacity_factor * r.top_k
+    if spec is not None and spec.capacity:  # each module takes `capacity` tokens of each sequence
+        return cfg.pool.size * cfg.expert_capacity / cfg.tokens_per_example
     if spec is not None and spec.all_modules:
         return float(cfg.pool.size)
     return float(r.top_k)
@@ -68,15 +69,15 @@ def dense_blocks(cfg: ModelConfig) -> int:
     nominal FLOPs at uniform routing."""
     if cfg.dense_layers > 0:
         return cfg.dense_layers
+    # The dense model shares stem, backbone and readout with the DNA: blocks fill the rest.
+    shared = _stem_readout(cfg)[2] + cfg.n_backbone * block_cost(cfg)
     if cfg.dense_match == "measured":
         from dnasweep.model.calibrate import measured_dna_flops
 
-        # The dense model shares stem, backbone and readout with the DNA: blocks fill the rest.
-        shared = _stem_readout(cfg)[2] + cfg.n_backbone * block_cost(cfg)
-        return max(1, round((measured_dna_flops(cfg) - shared) / block_cost(cfg)))
-    k, M = effective_k(cfg), cfg.pool.size
-    routed = cfg.n_steps * k * sum(module_costs(cfg, cfg.tokens_per_example * k / M)) / M
-    return max(1, round(routed / block_cost(cfg)))
+        dna = measured_dna_flops(cfg)
+    else:  # the same count as `nominal`, routers included
+        dna = nominal(dataclasses.replace(cfg, kind="dna")).flops_per_token
+    return max(1, round((dna - shared) / block_cost(cfg)))
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ Tensor names carry their shape:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -135,8 +134,7 @@ def expert_choice_rule(logits_TM, bias_M, ctx):
     """Each module picks its top-C tokens of each image (vision only: not causal)."""
     probs_TM = logits_TM.softmax(-1)
     T, M = probs_TM.shape
-    L = ctx.seq_len
-    cap = min(L, max(1, math.ceil(ctx.cfg.router.capacity_factor * L * ctx.cfg.router.top_k / M)))
+    L, cap = ctx.seq_len, ctx.cfg.expert_capacity
     p_BLM = probs_TM.detach().view(T // L, L, M)
     chosen_BCM = p_BLM.topk(cap, dim=1).indices
     active_BLM = torch.zeros_like(p_BLM, dtype=torch.bool).scatter_(1, chosen_BCM, True)
