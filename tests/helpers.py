@@ -1,5 +1,12 @@
 """Small builders shared by tests (imported as `from helpers import ...`; conftest holds fixtures only)."""
 
+import sys
+import types
+
+import pytest
+
+from dnasweep.data import DataConfig, load_data
+from dnasweep.errors import ConfigError
 from dnasweep.model import ModelConfig
 
 
@@ -10,3 +17,20 @@ def tiny_cfg(task: str = "lm", router: str = "topk", **kw) -> ModelConfig:
     for k, v in kw.items():
         setattr(cfg, k, v)
     return cfg
+
+
+def raises(cfg: DataConfig, task: str = "lm") -> ConfigError:
+    """The ConfigError that loading `cfg` for `task` raises (from the data layer)."""
+    with pytest.raises(ConfigError) as e:
+        load_data(cfg, task)
+    assert e.value.source == "data"
+    return e.value
+
+
+def fake_datasets(monkeypatch, records=None, error=None):
+    """A stand-in `datasets` module: load_dataset returns `records` or raises `error`."""
+    def load_dataset(name, config=None, split="train", streaming=False):
+        if error:
+            raise error
+        return records
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
+from helpers import fake_datasets, raises
 
 import dnasweep.data as D
 from dnasweep.data import DataConfig, LMSampler, VisionSampler, check_data, load_data
@@ -23,13 +24,6 @@ from dnasweep.errors import ConfigError
 def _cache(tmp_path, monkeypatch):
     """Every test gets its own cache dir, so cache tests see a cold start."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-
-
-def raises(cfg: DataConfig, task: str = "lm") -> ConfigError:
-    with pytest.raises(ConfigError) as e:
-        load_data(cfg, task)
-    assert e.value.source == "data"
-    return e.value
 
 
 def keys(err: ConfigError) -> list[str]:
@@ -252,15 +246,6 @@ def test_hf_real_module_local_folders_and_offline(tmp_path, monkeypatch):
     assert sorted(docs_of(d.train) + docs_of(d.val)) == sorted(f"story {i}".encode() for i in range(30))
     err = raises(DataConfig(source="hf", name="dnasweep-test/no-such-dataset"))
     assert "could not load Hugging Face dataset dnasweep-test/no-such-dataset (offline?)" in str(err)
-
-
-def fake_datasets(monkeypatch, records=None, error=None):
-    """A stand-in `datasets` module: load_dataset returns `records` or raises `error`."""
-    def load_dataset(name, config=None, split="train", streaming=False):
-        if error:
-            raise error
-        return records
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
 
 
 def test_hf_text_code_path_with_a_fake_module(monkeypatch):

@@ -15,13 +15,38 @@ from dnasweep.data.sources import IMAGE_SUFFIXES
 from dnasweep.data.vision import VisionData, cap_count, label_problems, make_vision
 from dnasweep.errors import ConfigError, Problem, raise_if
 
-GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # Pillow modes kept as one channel
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")  # Pillow modes kept as one channel
 _MAX_NAMED = 5  # unreadable files named one by one; the rest are counted
+_EIGHT_BIT_FIX = "convert the images to 8-bit (mode L or RGB), or save them as a uint8 npz and use source: npz"
+
+
+class _UnknownRange(Exception):
+    """An image whose pixel range dnasweep cannot know, so cannot map to 8 bits; the message says why."""
+
+
+def _eight_bit(im, image_module):
+    """`im` with 16-bit integer pixels scaled exactly to 8 bits (v // 257); other modes as they are.
+
+    Pillow's convert("L") clamps I, I;16 and F pixels at 255 instead of scaling them, which would
+    turn a 16-bit image mostly white. A float image, or a 32-bit one beyond 0..65535, has no range
+    to scale from, so it is refused rather than guessed.
+    """
+    if im.mode == "F":
+        raise _UnknownRange("has mode F (floating-point pixels), whose range dnasweep cannot know")
+    if im.mode != "I" and not im.mode.startswith("I;16"):
+        return im
+    a = np.asarray(im)
+    # Pillow opens 16-bit PNGs as I or I;16 depending on its version: mode I within 16 bits is 16-bit.
+    if a.size and (a.min() < 0 or a.max() > 65535):
+        raise _UnknownRange(f"has mode {im.mode} pixels {a.min()}..{a.max()}, beyond the 16-bit range "
+                           "dnasweep can scale to 8 bits")
+    return image_module.fromarray((a // 257).astype(np.uint8))
 
 
 def _to_array(im, gray: bool, size: int | None, image_module) -> np.ndarray:
-    """One PIL image as uint8 [C, H, W]: L or RGB, resized to size x size when size is set."""
-    im = im.convert("L" if gray else "RGB")
+    """One PIL image as uint8 [C, H, W]: L or RGB, resized to size x size when size is set.
+    Raises _UnknownRange for pixels that do not map to 8 bits (see _eight_bit)."""
+    im = _eight_bit(im, image_module).convert("L" if gray else "RGB")
     if size is not None and im.size != (size, size):
         im = im.resize((size, size), image_module.BILINEAR)
     a = np.asarray(im, dtype=np.uint8)
@@ -36,6 +61,14 @@ def _size_problem(key: str, names: list[str], sizes: list[tuple[int, int]]) -> l
                             f"but {name} is {s[0]}x{s[1]} (width x height)",
                             "set data.image_size to resize every image to one square size")]
     return []
+
+
+def _file_problems(bad: list[tuple[Path, str, str]], root: Path) -> list[Problem]:
+    """data.path problems for bad images (file, what is wrong, fix): the first few named, the rest counted."""
+    out = [Problem("data.path", f"{f} {what}", fix) for f, what, fix in bad[:_MAX_NAMED]]
+    if len(bad) > _MAX_NAMED:
+        out.append(Problem("data.path", f"... and {len(bad) - _MAX_NAMED} more such images under {root}"))
+    return out
 
 
 def _class_files(root: Path) -> tuple[list[str], list[Path], list[int], list[Problem]]:
@@ -69,28 +102,50 @@ def load_folder(cfg: DataConfig) -> VisionData:
                 modes.append(im.mode)
                 sizes.append(im.size)
         except (OSError, ValueError) as e:
-            unreadable.append((f, e))
-    problems = [Problem("data.path", f"{f} is not a readable image: {e}", "remove or re-save it")
-                for f, e in unreadable[:_MAX_NAMED]]
-    if len(unreadable) > _MAX_NAMED:
-        problems.append(Problem("data.path", f"... and {len(unreadable) - _MAX_NAMED} more unreadable "
-                                f"images under {root}"))
-    raise_if(problems, "data")
+            unreadable.append((f, f"is not a readable image: {e}", "remove or re-save it"))
+    raise_if(_file_problems(unreadable, root), "data")
     if cfg.image_size is None:
         raise_if(_size_problem("data.image_size", [str(f) for f in files], sizes), "data")
     gray = all(m in GRAY_MODES for m in modes)
     w, h = (cfg.image_size, cfg.image_size) if cfg.image_size else sizes[0]
     keep = cap_count(len(files), (1 if gray else 3) * h * w, cfg.max_bytes, cfg.seed)
     x = np.empty((len(keep), 1 if gray else 3, h, w), dtype=np.uint8)
+    bad = []
     for j, i in enumerate(keep.tolist()):  # pass 2: decode
         try:
             with Image.open(files[i]) as im:
                 x[j] = _to_array(im, gray, cfg.image_size, Image)
+        except _UnknownRange as e:
+            bad.append((files[i], str(e), _EIGHT_BIT_FIX))
         except (OSError, ValueError) as e:
-            problems.append(Problem("data.path", f"{files[i]} could not be decoded: {e}", "remove it"))
-    raise_if(problems, "data")
+            bad.append((files[i], f"could not be decoded: {e}", "remove it"))
+    raise_if(_file_problems(bad, root), "data")
     return make_vision(x, np.asarray(labels)[keep], cfg, len(classes),
                        f"{root} ({len(classes)} class folders)", classes)
+
+
+def _pil(value, image_module):
+    """A dataset cell as a PIL image: `datasets` gives PIL images for Image columns, arrays otherwise."""
+    return value if isinstance(value, image_module.Image) else image_module.fromarray(np.asarray(value))
+
+
+def _decode_hf(ds, keep: np.ndarray, gray: bool, wh: tuple[int, int], cfg: DataConfig,
+               image_module) -> np.ndarray | None:
+    """Records `keep` of `ds` as uint8 [N, C, H, W] (C = 1 if gray else 3); None when gray and a
+    record turns out to be colour, so the caller decodes again as RGB."""
+    w, h = wh
+    x = np.empty((len(keep), 1 if gray else 3, h, w), dtype=np.uint8)
+    for j, rec in enumerate(ds.select(keep.tolist())):
+        im, where = _pil(rec[cfg.image_field], image_module), f"{cfg.name} record {int(keep[j])}"
+        if gray and im.mode not in GRAY_MODES:
+            return None
+        if cfg.image_size is None and im.size != (w, h):
+            raise_if(_size_problem("data.image_size", [f"{cfg.name} record 0", where], [(w, h), im.size]), "data")
+        try:
+            x[j] = _to_array(im, gray, cfg.image_size, image_module)
+        except _UnknownRange as e:
+            raise ConfigError([Problem("data.image_field", f"{where} {e}", _EIGHT_BIT_FIX)], "data") from e
+    return x
 
 
 def load_hf_images(cfg: DataConfig) -> VisionData:
@@ -115,18 +170,15 @@ def load_hf_images(cfg: DataConfig) -> VisionData:
     y = np.asarray(list(ds[cfg.label_field]))  # list(): newer `datasets` return a lazy Column
     raise_if(label_problems(y, f"Hugging Face dataset {cfg.name}", len(names) or None,
                             "data.label_field"), "data")
-    first = ds[0][cfg.image_field]
-    first = first if isinstance(first, Image.Image) else Image.fromarray(np.asarray(first))
-    gray, size = first.mode in GRAY_MODES, cfg.image_size
-    w, h = (size, size) if size else first.size
-    keep = cap_count(len(ds), (1 if gray else 3) * h * w, cfg.max_bytes, cfg.seed)
-    x = np.empty((len(keep), 1 if gray else 3, h, w), dtype=np.uint8)
-    for j, rec in enumerate(ds.select(keep.tolist())):
-        im = rec[cfg.image_field]
-        im = im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im))
-        if size is None and im.size != (w, h):
-            raise_if(_size_problem("data.image_size", [f"{cfg.name} record 0", f"{cfg.name} record "
-                                   f"{int(keep[j])}"], [(w, h), im.size]), "data")
-        x[j] = _to_array(im, gray, size, Image)
+    first = _pil(ds[0][cfg.image_field], Image)
+    w, h = (cfg.image_size, cfg.image_size) if cfg.image_size else first.size
+    # One channel only if every kept record is grayscale, as in the folder source: record 0 alone would
+    # drop the colour of every later image. Decode as gray first and restart as RGB at the first colour
+    # record, so a gray set is decoded once and a colour one (colour shows up early) about once.
+    keep = cap_count(len(ds), h * w, cfg.max_bytes, cfg.seed)
+    x = _decode_hf(ds, keep, True, (w, h), cfg, Image)
+    if x is None:
+        keep = cap_count(len(ds), 3 * h * w, cfg.max_bytes, cfg.seed)
+        x = _decode_hf(ds, keep, False, (w, h), cfg, Image)
     n_classes = len(names) or int(y.max()) + 1
     return make_vision(x, y[keep], cfg, n_classes, f"Hugging Face {cfg.name}", names)

@@ -200,12 +200,20 @@ def load_hf_text(cfg: DataConfig) -> LMData:
     docs: list[bytes] = []
     total = 0
     try:
-        for rec in datasets.load_dataset(name, conf or None, split="train", streaming=True):
+        for i, rec in enumerate(datasets.load_dataset(name, conf or None, split="train", streaming=True)):
             if cfg.field not in rec:
                 raise ConfigError([Problem("data.field", f"Hugging Face dataset {cfg.name} has no "
                                            f"field {cfg.field!r}", f"use one of: {', '.join(rec)}")],
                                   "data")
-            b = str(rec[cfg.field]).encode("utf-8")[: cap - total]
+            text = rec[cfg.field]
+            if text is None:  # a missing value: str() would put the bytes "None" into the corpus
+                continue
+            if not isinstance(text, str):  # str() of a list or number is its Python repr, not text
+                raise ConfigError([Problem("data.field", f"field {cfg.field!r} of Hugging Face dataset "
+                                           f"{cfg.name} must hold text, but record {i} holds a "
+                                           f"{type(text).__name__}", "set data.field to a text column")],
+                                  "data")
+            b = text.encode("utf-8")[: cap - total]
             if b:
                 docs.append(b)
                 total += len(b)
