@@ -87,3 +87,31 @@ def _plotly_traces(html: str) -> list[dict]:
     data_at = html.index("[", start)
     data, _ = json.JSONDecoder().raw_decode(html[data_at:])
     return data
+
+
+@pytest.mark.parametrize("modes", [("min", "min"), ("max", "min"), ("min", "max"), ("max", "max")])
+def test_front_line_turns_at_corners_the_front_dominates(tmp_path, modes):
+    """The step line joining the front must bound what the trials reached: each corner it turns
+    at is dominated by a trial. The turn used to follow the slope of the front, which put the
+    corners on the optimistic side (claiming values no trial reached) when the first objective
+    is minimised and the second maximised, or both maximised."""
+    pytest.importorskip("plotly", reason="the sweep extra (plotly) is not installed")
+    from dnasweep.sweep.pareto import pareto_mask
+
+    spec = dict(SPACE, objectives=[{"metric": "val/acc", "mode": modes[0]},
+                                   {"metric": "compute/flops_per_token", "mode": modes[1]}])
+    space = parse_space(spec, "space.yaml")
+    rng = np.random.default_rng(1)
+    rows = [{"number": i, "values": [float(rng.uniform(0, 1)), float(rng.uniform(0, 1))], "feasible": True,
+             "params": {}} for i in range(40)]
+    for r, keep in zip(rows, pareto_mask([r["values"] for r in rows], list(modes)), strict=True):
+        r["front"] = bool(keep)
+    plots.write_all(rows, space, [0.1], str(tmp_path))
+    (front,) = [t for t in _plotly_traces((tmp_path / "pareto.html").read_text()) if t["name"] == "Pareto front"]
+    xs, ys = front["x"], front["y"]
+    assert len(xs) > 2
+    hv = front["line"]["shape"] == "hv"  # hv: along x first, so the corner is (next x, this y)
+    corners = [(xs[i + 1], ys[i]) if hv else (xs[i], ys[i + 1]) for i in range(len(xs) - 1)]
+    better = [(lambda a, b: a <= b) if m == "min" else (lambda a, b: a >= b) for m in modes]
+    for cx, cy in corners:
+        assert any(better[0](x, cx) and better[1](y, cy) for x, y in zip(xs, ys, strict=True)), (modes, cx, cy)

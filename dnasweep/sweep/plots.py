@@ -38,11 +38,12 @@ def _groups(rows: list[dict]) -> dict[str, list[dict]]:
     return {name: sel for name, sel in out.items() if sel}
 
 
-def _staircase(front: list[dict]) -> str:
-    """"post" or "pre": the staircase bounds the region the front dominates, and which corner it turns
-    at depends on whether the second objective falls or rises along the sorted first one (the modes)."""
-    ys = [r["values"][1] for r in front]
-    return "post" if ys[-1] <= ys[0] else "pre"
+def _staircase(space: SearchSpace) -> str:
+    """"post" or "pre": where the step line through the front (sorted by the first objective, rising)
+    turns. Its corners must be points the front dominates, never values no trial reached: with the
+    first objective minimised, (next x, this y) is dominated by this point ("post"); maximised,
+    (this x, next y) by the next one ("pre"). The second objective's mode does not matter."""
+    return "post" if space.objectives[0].mode == "min" else "pre"
 
 
 def _dense(reference: list[dict], space: SearchSpace) -> tuple[list, list, list[str]]:
@@ -104,7 +105,7 @@ def pareto_png(rows: list[dict], space: SearchSpace, path: str, reference: list[
         ax.scatter([r["values"][0] for r in sel], [r["values"][1] for r in sel], label=name, **styles[name])
     front = groups.get("Pareto front", [])
     if len(front) > 1:
-        ax.step([r["values"][0] for r in front], [r["values"][1] for r in front], where=_staircase(front),
+        ax.step([r["values"][0] for r in front], [r["values"][1] for r in front], where=_staircase(space),
                 c="tab:red", lw=1)
     dx, dy, _ = _dense(reference or [], space)
     if dx:
@@ -134,7 +135,7 @@ def pareto_html(rows: list[dict], space: SearchSpace, path: str, reference: list
         marker, opacity = markers[name]
         fig.add_trace(go.Scatter(x=[r["values"][0] for r in sel], y=[r["values"][1] for r in sel], name=name,
                                  mode="markers+lines" if name == "Pareto front" else "markers",
-                                 line=dict(shape={"post": "hv", "pre": "vh"}[_staircase(sel)], width=1),
+                                 line=dict(shape={"post": "hv", "pre": "vh"}[_staircase(space)], width=1),
                                  marker=marker, opacity=opacity,
                                  text=[_label(r, space) for r in sel], hoverinfo="text+x+y"))
     dx, dy, labels = _dense(reference or [], space)
