@@ -14,16 +14,17 @@ from dnasweep.space.sample import check_samples
 
 OK = {"base": {"model": {"d_model": 32, "n_heads": 4, "seq_len": 24, "n_steps": 2}},
       "objectives": [{"metric": "val/loss", "mode": "min"}]}
-TRICKY = ["true", "off", "1e3", "null", None]  # text that YAML would read as a bool, a float, null
+TRICKY = ["true", "off", "1e3", "null"]  # text that YAML would read as a bool, a float, null
 
 
 def test_choice_values_reach_the_trial_config_exactly():
     # A point used to travel as `path=value` text parsed back as YAML: 'true' arrived as 'True',
     # '1e3' as '1000.0', 'null' as None.
-    space = parse_space({**OK, "search": {"data.name": {"choice": TRICKY}}}, "s.yaml")
+    # data.field: a free text field (the hf record field) that the default source does not read
+    space = parse_space({**OK, "search": {"data.field": {"choice": TRICKY}}}, "s.yaml")
     for v in TRICKY:
-        cfg = space.apply({"data.name": v}, "/tmp/unused")
-        assert cfg.data.name == v and type(cfg.data.name) is type(v), (v, cfg.data.name)
+        cfg = space.apply({"data.field": v}, "/tmp/unused")
+        assert cfg.data.field == v and type(cfg.data.field) is type(v), (v, cfg.data.field)
     floats = parse_space({**OK, "search": {"loss.compute_weight": {"choice": [0, 0.3]}}}, "s.yaml")
     cfg = floats.apply({"loss.compute_weight": 0}, "/tmp/unused")
     assert cfg.loss.compute_weight == 0.0 and type(cfg.loss.compute_weight) is float  # an int for a float field
@@ -31,11 +32,11 @@ def test_choice_values_reach_the_trial_config_exactly():
 
 def test_a_choice_of_another_type_than_its_field_is_refused_with_the_fix():
     with pytest.raises(ConfigError) as e:
-        parse_space({**OK, "search": {"data.name": {"choice": [True, "x"]}, "train.lr": {"choice": ["1e3", 0.1]}}},
+        parse_space({**OK, "search": {"data.field": {"choice": [True, "x"]}, "train.lr": {"choice": ["1e3", 0.1]}}},
                     "s.yaml")
     probs = {p.key: p for p in e.value.problems}
-    assert "True (bool) does not fit data.name" in probs["search.data.name.choice"].message
-    assert "quote it ('true')" in probs["search.data.name.choice"].fix
+    assert "True (bool) does not fit data.field" in probs["search.data.field.choice"].message
+    assert "quote it ('true')" in probs["search.data.field.choice"].fix
     assert "'1e3' (str) does not fit train.lr" in probs["search.train.lr.choice"].message
 
 

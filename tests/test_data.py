@@ -435,3 +435,19 @@ def test_trials_of_a_sweep_are_scored_on_the_same_windows_whatever_their_batch_s
     assert base.shape == (128, 16)  # the base's own windows, as before
     assert torch.equal(text({"train.batch_size": 32}), base) and torch.equal(text({"train.batch_size": 12}), base)
     assert space.apply({"train.batch_size": 16}, "out").train.eval_windows is None  # the base's config unchanged
+
+
+@pytest.mark.parametrize("task,fields,key", [
+    ("lm", dict(path="corpus.txt"), "data.path"),  # forgot source: text -> trained on the stdlib
+    ("lm", dict(name="roneneldan/TinyStories"), "data.name"),
+    ("vision", dict(source="digits", image_size=16), "data.image_size"),  # 8x8, never resized
+    ("vision", dict(source="npz", path="x.npz", image_size=16), "data.image_size"),
+])
+def test_a_data_key_the_source_does_not_read_is_refused(tmp_path, task, fields, key):
+    """A key the chosen source ignores is a mistake that would train on other data than asked:
+    data.path with the default source trained on the standard library, silently."""
+    (tmp_path / "x.npz").write_bytes(b"0")
+    cfg = DataConfig(**{k: str(tmp_path / v) if k == "path" else v for k, v in fields.items()})
+    (p,) = [q for q in check_data(cfg, task) if q.key == key]
+    assert "reads no" in p.message or "does not resize" in p.message, p
+    assert cfg.source in p.message and p.fix

@@ -41,7 +41,12 @@ class DataConfig:
     val_fraction: float = dataclasses.field(default=0.1, metadata=gt(0, below=1))  # held-out share
     image_size: int | None = dataclasses.field(default=None, metadata=gt(0))  # resize images to this square
     max_bytes: int | None = dataclasses.field(default=None, metadata=gt(0))  # cap on corpus bytes read; None: all
-    seed: int = dataclasses.field(default=0, metadata=ge(0))  # seed of the split and of the batch sampler
+    seed: int = dataclasses.field(default=0, metadata=ge(0))  # seed of the train/val split (batches follow train.seed)
+
+
+# Optional keys only some sources read -> (does source s read it, what a source that does not "does").
+_SOURCE_KEYS = {"path": (lambda s: s.needs_path, "reads no path"), "name": (lambda s: s.named, "reads no dataset name"),
+                "image_size": (lambda s: s.resizes, "does not resize its images")}
 
 
 def has_module(name: str) -> bool:
@@ -119,7 +124,13 @@ def check_data(cfg: DataConfig, task: str) -> list[Problem]:
                                 f"use one of: {', '.join(source_names(task))}"))
     if "path" not in bad and src and src.needs_path:
         problems += _path_problems(cfg, src)
-    if "name" not in bad and src and src.name == "hf" and not cfg.name:
+    for key, (uses, what) in _SOURCE_KEYS.items():  # ignored, the run would train on other data than asked
+        if src and key not in bad and getattr(cfg, key) is not None and not uses(src):
+            users = [n for n in source_names(task) if uses(get_source(task, n))]
+            problems.append(Problem(f"data.{key}", f"is set, but source {src.name!r} {what}: it would be ignored",
+                                    f"remove data.{key}, or pick a source that uses it"
+                                    + (f" ({', '.join(users)})" if users else "")))
+    if "name" not in bad and src and src.named and not cfg.name:
         problems.append(Problem("data.name", "source 'hf' needs a dataset name, but none is given",
                                 "set data.name, e.g. 'roneneldan/TinyStories' or 'NAME:CONFIG'"))
     for module in src.requires if src else ():

@@ -29,6 +29,8 @@ class Source:
     suffixes: tuple[str, ...] = ()  # a "file" path's allowed suffixes; the files read from a folder
     files: str = "files"  # what those files are called in messages ("text files", "images")
     requires: tuple[str, ...] = ()  # optional modules its loader imports (checked before loading)
+    named: bool = False  # reads data.name (a dataset name)
+    resizes: bool = False  # data.image_size resizes its images
 
 
 SOURCES: dict[tuple[str, str], Source] = {}  # (task, name) -> Source
@@ -67,12 +69,12 @@ register_source("lm", "text", "dnasweep.data.lm:load_text", "a UTF-8 text file, 
 register_source("lm", "tokens", "dnasweep.data.lm:load_tokens", "token ids in a raw .bin file (data.dtype) or "
                 "an .npy file", needs_path=True, path_kind="file", suffixes=(".bin", ".npy"))
 register_source("lm", "hf", "dnasweep.data.lm:load_hf_text", "the text field of a Hugging Face dataset (data.name)",
-                byte_level=True, requires=("datasets",))
+                byte_level=True, requires=("datasets",), named=True)
 register_source("vision", "digits", "dnasweep.data.vision:load_digits", "scikit-learn's 8x8 digits")
 register_source("vision", "npz", "dnasweep.data.vision:load_npz", "an .npz file, np.savez(path, images=..., "
                 "labels=...)", needs_path=True, path_kind="file", suffixes=(".npz",))
 register_source("vision", "folder", "dnasweep.data.images:load_folder", "a folder of images laid out as "
                 "PATH/<class name>/<image file>", needs_path=True, path_kind="dir", suffixes=IMAGE_SUFFIXES,
-                files="images", requires=("PIL",))
+                files="images", requires=("PIL",), resizes=True)
 register_source("vision", "hf", "dnasweep.data.images:load_hf_images", "the image and label fields of a "
-                "Hugging Face dataset (data.name)", requires=("datasets", "PIL"))
+                "Hugging Face dataset (data.name)", requires=("datasets", "PIL"), named=True, resizes=True)
