@@ -166,3 +166,42 @@ def test_tracking_uri_with_a_password_is_refused():
         parse_space({**OK, "tracking": {"uri": "http://me:hunter2@mlflow:5000"}}, "s.yaml")
     assert "tracking.uri" in str(e.value) and "MLFLOW_TRACKING_PASSWORD" in str(e.value)
     assert "hunter2" not in str(e.value)
+
+
+@pytest.mark.parametrize("bound", ["1e", "2e7.5", ".", "+-1"])
+def test_a_constraint_bound_that_is_not_a_number_is_a_problem(bound):
+    """The pattern let these through to float(), which raised a traceback (rc 1) instead of a problem."""
+    p = _problems(constraints=[f"params/total <= {bound}"])["constraints[0]"]
+    assert "cannot parse" in p.message and "number" in p.fix
+
+
+REF = {"d_model": [16, 32], "dense_layers": [1, 2]}
+
+
+@pytest.mark.parametrize("path,spec", [
+    ("train.max_steps", {"choice": [50, 400]}),
+    ("train.batch_size", {"choice": [8, 16]}),
+    ("model.seq_len", {"choice": [16, 32]}),
+])
+def test_searching_what_the_dense_rungs_are_trained_on_is_refused_with_a_reference(path, spec):
+    """compare/* gains set each trial against the reference ladder, whose rungs train with the base's
+    data, budget and context: a searched budget or context compared trials with dense models
+    trained otherwise, silently."""
+    p = _problems(search={path: spec}, reference=REF)[f"search.{path}"]
+    assert "reference" in p.message and "base" in p.fix
+    parse_space({**OK, "search": {path: spec}}, "space.yaml")  # without a ladder, searching them is fine
+
+
+@pytest.mark.parametrize("path,spec", [("data.max_bytes", {"choice": [100000, 200000]}),
+                                       ("data.seed", {"int": [0, 3]}), ("data.val_fraction", {"float": [0.1, 0.2]})])
+def test_searching_the_data_is_refused(path, spec):
+    """Each trial would be scored on other validation data: their val/* objectives could not be
+    compared (a front mixing them is meaningless)."""
+    p = _problems(search={path: spec})[f"search.{path}"]
+    assert "validation" in p.message
+
+
+def test_a_record_field_the_source_does_not_read_may_be_searched():
+    """data.field picks an hf column: with the default source it changes nothing (the config
+    pipeline's tests search it as a free text field)."""
+    parse_space({**OK, "search": {"data.field": {"choice": ["a", "b"]}}}, "space.yaml")

@@ -8,6 +8,7 @@ Ray-, Optuna- and MLflow-free; dnasweep.sweep adapts it to them.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from dnasweep import metrics as M
 from dnasweep.config import TrialConfig, read_yaml
 from dnasweep.config.load import build, did_you_mean, schema_problems
 from dnasweep.config.sweep import ObjectiveConfig, SweepConfig, sweep_sections
-from dnasweep.data.sources import byte_level, source_names
+from dnasweep.data.sources import byte_level, get_source, source_names
 from dnasweep.errors import ConfigError, Problem, raise_if
 from dnasweep.space.apply import apply
 from dnasweep.space.feasibility import unsatisfiable
@@ -151,6 +152,8 @@ def _constraints(raw: list, base: TrialConfig | None, searched, p: list[Problem]
     out = []
     for i, c in enumerate(raw):
         m = _CONSTRAINT.match(str(c))
+        if m and not _is_number(m.group(3)):  # the pattern admits '1e' or '.': float() would raise
+            m = None
         if not m:
             p.append(Problem(f"constraints[{i}]", f"cannot parse {c!r}", "write 'metric <= number' or '>='"))
             continue
@@ -161,6 +164,41 @@ def _constraints(raw: list, base: TrialConfig | None, searched, p: list[Problem]
                 bad.key, bad.message, "drop the constraint, or use a metric these trials report"))
         out.append(Constraint(m.group(1), m.group(2), float(m.group(3))))
     return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+# Searched, these change what a trial trains on or is scored with: a reference ladder's dense rungs
+# train with the base's values, so compare/* gains would set trials against dense models trained otherwise.
+_RUNG_KEYS = ("train.batch_size", "train.max_steps", "train.max_tokens", "train.grad_accum", "train.time_limit_s",
+              "model.seq_len", "model.image_size", "model.patch_size")
+_RECORD_FIELDS = ("data.field", "data.image_field", "data.label_field")  # read by sources named by data.name only
+
+
+def _comparable_problems(params: list[Param], base: TrialConfig | None, reference: bool) -> list[Problem]:
+    """Searched keys that would make trials incomparable: any data key (the validation data changes
+    with it, so val/* objectives would rank trials scored on different data), and with a reference
+    ladder, the budget and context its rungs are trained with."""
+    src = get_source(base.model.task, base.data.source) if base is not None else None
+    p = []
+    for q in params:
+        if q.path.startswith("data.") and not (q.path in _RECORD_FIELDS and (src is None or not src.named)):
+            p.append(Problem(f"search.{q.path}", "is searched, but it changes the data each trial trains on and its "
+                             "validation split: val/* objectives of different trials would be scored on different "
+                             "data and could not be compared", "set it in base, one sweep per value"))
+        elif reference and q.path in _RUNG_KEYS:
+            value = functools.reduce(getattr, q.path.split("."), base) if base is not None else "?"
+            p.append(Problem(f"search.{q.path}", f"is searched, but the reference: ladder's dense rungs train with "
+                             f"the base's value ({value}): compare/* gains would set trials against dense models "
+                             "trained with another budget or context", "set it in base (one sweep per value), or "
+                             "drop the reference: section"))
+    return p
 
 
 def most_steps(base_max_steps: int, params: list[Param]) -> int:
@@ -200,6 +238,7 @@ def parse_space(data: dict, source: str, overrides: list[str] | None = None, smo
     base = cfg.base if base_ok and check else None
     params = [q for path, spec in cfg.search.items() if (q := parse_param(str(path), spec, p)) is not None]
     p += when_problems(params)
+    p += _comparable_problems(params, base, bool(cfg.reference.d_model))
     if not any(q.key == "objectives" for q in p):  # a wrong-shaped section is one problem, not two
         cfg.objectives = _objectives(cfg.objectives, base, cfg.search, p, bool(cfg.reference.d_model))
     constraints = _constraints(cfg.constraints, base, cfg.search, p, bool(cfg.reference.d_model))
