@@ -112,3 +112,24 @@ def test_report_states_the_gain_with_its_bound():
     text = _versus_dense({"compare": {M.COMPUTE_GAIN: 4.0, M.COMPUTE_GAIN_BOUND: 1.0, M.SPEED_GAIN: 0.5,
                                       M.SPEED_GAIN_BOUND: 0.0}})
     assert "compute gain is more than 4" in text and "0.5 of a dense model's" in text
+
+
+def test_a_rung_hash_follows_the_data_it_reads_not_only_its_config(tmp_path, monkeypatch):
+    """The ladder cache is keyed by the rung's hash: two corpora at the same relative path (or one
+    edited in place) hashed alike, and a later sweep reused dense rungs trained on the other text."""
+    from dnasweep.config import build_trial
+
+    for d, text in (("h1", "first corpus " * 50), ("h2", "another text " * 60)):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "corpus.txt").write_text(text)
+    monkeypatch.chdir(tmp_path / "h1")
+    base = build_trial({"model": {"d_model": 32, "n_heads": 4, "seq_len": 16},
+                        "data": {"source": "text", "path": "corpus.txt"}})
+    hashes = []
+    for d in ("h1", "h2"):
+        monkeypatch.chdir(tmp_path / d)
+        hashes.append(config_hash(ladder(base, [16], [1])[0]))
+    assert hashes[0] != hashes[1]
+    assert config_hash(ladder(base, [16], [1])[0]) == hashes[1]  # same data, same hash
+    (tmp_path / "h2" / "corpus.txt").write_text("edited " * 80)
+    assert config_hash(ladder(base, [16], [1])[0]) != hashes[1]

@@ -69,6 +69,26 @@ def data_files(root: Path, suffixes: tuple[str, ...]) -> Iterator[Path]:
             and not any(s.startswith(".") for s in p.relative_to(root).parts) and p.is_file())
 
 
+def identity(cfg: DataConfig, task: str) -> list[str]:
+    """What the data of `cfg` is beyond its fields, for caches of results trained on it: the path's
+    absolute location and every data file's size and mtime under it (an edited corpus, or another
+    one at the same relative path, is other data), and the Python version (pystdlib reads this
+    interpreter's standard library). Stat calls only: nothing is read."""
+    import platform
+
+    out = [platform.python_version()]
+    src = get_source(task, cfg.source)
+    if src is None or not src.needs_path or not cfg.path:
+        return out
+    p = resolve(cfg.path).absolute()
+    files = [p] if p.is_file() else sorted(data_files(p, src.suffixes)) if src.suffixes and p.is_dir() else []
+    out.append(str(p))
+    for f in files:
+        st = f.stat()
+        out.append(f"{f.relative_to(p) if f != p else f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return out
+
+
 def _path_problems(cfg, src: Source) -> list[Problem]:
     """Is the path given, present, of the right kind (file / folder / suffix) and holding data.
     Emptiness is caught here, not by the loader, so a sweep refuses it before any trial starts."""

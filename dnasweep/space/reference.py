@@ -41,9 +41,14 @@ def ladder(base: TrialConfig, d_model: list[int], dense_layers: list[int]) -> li
 
 
 def config_hash(cfg: TrialConfig) -> str:
-    """What identifies a rung's training: its whole config but out_dir."""
+    """What identifies a rung's training: its whole config but out_dir, the data it reads (files'
+    location, sizes and mtimes; dnasweep.data.config.identity) and dnasweep's version."""
+    import dnasweep
+    from dnasweep.data.config import identity
+
     d = OmegaConf.to_container(OmegaConf.structured(cfg))
     d.pop("out_dir")
+    d["_data"], d["_dnasweep"] = identity(cfg.data, cfg.model.task), dnasweep.__version__
     return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(d)).encode()).hexdigest()[:16]
 
 
