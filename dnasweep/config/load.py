@@ -13,6 +13,7 @@ import types
 from dataclasses import is_dataclass
 from typing import Any, Literal, Union, get_args, get_origin
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -48,8 +49,10 @@ def fits(value: Any, typ: Any) -> bool:
 
 
 def _example(schema: type) -> str:
-    """A section's defaults as a one-line YAML flow mapping: the fix for a wrong-shaped section."""
-    return OmegaConf.to_yaml(OmegaConf.structured(schema)).replace("\n", ", ").rstrip(", ")
+    """A section's defaults as a one-line YAML flow mapping (nested sections nested): the fix for a
+    wrong-shaped section."""
+    defaults = OmegaConf.to_container(OmegaConf.structured(schema))
+    return yaml.safe_dump(defaults, default_flow_style=True, sort_keys=False, width=float("inf")).strip()
 
 
 def schema_problems(node: Any, schema: type, prefix: str) -> list[Problem]:
@@ -57,7 +60,7 @@ def schema_problems(node: Any, schema: type, prefix: str) -> list[Problem]:
     each leaf is merged on its own, lists of dataclasses item by item."""
     if not isinstance(node, dict):
         return [Problem(prefix or "<root>", f"expected a mapping, got {type(node).__name__} {node!r}",
-                        f"e.g. {prefix.split('.')[-1]}: {{{_example(schema)}}}" if prefix else "")]
+                        f"e.g. {prefix.split('.')[-1]}: {_example(schema)}" if prefix else "")]
     out: list[Problem] = []
     types_ = type_hints(schema)
     for key, value in node.items():
@@ -73,12 +76,16 @@ def schema_problems(node: Any, schema: type, prefix: str) -> list[Problem]:
         elif get_origin(typ) is list and is_dataclass(item := get_args(typ)[0]):
             if not isinstance(value, list):
                 out.append(Problem(dotted, f"expected a list, got {type(value).__name__} {value!r}",
-                                   f"e.g. {key}: [{{{_example(item)}}}]"))
+                                   f"e.g. {key}: [{_example(item)}]"))
             else:
                 for i, v in enumerate(value):
                     out += schema_problems(v, item, f"{dotted}[{i}]")
         elif get_origin(typ) is list and not isinstance(value, list):
             out.append(Problem(dotted, f"expected a list, got {type(value).__name__} {value!r}"))
+        elif get_origin(typ) is list and (bad := [v for v in value if not fits(v, item := get_args(typ)[0])]):
+            # checked here, not by OmegaConf: it would convert '128' to 128 and refuse True only
+            out.append(Problem(dotted, f"invalid items {bad} in {value!r}: this field is {type_name(typ)}",
+                               f"expected {type_name(typ)}" + (", e.g. [64, 128]" if fits(1, item) else "")))
         else:
             try:
                 OmegaConf.merge(OmegaConf.structured(schema), {key: value})
@@ -98,16 +105,63 @@ def build(schema: type, data: dict) -> Any:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data))
 
 
-def parse_overrides(overrides: list[str]) -> tuple[dict, list[Problem]]:
-    """`key=value` strings -> nested dict (values parsed as YAML scalars)."""
-    bad = [Problem(o, "override must look like dotted.key=value", "e.g. train.max_steps=200")
-           for o in overrides if "=" not in o or o.startswith("=")]
-    good = [o for o in overrides if "=" in o and not o.startswith("=")]
-    try:
-        return OmegaConf.to_container(OmegaConf.from_dotlist(good)), bad
-    except Exception as e:  # OmegaConf's own errors and yaml.YAMLError from a malformed value
-        return {}, bad + [Problem("overrides", f"cannot parse {good}: {str(e).splitlines()[0]}",
-                                  "values are YAML scalars or flow lists, e.g. key=3e-4 or key=[1,2]")]
+def leaf_type(schema: type | None, key: str) -> Any | None:
+    """The declared type of dotted `key` in dataclass `schema` (a dict field's value type below
+    it); None when unknown."""
+    typ: Any = schema
+    for part in key.split("."):
+        if is_dataclass(typ):
+            typ = type_hints(typ).get(part)
+        elif get_origin(typ) is dict:
+            typ = get_args(typ)[1]
+        else:
+            return None
+    return typ
+
+
+def _is_text(typ: Any) -> bool:
+    """A str field (or str | None, or a Literal of words): its override is text as typed."""
+    args = [a for a in get_args(typ) if a is not type(None)] if get_origin(typ) in (Union, types.UnionType) else [typ]
+    return bool(args) and all(a is str or (get_origin(a) is Literal and all(isinstance(w, str) for w in get_args(a)))
+                              for a in args)
+
+
+def _override(key: str, text: str, schema: type | None) -> dict:
+    """One `key=text` as a nested dict. Text for a text field is kept as typed: YAML would cut
+    'lm #2' at its comment and read 'a: b' as a mapping. Only null (on an optional field) and a
+    quoted value are read as YAML; other fields take YAML scalars and flow lists."""
+    typ = leaf_type(schema, key)
+    if typ is None or not _is_text(typ):
+        return OmegaConf.to_container(OmegaConf.from_dotlist([f"{key}={text}"]))
+    node: Any = text
+    t = text.strip()
+    if (len(t) > 1 and t[0] == t[-1] and t[0] in "'\"") or t in ("", "~", "null", "Null", "NULL"):
+        try:
+            value = yaml.safe_load(t)
+        except yaml.YAMLError:  # not one quoted scalar after all ('a' + 'b'): keep the text
+            value = text
+        if isinstance(value, str) or (value is None and fits(None, typ)):
+            node = value
+    for part in reversed(key.split(".")):
+        node = {part: node}
+    return node
+
+
+def parse_overrides(overrides: list[str], schema: type | None = None) -> tuple[dict, list[Problem]]:
+    """`key=value` strings -> nested dict, later ones winning. Values are YAML scalars, but those of
+    the str fields of dataclass `schema` (when given) arrive as typed."""
+    out, bad = {}, []
+    for o in overrides:
+        key, eq, text = o.partition("=")
+        if not eq or not key:
+            bad.append(Problem(o, "override must look like dotted.key=value", "e.g. train.max_steps=200"))
+            continue
+        try:
+            out = deep_merge(out, _override(key, text, schema))
+        except Exception as e:  # OmegaConf's own errors and yaml.YAMLError from a malformed value
+            bad.append(Problem(key, f"cannot parse the override {o!r}: {str(e).splitlines()[0]}",
+                               "values are YAML scalars or flow lists, e.g. key=3e-4 or key=[1,2]"))
+    return out, bad
 
 
 def _yaml_message(e: Exception) -> str:

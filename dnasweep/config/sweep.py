@@ -189,7 +189,7 @@ def sweep_sections(data: dict, source: str, overrides: list[str] | None = None, 
                          "an overlay of this file, e.g. smoke: {budget: {trials: 2}}"))
     elif smoke and overlay:
         data = deep_merge(data, overlay)
-    over, bad = parse_overrides(overrides or [])
+    over, bad = parse_overrides(overrides or [], SweepConfig)
     p += bad
     data = deep_merge(data, over)
     for k in data:
@@ -220,13 +220,15 @@ def sweep_sections(data: dict, source: str, overrides: list[str] | None = None, 
         elif value is not None:
             setattr(cfg, name, value)
     for name, schema in _FLAT.items():
-        given = data.get(name) or {}
+        given = {} if data.get(name) is None else data[name]  # `budget: []` or `sampler: 0` is no default
         q = schema_problems(given, schema, name)
         if isinstance(given, dict):  # the keys that passed keep their values; the rest their defaults
             bad = {x.key for x in q}
             section = build(schema, {k: v for k, v in given.items() if f"{name}.{k}" not in bad})
-            # the fields' declared rules, then the section's own (those with rules beyond them)
-            q += field_problems(section, name) + (section.problems() if hasattr(section, "problems") else [])
+            # the fields' declared rules, then the section's own (those with rules beyond them). A
+            # rule on a dropped key, or on the whole section once one is dropped, would judge a default.
+            own = section.problems() if hasattr(section, "problems") else []
+            q += field_problems(section, name) + [x for x in own if x.key not in bad and not (bad and x.key == name)]
             setattr(cfg, name, section)
         p += q
     cfg.smoke = overlay if isinstance(overlay, dict) else {}

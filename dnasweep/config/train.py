@@ -22,8 +22,8 @@ class TrainConfig:
     min_lr_ratio: float = field(default=0.1, metadata={">=": 0, "<=": 1})  # cosine decay floor, as a fraction of lr
     warmup_steps: int = field(default=50, metadata=ge(0))  # linear warm-up steps
     weight_decay: float = field(default=0.1, metadata=ge(0))  # AdamW decay on matrices (not norms, biases, embeddings)
-    beta1: float = 0.9  # AdamW beta1
-    beta2: float = 0.95  # AdamW beta2
+    beta1: float = field(default=0.9, metadata=ge(0, below=1))  # AdamW beta1 (torch refuses it outside [0, 1))
+    beta2: float = field(default=0.95, metadata=ge(0, below=1))  # AdamW beta2 (torch refuses it outside [0, 1))
     grad_clip: float = field(default=1.0, metadata=ge(0))  # clip the global gradient norm to this (0: off)
     eval_every: int = field(default=100, metadata=gt(0))  # evaluate on held-out data every this many steps (and last)
     eval_batches: int = field(default=8, metadata=gt(0))  # fixed held-out batches per evaluation (LM; vision: all)
@@ -33,7 +33,7 @@ class TrainConfig:
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False  # torch.compile the model (routing then runs static capacities: dnasweep.model.pool)
-    seed: int = 0  # seeds weights, batches and router noise
+    seed: int = field(default=0, metadata=ge(0))  # seeds weights, batches and router noise
 
 
 def train_problems(cfg: TrainConfig, prefix: str = "train") -> list[Problem]:

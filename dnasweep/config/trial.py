@@ -3,14 +3,14 @@ YAML with overrides through `dnasweep.config.load`, with every problem reported 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 
 from omegaconf import OmegaConf
 
-from dnasweep.config.load import build, deep_merge, parse_overrides, read_yaml, schema_problems
+from dnasweep.config.load import build, deep_merge, leaf_type, parse_overrides, read_yaml, schema_problems
 from dnasweep.config.train import TrainConfig, train_problems
 from dnasweep.data.config import DataConfig, check_data
-from dnasweep.errors import Problem, raise_if
+from dnasweep.errors import ConfigError, Problem, field_problems, raise_if
 from dnasweep.model.config import ModelConfig
 from dnasweep.model.config import problems as model_problems
 from dnasweep.model.loss import LossConfig, loss_problems
@@ -33,13 +33,42 @@ def trial_problems(cfg: TrialConfig) -> list[Problem]:
             + train_problems(cfg.train) + loss_problems(cfg.loss))
 
 
+def _without(node: dict, keys: set[str], prefix: str = "") -> dict:
+    """`node` less the dotted `keys`, so that the rest builds (the dropped keys take their defaults)."""
+    return {k: _without(v, keys, f"{prefix}{k}.") if isinstance(v, dict) else v
+            for k, v in node.items() if f"{prefix}{k}" not in keys}
+
+
+def _bounds(cfg, prefix: str) -> list[Problem]:
+    """The per-field rules of `cfg` and of every config nested in it: they judge one value each."""
+    out = field_problems(cfg, prefix)
+    for f in fields(cfg):
+        if is_dataclass(v := getattr(cfg, f.name)):
+            out += _bounds(v, f"{prefix}.{f.name}")
+    return out
+
+
+def _rule_problems(cfg: TrialConfig, dropped: set[str]) -> list[Problem]:
+    """trial_problems of a config built without the `dropped` keys. A section that lost the value of
+    a field keeps only its per-field rules: its other rules would judge a default the user never
+    wrote (an unknown key changes no value). The data rules depend on model.task, so a dropped
+    model.task (or model) silences them too."""
+    lost = {k for k in dropped if leaf_type(TrialConfig, k) is not None}
+    broken = {k.split(".")[0] for k in lost} | ({"data"} if {"model", "model.task"} & lost else set())
+    bounds = [q for f in fields(cfg) if f.name in broken and is_dataclass(v := getattr(cfg, f.name))
+              for q in _bounds(v, f.name)]
+    return [q for q in trial_problems(cfg) if q.key.split(".")[0] not in broken or q in bounds]
+
+
 def build_trial(data: dict, overrides: list[str] | None = None, source: str = "config") -> TrialConfig:
-    """Plain dict (+ dotted overrides) -> validated TrialConfig, or ConfigError with every problem."""
-    over, problems = parse_overrides(overrides or [])
+    """Plain dict (+ dotted overrides) -> validated TrialConfig, or ConfigError with every problem:
+    the schema's (unknown keys, wrong types) and, on the rest, the rules' at once."""
+    over, problems = parse_overrides(overrides or [], TrialConfig)
     merged = deep_merge(data, over)
-    raise_if(problems + schema_problems(merged, TrialConfig, ""), source)
-    cfg: TrialConfig = build(TrialConfig, merged)
-    raise_if(trial_problems(cfg), source)
+    schema = schema_problems(merged, TrialConfig, "")
+    dropped = {q.key for q in schema}
+    cfg: TrialConfig = build(TrialConfig, _without(merged, dropped))
+    raise_if(problems + schema + _rule_problems(cfg, dropped), source)
     return cfg
 
 
@@ -47,7 +76,10 @@ def load_trial(path: str, overrides: list[str] | None = None) -> TrialConfig:
     """A trial config from a trial YAML or a search-space YAML (its `base:`), with overrides."""
     data = read_yaml(path)
     if "base" in data or "search" in data:
-        data = data.get("base") or {}
+        data = {} if data.get("base") is None else data["base"]  # `base:` left empty: the defaults
+        if not isinstance(data, dict):
+            raise ConfigError([Problem("base", f"expected a mapping, got {type(data).__name__} {data!r}",
+                                       "a complete trial config: base: {model: ..., data: ..., train: ...}")], path)
     return build_trial(data, overrides, source=path)
 
 

@@ -17,11 +17,13 @@ from dnasweep.errors import ConfigError, Problem, raise_if
 
 
 def _check_sizes(seed: int | None = None, **sizes: int) -> None:
-    """Reject non-positive batch shapes and negative seeds (the caller's config values)."""
+    """Reject non-positive batch shapes and negative seeds (the caller's config values). The batch
+    seed is train.seed (the training loop's), never data.seed, which seeds the split only."""
     problems = [Problem(k, f"is {v}, must be a positive integer", "use an integer >= 1")
                 for k, v in sizes.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1]
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        problems.append(Problem("data.seed", f"is {seed}, must be an integer >= 0", "use e.g. 0"))
+        problems.append(Problem("train.seed", f"the batch sampler's seed is {seed!r}, must be an integer >= 0",
+                                "use e.g. 0"))
     raise_if(problems, "data")
 
 

@@ -8,6 +8,7 @@ problem list and never raises, so a file's problems are reported all at once.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
@@ -100,6 +101,9 @@ def parse_param(path: str, spec: Any, p: list[Problem]) -> Param | None:
                              f"list the values to try, e.g. {{choice: [64, 128]}}; a fixed value belongs "
                              f"in base: ({path})"))
             return None
+        if (log := spec.get("log", False)) is not False:  # Optuna's categorical draw has no scale
+            p.append(Problem(f"{key}.log", f"log applies to int / float ranges, not to choice (got log: {log!r})",
+                             "drop log:, or search a range, e.g. {float: [1.0e-4, 1.0e-2], log: true}"))
         for c in choices:  # exactly the field's type: what Optuna records is what the trial gets
             if not fits(c, typ):
                 p.append(Problem(f"{key}.choice", f"choice {c!r} ({type(c).__name__}) does not fit {path} "
@@ -108,6 +112,10 @@ def parse_param(path: str, spec: Any, p: list[Problem]) -> Param | None:
     rng = spec[kind]
     if not (isinstance(rng, list) and len(rng) == 2 and all(fits(v, float) for v in rng)):
         p.append(Problem(f"{key}.{kind}", f"must be [low, high], two numbers, got {rng!r}",
+                         "e.g. {int: [2, 6]}" if kind == "int" else "e.g. {float: [1.0e-4, 1.0e-2]}"))
+        return None
+    if not all(math.isfinite(v) for v in rng if isinstance(v, float)):  # Optuna overflows at the first draw
+        p.append(Problem(f"{key}.{kind}", f"bounds must be finite numbers, got {rng!r}",
                          "e.g. {int: [2, 6]}" if kind == "int" else "e.g. {float: [1.0e-4, 1.0e-2]}"))
         return None
     lo, hi = rng
@@ -165,7 +173,21 @@ def when_problems(params: list[Param]) -> list[Problem]:
                 out.append(Problem(key, f"condition on {other!r}, which is not listed before {q.path} under "
                                    "search: parameters are drawn in that order, so the condition never holds",
                                    f"move {other} above {q.path}"))
-            elif (choices := params[order[other]].choices) is not None and not all(
-                    any(v == c and type(v) is type(c) for c in choices) for v in vals):
-                out.append(Problem(key, f"values {vals} are not among {other}'s choices {choices}"))
+            else:
+                out += _value_problems(key, other, params[order[other]], vals)
     return out
+
+
+def _value_problems(key: str, other: str, q: Param, vals: list) -> list[Problem]:
+    """A condition `other in vals` must be able to hold: each value one `q` can draw."""
+    if q.kind == "choice":
+        if all(any(v == c and type(v) is type(c) for c in q.choices) for v in vals):
+            return []
+        return [Problem(key, f"values {vals} are not among {other}'s choices {q.choices}")]
+    if q.kind == "float":  # a continuous draw equals a listed value with probability 0
+        return [Problem(key, f"condition on {other!r}, a float range {[q.low, q.high]}: a float draw never equals "
+                        f"the listed values {vals}", f"conditions need a choice or int parameter: search {other} "
+                        "as a choice, or condition on another parameter")]
+    bad = [v for v in vals if isinstance(v, bool) or not isinstance(v, int) or not q.low <= v <= q.high]
+    return [Problem(key, f"values {bad} are not integers in {other}'s range {[q.low, q.high]}",
+                    f"list integers from {q.low} to {q.high}")] if bad else []
