@@ -156,3 +156,44 @@ def test_overrides_of_text_fields_arrive_as_typed():
     assert build_trial({}, ["out_dir=runs/lm #2"]).out_dir == "runs/lm #2"
     space = parse_space(OK, "s.yaml", ["tracking.experiment=lm #2", "base.out_dir=x #1", "budget.trials=3"])
     assert (space.tracking.experiment, space.base.out_dir, space.budget.trials) == ("lm #2", "x #1", 3)
+
+
+# 10. model vs data, where the source's shape is known without loading it
+
+@pytest.mark.parametrize("model,data,key", [
+    ({"task": "lm", "vocab_size": 100}, {"source": "pystdlib"}, "model.vocab_size"),  # bytes need 256
+    ({"task": "lm", "vocab_size": 500}, {"source": "tokens", "vocab_size": 1000}, "model.vocab_size"),
+    ({"task": "vision", "channels": 3}, {"source": "digits"}, "model.image_size"),  # digits: 1x8x8
+    ({"task": "vision", "image_size": 16, "patch_size": 4}, {"source": "digits"}, "model.image_size"),
+    ({"task": "vision", "n_classes": 5}, {"source": "digits"}, "model.n_classes"),  # 10 digits
+])
+def test_a_model_that_cannot_take_the_data_is_refused_before_training(tmp_path, model, data, key):
+    """These validated and failed only at run time ('config vs data'): in a sweep, every trial and
+    every rung failed `invalid` one by one."""
+    from dnasweep.config import build_trial
+
+    if data["source"] == "tokens":
+        import numpy as np
+
+        np.save(tmp_path / "ids.npy", np.arange(900, dtype=np.uint16))
+        data = {**data, "path": str(tmp_path / "ids.npy")}
+    with pytest.raises(ConfigError) as e:
+        build_trial({"model": {"d_model": 32, "n_heads": 4, **model}, "data": data})
+    assert key in [p.key for p in e.value.problems], e.value.problems
+
+
+def test_a_model_that_cannot_take_loaded_data_is_refused_before_training(tmp_path):
+    """Where only loading tells the shape (an npz), the training loop checks the same rules."""
+    import numpy as np
+
+    from dnasweep.config import build_trial
+    from dnasweep.train.loop import run_trial
+
+    np.savez(tmp_path / "rgb.npz", images=np.zeros((40, 8, 8, 3), np.uint8), labels=np.arange(40) % 4)  # N H W C
+    cfg = build_trial({"model": {"task": "vision", "d_model": 32, "n_heads": 4},
+                       "data": {"source": "npz", "path": str(tmp_path / "rgb.npz")},
+                       "out_dir": str(tmp_path / "out")})
+    with pytest.raises(ConfigError) as e:
+        run_trial(cfg)
+    assert e.value.source == "config vs data" and [p.key for p in e.value.problems] == ["model.image_size"]
+    assert "3x8x8" in e.value.problems[0].message and not (tmp_path / "out" / "checkpoint").exists()

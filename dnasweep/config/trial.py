@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from dnasweep.config.load import build, deep_merge, leaf_type, parse_overrides, read_yaml, schema_problems
 from dnasweep.config.train import TrainConfig, train_problems
-from dnasweep.data.config import DataConfig, check_data
+from dnasweep.data.config import DataConfig, check_data, known_shape
 from dnasweep.errors import ConfigError, Problem, field_problems, raise_if
 from dnasweep.model.config import ModelConfig
 from dnasweep.model.config import problems as model_problems
@@ -27,10 +27,33 @@ class TrialConfig:
     out_dir: str = "runs/trial"  # where metrics.jsonl, checkpoints and the resolved config go
 
 
+def fit_problems(m: ModelConfig, vocab: int | None, image_shape: tuple[int, int, int] | None,
+                 n_classes: int | None) -> list[Problem]:
+    """The data must fit the model's input: its vocabulary, image shape (C, H, W) and classes
+    (None: not known yet; the training loop checks again on the loaded data)."""
+    p = []
+    if m.task == "lm" and vocab is not None and vocab > m.vocab_size:
+        p.append(Problem("model.vocab_size", f"the data has token ids up to {vocab - 1} but "
+                         f"model.vocab_size={m.vocab_size}", f"set model.vocab_size={vocab}"))
+    if m.task == "vision" and image_shape is not None:
+        c, h, w = image_shape
+        if (c, h, w) != (m.channels, m.image_size, m.image_size):
+            p.append(Problem("model.image_size", f"the data's images are {c}x{h}x{w} (CxHxW) but the model "
+                             f"expects {m.channels}x{m.image_size}x{m.image_size}",
+                             f"set model.channels={c} model.image_size={h}" + (
+                                 "" if h == w else " and data.image_size to make them square")))
+    if m.task == "vision" and n_classes is not None and n_classes > m.n_classes:
+        p.append(Problem("model.n_classes", f"the data has {n_classes} classes but model.n_classes={m.n_classes}",
+                         f"set model.n_classes={n_classes}"))
+    return p
+
+
 def trial_problems(cfg: TrialConfig) -> list[Problem]:
-    """Every semantic problem of a typed trial config (ranges, combinations, data paths)."""
-    return (model_problems(cfg.model) + check_data(cfg.data, cfg.model.task)
-            + train_problems(cfg.train) + loss_problems(cfg.loss))
+    """Every semantic problem of a typed trial config (ranges, combinations, data paths, and the
+    model against the data where the source fixes its shape)."""
+    data = check_data(cfg.data, cfg.model.task)
+    fit = [] if data else fit_problems(cfg.model, *known_shape(cfg.data, cfg.model.task))
+    return model_problems(cfg.model) + data + fit + train_problems(cfg.train) + loss_problems(cfg.loss)
 
 
 def _without(node: dict, keys: set[str], prefix: str = "") -> dict:

@@ -69,6 +69,17 @@ def data_files(root: Path, suffixes: tuple[str, ...]) -> Iterator[Path]:
             and not any(s.startswith(".") for s in p.relative_to(root).parts) and p.is_file())
 
 
+def known_shape(cfg: DataConfig, task: str) -> tuple[int | None, tuple[int, int, int] | None, int | None]:
+    """(vocabulary, image shape C x H x W, classes) of the data `cfg` loads, each where the source
+    fixes it without loading anything (None otherwise): byte-level corpora have 256 symbols, a
+    token file the declared vocab_size, digits are 1 x 8 x 8 in 10 classes."""
+    src = get_source(task, cfg.source)
+    if src is None:
+        return None, None, None
+    vocab = 256 if src.byte_level else cfg.vocab_size if task == "lm" else None
+    return vocab, src.image_shape, src.n_classes
+
+
 def identity(cfg: DataConfig, task: str) -> list[str]:
     """What the data of `cfg` is beyond its fields, for caches of results trained on it: the path's
     absolute location and every data file's size and mtime under it (an edited corpus, or another

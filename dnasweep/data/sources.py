@@ -31,6 +31,8 @@ class Source:
     requires: tuple[str, ...] = ()  # optional modules its loader imports (checked before loading)
     named: bool = False  # reads data.name (a dataset name)
     resizes: bool = False  # data.image_size resizes its images
+    image_shape: tuple[int, int, int] | None = None  # (C, H, W) of every image it loads, when fixed
+    n_classes: int | None = None  # classes it loads, when fixed
 
 
 SOURCES: dict[tuple[str, str], Source] = {}  # (task, name) -> Source
@@ -70,7 +72,8 @@ register_source("lm", "tokens", "dnasweep.data.lm:load_tokens", "token ids in a 
                 "an .npy file", needs_path=True, path_kind="file", suffixes=(".bin", ".npy"))
 register_source("lm", "hf", "dnasweep.data.lm:load_hf_text", "the text field of a Hugging Face dataset (data.name)",
                 byte_level=True, requires=("datasets",), named=True)
-register_source("vision", "digits", "dnasweep.data.vision:load_digits", "scikit-learn's 8x8 digits")
+register_source("vision", "digits", "dnasweep.data.vision:load_digits", "scikit-learn's 8x8 digits",
+                image_shape=(1, 8, 8), n_classes=10)
 register_source("vision", "npz", "dnasweep.data.vision:load_npz", "an .npz file, np.savez(path, images=..., "
                 "labels=...)", needs_path=True, path_kind="file", suffixes=(".npz",))
 register_source("vision", "folder", "dnasweep.data.images:load_folder", "a folder of images laid out as "

@@ -19,8 +19,9 @@ import torch
 
 from dnasweep import metrics as M
 from dnasweep.config import TrialConfig, to_yaml
+from dnasweep.config.trial import fit_problems
 from dnasweep.data import LMSampler, VisionSampler, lm_val_batches, load_data, vision_val_batches
-from dnasweep.errors import ConfigError, Problem
+from dnasweep.errors import ConfigError, Problem, raise_if
 from dnasweep.model import build_model, compute_loss
 from dnasweep.model.output import combine
 from dnasweep.train import checkpoint
@@ -61,23 +62,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _check_fit(cfg: TrialConfig, data) -> None:
-    """The data must fit the model's input: vocabulary, image shape, classes."""
-    m, p = cfg.model, []
-    if m.task == "lm" and data.vocab_size > m.vocab_size:
-        p.append(Problem("model.vocab_size", f"the data has token ids up to {data.vocab_size - 1} but "
-                         f"model.vocab_size={m.vocab_size}", f"set model.vocab_size={data.vocab_size}"))
-    if m.task == "vision":
-        c, h, w = data.image_shape
-        if (c, h, w) != (m.channels, m.image_size, m.image_size):
-            p.append(Problem("model.image_size", f"the data's images are {c}x{h}x{w} (CxHxW) but the model "
-                             f"expects {m.channels}x{m.image_size}x{m.image_size}",
-                             f"set model.channels={c} model.image_size={h}" + (
-                                 "" if h == w else " and data.image_size to make them square")))
-        if data.n_classes > m.n_classes:
-            p.append(Problem("model.n_classes", f"the data has {data.n_classes} classes but "
-                             f"model.n_classes={m.n_classes}", f"set model.n_classes={data.n_classes}"))
-    if p:
-        raise ConfigError(p, "config vs data")
+    """The loaded data must fit the model's input: vocabulary, image shape, classes."""
+    vision = cfg.model.task == "vision"
+    raise_if(fit_problems(cfg.model, None if vision else data.vocab_size, data.image_shape if vision else None,
+                          data.n_classes if vision else None), "config vs data")
 
 
 def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool = True,
