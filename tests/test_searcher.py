@@ -58,3 +58,35 @@ def test_a_step_budget_below_the_most_steps_a_trial_can_draw_is_refused():
         parse_space({**SEARCHED_STEPS, "budget": {"trials": 10, "steps": 2000}}, "s.yaml")
     (p,) = e.value.problems
     assert p.key == "budget.steps" and "3000, the most a trial can draw" in p.message
+
+
+def test_tpe_never_models_good_points_on_trials_mo_asha_pruned():
+    """Optuna 5's multi-objective TPE scores every pruned trial alike (they carry no values) and,
+    with fewer complete trials than its good set wants, fills that set with pruned ones in trial
+    order: the first trial MO-ASHA rejected became the model of a good point, and most draws went
+    near it. Pruned trials now belong with the bad ones."""
+    from optuna.trial import TrialState
+
+    _, s = _searcher({"base": {**BASE, "train": {"max_steps": 90, "eval_every": 10}},
+                      "search": {"train.lr": {"float": [1e-3, 1e-2], "log": True}}, "objectives": OBJ,
+                      "scheduler": {"type": "moasha", "grace_steps": 10, "reduction_factor": 3},
+                      "sampler": {"startup_trials": 4}})
+    study = compat.search_study(s)
+
+    def run(lr, values=None):
+        study.enqueue_trial({"train.lr": lr})
+        t = study.ask()
+        t.suggest_float("train.lr", 1e-3, 1e-2, log=True)
+        study.tell(t, values, state=TrialState.COMPLETE if values else TrialState.PRUNED)
+
+    run(9.5e-3)  # pruned first, at the top of the range
+    for i in range(18):
+        run(2e-3 + 1e-4 * i)  # pruned too
+    run(4e-3, [1.0, 1.0])  # the one complete trial
+    draws = []
+    for _ in range(30):
+        t = study.ask()
+        draws.append(t.suggest_float("train.lr", 1e-3, 1e-2, log=True))
+        study.tell(t, state=TrialState.FAIL)
+    near_first = sum(x > 8e-3 for x in draws) / len(draws)
+    assert near_first < 0.3, (near_first, sorted(draws))

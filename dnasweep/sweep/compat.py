@@ -9,6 +9,8 @@ upgrade that moves one fails loudly there instead of deep inside a resumed sweep
 
 from __future__ import annotations
 
+import math
+
 
 def restored_run_config(tuner):
     """The RunConfig a restored Tuner will run with (its callbacks can be replaced)."""
@@ -35,6 +37,8 @@ def set_search_study(search, study) -> None:
     import optuna
 
     search._ot_study = study
+    if isinstance(getattr(study.sampler, "_gamma", None), GoodFromCompleteOnly):
+        study.sampler._gamma.study = study  # count the trials of the study the sampler now serves
     search._ot_trials = {tid: optuna.trial.Trial(study, t._trial_id) for tid, t in search._ot_trials.items()}
 
 
@@ -46,6 +50,34 @@ def search_trials(search) -> dict:
 def search_completed(search) -> set:
     """Ray trial ids OptunaSearch already told."""
     return search._completed_trials
+
+
+class GoodFromCompleteOnly:
+    """TPE's gamma (how many trials model the good region) capped at the study's complete, feasible
+    trials. Optuna 5's multi-objective TPE scores every PRUNED trial alike (multi-objective trials
+    carry no intermediate values) and tops its good set up with them, in trial order, when too few
+    trials are complete: under MO-ASHA the first trial it pruned became the model of a good point.
+    Pruned trials are left to the bad set. Picklable (Tune saves the sampler with the searcher)."""
+
+    def __init__(self, study):
+        self.study = study
+
+    def __call__(self, n: int) -> int:
+        from optuna.trial import TrialState
+
+        done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        feasible = sum(not any(v > 0 for v in t.constraints.values()) for t in done)
+        return min(math.ceil(0.1 * n), feasible)  # Optuna's multi-objective default, capped
+
+
+def good_from_complete_only(search) -> None:
+    """Make a TPE sampler of `search`'s study model its good region on complete trials only (see
+    GoodFromCompleteOnly; the sampler's `_gamma`, deprecated as an argument since Optuna 4.9)."""
+    import optuna
+
+    study = search_study(search)
+    if isinstance(study.sampler, optuna.samplers.TPESampler):
+        study.sampler._gamma = GoodFromCompleteOnly(study)
 
 
 def live_trial(study, frozen):
@@ -157,6 +189,8 @@ def check() -> None:
     assert callable(usage.tag_callbacks) and callable(usage.record_extra_usage_tag) and usage.TagKey.AIR_CALLBACKS
     assert "air_usage.tag_callbacks(" in inspect.getsource(importlib.import_module("ray.tune.tune").run)
 
+    tpe = optuna.samplers.TPESampler()
+    assert hasattr(tpe, "_gamma") and "self._gamma(" in inspect.getsource(type(tpe)._sample), "TPESampler._gamma"
     for name in ("_trial_task_failure", "_set_trial_status", "_unstage_trial_with_resources"):
         assert callable(getattr(TuneController, name)), f"TuneController.{name} moved"
     assert "self._resetting_trials" in inspect.getsource(TuneController.__init__), "TuneController._resetting_trials"

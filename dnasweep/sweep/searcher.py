@@ -60,6 +60,8 @@ class ParetoOptunaSearch(OptunaSearch):
         self.steps_seen: dict[str, int] = {}  # Ray trial id -> last training step reported
         super().__init__(space=DefineByRun(space), metric=[o.metric for o in space.objectives],
                          mode=[o.mode for o in space.objectives], sampler=make_sampler(space), **kw)
+        if space.scheduler.type != "fifo":  # pruned trials must not model TPE's good region
+            compat.good_from_complete_only(self)
 
     def restore(self, checkpoint_path: str):
         """Tune's saved state pickles the study with its storage *path*; a sweep resumed elsewhere
