@@ -158,3 +158,33 @@ def test_brackets_are_assigned_round_robin():
     s.decide("x", 10, _r(1.0, 1.0))
     s.decide("y", 10, _r(1.0, 1.0))  # bracket 1: its first rung is 20, so nothing recorded at 10
     assert s.bracket == {"x": 0, "y": 1} and set(s.recorded[10]) == {"x"}
+
+
+def test_a_trial_is_judged_at_a_rung_only_by_an_evaluation_at_that_step():
+    """A report at step 30 used to be recorded at rungs 10 and 20 too: a trial that really
+    evaluated at 10 was then ranked against another's step-30 values, and stopped."""
+    s = _sched()
+    assert s.decide("a", 30, _r(2.0, 100)) == GO  # no evaluation at 10 or 20: not judged there
+    assert 10 not in s.recorded or "a" not in s.recorded[10]
+    assert s.decide("c", 10, _r(2.5, 100)) == GO  # the only real step-10 value
+
+
+@pytest.mark.parametrize("search", [{"train.eval_every": {"choice": [10, 30]}},
+                                    {"train.max_steps": {"int": [40, 90]}}])
+def test_searching_what_decides_rungs_is_refused_under_mo_asha(search):
+    """Rungs are evaluations below the end of every trial: a searched eval_every moves the
+    evaluations off them, a searched max_steps ends trials on or before them (a trial that
+    finished its 40 steps was PRUNED at rung 40, its objectives never told)."""
+    with pytest.raises(ConfigError) as e:
+        _space(search=search)
+    (key,) = search
+    assert f"search.{key}" in [p.key for p in e.value.problems]
+
+
+def test_rungs_stop_below_the_steps_a_token_budget_leaves():
+    """train.max_tokens ends every trial early: rungs at or past that end judged finished trials."""
+    tokens = 30 * 16 * 32  # 30 steps of 16 x 32 tokens
+    rungs = _space(base={"model": {"d_model": 32, "n_heads": 4, "seq_len": 32, "n_steps": 2},
+                         "train": {"max_steps": 1000, "eval_every": 10, "batch_size": 16, "max_tokens": tokens}},
+                   scheduler={"reduction_factor": 3}).rungs()
+    assert rungs == [[10]]

@@ -9,6 +9,7 @@ Ray-, Optuna- and MLflow-free; dnasweep.sweep adapts it to them.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -64,7 +65,7 @@ class SearchSpace:
         s = self.scheduler
         if s.type == "fifo":
             return []
-        grace, top = s.grace_steps or self.base.train.eval_every, self.base.train.max_steps
+        grace, top = s.grace_steps or self.base.train.eval_every, total_steps(self.base)
         out = []
         for b in range(s.brackets):
             r, ladder_b = grace * s.reduction_factor ** b, []
@@ -201,6 +202,14 @@ def _comparable_problems(params: list[Param], base: TrialConfig | None, referenc
     return p
 
 
+def total_steps(cfg: TrialConfig) -> int:
+    """The optimizer steps `cfg` trains: train.max_steps, or fewer when train.max_tokens ends it first."""
+    t = cfg.train
+    if not t.max_tokens:
+        return t.max_steps
+    return min(t.max_steps, math.ceil(t.max_tokens / (t.batch_size * t.grad_accum * cfg.model.tokens_per_example)))
+
+
 def most_steps(base_max_steps: int, params: list[Param]) -> int:
     """base train.max_steps, or the largest value a searched train.max_steps can draw if larger."""
     return max([base_max_steps, *(int(v) for q in params if q.path == "train.max_steps" for v in q.ends())])
@@ -210,14 +219,23 @@ def _budget_problems(cfg, base: TrialConfig, bad: set[str], params: list[Param])
     """The scheduler's rungs against the base's evaluations, and a step budget that fits a trial
     (each judged only when its own section has no problem yet: `bad`)."""
     p, s, tc = [], cfg.scheduler, base.train
+    # Rungs are evaluations below every trial's end, judged from the base: what moves either is fixed.
+    moving = ["train.max_steps", "train.max_tokens", "train.eval_every", "train.time_limit_s"]
+    if tc.max_tokens:  # a token budget ends trials after a number of steps set by the step's size
+        moving += ["train.batch_size", "train.grad_accum", "model.seq_len", "model.image_size", "model.patch_size"]
+    if s.type != "fifo":
+        p += [Problem(f"search.{q.path}", f"is searched, but scheduler {s.type} places its rungs at evaluations "
+                      "below the end of training, taken from the base: a trial with another value is judged off "
+                      "its evaluations, or after it has finished", "set it in base, or use scheduler: {type: fifo}")
+              for q in params if q.path in moving]
     if s.type != "fifo" and "scheduler" not in bad:
         grace = s.grace_steps or tc.eval_every
         if grace % tc.eval_every:  # objectives exist only at evaluations: a rung between two would wait
             p.append(Problem("scheduler.grace_steps", f"must be a multiple of base train.eval_every "
                              f"({tc.eval_every}): rungs are evaluations, got {grace}",
                              f"use {max(tc.eval_every, grace - grace % tc.eval_every)}, or change train.eval_every"))
-        elif grace * s.reduction_factor ** (s.brackets - 1) >= tc.max_steps:
-            p.append(Problem("scheduler", f"no rung below base train.max_steps ({tc.max_steps}) in every bracket: "
+        elif grace * s.reduction_factor ** (s.brackets - 1) >= total_steps(base):
+            p.append(Problem("scheduler", f"no rung below the base's last step ({total_steps(base)}) in every bracket: "
                              f"grace_steps {grace} x reduction_factor {s.reduction_factor}^{s.brackets - 1}",
                              "lower grace_steps or brackets, or raise train.max_steps"))
     most = most_steps(tc.max_steps, params)

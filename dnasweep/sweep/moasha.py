@@ -134,8 +134,8 @@ class MOASHA(FIFOScheduler):
             self.on_trial_add(None, _Id(trial_id))
         for rung in self.ladders[self.bracket[trial_id]]:
             at = self.recorded.setdefault(rung, {})
-            if step < rung or trial_id in at:
-                continue
+            if step != rung or trial_id in at:  # judged only by an evaluation at the rung itself:
+                continue  # values from later in training would beat other trials' at the rung
             at[trial_id] = (point, self._violation(result))
             if self.searcher is not None:
                 self.searcher.record_rung(trial_id, rung, self.bracket[trial_id],
