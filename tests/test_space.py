@@ -205,3 +205,14 @@ def test_a_record_field_the_source_does_not_read_may_be_searched():
     """data.field picks an hf column: with the default source it changes nothing (the config
     pipeline's tests search it as a free text field)."""
     parse_space({**OK, "search": {"data.field": {"choice": ["a", "b"]}}}, "space.yaml")
+
+
+def test_a_constraint_that_holds_inside_a_range_with_an_invalid_end_is_satisfiable():
+    """Only range ends were tried: d_model 30 (not divisible by 4 heads) was skipped, and the space
+    was refused as if its smallest model were d_model 256 (5.6 M parameters). d_model 32 holds."""
+    parse_space({"base": {"model": {"d_model": 32, "n_heads": 4, "seq_len": 32, "n_steps": 2}},
+                 "search": {"model.d_model": {"int": [30, 256]}},
+                 "objectives": [{"metric": "val/loss", "mode": "min"}],
+                 "constraints": ["params/total <= 2e5"]}, "x.yaml")
+    p = _problems(search={"model.d_model": {"int": [30, 256]}}, constraints=["params/total <= 1e3"])
+    assert "d_model=32" in p["constraints[0]"].message  # the smallest valid model, named

@@ -38,6 +38,22 @@ def corners(params: list[Param], limit: int = 256) -> list[dict]:
     return [dict(rnd.choice(a) for a in axes) for _ in range(limit)]
 
 
+_INWARD = 64  # int values tried inward from an invalid range end
+
+
+def _at(q: Param, v, point: dict, f) -> tuple[float | None, dict]:
+    """f at `point` with q = v; for an int range end that makes the point invalid (d_model 30 with 4
+    heads), at the nearest valid value inward instead: the extreme of the valid part of the range."""
+    y = f(cand := {**point, q.path: v})
+    step = 1 if v == q.low else -1
+    for w in range(int(v) + step, int(v) + step * _INWARD, step) if q.kind == "int" and y is None else ():
+        if not q.low <= w <= q.high:
+            break
+        if (y := f(cand := {**point, q.path: w})) is not None:
+            break
+    return y, cand
+
+
 def _descend(params: list[Param], point: dict, f) -> tuple[float, dict]:
     """Lower f(point) greedily, one dimension at a time over its extreme values, until no move helps.
     f returns None at an invalid point, which is never moved to."""
@@ -46,9 +62,9 @@ def _descend(params: list[Param], point: dict, f) -> tuple[float, dict]:
         moved = False
         for q in params:
             for v in q.ends():
-                y = f({**point, q.path: v})
-                if y is not None and y < best:
-                    best, point, moved = y, {**point, q.path: v}, True
+                y, cand = _at(q, v, point, f)
+                if y is not None and (best is None or y < best):
+                    best, point, moved = y, cand, True
     return best, point
 
 
@@ -62,6 +78,8 @@ def _closest(c: Constraint, params: list[Param], base: TrialConfig) -> tuple[flo
         return None if cfg is None else c.violation(STATIC[c.metric](nominal(cfg.model)))
 
     scored = [(v, pt) for pt in corners(params) if (v := violation(pt)) is not None]
+    if not scored:  # every corner invalid: start from the valid values nearest each one's int ends
+        scored = [found for pt in corners(params) if (found := _descend(params, pt, violation))[0] is not None]
     return _descend(params, min(scored, key=lambda s: s[0])[1], violation) if scored else None
 
 
