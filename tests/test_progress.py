@@ -65,3 +65,20 @@ def test_a_trial_counted_before_a_resume_is_not_counted_again_when_it_replays():
     assert (p.done, p.n_pruned, p.failed, p.steps, p.running) == (2, 1, 0, 25, set())
     assert "3/5 finished" in lines[-1]  # not 5/5
     assert sum("again" in ln for ln in lines) == 2
+
+
+def test_steps_of_failed_and_errored_trials_count_toward_the_step_line():
+    """With budget.steps the line shows steps spent, as the budget counts them: a trial that
+    diverged (its last report has no step) or errored added nothing ('0/400 steps')."""
+    lines = []
+    p = Progress(parse_space({**SPACE, "budget": {"trials": 5, "steps": 400}}, "s.yaml"), lines.append)
+    a, b = (SimpleNamespace(trial_id=t, config={}, error_file=None, last_result={}) for t in ("a", "b"))
+    for t, steps in ((a, (10, 20, 30)), (b, (10, 20))):
+        p.on_trial_start(0, [], t)
+        for s in steps:
+            p.on_trial_result(0, [], t, {"step": s, "train/loss": 1.0})
+    a.last_result = {"failed": 1.0, "status": "diverged", "reason": "non-finite loss"}
+    p.on_trial_complete(0, [], a)
+    assert "30/400 steps" in lines[-1], lines[-1]
+    p.on_trial_error(0, [], b)
+    assert "50/400 steps" in lines[-1], lines[-1]

@@ -41,6 +41,7 @@ class Progress(Callback):
         # saved its state, they run again on resume (their saved result re-reported, or pruned again)
         self.told = set(told or ())
         self.running: set[str] = set()
+        self.seen: dict[str, int] = {}  # Ray trial id -> last training step it reported (a failed trial's spend)
         self.restarts = 0
         self.t0 = time.time()
 
@@ -60,14 +61,24 @@ class Progress(Callback):
                          for k, v in trial.config.items())
         self.log(f"{self._head()}  start {trial.trial_id}: {vals}")
 
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if isinstance(step := result.get("step"), int | float):
+            self.seen[trial.trial_id] = max(int(step), self.seen.get(trial.trial_id, 0))
+
+    def _spent(self, trial) -> int:
+        """Steps a finished trial spent, as the budget counts them: its rung if pruned, else the last
+        step it reported (a failed trial's last report, its reason, carries none)."""
+        step = (getattr(trial, "last_result", None) or {}).get("step")
+        return self.pruned.get(trial.trial_id, max(int(step) if isinstance(step, int | float) else 0,
+                                                   self.seen.pop(trial.trial_id, 0)))
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.running.discard(trial.trial_id)
         if self._replayed(trial):
             return
         res = trial.last_result or {}
         objs = [res.get(o.metric) for o in self.space.objectives]
-        step = res.get("step")
-        self.steps += self.pruned.get(trial.trial_id, int(step) if isinstance(step, int | float) else 0)
+        self.steps += self._spent(trial)
         if trial.trial_id in self.pruned:
             self.n_pruned += 1
             self.log(f"{self._head()}  PRUNED {trial.trial_id} at step {self.pruned[trial.trial_id]}: "
@@ -109,6 +120,7 @@ class Progress(Callback):
         if self._replayed(trial):
             return
         self.failed += 1
+        self.steps += self._spent(trial)
         where = os.path.dirname(trial.error_file) if getattr(trial, "error_file", None) else "its log"
         self.log(f"{self._head()}  ERROR {trial.trial_id}: {_why(trial)} (see {where})")
         self._draining()
