@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from dnasweep.model import LossConfig, ModelConfig, PoolConfig, build_model, compute_loss
 from dnasweep.model.flops import block_cost
 from dnasweep.model.pool import StepResult
+from dnasweep.train.loop import peak_flops
 
 
 def masked_step(pool, h_BLD, route, *_):
@@ -204,13 +205,6 @@ def write_json(path: str | None, rows: list[dict], dev: torch.device) -> None:
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     with open(path, "w") as f:
         json.dump({"device": name, "bf16": BF16, "rows": rows}, f, indent=1)
-
-
-def peak_flops(device_name: str) -> float | None:
-    """The device's dense bf16 peak (FLOP/s), as the training loop's MFU uses; None if unknown."""
-    from dnasweep.train.loop import PEAK_FLOPS
-
-    return next((v for k, v in PEAK_FLOPS.items() if k in device_name), None)
 
 
 def load(path: str, json_: bool = True):

@@ -5,7 +5,7 @@ metric the space's trials report)."""
 
 import math
 
-TRAIN_LOSS = "train/loss"  # cross-entropy of the last optimizer step (nats/token)
+TRAIN_LOSS = "train/loss"  # training loss of the last optimizer step, label smoothing included (nats/token)
 TRAIN_AUX = "train/aux_loss"  # weighted sum of auxiliary (compute, balance, z) terms
 VAL_LOSS = "val/loss"  # held-out cross-entropy, nats per token (LM) or per image (vision)
 VAL_BPB = "val/bpb"  # held-out bits per byte (byte-level LM)
@@ -45,9 +45,12 @@ SWEEP_PREFIX = "sweep/"
 # Every metric a trial reports: the names objectives and constraints may use.
 TRIAL_METRICS = frozenset(v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str) and "/" in v
                           and not v.startswith(SWEEP_PREFIX) and v != ROUTER_LOAD_PREFIX)
+# Logged in training rows only, never in an evaluation's report, which is what a sweep ranks, prunes
+# and constrains on: not usable as objectives or constraints.
+TRAIN_ONLY = frozenset({TRAIN_LOSS, TRAIN_AUX, ROUTER_TRAIN_IDENTITY, ROUTER_DROPPED})
 # Metrics only some trials report: metric (or prefix) -> which ones ("vision", "byte_lm", "routed",
-# "reference": sweeps with a reference ladder).
-REPORTED_BY = {VAL_ACC: "vision", VAL_BPB: "byte_lm", "router/": "routed", "compare/": "reference"}
+# "reference": sweeps with a reference ladder, "cuda": trials on a CUDA device of known peak).
+REPORTED_BY = {VAL_ACC: "vision", VAL_BPB: "byte_lm", MFU: "cuda", "router/": "routed", "compare/": "reference"}
 
 
 def is_trial_metric(name: str) -> bool:

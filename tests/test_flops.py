@@ -138,3 +138,14 @@ def test_nominal_dense_match_is_the_depth_nearest_the_dna():
     for other in (n - 1, n + 1):
         f = nominal(dataclasses.replace(dense, dense_layers=other)).flops_per_token
         assert abs(got - target) < abs(f - target), (n, other, got, f, target)
+
+
+@pytest.mark.parametrize("name,peak", [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
+                                       ("NVIDIA L40S", 362e12), ("NVIDIA L40", 181e12), ("NVIDIA L4", 121e12),
+                                       ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA A10G", None),
+                                       ("NVIDIA GeForce RTX 4090", None)])
+def test_mfu_peak_is_looked_up_by_the_device_names_words(name, peak):
+    """By substring, an L40S read the L4's peak (MFU 3x too high) and an H100 PCIe the SXM's."""
+    from dnasweep.train.loop import peak_flops
+
+    assert peak_flops(name) == peak

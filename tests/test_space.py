@@ -216,3 +216,20 @@ def test_a_constraint_that_holds_inside_a_range_with_an_invalid_end_is_satisfiab
                  "constraints": ["params/total <= 2e5"]}, "x.yaml")
     p = _problems(search={"model.d_model": {"int": [30, 256]}}, constraints=["params/total <= 1e3"])
     assert "d_model=32" in p["constraints[0]"].message  # the smallest valid model, named
+
+
+@pytest.mark.parametrize("metric", ["train/loss", "train/aux_loss", "router/train_identity_fraction",
+                                    "router/dropped_fraction"])
+def test_a_metric_of_training_rows_only_cannot_be_an_objective_or_constraint(metric):
+    """The searcher and MO-ASHA see evaluation reports, which never carry these: as an objective
+    every trial failed ('no finite objectives'), as a constraint every trial was infeasible."""
+    assert "objectives[0].metric" in _problems(objectives=[{"metric": metric, "mode": "min"}])
+    p = _problems(constraints=[f"{metric} <= 0.9"])["constraints[0]"]
+    assert "training" in p.message
+
+
+def test_mfu_needs_a_cuda_base():
+    p = _problems(constraints=["perf/mfu >= 0.1"])["constraints[0]"]
+    assert "CUDA" in p.message
+    parse_space({**OK, "base": {"model": {"d_model": 32}, "train": {"device": "cuda"}},
+                 "constraints": ["perf/mfu >= 0.1"]}, "space.yaml")

@@ -100,6 +100,10 @@ def _unreported(metric: str, cfg: TrialConfig, searched, reference: bool) -> str
     routing-only metric (metrics.REPORTED_BY). Every trial would then fail (objective) or be
     infeasible (constraint)."""
     who = M.reported_by(metric)
+    if metric in M.TRAIN_ONLY:
+        return "is logged in training rows only, never in the evaluation reports a sweep ranks and constrains"
+    if who == "cuda" and not cfg.train.device.startswith("cuda"):
+        return f"is reported on CUDA devices of known peak only (base.train.device is {cfg.train.device!r})"
     if who == "reference" and not reference:
         return "is reported only by sweeps with a dense reference ladder (a reference: section)"
     if set(searched) & {"model.task", "model.kind", "data.source"}:

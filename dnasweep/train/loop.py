@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,8 +31,16 @@ from dnasweep.train.limits import is_oom
 from dnasweep.train.optim import lr_at, make_optimizer
 from dnasweep.train.report import JsonlReporter, Reporter, Reporters
 
-# Dense bf16 tensor-core peaks (FLOP/s) for MFU; other devices report no MFU rather than a guess.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+# Dense bf16 tensor-core peaks (FLOP/s) for MFU, by the words of a device name, most specific first
+# (an L40S is not an L4, an H100 PCIe not an SXM); other devices report no MFU rather than a guess.
+PEAK_FLOPS = [({"H100", "PCIe"}, 756e12), ({"H100", "NVL"}, 835e12), ({"H100"}, 989e12), ({"H200"}, 989e12),
+              ({"A100"}, 312e12), ({"L40S"}, 362e12), ({"L40"}, 181e12), ({"L4"}, 121e12), ({"A10"}, 125e12)]
+
+
+def peak_flops(device_name: str) -> float | None:
+    """The dense bf16 peak of a CUDA device by its name (torch.cuda.get_device_name); None if unknown."""
+    words = set(re.split(r"[\s\-_]+", device_name))
+    return next((peak for need, peak in PEAK_FLOPS if need <= words), None)
 
 
 @dataclass
@@ -151,8 +160,7 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
         res.update({M.STEP: step, M.PARAMS_TOTAL: float(model.params_total)})
         if train_time > 0:
             res[M.TOKENS_PER_S] = step * tokens_per_step / train_time
-            peak = next((v for k, v in PEAK_FLOPS.items() if device.type == "cuda"
-                         and k in torch.cuda.get_device_name(device)), None)
+            peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
             if peak:  # training FLOPs ~ 3x forward
                 res[M.MFU] = 3 * res[M.FLOPS_PER_TOKEN] * res[M.TOKENS_PER_S] / peak
         return {**res, **(derive(res) if derive else {})}
