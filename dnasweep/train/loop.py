@@ -31,6 +31,8 @@ from dnasweep.train.limits import is_oom
 from dnasweep.train.optim import lr_at, make_optimizer
 from dnasweep.train.report import JsonlReporter, Reporter, Reporters
 
+WARMUP_STEPS = 2  # steps of each (re)start left out of the throughput (compile, recompile, lazy imports)
+
 # Dense bf16 tensor-core peaks (FLOP/s) for MFU, by the words of a device name, most specific first
 # (an L40S is not an L4, an H100 PCIe not an SXM); other devices report no MFU rather than a guess.
 PEAK_FLOPS = [({"H100", "PCIe"}, 756e12), ({"H100", "NVL"}, 835e12), ({"H100"}, 989e12), ({"H200"}, 989e12),
@@ -118,6 +120,10 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
         total_steps = min(total_steps, math.ceil(tc.max_tokens / tokens_per_step))
 
     step, train_time = 0, 0.0
+    # Throughput is timed apart from train_time (which budgets and resume judge by): the first
+    # WARMUP_STEPS of each start hold torch.compile's compilation and the first recompile, and the
+    # optimizer's lazy imports, which are not the run's speed. perf = [steps timed, their seconds].
+    perf, started = [0, 0.0], 0
     if resuming:
         st = checkpoint.load(ckpt_dir)
         if st.get("weights_only") and int(st["step"]) < total_steps:
@@ -134,6 +140,7 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
         sampler.load_state_dict(st["sampler"])
         checkpoint.set_rng_state(st["rng"])
         step, train_time = int(st["step"]), float(st["train_time"])
+        perf = list(st.get("perf", (step, train_time)))  # checkpoints before perf: all of it, as then
     start = step
     already_done = resuming and (step >= total_steps or (tc.time_limit_s is not None and train_time >= tc.time_limit_s))
     if not resume:  # start over: nothing of an earlier run here may be resumed or reported later
@@ -152,14 +159,20 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
 
     def save() -> str:
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                 "sampler": sampler.state_dict(), "rng": checkpoint.rng_state(), "train_time": train_time}
+                 "sampler": sampler.state_dict(), "rng": checkpoint.rng_state(), "train_time": train_time,
+                 "perf": perf}
         return checkpoint.save(ckpt_dir, state, to_yaml(cfg))
+
+    def tokens_per_s() -> float:
+        """Training tokens/s past each start's warm-up (all steps while there are none yet)."""
+        n, t = perf if perf[0] else (step, train_time)
+        return n * tokens_per_step / max(t, 1e-9)
 
     def do_eval() -> dict:
         res = evaluate(model, val, cfg.loss, device, autocast, bytes_per_token)
         res.update({M.STEP: step, M.PARAMS_TOTAL: float(model.params_total)})
         if train_time > 0:
-            res[M.TOKENS_PER_S] = step * tokens_per_step / train_time
+            res[M.TOKENS_PER_S] = tokens_per_s()
             peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
             if peak:  # training FLOPs ~ 3x forward
                 res[M.MFU] = 3 * res[M.FLOPS_PER_TOKEN] * res[M.TOKENS_PER_S] / peak
@@ -202,10 +215,14 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
                 if tc.compile:  # static capacities may drop tokens: say how many (read once per log row)
                     drop_log.append(out.stats.dropped_fraction_)
             step += 1
-            train_time += time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            train_time += dt
+            started += 1
+            if started > WARMUP_STEPS:
+                perf = [perf[0] + 1, perf[1] + dt]
             if step % tc.log_every == 0 or step == total_steps:
                 row = {M.STEP: step, M.TRAIN_LOSS: ce, M.TRAIN_AUX: aux_sum / tc.grad_accum, "train/lr": lr,
-                       M.TOKENS_PER_S: step * tokens_per_step / max(train_time, 1e-9)}
+                       M.TOKENS_PER_S: tokens_per_s()}
                 if skip_log:
                     row[M.ROUTER_TRAIN_IDENTITY] = sum(skip_log) / len(skip_log)
                     skip_log.clear()
