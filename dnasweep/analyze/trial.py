@@ -10,7 +10,7 @@ from dnasweep.analyze.collect import collect, find_target
 from dnasweep.analyze.report import build_report
 
 # Held-out examples run through the model: enough paths with >= 30 tokens for the power-law fit
-# (LM: 256 windows x seq_len tokens; vision: every held-out image).
+# (LM: 256 windows x seq_len tokens; vision: up to 4,096 held-out images), in whole batches.
 DEFAULT_EXAMPLES = {"lm": 256, "vision": 4096}
 
 
