@@ -34,3 +34,21 @@ def fake_datasets(monkeypatch, records=None, error=None):
             raise error
         return records
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+
+
+class FakeImageDataset:
+    """Stand-in for a datasets.Dataset of `rows` (dicts of PIL images and int labels) with a
+    ClassLabel column `label` named `names`."""
+
+    def __init__(self, rows: list[dict], names: list[str]):
+        self.rows, self.column_names = rows, list(rows[0])
+        self.features = {"label": types.SimpleNamespace(names=names)}
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, k):
+        return [r[k] for r in self.rows] if isinstance(k, str) else self.rows[k]
+
+    def select(self, idx):
+        return [self.rows[i] for i in idx]

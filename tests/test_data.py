@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import io
 import sys
-import types
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
-from helpers import fake_datasets, raises
+from helpers import FakeImageDataset, fake_datasets, raises
 
 import dnasweep.data as D
 from dnasweep.data import DataConfig, LMSampler, VisionSampler, check_data, load_data
@@ -260,34 +259,22 @@ def test_hf_text_code_path_with_a_fake_module(monkeypatch):
     assert "could not load Hugging Face dataset org/stories (offline?)" in str(err)
 
 
-class FakeImageDataset:
-    """Stand-in for a datasets.Dataset of PIL images with a ClassLabel column."""
+def _images(sizes):
+    """A fake image dataset of RGB images of `sizes`, 3 classes."""
+    from PIL import Image
 
-    def __init__(self, sizes):
-        from PIL import Image
-
-        self.rows = [{"img": Image.new("RGB", wh, (i * 20, 0, 0)), "label": i % 3} for i, wh in enumerate(sizes)]
-        self.column_names = ["img", "label"]
-        self.features = {"label": types.SimpleNamespace(names=["ant", "bee", "cow"])}
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, k):
-        return [r[k] for r in self.rows] if isinstance(k, str) else self.rows[k]
-
-    def select(self, idx):
-        return [self.rows[i] for i in idx]
+    return FakeImageDataset([{"img": Image.new("RGB", wh, (i * 20, 0, 0)), "label": i % 3}
+                             for i, wh in enumerate(sizes)], ["ant", "bee", "cow"])
 
 
 def test_hf_images_code_path_with_a_fake_module(monkeypatch):
     pytest.importorskip("PIL", reason="Pillow not installed (optional extra images)")
-    fake_datasets(monkeypatch, FakeImageDataset([(4, 3)] * 12))
+    fake_datasets(monkeypatch, _images([(4, 3)] * 12))
     d = load_data(DataConfig(source="hf", name="org/imgs", image_field="img", val_fraction=0.25), "vision")
     assert d.image_shape == (3, 3, 4) and d.class_names == ["ant", "bee", "cow"] and len(d.val_y) == 3
     err = raises(DataConfig(source="hf", name="org/imgs"), "vision")
     assert keys(err) == ["data.image_field"] and "'image'" in str(err) and "img" in err.problems[0].fix
-    fake_datasets(monkeypatch, FakeImageDataset([(4, 3)] * 11 + [(5, 5)]))
+    fake_datasets(monkeypatch, _images([(4, 3)] * 11 + [(5, 5)]))
     err = raises(DataConfig(source="hf", name="org/imgs", image_field="img"), "vision")
     assert keys(err) == ["data.image_size"] and "org/imgs record 11 is 5x5" in str(err)
 

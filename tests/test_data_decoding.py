@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import types
-
 import numpy as np
 import pytest
-from helpers import fake_datasets, raises
+from helpers import FakeImageDataset, fake_datasets, raises
 
 from dnasweep.data import DataConfig, load_data
 
@@ -55,31 +53,17 @@ def test_folder_images_of_unknown_range_are_refused(tmp_path):
     assert p.key == "data.path" and "1.tif" in p.message and "mode I" in p.message and "npz" in p.fix
 
 
-class MixedModeDataset:
-    """Stand-in for a datasets.Dataset whose record 0 is grayscale and the rest pure red or green."""
+def _mixed(n=8):
+    """A fake image dataset whose record 0 is grayscale and the rest pure red or green."""
+    from PIL import Image
 
-    def __init__(self, n=8):
-        from PIL import Image
-
-        self.rows = [{"image": Image.new("L", (3, 2), 7) if i == 0 else
-                      Image.new("RGB", (3, 2), (255, 0, 0) if i % 2 else (0, 255, 0)), "label": i % 2}
-                     for i in range(n)]
-        self.column_names = ["image", "label"]
-        self.features = {"label": types.SimpleNamespace(names=["red", "green"])}
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, k):
-        return [r[k] for r in self.rows] if isinstance(k, str) else self.rows[k]
-
-    def select(self, idx):
-        return [self.rows[i] for i in idx]
+    return FakeImageDataset([{"image": Image.new("L", (3, 2), 7) if i == 0 else Image.new(
+        "RGB", (3, 2), (255, 0, 0) if i % 2 else (0, 255, 0)), "label": i % 2} for i in range(n)], ["red", "green"])
 
 
 def test_hf_images_keep_colour_when_record_0_is_gray(monkeypatch):
     pytest.importorskip("PIL", reason="Pillow not installed (optional extra images)")
-    fake_datasets(monkeypatch, MixedModeDataset())
+    fake_datasets(monkeypatch, _mixed())
     d = load_data(DataConfig(source="hf", name="org/mixed", val_fraction=0.25), "vision")
     assert d.image_shape == (3, 2, 3)
     x, y = np.concatenate([d.train_x, d.val_x]), np.concatenate([d.train_y, d.val_y])
