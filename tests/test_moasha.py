@@ -188,3 +188,12 @@ def test_rungs_stop_below_the_steps_a_token_budget_leaves():
                          "train": {"max_steps": 1000, "eval_every": 10, "batch_size": 16, "max_tokens": tokens}},
                    scheduler={"reduction_factor": 3}).rungs()
     assert rungs == [[10]]
+
+
+def test_equal_points_inside_a_front_share_their_crowding():
+    """Crowding over a sorted front gave two equal interior points different distances (one saw its
+    twin as a neighbour), so one was stopped and its equal kept; equal points must rank alike."""
+    pts = [(1.0, 5.0), (2.0, 3.0), (2.0, 3.0), (3.0, 2.0), (5.0, 1.0), (2.5, 4.0)]
+    d = crowding(pts, [0, 1, 2, 3, 4])
+    assert d[1] == d[2]
+    assert keeps(pts, [0.0] * 6, 1, 3) == keeps(pts, [0.0] * 6, 2, 3)

@@ -50,18 +50,21 @@ def fronts(points: list[tuple]) -> list[int]:
 
 
 def crowding(points: list[tuple], members: list[int]) -> dict[int, float]:
-    """NSGA-II crowding distance of each member of one front (boundary points: inf)."""
-    dist = {i: 0.0 for i in members}
-    if len(members) <= 2:
+    """NSGA-II crowding distance of each member of one front (boundary points: inf), computed over
+    the distinct points: equal points share one distance (sorted side by side, one would count its
+    twin as a neighbour and rank apart from it)."""
+    distinct = sorted({points[i] for i in members})
+    dist = {pt: 0.0 for pt in distinct}
+    if len(distinct) <= 2:
         return {i: math.inf for i in members}
-    for m in range(len(points[members[0]])):
-        order = sorted(members, key=lambda i: points[i][m])
-        lo, hi = points[order[0]][m], points[order[-1]][m]
+    for m in range(len(distinct[0])):
+        order = sorted(distinct, key=lambda pt: pt[m])
+        lo, hi = order[0][m], order[-1][m]
         dist[order[0]] = dist[order[-1]] = math.inf
         if hi > lo:
-            for a, i, b in zip(order, order[1:], order[2:], strict=False):
-                dist[i] += (points[b][m] - points[a][m]) / (hi - lo)
-    return dist
+            for a, pt, b in zip(order, order[1:], order[2:], strict=False):
+                dist[pt] += (b[m] - a[m]) / (hi - lo)
+    return {i: dist[points[i]] for i in members}
 
 
 def rank_keys(points: list[tuple], violations: list[float]) -> list[tuple]:
