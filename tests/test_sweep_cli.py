@@ -5,6 +5,7 @@ optuna-dashboard on the sweep, with the objectives' names."""
 
 import json
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -17,6 +18,7 @@ import warnings
 import pytest
 
 from dnasweep.cli import main
+from dnasweep.errors import ConfigError
 
 optuna = pytest.importorskip("optuna", reason="the sweep extra (ray[tune], optuna, mlflow) is not installed")
 
@@ -241,3 +243,52 @@ def _alive(pid: int) -> bool:
         return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def _stored(tmp_path, name="mine"):
+    """A sweep kept in object storage (file:// bucket), as `run --storage` leaves it."""
+    import shutil
+
+    from dnasweep.sweep.storage import SETTINGS
+
+    bucket = tmp_path / "bucket"
+    make_sweep(bucket, name)
+    (bucket / name / SETTINGS).write_text(json.dumps({"storage": f"file://{bucket}"}))
+    shutil.rmtree(bucket / name / "trials")
+    return f"file://{bucket}/{name}"
+
+
+def test_resume_from_storage_never_overwrites_the_store_with_another_local_sweep(tmp_path, monkeypatch):
+    """ROOT/NAME held an unrelated local sweep of the same name: resume ran it against the store
+    and its first mirror replaced the store's journal (3 trials -> 0). Refused now, exit 2."""
+    from dnasweep.sweep import runner
+
+    uri = _stored(tmp_path)
+    make_sweep(tmp_path / "root", "mine")  # another sweep, same name, its own journal
+    before = (tmp_path / "bucket" / "mine" / "optuna.log").read_bytes()
+    monkeypatch.setattr(runner, "_drive", lambda *a, **k: pytest.fail("must not start"))
+    monkeypatch.setattr("dnasweep.sweep.cluster.init_ray", lambda *a, **k: None)
+    with pytest.raises(ConfigError) as e:
+        runner.resume_sweep(uri, root=str(tmp_path / "root"))
+    assert "another sweep" in str(e.value) and (tmp_path / "bucket" / "mine" / "optuna.log").read_bytes() == before
+
+
+def test_resume_from_storage_refreshes_a_stale_local_copy(tmp_path, monkeypatch):
+    """A local copy behind the store (resumed elsewhere since): the store's journal wins."""
+    import shutil
+
+    from dnasweep.sweep import runner
+
+    uri = _stored(tmp_path)
+    local = tmp_path / "root" / "mine"
+    shutil.copytree(tmp_path / "bucket" / "mine", local)
+    store_log = tmp_path / "bucket" / "mine" / "optuna.log"
+    lines = store_log.read_bytes().splitlines(keepends=True)
+    (local / "optuna.log").write_bytes(b"".join(lines[:-1]))  # one record behind
+    seen = {}
+    monkeypatch.setattr(runner, "_drive", lambda space, name, store, *a, **k: seen.update(
+        log=pathlib.Path(store.sweep_dir, "optuna.log").read_bytes()))
+    monkeypatch.setattr("dnasweep.sweep.cluster.init_ray", lambda *a, **k: None)
+    monkeypatch.setattr("dnasweep.sweep.tracking.check_reachable", lambda *a, **k: None)
+    runner.resume_sweep(uri, root=str(tmp_path / "root"))
+    assert seen["log"] == store_log.read_bytes()

@@ -95,7 +95,7 @@ def resume_sweep(sweep_dir: str, address: str | None = None, log=print, tracking
             raise ConfigError([Problem("SWEEP", f"{sweep_dir} holds no sweep (no space.json)",
                                        "pass STORAGE/NAME of a sweep started with --storage STORAGE")], "resume")
         storage, sweep_dir = os.path.dirname(remote.uri), remote.sweep_dir
-        if not is_sweep_dir(sweep_dir):
+        if not is_sweep_dir(sweep_dir) or _local_copy_behind(remote):
             remote.pull_sweep()
     sweep_dir = os.path.abspath(sweep_dir)
     open_study(sweep_dir, "resume")  # refuses a directory that is not a sweep (exit 2)
@@ -106,6 +106,30 @@ def resume_sweep(sweep_dir: str, address: str | None = None, log=print, tracking
     init_ray(space, address, log, autoscaling)
     return _drive(space, os.path.basename(sweep_dir), open_store(sweep_dir, storage), uri, log, analyze, resume=True,
                   root=os.path.dirname(sweep_dir))
+
+
+def _local_copy_behind(remote) -> bool:
+    """Whether ROOT/NAME, a local sweep, is an older copy of `remote`'s sweep (True: pull the store's)
+    rather than the same or newer (False: it goes on, and mirrors up). The Optuna journal is
+    append-only: one copy of a sweep is a prefix of the other. Anything else is another sweep of
+    the same name, which resuming would mirror over the store's: ConfigError."""
+    import tempfile
+
+    mine = os.path.join(remote.sweep_dir, "optuna.log")
+    with tempfile.TemporaryDirectory() as tmp:
+        remote.get("optuna.log", os.path.join(tmp, "optuna.log"))
+        with open(os.path.join(tmp, "optuna.log"), "rb") as f:
+            theirs = f.read()
+    with open(mine, "rb") as f:
+        ours = f.read()
+    if theirs.startswith(ours):
+        return len(theirs) > len(ours)
+    if ours.startswith(theirs):
+        return False
+    raise ConfigError([Problem("--root", f"{remote.sweep_dir} holds another sweep named "
+                               f"{os.path.basename(remote.sweep_dir)!r} than {remote.uri} (their Optuna journals "
+                               "differ): resuming there would overwrite the store's", "pass another --root, or move "
+                               f"{remote.sweep_dir} away")], "resume")
 
 
 def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | None, resume: bool,
