@@ -191,6 +191,10 @@ def _ls(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no sweeps under {args.root}")
     for r in rows:
+        if "unreadable" in r:
+            print(f"{r['name']:<40} unreadable: {r['unreadable']} (was the directory renamed? its Optuna study "
+                  "keeps the name it was started with)")
+            continue
         print(f"{r['name']:<40} {r['complete']:>4}/{r['budget']} complete  {r['pruned']:>3} pruned  "
               f"{r['failed']:>3} failed  {r['running']:>3} running"
               + (f"  {r['abandoned']} abandoned" if r["abandoned"] else ""))

@@ -292,3 +292,26 @@ def test_resume_from_storage_refreshes_a_stale_local_copy(tmp_path, monkeypatch)
     monkeypatch.setattr("dnasweep.sweep.tracking.check_reachable", lambda *a, **k: None)
     runner.resume_sweep(uri, root=str(tmp_path / "root"))
     assert seen["log"] == store_log.read_bytes()
+
+
+@pytest.mark.parametrize("name", ["exp1/", "team/exp2", "../x", ".", ""])
+def test_a_sweep_name_must_be_one_path_component(tmp_path, name):
+    """The study was created under the raw name, every reader opened it by the directory's
+    basename: 'exp1/' made a sweep that pareto, resume and analyze could not open (KeyError)."""
+    from dnasweep.space import parse_space
+    from dnasweep.sweep.runner import run_sweep
+
+    with pytest.raises(ConfigError) as e:
+        run_sweep(parse_space(SPACE, "space.yaml"), name, root=str(tmp_path / "root"))
+    assert e.value.problems[0].key == "--name" and not (tmp_path / "root").exists()
+
+
+def test_ls_lists_every_sweep_when_one_cannot_be_read(tmp_path, capsys):
+    """One unreadable sweep (its study under another name, or a journal still empty) made ls
+    crash with a KeyError and list none of the others."""
+    make_sweep(tmp_path, "good")
+    make_sweep(tmp_path, "renamed")
+    (tmp_path / "renamed").rename(tmp_path / "moved")  # its study is still named 'renamed'
+    assert main(["ls", "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "good" in out and "3/" in out and "moved" in out and "unreadable" in out

@@ -50,6 +50,10 @@ def run_sweep(space: SearchSpace, name: str, root: str = "runs/sweeps", address:
     from dnasweep.sweep.storage import SETTINGS, check_shared, is_uri, open_store
     from dnasweep.sweep.tracking import check_reachable, resolve_uri
 
+    if not name or name in (".", "..") or "/" in name or os.sep in name:  # the study is opened by the basename
+        raise ConfigError([Problem("--name", f"{name!r} is not one path component: the sweep directory "
+                                   "ROOT/NAME and its Optuna study must share the name",
+                                   "use a plain name, e.g. --name exp2, and --root for the folder")], "run")
     sweep_dir = os.path.abspath(os.path.join(root, name))
     storage = storage or os.environ.get("DNASWEEP_STORAGE") or None
     if storage and not is_uri(storage):

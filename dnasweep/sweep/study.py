@@ -161,13 +161,15 @@ def list_sweeps(root: str) -> list[dict]:
     rows = []
     for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
         d = os.path.join(root, name)
-        try:
-            study = open_study(d)
-        except ConfigError:
+        if not is_sweep_dir(d):
             continue
-        with open(os.path.join(d, "space.json")) as f:
-            budget = json.load(f).get("config", {}).get("budget", {}).get("trials", "?")
-        rows.append({"name": name, "budget": budget, **counts(study)})
+        try:  # one sweep that cannot be read (renamed, journal still empty) must not hide the others
+            study = open_study(d)
+            with open(os.path.join(d, "space.json")) as f:
+                budget = json.load(f).get("config", {}).get("budget", {}).get("trials", "?")
+            rows.append({"name": name, "budget": budget, **counts(study)})
+        except Exception as e:  # noqa: BLE001 - Optuna raises KeyError for a missing study
+            rows.append({"name": name, "unreadable": f"{type(e).__name__}: {e}"[:200]})
     return rows
 
 
