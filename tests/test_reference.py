@@ -133,3 +133,45 @@ def test_a_rung_hash_follows_the_data_it_reads_not_only_its_config(tmp_path, mon
     assert config_hash(ladder(base, [16], [1])[0]) == hashes[1]  # same data, same hash
     (tmp_path / "h2" / "corpus.txt").write_text("edited " * 80)
     assert config_hash(ladder(base, [16], [1])[0]) != hashes[1]
+
+
+def test_only_completed_rungs_are_reused_from_the_cache(tmp_path, monkeypatch):
+    """An out-of-memory rung (a fact of one machine and its load) was cached like a trained one:
+    every later sweep reused it, 'trained before', and measured every gain against a frontier
+    without that rung. Now it trains again; completed rungs are still reused."""
+    pytest.importorskip("ray", reason="the sweep extra (ray[tune], optuna, mlflow) is not installed")
+    import json
+
+    import ray
+
+    from dnasweep.sweep import reference as R
+
+    space = parse_space({"base": {"model": {"d_model": 32, "n_heads": 4, "seq_len": 24, "n_steps": 2}},
+                         "objectives": [{"metric": "val/loss"}],
+                         "reference": {"d_model": [32, 64], "dense_layers": [1]}}, "s.yaml")
+    rungs = ladder(space.base, [32, 64], [1])
+    (tmp_path / "reference-cache").mkdir()
+    for cfg, status in zip(rungs, ("completed", "oom"), strict=True):
+        result = {"status": status, M.VAL_LOSS: 2.0, M.FLOPS_PER_TOKEN: 1e5} if status == "completed" else {
+            "status": status, "reason": "out of memory"}
+        (tmp_path / "reference-cache" / f"{config_hash(cfg)}.json").write_text(json.dumps(
+            {"hash": config_hash(cfg), "result": result, "rows": [], "hardware": "x"}))
+    trained = []
+
+    class Task:  # stands in for ray.remote(_train_rung): runs nothing, records what would train
+        def options(self, **kw):
+            return self
+
+        def remote(self, d):
+            trained.append(d["model"]["d_model"])
+            return len(trained)  # an object ref
+
+    done = {"result": {"status": "completed", M.VAL_LOSS: 1.9, M.FLOPS_PER_TOKEN: 2e5}, "rows": [], "hardware": "x"}
+    monkeypatch.setattr(ray, "remote", lambda f: Task())
+    monkeypatch.setattr(ray, "wait", lambda refs, num_returns: ([refs[0]], refs[1:]))
+    monkeypatch.setattr(ray, "get", lambda ref: done)
+    (tmp_path / "sweep").mkdir()
+    out = R.train_reference(space, str(tmp_path / "sweep"), str(tmp_path), lambda line: None)
+    assert trained == [64]
+    assert [r["result"]["status"] for r in out] == ["completed", "completed"]
+    assert [r["reused"] for r in out] == [True, False]

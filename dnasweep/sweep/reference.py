@@ -59,7 +59,10 @@ def train_reference(space: SearchSpace, sweep_dir: str, root: str, log) -> list[
     rungs, todo = [], []
     for cfg in ladder(space.base, ref.d_model, ref.dense_layers):
         h = config_hash(cfg)
-        known = own.get(h) or (read_json(os.path.join(cache, f"{h}.json")) if ref.cache else None)
+        # This sweep's own rungs stand as they are (a resumed sweep keeps its frontier); from the
+        # shared cache only trained ones: an out-of-memory rung is a fact of one machine and its load.
+        cached = read_json(os.path.join(cache, f"{h}.json")) if ref.cache else None
+        known = own.get(h) or (cached if cached and cached["result"].get("status") == "completed" else None)
         entry = {"hash": h, "d_model": cfg.model.d_model, "dense_layers": cfg.model.dense_layers,
                  "config": flatten(to_dict(cfg)), "reused": known is not None}
         rungs.append({**entry, **({"result": known["result"], "rows": known["rows"],
@@ -80,9 +83,10 @@ def train_reference(space: SearchSpace, sweep_dir: str, root: str, log) -> list[
             (done,), _ = ray.wait(list(running), num_returns=1)
             i = running.pop(done)
             rungs[i].update(ray.get(done))
-            os.makedirs(cache, exist_ok=True)
-            with open(os.path.join(cache, f"{rungs[i]['hash']}.json"), "w") as f:
-                json.dump(rungs[i], f)
+            if rungs[i]["result"].get("status") == "completed":
+                os.makedirs(cache, exist_ok=True)
+                with open(os.path.join(cache, f"{rungs[i]['hash']}.json"), "w") as f:
+                    json.dump(rungs[i], f)
             r = rungs[i]["result"]
             log(f"reference: dense d_model={rungs[i]['d_model']} dense_layers={rungs[i]['dense_layers']}: "
                 f"{r['status']}, val/loss={r.get(M.VAL_LOSS, float('nan')):.4g}, "
