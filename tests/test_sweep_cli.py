@@ -315,3 +315,19 @@ def test_ls_lists_every_sweep_when_one_cannot_be_read(tmp_path, capsys):
     assert main(["ls", "--root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "good" in out and "3/" in out and "moved" in out and "unreadable" in out
+
+
+def test_a_sweep_stopped_as_it_starts_can_be_resumed(tmp_path, monkeypatch):
+    """Ctrl-C in the second between the sweep's files and its Optuna journal left a directory that
+    resume called 'not a sweep directory' and run called 'already exists': usable by neither."""
+    from dnasweep.space import parse_space
+    from dnasweep.sweep import runner
+    from dnasweep.sweep.study import is_sweep_dir
+
+    monkeypatch.setattr("dnasweep.sweep.cluster.init_ray", lambda *a, **k: None)
+    monkeypatch.setattr("dnasweep.sweep.storage.check_shared", lambda root: None)
+    monkeypatch.setattr("dnasweep.sweep.storage.LocalStore.mirror", lambda self: (_ for _ in ()).throw(
+        KeyboardInterrupt))  # the first thing after the files are written
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_sweep(parse_space(SPACE, "space.yaml"), "early", root=str(tmp_path))
+    assert is_sweep_dir(str(tmp_path / "early"))

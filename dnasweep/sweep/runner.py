@@ -72,11 +72,14 @@ def run_sweep(space: SearchSpace, name: str, root: str = "runs/sweeps", address:
     init_ray(space, address, log, autoscaling)
     if not store.uri:
         check_shared(root)
+    import optuna  # noqa: F401 - imported before the sweep's files, so the journal follows them at once
+
     os.makedirs(os.path.join(sweep_dir, "trials"))
     with open(os.path.join(sweep_dir, "space.json"), "w") as f:
         json.dump(space.to_dict(), f, indent=1)
     with open(os.path.join(sweep_dir, SETTINGS), "w") as f:
         json.dump({"storage": storage}, f)
+    _create_study(space, name, sweep_dir)  # a resumable sweep from here on (a Ctrl-C now leaves one)
     store.mirror()  # the store holds a resumable sweep from the start, not only after the first trial
     return _drive(space, name, store, uri, log, analyze, resume=False, root=root)
 
@@ -110,6 +113,16 @@ def resume_sweep(sweep_dir: str, address: str | None = None, log=print, tracking
     init_ray(space, address, log, autoscaling)
     return _drive(space, os.path.basename(sweep_dir), open_store(sweep_dir, storage), uri, log, analyze, resume=True,
                   root=os.path.dirname(sweep_dir))
+
+
+def _create_study(space: SearchSpace, name: str, sweep_dir: str):
+    """The sweep's Optuna study in SWEEP/optuna.log (loaded if there). Created by the runner, not
+    the searcher, so `resume` recognises the directory even if the driver dies before any trial."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(study_name=name, storage=journal(sweep_dir), load_if_exists=True,
+                               directions=["minimize" if o.mode == "min" else "maximize" for o in space.objectives])
 
 
 def _local_copy_behind(remote) -> bool:
@@ -155,11 +168,7 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
 
     sweep_dir = store.sweep_dir
     storage = journal(sweep_dir)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # Created here, not by the searcher, so optuna.log exists (and `resume` recognises the
-    # directory) even if the driver dies before the first trial.
-    study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
-                                directions=["minimize" if o.mode == "min" else "maximize" for o in space.objectives])
+    study = _create_study(space, name, sweep_dir)
     # What optuna-dashboard shows: the objectives by name (not "0" and "1"), and what the sweep is
     with warnings.catch_warnings():  # Optuna marks set_metric_names experimental
         warnings.simplefilter("ignore")
