@@ -75,12 +75,28 @@ def _run(args: argparse.Namespace) -> int:
 
     sweep_dir = os.path.join(args.root, name)
     if args.resume and is_sweep_dir(sweep_dir):
+        _same_space(sweep_dir, space)
         print(f"resuming {sweep_dir} with the space it was started with", file=sys.stderr)
         return _resume_in(sweep_dir, args)
     return _finish(lambda: run_sweep(space, name, root=args.root, address=args.address, storage=args.storage,
                                      autoscaling=args.autoscaling or None,
                                      tracking_uri=args.tracking_uri, analyze=False if args.no_analyze else None),
                    sweep_dir, args)
+
+
+def _same_space(sweep_dir: str, space) -> None:
+    """ConfigError listing every setting in which `space` (the file and overrides given to `run
+    --resume`) differs from the sweep's own: resuming goes on with the sweep's, and would drop them."""
+    from dnasweep.config.load import flatten
+    from dnasweep.errors import ConfigError, Problem
+    from dnasweep.sweep.study import read_space
+
+    old, new = (flatten(s.to_dict()["config"]) for s in (read_space(sweep_dir), space))
+    differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if differ:
+        raise ConfigError([Problem(k, f"is {new.get(k)!r} here but {old.get(k)!r} in the sweep: resuming goes on "
+                                   "with the sweep's", "drop the change (or --smoke), or start another sweep: --name")
+                           for k in differ], f"run --resume {sweep_dir}")
 
 
 def _resume(args: argparse.Namespace) -> int:

@@ -331,3 +331,22 @@ def test_a_sweep_stopped_as_it_starts_can_be_resumed(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         runner.run_sweep(parse_space(SPACE, "space.yaml"), "early", root=str(tmp_path))
     assert is_sweep_dir(str(tmp_path / "early"))
+
+
+def test_run_resume_refuses_a_space_other_than_the_sweeps(tmp_path, monkeypatch, capsys):
+    """`run SPACE --name N --resume` continued N with the space it was started with and said only
+    that: an edited file or new overrides (budget, lr range) were dropped without a word."""
+    import yaml
+
+    from dnasweep.sweep import runner
+
+    make_sweep(tmp_path)
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    resumed = []
+    monkeypatch.setattr(runner, "resume_sweep", lambda sweep_dir, **kw: resumed.append(sweep_dir) or (
+        _ for _ in ()).throw(KeyboardInterrupt))
+    args = ["run", str(tmp_path / "space.yaml"), "--name", "demo", "--root", str(tmp_path), "--resume"]
+    assert main([*args, "budget.trials=50", "sampler.seed=5"]) == 2
+    err = capsys.readouterr().err
+    assert "budget.trials" in err and "sampler.seed" in err and not resumed
+    assert main(args) == 130 and resumed  # the same space: resumed
