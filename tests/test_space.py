@@ -233,3 +233,19 @@ def test_mfu_needs_a_cuda_base():
     assert "CUDA" in p.message
     parse_space({**OK, "base": {"model": {"d_model": 32}, "train": {"device": "cuda"}},
                  "constraints": ["perf/mfu >= 0.1"]}, "space.yaml")
+
+
+def test_a_sweeps_own_space_reads_back_under_rules_added_after_it_started():
+    """space.json of a sweep started before a design rule existed (here: a searched budget with a
+    reference ladder, a condition on a float range, log on a choice) must still read back, or the
+    sweep can be neither resumed nor analysed."""
+    from dnasweep.space import space_from_dict
+
+    s = parse_space({**OK, "search": {"train.lr": {"float": [1e-3, 1e-2]},
+                                      "model.n_steps": {"choice": [2, 3]}}}, "space.yaml").to_dict()
+    s["config"]["search"] = {"train.lr": {"float": [1e-3, 1e-2]}, "train.max_steps": {"choice": [50, 100]},
+                             "model.n_steps": {"choice": [2, 3], "log": True},
+                             "model.router.top_k": {"int": [1, 2], "when": {"train.lr": [0.001]}}}
+    s["config"]["reference"] = {"d_model": [16, 32], "dense_layers": [1]}
+    assert [p.path for p in space_from_dict(s).params] == ["train.lr", "train.max_steps", "model.n_steps",
+                                                           "model.router.top_k"]

@@ -68,8 +68,10 @@ def _choice_fix(c: Any, typ: Any) -> str:
     return f"use values of type {type_name(typ)}"
 
 
-def parse_param(path: str, spec: Any, p: list[Problem]) -> Param | None:
-    """One search: entry as a Param (None when it cannot be parsed; the problems say why)."""
+def parse_param(path: str, spec: Any, p: list[Problem], design: list[Problem] | None = None) -> Param | None:
+    """One search: entry as a Param (None when it cannot be parsed; the problems say why). Problems
+    with how the dimension is designed, not with reading it, go to `design` (default: `p`)."""
+    design = p if design is None else design
     key = f"search.{path}"
     typ = field_type(path)
     if typ is None:
@@ -102,7 +104,7 @@ def parse_param(path: str, spec: Any, p: list[Problem]) -> Param | None:
                              f"in base: ({path})"))
             return None
         if (log := spec.get("log", False)) is not False:  # Optuna's categorical draw has no scale
-            p.append(Problem(f"{key}.log", f"log applies to int / float ranges, not to choice (got log: {log!r})",
+            design.append(Problem(f"{key}.log", f"log applies to int / float ranges, not to choice (got log: {log!r})",
                              "drop log:, or search a range, e.g. {float: [1.0e-4, 1.0e-2], log: true}"))
         for c in choices:  # exactly the field's type: what Optuna records is what the trial gets
             if not fits(c, typ):

@@ -258,9 +258,11 @@ def parse_space(data: dict, source: str, overrides: list[str] | None = None, smo
     cfg, p = sweep_sections(data, source, overrides, smoke, check_base=check)
     base_ok = not any(q.key.startswith("base") for q in p)
     base = cfg.base if base_ok and check else None
-    params = [q for path, spec in cfg.search.items() if (q := parse_param(str(path), spec, p)) is not None]
-    p += when_problems(params)
-    p += _comparable_problems(params, base, bool(cfg.reference.d_model))
+    design: list[Problem] = []  # rules on how a space is designed: a sweep's own space.json reads back
+    params = [q for path, spec in cfg.search.items() if (q := parse_param(str(path), spec, p, design)) is not None]
+    design += when_problems(params) + _comparable_problems(params, base, bool(cfg.reference.d_model))
+    if check:  # (check=False) whatever rules were added after it started
+        p += design
     if not any(q.key == "objectives" for q in p):  # a wrong-shaped section is one problem, not two
         cfg.objectives = _objectives(cfg.objectives, base, cfg.search, p, bool(cfg.reference.d_model))
     constraints = _constraints(cfg.constraints, base, cfg.search, p, bool(cfg.reference.d_model))
