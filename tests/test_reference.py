@@ -175,3 +175,28 @@ def test_only_completed_rungs_are_reused_from_the_cache(tmp_path, monkeypatch):
     assert trained == [64]
     assert [r["result"]["status"] for r in out] == ["completed", "completed"]
     assert [r["reused"] for r in out] == [True, False]
+
+
+def test_a_resumed_sweep_keeps_its_own_rungs_when_the_data_identity_moves(tmp_path, monkeypatch):
+    """The sweep's own rungs were looked up by the hash that includes the data's identity (paths,
+    mtimes, Python, dnasweep version): a resume on another head, after a touch of the corpus, or of
+    a sweep started before that hash, retrained the ladder and changed its frontier mid-sweep."""
+    pytest.importorskip("ray", reason="the sweep extra (ray[tune], optuna, mlflow) is not installed")
+    import json
+
+    import ray
+
+    from dnasweep.sweep import reference as R
+
+    space = parse_space({"base": {"model": {"d_model": 32, "n_heads": 4, "seq_len": 24, "n_steps": 2}},
+                         "objectives": [{"metric": "val/loss"}],
+                         "reference": {"d_model": [32], "dense_layers": [1], "cache": False}}, "s.yaml")
+    (cfg,) = ladder(space.base, [32], [1])
+    (tmp_path / "sweep").mkdir()
+    own = {"hash": config_hash(cfg, data=False), "d_model": 32, "dense_layers": 1, "hardware": "x", "rows": [],
+           "result": {"status": "completed", M.VAL_LOSS: 2.0, M.FLOPS_PER_TOKEN: 1e5}}
+    (tmp_path / "sweep" / R.FILE).write_text(json.dumps([own]))
+    monkeypatch.setattr("dnasweep.__version__", "9.9.9")  # the identity moved since the sweep started
+    monkeypatch.setattr(ray, "remote", lambda f: pytest.fail("the sweep's own rung must not retrain"))
+    (rung,) = R.train_reference(space, str(tmp_path / "sweep"), str(tmp_path), lambda line: None)
+    assert rung["reused"] and rung["result"][M.VAL_LOSS] == 2.0

@@ -40,15 +40,18 @@ def ladder(base: TrialConfig, d_model: list[int], dense_layers: list[int]) -> li
     return out
 
 
-def config_hash(cfg: TrialConfig) -> str:
-    """What identifies a rung's training: its whole config but out_dir, the data it reads (files'
-    location, sizes and mtimes; dnasweep.data.config.identity) and dnasweep's version."""
+def config_hash(cfg: TrialConfig, data: bool = True) -> str:
+    """What identifies a rung's training: its whole config but out_dir and, with `data` (the key of
+    the cache shared between sweeps), the data it reads (files' location, sizes and mtimes;
+    dnasweep.data.config.identity) and dnasweep's version. A sweep finds its own rungs by the config
+    alone: a resume on another head, or after the corpus was touched, keeps its frontier."""
     import dnasweep
     from dnasweep.data.config import identity
 
     d = OmegaConf.to_container(OmegaConf.structured(cfg))
     d.pop("out_dir")
-    d["_data"], d["_dnasweep"] = identity(cfg.data, cfg.model.task), dnasweep.__version__
+    if data:
+        d["_data"], d["_dnasweep"] = identity(cfg.data, cfg.model.task), dnasweep.__version__
     return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(d)).encode()).hexdigest()[:16]
 
 

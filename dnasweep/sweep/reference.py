@@ -20,7 +20,7 @@ from dnasweep.space import SearchSpace
 from dnasweep.space.reference import Frontier, config_hash, ladder
 from dnasweep.sweep.study import read_json
 
-FILE = "reference.json"  # SWEEP/reference.json: [{hash, d_model, dense_layers, result, rows, hardware, config}]
+FILE = "reference.json"  # SWEEP/reference.json: [{hash, cache_key, d_model, dense_layers, result, rows, ...}]
 CSV_COLUMNS = ["d_model", "dense_layers", M.PARAMS_TOTAL, M.FLOPS_PER_TOKEN, M.VAL_LOSS, M.TOKENS_PER_S,
                "status", "frontier", "reused", "hash"]
 
@@ -58,12 +58,12 @@ def train_reference(space: SearchSpace, sweep_dir: str, root: str, log) -> list[
     cache = os.path.join(os.path.abspath(root), "reference-cache")
     rungs, todo = [], []
     for cfg in ladder(space.base, ref.d_model, ref.dense_layers):
-        h = config_hash(cfg)
+        h, key = config_hash(cfg, data=False), config_hash(cfg)
         # This sweep's own rungs stand as they are (a resumed sweep keeps its frontier); from the
         # shared cache only trained ones: an out-of-memory rung is a fact of one machine and its load.
-        cached = read_json(os.path.join(cache, f"{h}.json")) if ref.cache else None
+        cached = read_json(os.path.join(cache, f"{key}.json")) if ref.cache else None
         known = own.get(h) or (cached if cached and cached["result"].get("status") == "completed" else None)
-        entry = {"hash": h, "d_model": cfg.model.d_model, "dense_layers": cfg.model.dense_layers,
+        entry = {"hash": h, "cache_key": key, "d_model": cfg.model.d_model, "dense_layers": cfg.model.dense_layers,
                  "config": flatten(to_dict(cfg)), "reused": known is not None}
         rungs.append({**entry, **({"result": known["result"], "rows": known["rows"],
                                     "hardware": known.get("hardware")} if known else {})})
@@ -85,7 +85,7 @@ def train_reference(space: SearchSpace, sweep_dir: str, root: str, log) -> list[
             rungs[i].update(ray.get(done))
             if rungs[i]["result"].get("status") == "completed":
                 os.makedirs(cache, exist_ok=True)
-                with open(os.path.join(cache, f"{rungs[i]['hash']}.json"), "w") as f:
+                with open(os.path.join(cache, f"{rungs[i]['cache_key']}.json"), "w") as f:
                     json.dump(rungs[i], f)
             r = rungs[i]["result"]
             log(f"reference: dense d_model={rungs[i]['d_model']} dense_layers={rungs[i]['dense_layers']}: "
