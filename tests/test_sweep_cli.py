@@ -270,7 +270,8 @@ def test_resume_from_storage_never_overwrites_the_store_with_another_local_sweep
     monkeypatch.setattr("dnasweep.sweep.cluster.init_ray", lambda *a, **k: None)
     with pytest.raises(ConfigError) as e:
         runner.resume_sweep(uri, root=str(tmp_path / "root"))
-    assert "another sweep" in str(e.value) and (tmp_path / "bucket" / "mine" / "optuna.log").read_bytes() == before
+    assert "another sweep of the same name" in str(e.value)
+    assert (tmp_path / "bucket" / "mine" / "optuna.log").read_bytes() == before
 
 
 def test_resume_from_storage_refreshes_a_stale_local_copy(tmp_path, monkeypatch):
@@ -350,3 +351,21 @@ def test_run_resume_refuses_a_space_other_than_the_sweeps(tmp_path, monkeypatch,
     err = capsys.readouterr().err
     assert "budget.trials" in err and "sampler.seed" in err and not resumed
     assert main(args) == 130 and resumed  # the same space: resumed
+
+
+def test_resume_from_storage_without_a_journal_there_goes_on_from_the_local_copy(tmp_path, monkeypatch):
+    """A sweep stopped before its journal was first copied up: the store has none, the local copy
+    is the sweep (the journal comparison opened a file that was never downloaded)."""
+    import shutil
+
+    from dnasweep.sweep import runner
+
+    uri = _stored(tmp_path)
+    shutil.copytree(tmp_path / "bucket" / "mine", tmp_path / "root" / "mine")
+    (tmp_path / "bucket" / "mine" / "optuna.log").unlink()
+    seen = []
+    monkeypatch.setattr(runner, "_drive", lambda space, name, store, *a, **k: seen.append(store.sweep_dir))
+    monkeypatch.setattr("dnasweep.sweep.cluster.init_ray", lambda *a, **k: None)
+    monkeypatch.setattr("dnasweep.sweep.tracking.check_reachable", lambda *a, **k: None)
+    runner.resume_sweep(uri, root=str(tmp_path / "root"))
+    assert seen == [str(tmp_path / "root" / "mine")]

@@ -133,6 +133,8 @@ def _local_copy_behind(remote) -> bool:
     import tempfile
 
     mine = os.path.join(remote.sweep_dir, "optuna.log")
+    if not remote.exists("optuna.log"):  # stopped before its journal was first copied up: ours is all there is
+        return False
     with tempfile.TemporaryDirectory() as tmp:
         remote.get("optuna.log", os.path.join(tmp, "optuna.log"))
         with open(os.path.join(tmp, "optuna.log"), "rb") as f:
@@ -143,10 +145,11 @@ def _local_copy_behind(remote) -> bool:
         return len(theirs) > len(ours)
     if ours.startswith(theirs):
         return False
-    raise ConfigError([Problem("--root", f"{remote.sweep_dir} holds another sweep named "
-                               f"{os.path.basename(remote.sweep_dir)!r} than {remote.uri} (their Optuna journals "
-                               "differ): resuming there would overwrite the store's", "pass another --root, or move "
-                               f"{remote.sweep_dir} away")], "resume")
+    raise ConfigError([Problem("--root", f"{remote.sweep_dir} and {remote.uri} have different Optuna journals: "
+                               "another sweep of the same name, or a copy that went on apart from the store (resumed "
+                               "on another head since); resuming there would overwrite the store's",
+                               f"pass another --root to resume the store's copy, or move {remote.sweep_dir} away")],
+                      "resume")
 
 
 def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | None, resume: bool,
