@@ -197,3 +197,21 @@ def test_equal_points_inside_a_front_share_their_crowding():
     d = crowding(pts, [0, 1, 2, 3, 4])
     assert d[1] == d[2]
     assert keeps(pts, [0.0] * 6, 1, 3) == keeps(pts, [0.0] * 6, 2, 3)
+
+
+def test_a_trial_resumed_past_its_rung_evaluation_is_still_judged_there():
+    """A trial that checkpointed at a rung and died before the scheduler saw the report resumes
+    there and next evaluates one eval_every later: it is judged at the rung by that evaluation
+    (it used to escape pruning), but never at an earlier rung by a report past the next one."""
+    s = _sched()  # rungs 10, 20, 40, 80; eval_every 10
+    for i in range(6):
+        assert s.decide(f"t{i}", 10, _r(1.0 + 0.1 * i, 100 - i)) == GO
+    assert s.decide("bad", 20, _r(9.0, 200)) == STOP  # its step-10 report was lost: judged at 10 by step 20
+
+
+def test_a_trial_that_finished_training_is_never_pruned():
+    """Its step-80 report lost, a trial's last report (step 90, the end) would be judged at rung 80."""
+    s = _sched()  # rungs 10, 20, 40, 80; max_steps 90
+    for i in range(6):
+        assert s.decide(f"t{i}", 80, _r(1.0 + 0.1 * i, 100 - i)) == GO
+    assert s.decide("done", 90, _r(9.0, 200)) == GO

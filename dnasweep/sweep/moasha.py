@@ -27,6 +27,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from dnasweep.config.sweep import SCHEDULERS
 from dnasweep.space import SearchSpace
+from dnasweep.space.space import total_steps
 
 RUNG = "rung/{step}/{metric}"  # Optuna user attr of a trial's objective value at a rung
 BRACKET = "bracket"  # Optuna user attr: the trial's bracket
@@ -135,10 +136,17 @@ class MOASHA(FIFOScheduler):
             return TrialScheduler.CONTINUE  # a training-loss row between evaluations
         if trial_id not in self.bracket:
             self.on_trial_add(None, _Id(trial_id))
-        for rung in self.ladders[self.bracket[trial_id]]:
+        ladder = self.ladders[self.bracket[trial_id]]
+        # the last evaluation ends training: a finished trial is never pruned (every trial trains to
+        # the base's end: a pruning scheduler refuses anything that would move it)
+        for rung, after in zip(ladder, [*ladder[1:], total_steps(self.space.base) - 1], strict=True):
             at = self.recorded.setdefault(rung, {})
-            if step != rung or trial_id in at:  # judged only by an evaluation at the rung itself:
-                continue  # values from later in training would beat other trials' at the rung
+            # Judged at a rung by its evaluation there, or, when that report was lost (a trial that
+            # checkpointed at the rung and died before the scheduler saw it resumes there), by its
+            # first one after it, up to the next rung; never by a report past it: values from far later in
+            # training would beat the other trials' at this rung.
+            if not rung <= step <= after or trial_id in at:
+                continue
             at[trial_id] = (point, self._violation(result))
             if self.searcher is not None:
                 self.searcher.record_rung(trial_id, rung, self.bracket[trial_id],
