@@ -438,3 +438,9 @@ def test_a_data_key_the_source_does_not_read_is_refused(tmp_path, task, fields, 
     (p,) = [q for q in check_data(cfg, task) if q.key == key]
     assert "reads no" in p.message or "does not resize" in p.message, p
     assert cfg.source in p.message and p.fix
+
+
+def test_a_source_registered_without_saying_what_it_reads_is_not_second_guessed(tiny_source):
+    """A plugin source registered with the documented API (no `reads=`) may read data.name or
+    data.image_size its own way: the ignored-key check applies to sources that declare `reads`."""
+    assert not [p for p in check_data(DataConfig(source="tiny", name="wiki-2024"), "lm") if p.key == "data.name"]

@@ -80,3 +80,14 @@ def test_hf_text_skips_missing_values_and_refuses_non_text(monkeypatch):
     fake_datasets(monkeypatch, [{"text": "fine"}, {"text": ""}, {"text": 42}])
     (p,) = raises(DataConfig(source="hf", name="org/stories"), "lm").problems
     assert p.key == "data.field" and "int" in p.message and "record 2" in p.message and "text" in p.message
+
+
+def test_folder_8_bit_values_held_as_32_bit_ints_are_kept(tmp_path):
+    """Mode I (32-bit) images whose values are 8-bit (an int array saved as such) decoded black
+    under the 16-bit scaling (v // 257)."""
+    pytest.importorskip("PIL", reason="Pillow not installed (optional extra images)")
+    pattern = np.arange(0, 256, 16, dtype=np.int32).reshape(4, 4)
+    for f in ("a/0", "a/1", "b/0", "b/1"):
+        _write(tmp_path / f, pattern, ".tif")
+    d = load_data(DataConfig(source="folder", path=str(tmp_path), val_fraction=0.5), "vision")
+    assert np.array_equal(d.train_x[0, 0], pattern)

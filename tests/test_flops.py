@@ -143,6 +143,7 @@ def test_nominal_dense_match_is_the_depth_nearest_the_dna():
 @pytest.mark.parametrize("name,peak", [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
                                        ("NVIDIA L40S", 362e12), ("NVIDIA L40", 181e12), ("NVIDIA L4", 121e12),
                                        ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA A10G", None),
+                                       ("NVIDIA GH200 480GB", 989e12),
                                        ("NVIDIA GeForce RTX 4090", None)])
 def test_mfu_peak_is_looked_up_by_the_device_names_words(name, peak):
     """By substring, an L40S read the L4's peak (MFU 3x too high) and an H100 PCIe the SXM's."""

@@ -90,3 +90,16 @@ def test_tpe_never_models_good_points_on_trials_mo_asha_pruned():
         study.tell(t, state=TrialState.FAIL)
     near_first = sum(x > 8e-3 for x in draws) / len(draws)
     assert near_first < 0.3, (near_first, sorted(draws))
+
+
+def test_the_good_set_cap_keeps_optunas_defaults():
+    """Capped at the complete feasible trials, and otherwise Optuna's default: ceil(10%) for several
+    objectives, at most 25 for one."""
+    import optuna
+
+    for directions, want in ((["minimize"], 25), (["minimize", "minimize"], 30)):
+        study = optuna.create_study(directions=directions)
+        for i in range(300):
+            study.add_trial(optuna.trial.create_trial(values=[float(i)] * len(directions)))
+        assert compat.GoodFromCompleteOnly(study)(300) == want
+        assert compat.GoodFromCompleteOnly(optuna.create_study(directions=directions))(300) == 0

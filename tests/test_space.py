@@ -228,11 +228,13 @@ def test_a_metric_of_training_rows_only_cannot_be_an_objective_or_constraint(met
     assert "training" in p.message
 
 
-def test_mfu_needs_a_cuda_base():
-    p = _problems(constraints=["perf/mfu >= 0.1"])["constraints[0]"]
+def test_mfu_needs_a_base_that_may_run_on_cuda():
+    p = _problems(base={"model": {"d_model": 32}, "train": {"device": "cpu"}},
+                  constraints=["perf/mfu >= 0.1"])["constraints[0]"]
     assert "CUDA" in p.message
-    parse_space({**OK, "base": {"model": {"d_model": 32}, "train": {"device": "cuda"}},
-                 "constraints": ["perf/mfu >= 0.1"]}, "space.yaml")
+    for device in ("cuda", "auto"):  # auto: CUDA where the workers have it
+        parse_space({**OK, "base": {"model": {"d_model": 32}, "train": {"device": device}},
+                     "constraints": ["perf/mfu >= 0.1"]}, "space.yaml")
 
 
 def test_a_sweeps_own_space_reads_back_under_rules_added_after_it_started():

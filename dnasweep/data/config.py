@@ -44,9 +44,8 @@ class DataConfig:
     seed: int = dataclasses.field(default=0, metadata=ge(0))  # seed of the train/val split (batches follow train.seed)
 
 
-# Optional keys only some sources read -> (does source s read it, what a source that does not "does").
-_SOURCE_KEYS = {"path": (lambda s: s.needs_path, "reads no path"), "name": (lambda s: s.named, "reads no dataset name"),
-                "image_size": (lambda s: s.resizes, "does not resize its images")}
+# Optional keys only some sources read (Source.reads) -> what a source that does not "does".
+_SOURCE_KEYS = {"path": "reads no path", "name": "reads no dataset name", "image_size": "does not resize its images"}
 
 
 def has_module(name: str) -> bool:
@@ -155,13 +154,13 @@ def check_data(cfg: DataConfig, task: str) -> list[Problem]:
                                 f"use one of: {', '.join(source_names(task))}"))
     if "path" not in bad and src and src.needs_path:
         problems += _path_problems(cfg, src)
-    for key, (uses, what) in _SOURCE_KEYS.items():  # ignored, the run would train on other data than asked
-        if src and key not in bad and getattr(cfg, key) is not None and not uses(src):
-            users = [n for n in source_names(task) if uses(get_source(task, n))]
+    for key, what in _SOURCE_KEYS.items():  # ignored, the run would train on other data than asked
+        if src and src.reads is not None and key not in bad and getattr(cfg, key) is not None and key not in src.reads:
+            users = [n for n in source_names(task) if key in (get_source(task, n).reads or ())]
             problems.append(Problem(f"data.{key}", f"is set, but source {src.name!r} {what}: it would be ignored",
                                     f"remove data.{key}, or pick a source that uses it"
                                     + (f" ({', '.join(users)})" if users else "")))
-    if "name" not in bad and src and src.named and not cfg.name:
+    if "name" not in bad and src and src.name == "hf" and not cfg.name:
         problems.append(Problem("data.name", "source 'hf' needs a dataset name, but none is given",
                                 "set data.name, e.g. 'roneneldan/TinyStories' or 'NAME:CONFIG'"))
     for module in src.requires if src else ():

@@ -36,6 +36,8 @@ def _eight_bit(im, image_module):
     if im.mode != "I" and not im.mode.startswith("I;16"):
         return im
     a = np.asarray(im)
+    if im.mode == "I" and a.size and 0 <= a.min() and a.max() <= 255:  # 8-bit values held as ints (int arrays)
+        return image_module.fromarray(a.astype(np.uint8))
     # Pillow opens 16-bit PNGs as I or I;16 depending on its version: mode I within 16 bits is 16-bit.
     if a.size and (a.min() < 0 or a.max() > 65535):
         raise _UnknownRange(f"has mode {im.mode} pixels {a.min()}..{a.max()}, beyond the 16-bit range "

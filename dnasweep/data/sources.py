@@ -29,8 +29,9 @@ class Source:
     suffixes: tuple[str, ...] = ()  # a "file" path's allowed suffixes; the files read from a folder
     files: str = "files"  # what those files are called in messages ("text files", "images")
     requires: tuple[str, ...] = ()  # optional modules its loader imports (checked before loading)
-    named: bool = False  # reads data.name (a dataset name)
-    resizes: bool = False  # data.image_size resizes its images
+    # The optional keys it reads among data.path, data.name, data.image_size; set others are refused
+    # as ignored. None (a source registered without saying): not checked.
+    reads: tuple[str, ...] | None = None
     image_shape: tuple[int, int, int] | None = None  # (C, H, W) of every image it loads, when fixed
     n_classes: int | None = None  # classes it loads, when fixed
 
@@ -65,19 +66,19 @@ def byte_level(task: str, name: str) -> bool:
 
 
 register_source("lm", "pystdlib", "dnasweep.data.pystdlib:load_pystdlib",
-                "the installed Python standard library's .py files (cached)", byte_level=True)
+                "the installed Python standard library's .py files (cached)", byte_level=True, reads=())
 register_source("lm", "text", "dnasweep.data.lm:load_text", "a UTF-8 text file, or a folder of text files",
-                byte_level=True, needs_path=True, suffixes=TEXT_SUFFIXES, files="text files")
+                byte_level=True, needs_path=True, suffixes=TEXT_SUFFIXES, files="text files", reads=("path",))
 register_source("lm", "tokens", "dnasweep.data.lm:load_tokens", "token ids in a raw .bin file (data.dtype) or "
-                "an .npy file", needs_path=True, path_kind="file", suffixes=(".bin", ".npy"))
+                "an .npy file", needs_path=True, path_kind="file", suffixes=(".bin", ".npy"), reads=("path",))
 register_source("lm", "hf", "dnasweep.data.lm:load_hf_text", "the text field of a Hugging Face dataset (data.name)",
-                byte_level=True, requires=("datasets",), named=True)
+                byte_level=True, requires=("datasets",), reads=("name",))
 register_source("vision", "digits", "dnasweep.data.vision:load_digits", "scikit-learn's 8x8 digits",
-                image_shape=(1, 8, 8), n_classes=10)
+                image_shape=(1, 8, 8), n_classes=10, reads=())
 register_source("vision", "npz", "dnasweep.data.vision:load_npz", "an .npz file, np.savez(path, images=..., "
-                "labels=...)", needs_path=True, path_kind="file", suffixes=(".npz",))
+                "labels=...)", needs_path=True, path_kind="file", suffixes=(".npz",), reads=("path",))
 register_source("vision", "folder", "dnasweep.data.images:load_folder", "a folder of images laid out as "
                 "PATH/<class name>/<image file>", needs_path=True, path_kind="dir", suffixes=IMAGE_SUFFIXES,
-                files="images", requires=("PIL",), resizes=True)
+                files="images", requires=("PIL",), reads=("path", "image_size"))
 register_source("vision", "hf", "dnasweep.data.images:load_hf_images", "the image and label fields of a "
-                "Hugging Face dataset (data.name)", requires=("datasets", "PIL"), named=True, resizes=True)
+                "Hugging Face dataset (data.name)", requires=("datasets", "PIL"), reads=("name", "image_size"))

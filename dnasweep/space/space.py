@@ -102,8 +102,8 @@ def _unreported(metric: str, cfg: TrialConfig, searched, reference: bool) -> str
     who = M.reported_by(metric)
     if metric in M.TRAIN_ONLY:
         return "is logged in training rows only, never in the evaluation reports a sweep ranks and constrains"
-    if who == "cuda" and not cfg.train.device.startswith("cuda"):
-        return f"is reported on CUDA devices of known peak only (base.train.device is {cfg.train.device!r})"
+    if who == "cuda" and cfg.train.device == "cpu":  # auto runs on CUDA where there is one
+        return "is reported on CUDA devices of known peak only (base.train.device is 'cpu')"
     if who == "reference" and not reference:
         return "is reported only by sweeps with a dense reference ladder (a reference: section)"
     if set(searched) & {"model.task", "model.kind", "data.source"}:
@@ -191,9 +191,10 @@ def _comparable_problems(params: list[Param], base: TrialConfig | None, referenc
     with it, so val/* objectives would rank trials scored on different data), and with a reference
     ladder, the budget and context its rungs are trained with."""
     src = get_source(base.model.task, base.data.source) if base is not None else None
+    fields_read = src is not None and "name" in (src.reads or ())  # the record fields of a named dataset
     p = []
     for q in params:
-        if q.path.startswith("data.") and not (q.path in _RECORD_FIELDS and (src is None or not src.named)):
+        if q.path.startswith("data.") and not (q.path in _RECORD_FIELDS and not fields_read):
             p.append(Problem(f"search.{q.path}", "is searched, but it changes the data each trial trains on and its "
                              "validation split: val/* objectives of different trials would be scored on different "
                              "data and could not be compared", "set it in base, one sweep per value"))

@@ -67,7 +67,8 @@ class GoodFromCompleteOnly:
 
         done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         feasible = sum(not any(v > 0 for v in t.constraints.values()) for t in done)
-        return min(math.ceil(0.1 * n), feasible)  # Optuna's multi-objective default, capped
+        default = math.ceil(0.1 * n) if len(self.study.directions) > 1 else min(math.ceil(0.1 * n), 25)  # Optuna's
+        return min(default, feasible)
 
 
 def good_from_complete_only(search) -> None:

@@ -36,7 +36,8 @@ WARMUP_STEPS = 2  # steps of each (re)start left out of the throughput (compile,
 # Dense bf16 tensor-core peaks (FLOP/s) for MFU, by the words of a device name, most specific first
 # (an L40S is not an L4, an H100 PCIe not an SXM); other devices report no MFU rather than a guess.
 PEAK_FLOPS = [({"H100", "PCIe"}, 756e12), ({"H100", "NVL"}, 835e12), ({"H100"}, 989e12), ({"H200"}, 989e12),
-              ({"A100"}, 312e12), ({"L40S"}, 362e12), ({"L40"}, 181e12), ({"L4"}, 121e12), ({"A10"}, 125e12)]
+              ({"GH200"}, 989e12), ({"A100"}, 312e12), ({"L40S"}, 362e12), ({"L40"}, 181e12), ({"L4"}, 121e12),
+              ({"A10"}, 125e12)]
 
 
 def peak_flops(device_name: str) -> float | None:
