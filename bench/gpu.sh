@@ -5,7 +5,7 @@
 #      useful MFU = 3 x measured forward FLOPs/token x tokens/s / the device's bf16 dense peak
 #   3. a 4-trial smoke sweep of search_spaces/lm.yaml, 4 trials at once with resources.gpu=0.25
 # Usage: bash bench/gpu.sh [OUT_DIR]   (PY=python to use another interpreter)
-# Each part runs under its own timeout (100 + 80 + 150 + 160 s: 8 min at worst) and the table
+# Each part runs under its own timeout (100 + 80 + 140 + 150 s: 7.8 min at worst) and the table
 # reports what finished, so one hung part cannot eat the whole budget. Nothing here needs network access.
 set -u
 cd "$(dirname "$0")/.."
@@ -24,15 +24,15 @@ echo "pytest -m cuda: exit $?" | tee "$OUT/pytest.rc"
 #    pool (8 transformer blocks, top-2) and the LM base's pool mix, both against the dense match.
 timeout 80 "$PY" bench/throughput.py --device cuda --bf16 --d-model 768 --heads 12 --batch 32 --seq 512 \
   --iters 10 --warmup 3 --no-masked --json "$OUT/throughput_synthetic.json" >"$OUT/throughput_synthetic.txt" 2>&1
-echo "throughput synthetic: exit $?" >>"$OUT/throughput.rc"
-timeout 150 "$PY" bench/throughput.py --device cuda --bf16 --config search_spaces/lm.yaml --sizes 768 \
+echo "throughput synthetic: exit $?" >"$OUT/throughput.rc"
+timeout 140 "$PY" bench/throughput.py --device cuda --bf16 --config search_spaces/lm.yaml --sizes 768 \
   --set model.n_heads=12 --set model.seq_len=512 --set train.batch_size=32 --iters 10 --warmup 3 --compile \
   --json "$OUT/throughput_lm.json" >"$OUT/throughput_lm.txt" 2>&1
 echo "throughput lm base: exit $?" >>"$OUT/throughput.rc"
 
 # 3. A 4-trial sweep, 4 trials sharing the GPU (~2 min). The smoke overlay's 60 steps; the dense
 #    reference ladder is trained first, as in every sweep.
-timeout 160 "$PY" -m dnasweep.cli run search_spaces/lm.yaml --smoke --no-analyze --name gpu-check \
+timeout 150 "$PY" -m dnasweep.cli run search_spaces/lm.yaml --smoke --no-analyze --name gpu-check \
   --root "$OUT/sweeps" budget.trials=4 budget.concurrent=4 resources.gpu=0.25 resources.cpu=2 \
   base.train.device=cuda >"$OUT/sweep.txt" 2>&1
 echo "sweep: exit $?" >"$OUT/sweep.rc"

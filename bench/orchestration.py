@@ -6,7 +6,7 @@ Runs, in one process, the same 8 trials twice, 2 at a time:
   optuna     a plain `study.optimize(objective, n_jobs=2)` loop (threads) over the same 8 configs,
              enqueued in the same order, each calling run_trial directly
 and prints, for each arm, wall time vs ideal = (sum of the trials' own training times) / 2,
-then the ratio of the two walls. The last line is dnasweep's overhead over ideal (target <= 0.15).
+then the ratio of the two walls. The last line is dnasweep's overhead over ideal (target <= 0.10).
 
     python bench/orchestration.py                        # 8 trials of ~30 s on 2 CPU cores (~5 min)
     python bench/orchestration.py base.train.max_steps=60 # quicker, shorter trials

@@ -72,9 +72,9 @@ def masked_step(pool, h_BLD, route, *_):
                                        torch.zeros(3, dtype=torch.long))
 
 
-def timed(model, x, y, iters: int, warmup: int) -> tuple[float, float]:
-    """(median seconds per forward+backward, measured FLOPs/token)."""
-    times, flops = [], 0.0
+def timed(model, x, y, iters: int, warmup: int) -> tuple[float, float, float]:
+    """(median seconds per forward+backward, measured useful and executed FLOPs/token)."""
+    times, flops, executed = [], 0.0, 0.0
     for i in range(warmup + iters):
         if x.is_cuda:
             torch.cuda.synchronize()
@@ -88,9 +88,9 @@ def timed(model, x, y, iters: int, warmup: int) -> tuple[float, float]:
         if i >= warmup:
             times.append(time.perf_counter() - t)
         adapt(model, out)
-        flops = out.stats.flops_per_token
+        flops, executed = out.stats.flops_per_token, out.stats.flops_executed_per_token
         model.zero_grad(set_to_none=True)
-    return statistics.median(times), flops
+    return statistics.median(times), flops, executed
 
 
 BF16 = False  # --bf16: forward under torch.autocast(bfloat16), as training on a GPU runs
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     x = torch.randint(0, 256, (a.batch, a.seq), device=dev)
     y = torch.randint(0, 256, (a.batch, a.seq), device=dev)
     dna = build_model(cfg).to(dev)
-    t_dna, f_dna = timed(dna, x, y, a.iters, a.warmup)
+    t_dna, f_dna, fe_dna = timed(dna, x, y, a.iters, a.warmup)
     # Dense depth with the closest measured FLOPs/token (the DNA's routed attention sees fewer keys).
     n_dense = max(1, round(f_dna / block_cost(cfg)))
     best = None
@@ -302,11 +302,11 @@ def main(argv: list[str] | None = None) -> None:
         if best is None or abs(f - f_dna) < abs(best[1] - f_dna):
             best = (dcfg, f)
     dense = build_model(best[0]).to(dev)
-    t_dense, f_dense = timed(dense, x, y, a.iters, a.warmup)
+    t_dense, f_dense, _ = timed(dense, x, y, a.iters, a.warmup)
     rows = [("dna", t_dna, f_dna), (f"dense ({best[0].dense_layers} blocks)", t_dense, f_dense)]
     if not a.no_masked:
         dna.pool.forward = lambda h, route, *_: masked_step(dna.pool, h, route)
-        t_mask, _ = timed(dna, x, y, a.iters, a.warmup)
+        t_mask, _, _ = timed(dna, x, y, a.iters, a.warmup)
         rows.append(("masked (every module, every token)", t_mask, f_dna))
     n_tok = x.numel()
     print(f"device {dev}, d_model {a.d_model}, pool {a.modules} blocks, top-{a.top_k}, {a.steps} steps, "
@@ -318,9 +318,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"dna/dense tokens/s: {raw:.3f} raw, {raw * f_dna / f_dense:.3f} at equal FLOPs/token")
     if not a.no_masked:
         print(f"dna/masked tokens/s: {rows[2][1] / t_dna:.2f}")
-    write_json(a.json, [{"label": f"synthetic d_model {a.d_model}", "n_tok": n_tok,
-                         "dna": (n_tok / t_dna, f_dna, f_dna, 0.0), "dense": (n_tok / t_dense, f_dense, f_dense, 0.0)}],
-               dev)
+    row = {"label": f"synthetic d_model {a.d_model}", "n_tok": n_tok, "dna": (n_tok / t_dna, f_dna, fe_dna, 0.0),
+           "dense": (n_tok / t_dense, f_dense, f_dense, 0.0)}
+    write_json(a.json, [row], dev)
     print(f"{raw * f_dna / f_dense:.3f}")
 
 
