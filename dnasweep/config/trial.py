@@ -3,6 +3,7 @@ YAML with overrides through `dnasweep.config.load`, with every problem reported 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, is_dataclass
 
 from omegaconf import OmegaConf
@@ -25,6 +26,18 @@ class TrialConfig:
     train: TrainConfig = field(default_factory=TrainConfig)  # optimiser, budget, evaluation, device
     loss: LossConfig = field(default_factory=LossConfig)  # weights of the auxiliary loss terms
     out_dir: str = "runs/trial"  # where metrics.jsonl, checkpoints and the resolved config go
+
+
+def tokens_per_step(cfg: TrialConfig) -> int:
+    """Tokens (or patches) one optimizer step trains on: batch x grad_accum x tokens per example."""
+    return cfg.train.batch_size * cfg.train.grad_accum * cfg.model.tokens_per_example
+
+
+def planned_steps(cfg: TrialConfig) -> int:
+    """The optimizer steps `cfg` trains: train.max_steps, or fewer when train.max_tokens ends it first.
+    The one rule the training loop stops by and the scheduler's rungs are placed below."""
+    t = cfg.train
+    return min(t.max_steps, math.ceil(t.max_tokens / tokens_per_step(cfg))) if t.max_tokens else t.max_steps
 
 
 def fit_problems(m: ModelConfig, vocab: int | None, image_shape: tuple[int, int, int] | None,

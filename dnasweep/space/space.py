@@ -9,7 +9,6 @@ Ray-, Optuna- and MLflow-free; dnasweep.sweep adapts it to them.
 from __future__ import annotations
 
 import functools
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from dnasweep import metrics as M
 from dnasweep.config import TrialConfig, read_yaml
 from dnasweep.config.load import build, did_you_mean, schema_problems
 from dnasweep.config.sweep import ObjectiveConfig, SweepConfig, sweep_sections
+from dnasweep.config.trial import planned_steps
 from dnasweep.data.sources import byte_level, get_source, source_names
 from dnasweep.errors import ConfigError, Problem, raise_if
 from dnasweep.space.apply import apply
@@ -65,7 +65,7 @@ class SearchSpace:
         s = self.scheduler
         if s.type == "fifo":
             return []
-        grace, top = s.grace_steps or self.base.train.eval_every, total_steps(self.base)
+        grace, top = s.grace_steps or self.base.train.eval_every, planned_steps(self.base)
         out = []
         for b in range(s.brackets):
             r, ladder_b = grace * s.reduction_factor ** b, []
@@ -179,10 +179,12 @@ def _is_number(text: str) -> bool:
     return True
 
 
-# Searched, these change what a trial trains on or is scored with: a reference ladder's dense rungs
-# train with the base's values, so compare/* gains would set trials against dense models trained otherwise.
-_RUNG_KEYS = ("train.batch_size", "train.max_steps", "train.max_tokens", "train.grad_accum", "train.time_limit_s",
-              "model.seq_len", "model.image_size", "model.patch_size")
+# Where training ends, and how many tokens (and what context) a step takes: a reference ladder's dense
+# rungs train with the base's values of both (searched, compare/* gains would set trials against dense
+# models trained otherwise), and a pruning scheduler places its rungs below the base's end.
+_END_KEYS = ("train.max_steps", "train.max_tokens", "train.time_limit_s")
+_STEP_KEYS = ("train.batch_size", "train.grad_accum", "model.seq_len", "model.image_size", "model.patch_size")
+_RUNG_KEYS = _END_KEYS + _STEP_KEYS
 _RECORD_FIELDS = ("data.field", "data.image_field", "data.label_field")  # read by sources named by data.name only
 
 
@@ -207,14 +209,6 @@ def _comparable_problems(params: list[Param], base: TrialConfig | None, referenc
     return p
 
 
-def total_steps(cfg: TrialConfig) -> int:
-    """The optimizer steps `cfg` trains: train.max_steps, or fewer when train.max_tokens ends it first."""
-    t = cfg.train
-    if not t.max_tokens:
-        return t.max_steps
-    return min(t.max_steps, math.ceil(t.max_tokens / (t.batch_size * t.grad_accum * cfg.model.tokens_per_example)))
-
-
 def most_steps(base_max_steps: int, params: list[Param]) -> int:
     """base train.max_steps, or the largest value a searched train.max_steps can draw if larger."""
     return max([base_max_steps, *(int(v) for q in params if q.path == "train.max_steps" for v in q.ends())])
@@ -225,9 +219,8 @@ def _budget_problems(cfg, base: TrialConfig, bad: set[str], params: list[Param])
     (each judged only when its own section has no problem yet: `bad`)."""
     p, s, tc = [], cfg.scheduler, base.train
     # Rungs are evaluations below every trial's end, judged from the base: what moves either is fixed.
-    moving = ["train.max_steps", "train.max_tokens", "train.eval_every", "train.time_limit_s"]
-    if tc.max_tokens:  # a token budget ends trials after a number of steps set by the step's size
-        moving += ["train.batch_size", "train.grad_accum", "model.seq_len", "model.image_size", "model.patch_size"]
+    # (with a token budget, the steps it leaves are set by the step's size)
+    moving = _END_KEYS + ("train.eval_every",) + (_STEP_KEYS if tc.max_tokens else ())
     if s.type != "fifo":
         p += [Problem(f"search.{q.path}", f"is searched, but scheduler {s.type} places its rungs at evaluations "
                       "below the end of training, taken from the base: a trial with another value is judged off "
@@ -239,8 +232,8 @@ def _budget_problems(cfg, base: TrialConfig, bad: set[str], params: list[Param])
             p.append(Problem("scheduler.grace_steps", f"must be a multiple of base train.eval_every "
                              f"({tc.eval_every}): rungs are evaluations, got {grace}",
                              f"use {max(tc.eval_every, grace - grace % tc.eval_every)}, or change train.eval_every"))
-        elif grace * s.reduction_factor ** (s.brackets - 1) >= total_steps(base):
-            p.append(Problem("scheduler", f"no rung below the base's last step ({total_steps(base)}) in every bracket: "
+        elif grace * s.reduction_factor ** (s.brackets - 1) >= (end := planned_steps(base)):
+            p.append(Problem("scheduler", f"no rung below the base's last step ({end}) in every bracket: "
                              f"grace_steps {grace} x reduction_factor {s.reduction_factor}^{s.brackets - 1}",
                              "lower grace_steps or brackets, or raise train.max_steps"))
     most = most_steps(tc.max_steps, params)

@@ -26,8 +26,8 @@ import math
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from dnasweep.config.sweep import SCHEDULERS
+from dnasweep.config.trial import planned_steps
 from dnasweep.space import SearchSpace
-from dnasweep.space.space import total_steps
 
 RUNG = "rung/{step}/{metric}"  # Optuna user attr of a trial's objective value at a rung
 BRACKET = "bracket"  # Optuna user attr: the trial's bracket
@@ -139,7 +139,7 @@ class MOASHA(FIFOScheduler):
         ladder = self.ladders[self.bracket[trial_id]]
         # the last evaluation ends training: a finished trial is never pruned (every trial trains to
         # the base's end: a pruning scheduler refuses anything that would move it)
-        for rung, after in zip(ladder, [*ladder[1:], total_steps(self.space.base) - 1], strict=True):
+        for rung, after in zip(ladder, [*ladder[1:], planned_steps(self.space.base) - 1], strict=True):
             at = self.recorded.setdefault(rung, {})
             # Judged at a rung by its evaluation there, or, when that report was lost (a trial that
             # checkpointed at the rung and died before the scheduler saw it resumes there), by its

@@ -20,7 +20,7 @@ import torch
 
 from dnasweep import metrics as M
 from dnasweep.config import TrialConfig, to_yaml
-from dnasweep.config.trial import fit_problems
+from dnasweep.config.trial import fit_problems, planned_steps, tokens_per_step
 from dnasweep.data import LMSampler, VisionSampler, lm_val_batches, load_data, vision_val_batches
 from dnasweep.errors import ConfigError, Problem, raise_if
 from dnasweep.model import build_model, compute_loss
@@ -115,16 +115,13 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
         sampler = VisionSampler(data.train_x, data.train_y, tc.batch_size, tc.seed, data.mean, data.std)
         val = vision_val_batches(data, tc.batch_size)
         bytes_per_token = None
-    tokens_per_step = tc.batch_size * tc.grad_accum * cfg.model.tokens_per_example
-    total_steps = tc.max_steps
-    if tc.max_tokens:
-        total_steps = min(total_steps, math.ceil(tc.max_tokens / tokens_per_step))
+    step_tokens, total_steps = tokens_per_step(cfg), planned_steps(cfg)
 
     step, train_time = 0, 0.0
     # Throughput is timed apart from train_time (which budgets and resume judge by): the first
     # WARMUP_STEPS of each start hold torch.compile's compilation and the first recompile, and the
     # optimizer's lazy imports, which are not the run's speed. perf = [steps timed, their seconds].
-    perf, started = [0, 0.0], 0
+    perf = [0, 0.0]
     if resuming:
         st = checkpoint.load(ckpt_dir)
         if st.get("weights_only") and int(st["step"]) < total_steps:
@@ -167,7 +164,7 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
     def tokens_per_s() -> float:
         """Training tokens/s past each start's warm-up (all steps while there are none yet)."""
         n, t = perf if perf[0] else (step, train_time)
-        return n * tokens_per_step / max(t, 1e-9)
+        return n * step_tokens / max(t, 1e-9)
 
     def do_eval() -> dict:
         res = evaluate(model, val, cfg.loss, device, autocast, bytes_per_token)
@@ -218,8 +215,7 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
             step += 1
             dt = time.perf_counter() - t0
             train_time += dt
-            started += 1
-            if started > WARMUP_STEPS:
+            if step - start > WARMUP_STEPS:  # past this start's warm-up
                 perf = [perf[0] + 1, perf[1] + dt]
             if step % tc.log_every == 0 or step == total_steps:
                 row = {M.STEP: step, M.TRAIN_LOSS: ce, M.TRAIN_AUX: aux_sum / tc.grad_accum, "train/lr": lr,
