@@ -4,6 +4,7 @@ import sys
 import types
 
 import pytest
+import yaml
 
 from dnasweep.data import DataConfig, load_data
 from dnasweep.errors import ConfigError
@@ -52,3 +53,15 @@ class FakeImageDataset:
 
     def select(self, idx):
         return [self.rows[i] for i in idx]
+
+
+# A valid search space to break one section at a time (`search:` makes `dnasweep validate` read it as one).
+VALID_SPACE = {"base": {"model": {"d_model": 32}}, "search": {"train.lr": {"float": [1.0e-3, 1.0e-2], "log": True}},
+               "objectives": [{"metric": "val/loss", "mode": "min"}]}
+
+
+def write_yaml(tmp_path, content) -> str:
+    """`content` (YAML text, or a dict dumped in order) as TMP/space.yaml; its path."""
+    f = tmp_path / "space.yaml"
+    f.write_text(content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False))
+    return str(f)

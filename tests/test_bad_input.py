@@ -9,26 +9,17 @@ import pathlib
 
 import pytest
 import yaml
+from helpers import VALID_SPACE, write_yaml
 
 from dnasweep.cli import main
 from dnasweep.errors import ConfigError
 from dnasweep.space import load_space, parse_space
 
-# A valid space to break one section at a time (`search:` makes `dnasweep validate` read it as one).
-OK = {"base": {"model": {"d_model": 32}}, "search": {"train.lr": {"float": [1.0e-3, 1.0e-2], "log": True}},
-      "objectives": [{"metric": "val/loss", "mode": "min"}]}
-
-
-def _write(tmp_path, content) -> str:
-    f = tmp_path / "space.yaml"
-    f.write_text(content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False))
-    return str(f)
-
 
 def _refused(tmp_path, capsys, content, *keys: str) -> str:
     """`dnasweep validate` and `dnasweep run` both exit 2 naming the file and every key, and `run`
     creates nothing under its root. Returns the error text."""
-    path, root = _write(tmp_path, content), tmp_path / "root"
+    path, root = write_yaml(tmp_path, content), tmp_path / "root"
     assert main(["validate", path]) == 2
     err = capsys.readouterr().err
     assert main(["run", path, "--root", str(root), "--name", "s"]) == 2
@@ -42,12 +33,12 @@ def _refused(tmp_path, capsys, content, *keys: str) -> str:
 
 def _problems(**sections) -> dict:
     with pytest.raises(ConfigError) as e:
-        parse_space({**OK, **sections}, "space.yaml")
+        parse_space({**VALID_SPACE, **sections}, "space.yaml")
     return {p.key: p for p in e.value.problems}
 
 
 def test_valid_space_passes(tmp_path, capsys):
-    assert main(["validate", _write(tmp_path, OK)]) == 0
+    assert main(["validate", write_yaml(tmp_path, VALID_SPACE)]) == 0
     assert "valid search space" in capsys.readouterr().out
 
 
@@ -71,7 +62,7 @@ def test_a_file_that_is_not_a_mapping(tmp_path, capsys):
 # 2. unknown keys, anywhere, with "did you mean"
 
 def test_unknown_keys_anywhere_suggest_the_known_one(tmp_path, capsys):
-    bad = {**OK, "serch": {}, "base": {"model": {"d_model": 32}, "train": {"max_step": 10}},
+    bad = {**VALID_SPACE, "serch": {}, "base": {"model": {"d_model": 32}, "train": {"max_step": 10}},
            "search": {"train.lr": {"float": [1.0e-3, 1.0e-2], "logg": True}, "model.d_modle": {"int": [16, 64]}},
            "objectives": [{"metric": "val/loss", "mod": "min"}], "sampler": {"typ": "tpe"},
            "budget": {"trails": 4}, "resources": {"gpus": 1}, "tracking": {"experimnt": "x"}}
@@ -88,7 +79,7 @@ def test_unknown_keys_anywhere_suggest_the_known_one(tmp_path, capsys):
 # 3. wrong types
 
 def test_wrong_types_name_key_value_and_expected_type(tmp_path, capsys):
-    bad = {**OK, "base": {"model": {"d_model": "big"}, "train": {"lr": "fast", "max_steps": 10.5}},
+    bad = {**VALID_SPACE, "base": {"model": {"d_model": "big"}, "train": {"lr": "fast", "max_steps": 10.5}},
            "search": {"model.n_steps": {"int": ["one", 4]}, "model.n_heads": {"choice": [2, "four"]},
                       "train.lr": {"float": [1.0e-3, 1.0e-2], "log": "yes"}},
            "budget": {"trials": "many", "concurrent": True}, "resources": {"cpu": "two"},
@@ -105,7 +96,7 @@ def test_wrong_types_name_key_value_and_expected_type(tmp_path, capsys):
 ])
 def test_wrong_type_of_a_whole_section(tmp_path, capsys, section, value):
     # these used to crash (AttributeError / TypeError) or report every character of a string
-    err = _refused(tmp_path, capsys, {**OK, section: value}, section)
+    err = _refused(tmp_path, capsys, {**VALID_SPACE, section: value}, section)
     assert "expected a mapping" in err or "expected a list" in err
     assert "1 problem" in err
 
@@ -114,7 +105,7 @@ def test_wrong_type_of_a_whole_section(tmp_path, capsys, section, value):
 
 def test_empty_or_inverted_ranges(tmp_path, capsys):
     # Decided: a zero-width range (float [x, x] too) is refused; a fixed value belongs in base:.
-    bad = {**OK, "search": {"train.lr": {"float": [1.0e-3, 1.0e-3]}, "model.n_steps": {"int": [4, 2]},
+    bad = {**VALID_SPACE, "search": {"train.lr": {"float": [1.0e-3, 1.0e-3]}, "model.n_steps": {"int": [4, 2]},
                             "model.d_model": {"choice": []}}}
     err = _refused(tmp_path, capsys, bad, "search.train.lr.float", "search.model.n_steps.int",
                    "search.model.d_model.choice")
@@ -126,7 +117,7 @@ def test_empty_or_inverted_ranges(tmp_path, capsys):
 # 5. `when:` on unknown parameters
 
 def test_when_on_unknown_parameters(tmp_path, capsys):
-    bad = {**OK, "search": {
+    bad = {**VALID_SPACE, "search": {
         "model.router.type": {"choice": ["topk", "threshold"]},
         "model.router.top_k": {"int": [1, 2], "when": {"model.router.typ": ["topk"]}},  # a typo
         "model.router.threshold": {"float": [0.05, 0.5], "when": {"model.balance.identity_bias": [True]}},  # unsearched
@@ -143,7 +134,7 @@ def test_when_on_unknown_parameters(tmp_path, capsys):
 # 6. objectives (and constraints) on unknown metrics
 
 def test_objectives_on_unknown_metrics_suggest_the_known_one(tmp_path, capsys):
-    bad = {**OK, "objectives": [{"metric": "val/los"}, {"metric": "compute/flops", "mode": "min"}],
+    bad = {**VALID_SPACE, "objectives": [{"metric": "val/los"}, {"metric": "compute/flops", "mode": "min"}],
            "constraints": ["param/total <= 2e7"]}
     err = _refused(tmp_path, capsys, bad, "objectives[0].metric", "objectives[1].metric", "constraints[0]")
     assert "unknown metric 'val/los'" in err and "did you mean val/loss?" in err
@@ -152,18 +143,18 @@ def test_objectives_on_unknown_metrics_suggest_the_known_one(tmp_path, capsys):
 
 def test_metrics_the_trials_never_report(tmp_path, capsys):
     # val/acc on a language model: known, but no trial would ever report it, so every trial would fail
-    bad = {**OK, "objectives": [{"metric": "val/acc", "mode": "max"}], "constraints": ["router/entropy <= 1"],
+    bad = {**VALID_SPACE, "objectives": [{"metric": "val/acc", "mode": "max"}], "constraints": ["router/entropy <= 1"],
            "base": {"model": {"d_model": 32, "kind": "dense"}}}
     err = _refused(tmp_path, capsys, bad, "objectives[0].metric", "constraints[0]")
     assert "val/acc is reported by vision trials only (base.model.task is 'lm')" in err
     assert "router/entropy is reported by routed models only" in err
-    assert parse_space({**OK, "objectives": [{"metric": "val/bpb"}]}, "s.yaml")  # byte-level LM: fine
+    assert parse_space({**VALID_SPACE, "objectives": [{"metric": "val/bpb"}]}, "s.yaml")  # byte-level LM: fine
 
 
 # 7. constraints no point of the space satisfies
 
 def test_unsatisfiable_constraint(tmp_path, capsys):
-    bad = {**OK, "search": {"model.d_model": {"choice": [64, 128]}, "model.n_steps": {"int": [2, 4]}},
+    bad = {**VALID_SPACE, "search": {"model.d_model": {"choice": [64, 128]}, "model.n_steps": {"int": [2, 4]}},
            "constraints": ["params/total <= 10"]}
     err = _refused(tmp_path, capsys, bad, "constraints[0]")
     from dnasweep.model import nominal
@@ -196,7 +187,7 @@ def test_unsatisfiable_constraint_is_judged_at_the_true_extreme():
 def test_constraints_on_measured_metrics_are_not_judged_statically():
     # FLOPs and active parameters are measured under the learned routing (identity modules can make
     # them far smaller than nominal), so the config alone cannot prove such a bound unreachable.
-    assert parse_space({**OK, "constraints": ["compute/flops_per_token <= 1", "params/active <= 1"]}, "s.yaml")
+    assert parse_space({**VALID_SPACE, "constraints": ["compute/flops_per_token <= 1", "params/active <= 1"]}, "s.yaml")
 
 
 # 8. data paths that do not exist or hold no data
@@ -231,7 +222,7 @@ def test_data_path_missing_or_without_data(tmp_path, capsys, case, text):
         (data / "cat").mkdir()
         (data / "cat" / "notes.txt").write_text("no images here")
         base = _vision_base("folder", str(data))
-    err = _refused(tmp_path, capsys, {**OK, "base": base}, "base.data.path")
+    err = _refused(tmp_path, capsys, {**VALID_SPACE, "base": base}, "base.data.path")
     assert text in err and str(data) in err and "fix: " in err
 
 
@@ -240,7 +231,7 @@ def test_data_path_missing_or_without_data(tmp_path, capsys, case, text):
 def test_gpu_requested_on_a_cluster_without_gpus():
     from dnasweep.sweep.cluster import check_fits as _check_fits
 
-    space = parse_space({**OK, "resources": {"cpu": 1, "gpu": 1}}, "space.yaml")
+    space = parse_space({**VALID_SPACE, "resources": {"cpu": 1, "gpu": 1}}, "space.yaml")
     with pytest.raises(ConfigError) as e:
         _check_fits(space, {"CPU": 2})
     (p,) = e.value.problems
@@ -252,7 +243,7 @@ def test_gpu_requested_on_a_cluster_without_gpus():
 def test_a_trial_must_fit_on_one_node_not_on_the_cluster_total():
     from dnasweep.sweep.cluster import check_fits as _check_fits
 
-    space = parse_space({**OK, "resources": {"cpu": 2, "custom": {"a100": 1}}}, "s.yaml")
+    space = parse_space({**VALID_SPACE, "resources": {"cpu": 2, "custom": {"a100": 1}}}, "s.yaml")
     two_small = [{"CPU": 1.0, "a100": 1.0}, {"CPU": 1.0}]
     with pytest.raises(ConfigError) as e:
         _check_fits(space, two_small)  # 2 CPUs in total, but no node has 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import yaml
+from helpers import VALID_SPACE, write_yaml
 
 from dnasweep.cli import main
 from dnasweep.config import TrialConfig, build_trial, parse_overrides
@@ -14,19 +15,10 @@ from dnasweep.data.sampler import LMSampler
 from dnasweep.errors import ConfigError
 from dnasweep.space import parse_space
 
-OK = {"base": {"model": {"d_model": 32}}, "search": {"train.lr": {"float": [1.0e-3, 1.0e-2], "log": True}},
-      "objectives": [{"metric": "val/loss", "mode": "min"}]}
-
-
-def _write(tmp_path, content) -> str:
-    f = tmp_path / "c.yaml"
-    f.write_text(content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False))
-    return str(f)
-
 
 def _refused(tmp_path, capsys, content, *keys: str, cmd: str = "validate", args=()) -> str:
     """`dnasweep CMD FILE` exits 2 without a traceback, naming every key. Returns the error text."""
-    path = _write(tmp_path, content)
+    path = write_yaml(tmp_path, content)
     assert main([cmd, path, *args]) == 2
     err = capsys.readouterr().err
     assert f"error: {path}:" in err and "Traceback" not in err, err
@@ -54,17 +46,18 @@ def test_nan_or_inf_range_bounds_are_refused(tmp_path, capsys, rng):
 # 2. when: on an int or float range
 
 def test_when_on_an_int_range_names_the_values_outside_it(tmp_path, capsys):
-    bad = {**OK, "search": {"model.n_steps": {"int": [2, 4]},
+    bad = {**VALID_SPACE, "search": {"model.n_steps": {"int": [2, 4]},
                             "model.router.top_k": {"int": [1, 2], "when": {"model.n_steps": [10, "3", 3]}}}}
     err = _refused(tmp_path, capsys, bad, "search.model.router.top_k.when")
     assert "[10, '3']" in err and "[2, 4]" in err
-    ok = {**OK, "search": {"model.n_steps": {"int": [2, 4]},
+    ok = {**VALID_SPACE, "search": {"model.n_steps": {"int": [2, 4]},
                            "model.router.top_k": {"int": [1, 2], "when": {"model.n_steps": [2, 4]}}}}
     assert parse_space(ok, "s.yaml").params[1].when == {"model.n_steps": [2, 4]}
 
 
 def test_when_on_a_float_range_is_refused(tmp_path, capsys):
-    bad = {**OK, "search": {**OK["search"], "model.router.top_k": {"int": [1, 2], "when": {"train.lr": [0.001]}}}}
+    conditional = {"int": [1, 2], "when": {"train.lr": [0.001]}}
+    bad = {**VALID_SPACE, "search": {**VALID_SPACE["search"], "model.router.top_k": conditional}}
     err = _refused(tmp_path, capsys, bad, "search.model.router.top_k.when")
     assert "choice or int" in err
 
@@ -72,9 +65,9 @@ def test_when_on_a_float_range_is_refused(tmp_path, capsys):
 # 3. log: on a choice
 
 def test_log_on_a_choice_is_refused(tmp_path, capsys):
-    bad = {**OK, "search": {"model.d_model": {"choice": [32, 64], "log": True}}}
+    bad = {**VALID_SPACE, "search": {"model.d_model": {"choice": [32, 64], "log": True}}}
     assert "log" in _refused(tmp_path, capsys, bad, "search.model.d_model.log")
-    parse_space({**OK, "search": {"model.d_model": {"choice": [32, 64], "log": False}}}, "s.yaml")  # harmless
+    parse_space({**VALID_SPACE, "search": {"model.d_model": {"choice": [32, 64], "log": False}}}, "s.yaml")  # harmless
 
 
 # 4. / 5. train.seed, train.beta1, train.beta2 bounds
@@ -83,7 +76,7 @@ def test_log_on_a_choice_is_refused(tmp_path, capsys):
 def test_train_seed_and_betas_are_bounded(tmp_path, capsys, key, value):
     err = _refused(tmp_path, capsys, {"train": {key: value}}, f"train.{key}")
     assert f"got {value}" in err
-    assert main(["validate", _write(tmp_path, {"train": {"beta1": 0.0, "beta2": 0.999, "seed": 0}})]) == 0
+    assert main(["validate", write_yaml(tmp_path, {"train": {"beta1": 0.0, "beta2": 0.999, "seed": 0}})]) == 0
 
 
 def test_the_sampler_names_the_seed_it_was_given():
@@ -130,13 +123,13 @@ def test_an_empty_base_means_the_defaults(tmp_path):
 
 @pytest.mark.parametrize("section,value", [("budget", []), ("sampler", 0), ("resources", ""), ("reference", False)])
 def test_a_falsy_section_of_the_wrong_type_is_refused(tmp_path, capsys, section, value):
-    err = _refused(tmp_path, capsys, {**OK, section: value}, section)
+    err = _refused(tmp_path, capsys, {**VALID_SPACE, section: value}, section)
     assert "expected a mapping" in err and "1 problem" in err
 
 
 @pytest.mark.parametrize("widths", [[64, True], [64, "128"]])
 def test_reference_widths_of_another_type_are_one_problem(widths):
-    assert _keys({**OK, "reference": {"d_model": widths, "dense_layers": [1]}}) == ["reference.d_model"]
+    assert _keys({**VALID_SPACE, "reference": {"d_model": widths, "dense_layers": [1]}}) == ["reference.d_model"]
 
 
 # 9. the fix of a wrong-shaped section is YAML; overrides of text fields arrive as typed
@@ -154,7 +147,7 @@ def test_overrides_of_text_fields_arrive_as_typed():
     assert over == {"data": {"path": "a: b", "name": None, "source": "5000"}, "out_dir": "runs/lm #2",
                     "train": {"lr": 1e-3, "compile": True}, "model": {"router": {"type": "topk"}}}
     assert build_trial({}, ["out_dir=runs/lm #2"]).out_dir == "runs/lm #2"
-    space = parse_space(OK, "s.yaml", ["tracking.experiment=lm #2", "base.out_dir=x #1", "budget.trials=3"])
+    space = parse_space(VALID_SPACE, "s.yaml", ["tracking.experiment=lm #2", "base.out_dir=x #1", "budget.trials=3"])
     assert (space.tracking.experiment, space.base.out_dir, space.budget.trials) == ("lm #2", "x #1", 3)
 
 
