@@ -13,6 +13,7 @@ from dnasweep.errors import ConfigError, Problem
 
 def _train(args: argparse.Namespace) -> int:
     from dnasweep.config import load_trial
+    from dnasweep.config.trial import planned_steps
     from dnasweep.train.loop import run_trial
     from dnasweep.train.report import ConsoleReporter
 
@@ -20,10 +21,11 @@ def _train(args: argparse.Namespace) -> int:
     if args.out:  # a path, quoted: as bare YAML, 'exp #2' lost its '#2' and 'off' became False
         overrides.append(f"out_dir={json.dumps(args.out)}")
     cfg = load_trial(args.config, overrides)
-    console = None if args.quiet else ConsoleReporter(cfg.train.max_steps)
+    console = None if args.quiet else ConsoleReporter(planned_steps(cfg))
     result = run_trial(cfg, console, resume=not args.no_resume)
     if result.already_done:  # even with --quiet: this command trained nothing, its numbers are not new
-        print(f"{result.reason}: the metrics are that checkpoint's, re-evaluated. Raise train.max_steps to train "
+        budget = "train.time_limit_s" if result.step < planned_steps(cfg) else "train.max_steps"
+        print(f"{result.reason}: the metrics are that checkpoint's, re-evaluated. Raise {budget} to train "
               f"further, or pass --no-resume to start over; outputs in {result.out_dir}", file=sys.stderr)
     elif not args.quiet:
         print(f"{result.status}: {result.reason}; outputs in {result.out_dir}", file=sys.stderr)

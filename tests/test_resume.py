@@ -143,6 +143,29 @@ def test_more_max_steps_extends_the_run(tmp_path, trial, capsys):
     assert _train_steps(out) == list(range(1, 10))  # no duplicated steps
     assert [r["step"] for r in rows if "val/loss" in r] == [3, 6, 9]
     assert torch.load(out / "checkpoint" / "state.pt", weights_only=True)["step"] == 9
+    # the cosine was planned for 6 steps, then re-planned to 9: said, not filed as one 9-step schedule
+    assert "LR schedule re-planned" in res["reason"] and saved["reason"] == res["reason"]
+    lrs = {r["step"]: r["train/lr"] for r in rows if "train/lr" in r}
+    assert lrs[7] > lrs[6]  # the LR rose again at the extension: why it is said
+
+
+def test_a_run_trained_to_its_budget_in_one_go_says_no_replan(tmp_path, trial, monkeypatch):
+    out = tmp_path / "run"
+    real = loop.evaluate
+
+    def second_eval_interrupts(*a, **k):  # after the checkpoint at step 3, before the one at step 6
+        second_eval_interrupts.n += 1
+        if second_eval_interrupts.n == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    second_eval_interrupts.n = 0
+    with monkeypatch.context() as m:
+        m.setattr(loop, "evaluate", second_eval_interrupts)
+        assert _train(trial, out, "train.max_steps=9") == 130
+    assert _train(trial, out, "train.max_steps=9") == 0
+    reason = json.loads((out / "result.json").read_text())["reason"]
+    assert "continued from" in reason and "re-planned" not in reason
 
 
 def test_no_resume_starts_over_even_when_interrupted(tmp_path, trial, monkeypatch):

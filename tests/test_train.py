@@ -209,3 +209,65 @@ def test_throughput_leaves_out_the_warm_up_steps_of_each_start(tmp_path, monkeyp
         tps = json.load(f)[M.TOKENS_PER_S]
     assert res.status == "completed"
     assert tps > 3 * tokens / 2.0, tps  # all of it, 2 s of "compilation" included: < tokens / 2 s
+
+
+def test_a_finite_loss_with_a_non_finite_gradient_is_diverged_not_completed(tmp_path, monkeypatch):
+    """Only the loss was checked: a last update from a NaN gradient (finite loss) left weights that
+    evaluate to NaN, and the run ended `completed` with val/loss NaN, reported as objectives."""
+    import torch
+
+    from dnasweep.train import loop
+
+    real, calls = loop.compute_loss, {"n": 0}
+
+    def nan_grad_at_step_4(out, y, cfg):
+        calls["n"] += 1
+        loss, parts = real(out, y, cfg)
+        if calls["n"] == 4:  # value unchanged (sqrt(0) = 0), gradient NaN (d sqrt at 0 times 0)
+            loss = loss + (out.logits.sum() * 0).abs().sqrt()
+        return loss, parts
+
+    monkeypatch.setattr(loop, "compute_loss", nan_grad_at_step_4)
+    res = run_trial(build_trial({}, [*TINY, "train.max_steps=4", "train.eval_every=2", f"out_dir={tmp_path}"]))
+    assert res.status == "diverged" and "gradient" in res.reason and res.step == 3
+    assert all(torch.isfinite(v).all() for v in torch.load(tmp_path / "checkpoint" / "state.pt",
+                                                           weights_only=True)["model"].values())
+
+
+def test_a_non_finite_evaluation_is_diverged_and_not_checkpointed(tmp_path, monkeypatch):
+    from dnasweep.train import loop
+
+    real = loop.evaluate
+
+    def nan_at_step_4(*a, **k):
+        res = real(*a, **k)
+        return {**res, M.VAL_LOSS: float("nan")} if nan_at_step_4.n == 1 else (setattr(nan_at_step_4, "n", 1), res)[1]
+
+    nan_at_step_4.n = 0
+    monkeypatch.setattr(loop, "evaluate", nan_at_step_4)
+    res = run_trial(build_trial({}, [*TINY, "train.max_steps=6", "train.eval_every=2", f"out_dir={tmp_path}"]))
+    assert res.status == "diverged" and "val/loss" in res.reason and res.step == 4
+    import torch
+
+    assert torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=True)["step"] == 2  # the last good one
+
+
+def test_result_json_says_the_steps_done_not_those_of_the_last_evaluation(tmp_path, monkeypatch):
+    """The last evaluation's own `step` overwrote the run's in result.json / --json: a run that
+    diverged at step 5 after evaluating at step 3 said step 3."""
+    import torch
+
+    from dnasweep.train import loop
+
+    real, calls = loop.compute_loss, {"n": 0}
+
+    def nan_loss_at_step_5(out, y, cfg):
+        calls["n"] += 1
+        loss, parts = real(out, y, cfg)
+        return loss, (dict(parts, ce=torch.tensor(float("nan"))) if calls["n"] == 5 else parts)
+
+    monkeypatch.setattr(loop, "compute_loss", nan_loss_at_step_5)
+    res = run_trial(build_trial({}, [*TINY, "train.max_steps=8", "train.eval_every=3", f"out_dir={tmp_path}"]))
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert res.status == saved["status"] == "diverged" and res.step == saved["step"] == 4
+    assert res.to_json()["step"] == 4

@@ -60,8 +60,10 @@ class TrialResult:
     already_done: bool = False
 
     def to_json(self) -> dict:
-        return {"status": self.status, "reason": self.reason, "step": self.step, "already_done": self.already_done,
-                **self.metrics}
+        # the run's own fields last: the metrics carry the step of their evaluation, which for a run
+        # that diverged or ran out of memory after it is not the steps done
+        return {**self.metrics, "status": self.status, "reason": self.reason, "step": self.step,
+                "already_done": self.already_done}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -139,6 +141,13 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
         checkpoint.set_rng_state(st["rng"])
         step, train_time = int(st["step"]), float(st["train_time"])
         perf = list(st.get("perf", (step, train_time)))  # checkpoints before perf: all of it, as then
+        plan = [list(p) for p in st.get("lr_plan", [])]  # checkpoints before lr_plan: unknown
+    else:
+        plan = [[0, total_steps]]
+    # The cosine runs to total_steps, so a run extended (or shortened) on resume changes its LR
+    # schedule midway: recorded as segments [from step, planned total], said in the result.
+    if plan and plan[-1][1] != total_steps and step < total_steps:
+        plan.append([step, total_steps])
     start = step
     already_done = resuming and (step >= total_steps or (tc.time_limit_s is not None and train_time >= tc.time_limit_s))
     if not resume:  # start over: nothing of an earlier run here may be resumed or reported later
@@ -158,7 +167,7 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
     def save() -> str:
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                  "sampler": sampler.state_dict(), "rng": checkpoint.rng_state(), "train_time": train_time,
-                 "perf": perf}
+                 "perf": perf, "lr_plan": plan}
         return checkpoint.save(ckpt_dir, state, to_yaml(cfg))
 
     def tokens_per_s() -> float:
@@ -171,17 +180,19 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
         res.update({M.STEP: step, M.PARAMS_TOTAL: float(model.params_total)})
         if train_time > 0:
             res[M.TOKENS_PER_S] = tokens_per_s()
-            peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+            # the peaks are bf16 tensor-core ones: an fp32 run's MFU against them would be a third too low
+            peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" and bf16 else None
             if peak:  # training FLOPs ~ 3x forward
                 res[M.MFU] = 3 * res[M.FLOPS_PER_TOKEN] * res[M.TOKENS_PER_S] / peak
         return {**res, **(derive(res) if derive else {})}
 
-    status, reason, last = "completed", f"reached {total_steps} steps", {}
+    status, reason, last, where = "completed", f"reached {total_steps} steps", {}, "before the first step"
     model.train()
     skip_log: list[float] = []  # identity share of each training step since the last log row
     drop_log: list = []  # compiled: share of slots dropped by capacity per step (0-dim tensors)
     try:
         while step < total_steps and not already_done:
+            where = f"at step {step + 1}"
             t0 = time.perf_counter()
             lr = lr_at(step, tc, total_steps)
             for g in opt.param_groups:
@@ -203,8 +214,12 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
             if not math.isfinite(ce) or not math.isfinite(aux_sum):
                 status, reason = "diverged", f"non-finite loss ({ce}) at step {step + 1}"
                 break
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            # The norm is taken with clipping off too: a finite loss can still give a non-finite gradient,
+            # and one such update leaves weights that evaluate to NaN (a "completed" NaN result).
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
+            if not math.isfinite(float(norm)):
+                status, reason = "diverged", f"non-finite gradient norm ({float(norm)}) at step {step + 1}"
+                break
             opt.step()
             opt.zero_grad(set_to_none=True)
             model.update_routing_biases(out)
@@ -233,20 +248,27 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
             if timed_out:
                 reason = f"time limit {tc.time_limit_s:g}s reached at step {step}"
             if step % tc.eval_every == 0 or step == total_steps or timed_out:
-                last = do_eval()
+                where = f"in the evaluation after step {step}"
+                res = do_eval()
+                if not all(math.isfinite(res[k]) for k in (M.VAL_LOSS, M.FLOPS_PER_TOKEN) if k in res):
+                    # weights that evaluate to NaN/inf: neither a result nor a checkpoint to go on from
+                    status, reason = "diverged", f"non-finite {M.VAL_LOSS} ({res.get(M.VAL_LOSS)}) at step {step}"
+                    break
+                last = res
                 rep.report(last, save())
             elif tc.checkpoint_every and step % tc.checkpoint_every == 0:
                 save()
             if timed_out:
                 break
         if status == "completed" and not last:  # resumed from the final checkpoint: report its evaluation
+            where = f"in the evaluation of the checkpoint at step {step}"
             last = do_eval()  # (a sweep trial retried after its last checkpoint reports its objectives so)
             rep.report(last)
     except Exception as e:
         if not is_oom(e):
             raise
         # CUDA OOM, or the host memory limit (resources.memory_gb): this trial fails, the sweep goes on
-        status, reason = "oom", f"out of memory at step {step + 1}: {str(e).splitlines()[0][:300]}"
+        status, reason = "oom", f"out of memory {where}: {str(e).splitlines()[0][:300]}"
     finally:
         rep.close()
     if status == "oom" and device.type == "cuda":  # after the except block has dropped its frames
@@ -255,6 +277,9 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
         reason = f"already complete: trained to step {step} earlier ({cfg.out_dir}); nothing trained now"
     elif start:
         reason += f"; continued from step {start}"
+    if len(plan) > 1:
+        reason += "; LR schedule re-planned on resume: " + ", then ".join(
+            f"from step {a} a cosine to step {b}" for a, b in plan) + " (not one cosine over the whole run)"
     result = TrialResult(status, reason, step, last, cfg.out_dir, already_done=already_done)
     if not already_done or not os.path.exists(result_path):  # an existing one is the run that trained
         with open(result_path, "w") as f:
