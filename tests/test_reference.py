@@ -200,3 +200,46 @@ def test_a_resumed_sweep_keeps_its_own_rungs_when_the_data_identity_moves(tmp_pa
     monkeypatch.setattr(ray, "remote", lambda f: pytest.fail("the sweep's own rung must not retrain"))
     (rung,) = R.train_reference(space, str(tmp_path / "sweep"), str(tmp_path), lambda line: None)
     assert rung["reused"] and rung["result"][M.VAL_LOSS] == 2.0
+
+
+def test_equal_rungs_one_without_tokens_per_s_do_not_crash_the_frontier():
+    rungs = [{M.FLOPS_PER_TOKEN: 1e5, M.VAL_LOSS: 3.0, M.TOKENS_PER_S: 10.0},
+             {M.FLOPS_PER_TOKEN: 1e5, M.VAL_LOSS: 3.0}]  # sorted by all three fields: None < float raised
+    assert [p[:2] for p in Frontier(rungs).points] == [(1e5, 3.0)]
+
+
+def _ladder_rows(*rungs):
+    return [{"d_model": i, "dense_layers": 1, "result": {"status": "completed", **r}} for i, r in enumerate(rungs)]
+
+
+def _plot_space(objectives):  # what the figures read of a space: its objectives
+    from types import SimpleNamespace
+
+    return SimpleNamespace(objectives=[SimpleNamespace(**o) for o in objectives])
+
+
+def test_the_drawn_dense_line_is_the_frontier_in_the_plotted_objectives():
+    """The plot drew the (FLOPs, val/loss) frontier in val/acc units: a rung with better accuracy
+    at lower FLOPs but a worse loss was left out, so dense looked weaker than it is."""
+    from dnasweep.sweep.plots import _dense
+
+    space = _plot_space([{"metric": M.VAL_ACC, "mode": "max"}, {"metric": M.FLOPS_PER_TOKEN, "mode": "min"}])
+    rows = _ladder_rows({M.FLOPS_PER_TOKEN: 1e5, M.VAL_LOSS: 1.50, M.VAL_ACC: 0.50},
+                        {M.FLOPS_PER_TOKEN: 2e5, M.VAL_LOSS: 1.52, M.VAL_ACC: 0.56},
+                        {M.FLOPS_PER_TOKEN: 4e5, M.VAL_LOSS: 1.40, M.VAL_ACC: 0.55})
+    x, y, _, _, _ = _dense(rows, space)
+    assert sorted(zip(x, y)) == [(0.50, 1e5), (0.56, 2e5)]  # the 4e5 rung is beaten by the 2e5 one here
+
+
+def test_the_drawn_dense_line_follows_the_gains_interpolation():
+    """Straight segments on a linear FLOPs axis put a trial with gain 0.98 on the better side."""
+    from dnasweep.sweep.plots import _dense
+
+    space = _plot_space([{"metric": M.VAL_LOSS, "mode": "min"}, {"metric": M.FLOPS_PER_TOKEN, "mode": "min"}])
+    rows = _ladder_rows({M.FLOPS_PER_TOKEN: 5.57e5, M.VAL_LOSS: 2.101}, {M.FLOPS_PER_TOKEN: 9.83e5, M.VAL_LOSS: 1.938})
+    _, _, _, lx, ly = _dense(rows, space)
+    f = Frontier([r["result"] for r in rows])
+    for loss, flops in zip(lx, ly, strict=True):  # every point of the line has gain 1 exactly
+        assert f.compute_gain(loss, flops).value == pytest.approx(1.0)
+    mid = min(range(len(lx)), key=lambda i: abs(lx[i] - 2.0195))
+    assert ly[mid] == pytest.approx(7.40e5, rel=0.01)  # not 7.70e5, the straight segment's

@@ -90,8 +90,9 @@ class Frontier:
         # the rungs' hardware when they agree and each recorded it (older caches did not): else None
         kinds = {r.get("hardware") for r in rungs}
         self.hardware = kinds.pop() if len(kinds) == 1 else None
-        pts = sorted((r[M.FLOPS_PER_TOKEN], r[M.VAL_LOSS], r.get(M.TOKENS_PER_S)) for r in rungs
-                     if M.is_number(r.get(M.FLOPS_PER_TOKEN)) and M.is_number(r.get(M.VAL_LOSS)))
+        pts = sorted(((r[M.FLOPS_PER_TOKEN], r[M.VAL_LOSS], r.get(M.TOKENS_PER_S)) for r in rungs
+                      if M.is_number(r.get(M.FLOPS_PER_TOKEN)) and M.is_number(r.get(M.VAL_LOSS))),
+                     key=lambda p: p[:2])  # by FLOPs then loss only: a missing tokens/s does not compare
         self.points: list[tuple[float, float, float | None]] = []
         for f, loss, tps in pts:  # keep a rung only if it lowers the loss of every cheaper one
             if not self.points or loss < self.points[-1][1]:

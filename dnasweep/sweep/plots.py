@@ -46,17 +46,32 @@ def _staircase(space: SearchSpace) -> str:
     return "post" if space.objectives[0].mode == "min" else "pre"
 
 
-def _dense(reference: list[dict], space: SearchSpace) -> tuple[list, list, list[str]]:
-    """The dense reference frontier in the first two objectives' units: x, y, labels (empty if the
-    rungs do not report both objectives)."""
-    from dnasweep.sweep.reference import frontier_of
-
-    on = {p[0] for p in frontier_of(reference).points}
-    x_m, y_m = space.objectives[0].metric, space.objectives[1].metric
-    pts = sorted((r["result"][x_m], r["result"][y_m], f"dense d_model={r['d_model']} layers={r['dense_layers']}")
-                 for r in reference if r.get("result", {}).get(M.FLOPS_PER_TOKEN) in on
-                 and x_m in r["result"] and y_m in r["result"])
-    return [p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts]
+def _dense(reference: list[dict], space: SearchSpace) -> tuple[list, list, list[str], list, list]:
+    """The dense reference frontier in the first two objectives' units and modes: rung x, y, labels,
+    and the line through them (empty if no rung reports both objectives). The rungs drawn are those
+    no other rung beats on both plotted objectives: the (FLOPs, val/loss) frontier would drop a rung
+    that is better in, say, val/acc. Between rungs in (val/loss, FLOPs/token), the line follows the
+    gain's interpolation (log FLOPs linear in loss), not a straight segment on a linear axis, so a
+    trial drawn beyond the line has a gain above 1."""
+    (x_m, x_mode), (y_m, y_mode) = ((o.metric, o.mode) for o in space.objectives[:2])
+    sx, sy = (1 if x_mode == "min" else -1), (1 if y_mode == "min" else -1)
+    pts = [(r["result"][x_m], r["result"][y_m], f"dense d_model={r['d_model']} layers={r['dense_layers']}")
+           for r in reference if r.get("result", {}).get("status") == "completed"
+           and M.is_number(r["result"].get(x_m)) and M.is_number(r["result"].get(y_m))]
+    on = sorted(p for p in pts if not any(sx * q[0] <= sx * p[0] and sy * q[1] <= sy * p[1] and q[:2] != p[:2]
+                                          for q in pts))
+    x, y, labels = [p[0] for p in on], [p[1] for p in on], [p[2] for p in on]
+    lx, ly = list(x), list(y)
+    if {x_m, y_m} == {M.VAL_LOSS, M.FLOPS_PER_TOKEN} and len(on) > 1:
+        loss, flops = (x, y) if x_m == M.VAL_LOSS else (y, x)
+        curve = [(loss[0], flops[0])]
+        for i in range(1, len(on)):
+            for t in (k / 16 for k in range(1, 17)):
+                curve.append((loss[i - 1] + t * (loss[i] - loss[i - 1]),
+                              flops[i - 1] * (flops[i] / flops[i - 1]) ** t))
+        lx, ly = ([c[0] for c in curve], [c[1] for c in curve]) if x_m == M.VAL_LOSS else \
+            ([c[1] for c in curve], [c[0] for c in curve])
+    return x, y, labels, lx, ly
 
 
 def warm() -> None:
@@ -107,9 +122,10 @@ def pareto_png(rows: list[dict], space: SearchSpace, path: str, reference: list[
     if len(front) > 1:
         ax.step([r["values"][0] for r in front], [r["values"][1] for r in front], where=_staircase(space),
                 c="tab:red", lw=1)
-    dx, dy, _ = _dense(reference or [], space)
+    dx, dy, _, lx, ly = _dense(reference or [], space)
     if dx:
-        ax.plot(dx, dy, c="k", ls="--", marker="s", ms=4, lw=1, label="dense reference")
+        ax.plot(lx, ly, c="k", ls="--", lw=1)
+        ax.plot(dx, dy, c="k", ls="none", marker="s", ms=4, label="dense reference")
     all_y = [r["values"][1] for r in rows] + dy
     if min(all_y) > 0 and max(all_y) / min(all_y) > 20:  # compute spans decades: a log axis shows all
         ax.set_yscale("log")
@@ -138,11 +154,12 @@ def pareto_html(rows: list[dict], space: SearchSpace, path: str, reference: list
                                  line=dict(shape={"post": "hv", "pre": "vh"}[_staircase(space)], width=1),
                                  marker=marker, opacity=opacity,
                                  text=[_label(r, space) for r in sel], hoverinfo="text+x+y"))
-    dx, dy, labels = _dense(reference or [], space)
+    dx, dy, labels, lx, ly = _dense(reference or [], space)
     if dx:
-        fig.add_trace(go.Scatter(x=dx, y=dy, name="dense reference", mode="markers+lines", text=labels,
-                                 line=dict(color="black", dash="dash", width=1), marker=dict(symbol="square"),
-                                 hoverinfo="text+x+y"))
+        fig.add_trace(go.Scatter(x=lx, y=ly, mode="lines", line=dict(color="black", dash="dash", width=1),
+                                 hoverinfo="skip", showlegend=False))
+        fig.add_trace(go.Scatter(x=dx, y=dy, name="dense reference", mode="markers", text=labels,
+                                 marker=dict(symbol="square", color="black"), hoverinfo="text+x+y"))
     fig.update_layout(title=f"{space.source}: Pareto front", template="plotly_white",
                       xaxis_title=space.objectives[0].metric, yaxis_title=space.objectives[1].metric)
     bundle = os.path.join(os.path.dirname(os.path.abspath(path)), PLOTLY_JS)
