@@ -228,7 +228,7 @@ def test_the_drawn_dense_line_is_the_frontier_in_the_plotted_objectives():
                         {M.FLOPS_PER_TOKEN: 2e5, M.VAL_LOSS: 1.52, M.VAL_ACC: 0.56},
                         {M.FLOPS_PER_TOKEN: 4e5, M.VAL_LOSS: 1.40, M.VAL_ACC: 0.55})
     x, y, _, _, _ = _dense(rows, space)
-    assert sorted(zip(x, y)) == [(0.50, 1e5), (0.56, 2e5)]  # the 4e5 rung is beaten by the 2e5 one here
+    assert sorted(zip(x, y, strict=True)) == [(0.50, 1e5), (0.56, 2e5)]  # the 4e5 rung: beaten by the 2e5 one
 
 
 def test_the_drawn_dense_line_follows_the_gains_interpolation():
