@@ -152,10 +152,10 @@ def test_only_completed_rungs_are_reused_from_the_cache(tmp_path, monkeypatch):
     rungs = ladder(space.base, [32, 64], [1])
     (tmp_path / "reference-cache").mkdir()
     for cfg, status in zip(rungs, ("completed", "oom"), strict=True):
-        result = {"status": status, M.VAL_LOSS: 2.0, M.FLOPS_PER_TOKEN: 1e5} if status == "completed" else {
-            "status": status, "reason": "out of memory"}
+        result = {"status": status, "step": 1000, M.VAL_LOSS: 2.0, M.FLOPS_PER_TOKEN: 1e5} \
+            if status == "completed" else {"status": status, "reason": "out of memory"}
         (tmp_path / "reference-cache" / f"{config_hash(cfg)}.json").write_text(json.dumps(
-            {"hash": config_hash(cfg), "result": result, "rows": [], "hardware": "x"}))
+            {"hash": config_hash(cfg), "result": result, "rows": [], "hardware": "cpu: some CPU x2 threads"}))
     trained = []
 
     class Task:  # stands in for ray.remote(_train_rung): runs nothing, records what would train
@@ -243,3 +243,23 @@ def test_the_drawn_dense_line_follows_the_gains_interpolation():
         assert f.compute_gain(loss, flops).value == pytest.approx(1.0)
     mid = min(range(len(lx)), key=lambda i: abs(lx[i] - 2.0195))
     assert ly[mid] == pytest.approx(7.40e5, rel=0.01)  # not 7.70e5, the straight segment's
+
+
+@pytest.mark.parametrize("cached, reused", [
+    ({"step": 200, "hardware": "cpu: a CPU x2 threads"}, True),
+    ({"step": 150, "hardware": "cpu: a slow CPU x2 threads", "reason": "time limit 600s reached at step 150"}, False),
+    ({"step": 200, "hardware": "cuda: NVIDIA H100"}, False),  # bf16 under precision auto; these trials: CPU fp32
+    ({"step": 200}, False),  # where it trained is unknown
+])
+def test_a_cached_rung_is_reused_only_if_it_trained_its_whole_budget_on_this_kind_of_device(cached, reused):
+    """A rung stopped by time_limit_s on a slow machine is 'completed': the shared cache (keyed by
+    config and data) reused it in every later sweep, and its under-trained loss inflated every gain."""
+    from dnasweep.sweep.reference import _reusable
+
+    space = parse_space({"base": {"model": {"d_model": 32, "n_heads": 4, "seq_len": 24, "n_steps": 2},
+                                  "train": {"max_steps": 200, "time_limit_s": 600}},
+                         "objectives": [{"metric": "val/loss"}], "reference": {"d_model": [32], "dense_layers": [1]}},
+                        "s.yaml")
+    (cfg,) = ladder(space.base, [32], [1])
+    entry = {"result": {"status": "completed", "step": cached.pop("step"), **cached}, "hardware": cached.get("hardware")}
+    assert _reusable(entry, cfg, space) is reused

@@ -201,6 +201,16 @@ def test_searching_the_data_is_refused(path, spec):
     assert "validation" in p.message
 
 
+def test_searching_the_validation_windows_is_refused_but_eval_batches_may_vary():
+    """A searched train.eval_windows scored each trial on other held-out text; a searched
+    eval_batches keeps the base's windows (SearchSpace.apply pins them)."""
+    p = _problems(search={"train.eval_windows": {"choice": [8, 32]}})["search.train.eval_windows"]
+    assert "held-out" in p.message
+    space = parse_space({**OK, "search": {"train.eval_batches": {"choice": [2, 4]}}}, "space.yaml")
+    windows = {space.apply({"train.eval_batches": n}, "/tmp/x").train.eval_windows for n in (2, 4)}
+    assert len(windows) == 1
+
+
 def test_a_record_field_the_source_does_not_read_may_be_searched():
     """data.field picks an hf column: with the default source it changes nothing (the config
     pipeline's tests search it as a free text field)."""

@@ -200,6 +200,10 @@ def _comparable_problems(params: list[Param], base: TrialConfig | None, referenc
             p.append(Problem(f"search.{q.path}", "is searched, but it changes the data each trial trains on and its "
                              "validation split: val/* objectives of different trials would be scored on different "
                              "data and could not be compared", "set it in base, one sweep per value"))
+        elif q.path == "train.eval_windows":  # eval_batches may vary: apply() pins the base's windows then
+            p.append(Problem(f"search.{q.path}", "is searched, but it sets which held-out windows a trial is scored "
+                             "on: val/* objectives of different trials (and the dense rungs) would be measured on "
+                             "different text", "set it in base"))
         elif reference and q.path in _RUNG_KEYS:
             value = functools.reduce(getattr, q.path.split("."), base) if base is not None else "?"
             p.append(Problem(f"search.{q.path}", f"is searched, but the reference: ladder's dense rungs train with "

@@ -44,6 +44,25 @@ def _train_rung(cfg_dict: dict) -> dict:
         shutil.rmtree(out, ignore_errors=True)
 
 
+def _device_kind(cfg, space: SearchSpace) -> str:
+    """cpu or cuda: where this sweep's rungs train (train.device auto: a GPU iff trials reserve one)."""
+    d = cfg.train.device
+    return ("cuda" if space.resources.gpu > 0 else "cpu") if d == "auto" else d.split(":")[0]
+
+
+def _reusable(cached: dict, cfg, space: SearchSpace) -> bool:
+    """Whether a rung of the shared cache stands for this sweep's: completed, all its planned steps
+    (a rung stopped by train.time_limit_s stopped where its machine's speed put it, and a slow
+    machine's short rung would inflate every gain), on the same kind of device (under precision
+    auto, CPU rungs train in fp32 and GPU rungs in bf16). An out-of-memory rung is a fact of one
+    machine and its load: trained again."""
+    from dnasweep.config.trial import planned_steps
+
+    r = cached.get("result", {})
+    return (r.get("status") == "completed" and int(r.get("step", -1)) >= planned_steps(cfg)
+            and str(cached.get("hardware") or "").split(":")[0] == _device_kind(cfg, space))
+
+
 def train_reference(space: SearchSpace, sweep_dir: str, root: str, log) -> list[dict]:
     """Every rung of the ladder with its result, training only those neither this sweep nor the
     cache has. Empty when the space has no `reference:` section."""
@@ -60,9 +79,9 @@ def train_reference(space: SearchSpace, sweep_dir: str, root: str, log) -> list[
     for cfg in ladder(space.base, ref.d_model, ref.dense_layers):
         h, key = config_hash(cfg, data=False), config_hash(cfg)
         # This sweep's own rungs stand as they are (a resumed sweep keeps its frontier); from the
-        # shared cache only trained ones: an out-of-memory rung is a fact of one machine and its load.
+        # shared cache only those that trained their whole budget on this sweep's kind of device.
         cached = read_json(os.path.join(cache, f"{key}.json")) if ref.cache else None
-        known = own.get(h) or (cached if cached and cached["result"].get("status") == "completed" else None)
+        known = own.get(h) or (cached if cached and _reusable(cached, cfg, space) else None)
         entry = {"hash": h, "cache_key": key, "d_model": cfg.model.d_model, "dense_layers": cfg.model.dense_layers,
                  "config": flatten(to_dict(cfg)), "reused": known is not None}
         rungs.append({**entry, **({"result": known["result"], "rows": known["rows"],
