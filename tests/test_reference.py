@@ -261,5 +261,6 @@ def test_a_cached_rung_is_reused_only_if_it_trained_its_whole_budget_on_this_kin
                          "objectives": [{"metric": "val/loss"}], "reference": {"d_model": [32], "dense_layers": [1]}},
                         "s.yaml")
     (cfg,) = ladder(space.base, [32], [1])
-    entry = {"result": {"status": "completed", "step": cached.pop("step"), **cached}, "hardware": cached.get("hardware")}
+    step = cached.pop("step")
+    entry = {"result": {"status": "completed", "step": step, **cached}, "hardware": cached.get("hardware")}
     assert _reusable(entry, cfg, space) is reused
