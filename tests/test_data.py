@@ -185,6 +185,36 @@ def test_text_folder_splits_by_file_and_skips_non_text(tmp_path):
     assert 1 <= len(val) <= 5 and "10 files" in d.describe()
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_a_large_file_does_not_make_the_val_share(tmp_path, seed):
+    """Files were held out in seeded order until the share was reached: a 1 MB file drawn first went
+    to val whole (train: 800 bytes of README), or the README alone was the val set (0.08%)."""
+    (tmp_path / "big.txt").write_text("big file text. " * 70_000)
+    (tmp_path / "README.md").write_text("# notes\n" * 100)
+    d = load_data(DataConfig(source="text", path=str(tmp_path), val_fraction=0.1, seed=seed), "lm")
+    assert 0.05 <= len(d.val) / (len(d.train) + len(d.val)) <= 0.15, d.describe()
+    assert "tail split" in d.describe()
+
+
+@pytest.mark.parametrize("sizes", [[9_000_000] + [100_000] * 10, [300] * 40 + [50_000], [1000] * 30])
+def test_the_held_out_share_of_whole_documents_stays_near_val_fraction(sizes):
+    for seed in range(6):
+        train, val, take = lm_mod.split_documents(sizes, 0.1, seed, None)
+        share = sum(take[i] for i in val) / sum(take.values())
+        assert (not val and not train) or 0.05 <= share <= 0.15, (seed, share)
+
+
+def test_the_pystdlib_identity_names_the_files_not_only_the_python_version(monkeypatch):
+    """Installs of one Python version differ (a distro's tkinter, ensurepip): the shared reference
+    cache, keyed by the version alone, reused rungs scored on another validation split."""
+    from dnasweep.data import pystdlib
+    from dnasweep.data.config import identity
+
+    a = identity(DataConfig(), "lm")
+    monkeypatch.setattr(pystdlib, "stdlib_files", lambda root=None: [("only.py", 10)])
+    assert identity(DataConfig(), "lm") != a
+
+
 def test_text_errors_name_every_bad_file(tmp_path):
     for name in ("a.txt", "b.txt"):
         (tmp_path / name).write_bytes(b"ok text \xff\xfe more")

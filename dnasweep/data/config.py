@@ -82,11 +82,20 @@ def known_shape(cfg: DataConfig, task: str) -> tuple[int | None, tuple[int, int,
 def identity(cfg: DataConfig, task: str) -> list[str]:
     """What the data of `cfg` is beyond its fields, for caches of results trained on it: the path's
     absolute location and every data file's size and mtime under it (an edited corpus, or another
-    one at the same relative path, is other data), and the Python version (pystdlib reads this
-    interpreter's standard library). Stat calls only: nothing is read."""
+    one at the same relative path, is other data), and the Python version; for pystdlib, the
+    standard library's location and its files' names and sizes (two installs of one version can
+    hold other files, and the split is by file). Stat calls only: nothing is read."""
     import platform
 
     out = [platform.python_version()]
+    if task == "lm" and cfg.source == "pystdlib":  # installs of one version differ (distro-split tkinter, ...)
+        import hashlib
+        import sysconfig
+
+        from dnasweep.data.pystdlib import stdlib_files
+
+        root = sysconfig.get_paths()["stdlib"]
+        return [*out, root, hashlib.sha256(repr(stdlib_files(root)).encode()).hexdigest()[:16]]
     src = get_source(task, cfg.source)
     if src is None or not src.needs_path or not cfg.path:
         return out

@@ -9,6 +9,7 @@ with its on-disk cache, lives in `pystdlib.py`; the split rule shared by all liv
 from __future__ import annotations
 
 import codecs
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from dnasweep.data.config import DataConfig, data_files, resolve
 from dnasweep.data.sources import TEXT_SUFFIXES
 from dnasweep.errors import ConfigError, Problem, raise_if
 
-SEP = 0  # byte placed between two documents (never occurs in UTF-8 text, so it marks a boundary)
+SEP = 0  # byte placed between two documents (NUL: valid UTF-8 but next to absent from text; counted in bits/byte)
 HF_DEFAULT_BYTES = 50_000_000  # bytes streamed from a Hugging Face dataset when max_bytes is unset
 _CHUNK = 1 << 24  # elements per chunk of the token-id range check (64 MiB of uint32 at most)
 
@@ -46,10 +47,12 @@ def split_documents(sizes: list[int], val_fraction: float, seed: int,
     """Choose which documents are read (under `max_bytes`) and which of them are held out.
 
     Documents are visited in a seeded random order; the first ones make up the val share (by
-    bytes, at least one document, at least one left for train). Returns sorted train and val
+    bytes, at least one document, at least one left for train). A document too large for what is
+    left of the share is passed over when taking it would hold out more than 1.5x val_fraction
+    (a big file drawn early made the val set 90% of the corpus). Returns sorted train and val
     indices and how many bytes to take of each chosen document (only the last may be cut).
-    With fewer than two non-empty documents both index lists are empty: callers then split a
-    contiguous tail instead.
+    Both index lists are empty with fewer than two non-empty documents, or when whole documents
+    cannot hold out at least half the share: callers then split a contiguous tail instead.
     """
     budget = max_bytes if max_bytes is not None else sum(sizes)
     take: dict[int, int] = {}
@@ -61,14 +64,27 @@ def split_documents(sizes: list[int], val_fraction: float, seed: int,
             budget -= take[i]
     if len(take) < 2:
         return [], [], take
-    target, held, val = val_fraction * sum(take.values()), 0, []
+    target = val_fraction * sum(take.values())
+    val = _held_out(take, target, math.inf)
+    if sum(take[i] for i in val) > 1.5 * target:
+        val = _held_out(take, target, 1.5 * target)
+    if sum(take[i] for i in val) < 0.5 * target:  # e.g. 800 B of README beside a 1 MB file
+        return [], [], take
+    train = sorted(set(take) - set(val))
+    return train, sorted(val), take
+
+
+def _held_out(take: dict[int, int], target: float, most: float) -> list[int]:
+    """Documents in visiting order (`take`'s) until `target` bytes are held out, passing over any
+    that would take the total past `most`; at least one document stays for train."""
+    held, val = 0, []
     for i in take:  # dicts keep insertion order: the seeded visiting order
         if held >= target or len(val) == len(take) - 1:
             break
-        val.append(i)
-        held += take[i]
-    train = sorted(set(take) - set(val))
-    return train, sorted(val), take
+        if held + take[i] <= most:
+            val.append(i)
+            held += take[i]
+    return val
 
 
 def join(docs: list[bytes]) -> np.ndarray:
@@ -119,13 +135,14 @@ def load_text(cfg: DataConfig) -> LMData:
             problems.append(bad)
     raise_if(problems, "data")
     vocab = cfg.vocab_size or 256
-    if not val_ix:  # one document: contiguous tail split
-        (i, data), = docs.items()
+    if not val_ix:  # one document, or whole ones cannot make the val share: contiguous tail split
+        data = join(list(docs.values()))
         if len(data) < 2:
-            raise ConfigError([Problem("data.path", f"{files[i]} has {len(data)} byte(s), too few "
-                                       "to split into train and val", "give more text")], "data")
-        train, val = tail_split(np.frombuffer(data, dtype=np.uint8), cfg.val_fraction)
-        return LMData(train, val, vocab, 1.0, "text", f"1 file ({files[i]}), tail split")
+            raise ConfigError([Problem("data.path", f"{files[next(iter(docs))]} has {len(data)} byte(s), too "
+                                       "few to split into train and val", "give more text")], "data")
+        train, val = tail_split(data, cfg.val_fraction)
+        what = f"1 file ({files[next(iter(docs))]})" if len(docs) == 1 else f"{len(docs)} files under {root}"
+        return LMData(train, val, vocab, 1.0, "text", f"{what}, tail split")
     detail = f"{len(take)} files under {root} ({len(train_ix)} train / {len(val_ix)} val)"
     return LMData(join([docs[i] for i in train_ix]), join([docs[i] for i in val_ix]), vocab, 1.0,
                   "text", detail)
