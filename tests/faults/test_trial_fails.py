@@ -44,7 +44,7 @@ def test_diverged_and_oom_trials_fail_with_reasons_and_the_sweep_goes_on(ray_clu
         if t.params["train.batch_size"] == 1024:
             kind, words = "oom", "out of memory"
         elif t.params["train.lr"] == 1e6:
-            kind, words = "diverged", "non-finite loss"
+            kind, words = "diverged", "non-finite"
         else:
             kind, words = "completed", None
         expected[kind] += 1
