@@ -167,10 +167,12 @@ def test_a_new_sweep_opens_its_store_at_the_first_write_with_the_sweeps_start_ti
     assert MlflowClient(t.uri).get_run(t.runs["t1"]).data.tags["mlflow.parentRunId"] == t.parent_id
 
 
-def test_a_backlog_written_on_resume_logs_each_step_once(tmp_path, monkeypatch):
+@pytest.mark.parametrize("finished", [None, {"t1": ("COMPLETE", {})}])
+def test_a_backlog_written_on_resume_logs_each_step_once(tmp_path, monkeypatch, finished):
     """The store was down at the end: the buffered steps went to tracking_backlog.json. On resume they
-    were queued again from metrics.jsonl too (the backlog's steps were not marked as queued), and
-    MLflow kept both copies (their timestamps differ): every such step twice in the history."""
+    were queued again from metrics.jsonl too (the backlog's steps were not marked as queued, or, for a
+    trial the study holds as finished, its run was closed and backfilled before the backlog was read),
+    and MLflow kept both copies (their timestamps differ): every such step twice in the history."""
     from mlflow import MlflowClient
 
     from dnasweep.sweep import tracking
@@ -185,13 +187,16 @@ def test_a_backlog_written_on_resume_logs_each_step_once(tmp_path, monkeypatch):
     first._save_backlog()
     with open(sweep / "trials" / "t1" / "metrics.jsonl", "w") as f:
         f.writelines(json.dumps({"step": s, "train/loss": 10.0 - s / 10}) + "\n" for s in range(5, 25, 5))
+    (sweep / "trials" / "t1" / "result.json").write_text(json.dumps({"status": "completed", "step": 20,
+                                                                     "val/loss": 1.0}))
 
-    second = tracking.MLflowSweepLogger(space, "s", str(sweep), uri, resume=True)
-    second.load_backlog()
+    second = tracking.MLflowSweepLogger(space, "s", str(sweep), uri, resume=True, finished=finished)
     assert second.drain(wait_s=5)
     rid = first.runs["t1"]
     client = MlflowClient(uri)
-    assert sorted(m.step for m in client.get_metric_history(rid, "train/loss")) == [5, 10, 15, 20]
+    history = client.get_metric_history(rid, "train/loss")
+    # each step once, stamped when it was reported (_report: timestamp 1 s), not when the resume wrote it
+    assert sorted((m.step, m.timestamp) for m in history) == [(s, 1000) for s in (5, 10, 15, 20)]
     assert client.get_run(rid).info.status == "FINISHED"
 
 
@@ -289,10 +294,113 @@ def test_a_resume_closes_runs_the_study_finished_while_the_store_was_down(tmp_pa
     for tid in ("t1", "t2"):
         _report(first, _trial(tid), 5)
     first.flush()  # both runs exist, RUNNING; t1 then ends unseen by the store, and the driver dies
-    (sweep / "trials" / "t1" / "result.json").write_text(json.dumps({"status": "completed", "step": 50}))
+    (sweep / "trials" / "t1" / "result.json").write_text(json.dumps({"status": "completed", "step": 50,
+                                                                     "val/loss": 1.0}))
     second = tracking.MLflowSweepLogger(space, "s", str(sweep), uri, resume=True,
                                         finished={"t1": ("COMPLETE", {})})
     assert second.drain(wait_s=5)
     client = MlflowClient(uri)
     assert client.get_run(first.runs["t1"]).info.status == "FINISHED"
     assert client.get_run(first.runs["t2"]).info.status == "RUNNING"  # still training: Tune reports it
+
+
+@pytest.mark.parametrize("objectives", [{}, {"val/loss": float("nan")}])
+def test_a_trial_without_finite_objectives_has_a_failed_run(tmp_path, monkeypatch, objectives):
+    """The searcher tells Optuna FAIL (and the progress line counts a failure) when an objective is
+    missing or not finite: its run was FINISHED, whether Tune completed it or a resume closed it."""
+    from mlflow import MlflowClient
+
+    from dnasweep.sweep import tracking
+
+    space, sweep, uri, first, t = _one_trial_sweep(tmp_path, monkeypatch)
+    (sweep / "trials" / "t2").mkdir()
+    for tid in ("t1", "t2"):
+        _report(first, _trial(tid), 5)
+    first.flush()
+    first.on_trial_complete(0, [], _trial("t1", {"step": 50, **objectives}))
+    # t2 ended unseen by the store (the driver was killed): the resume closes it from its result.json
+    (sweep / "trials" / "t2" / "result.json").write_text(json.dumps({"status": "completed", "step": 50,
+                                                                     **objectives}))
+    second = tracking.MLflowSweepLogger(space, "s", str(sweep), uri, resume=True, finished={"t2": ("FAIL", {})})
+    assert second.drain(wait_s=5)
+    for tid in ("t1", "t2"):
+        run = MlflowClient(uri).get_run(first.runs[tid])
+        assert run.info.status == "FAILED", tid
+        assert run.data.tags["dnasweep.fail_reason"] == "no finite objectives reported"
+
+
+def test_runs_closed_from_a_backlog_keep_the_trials_own_times(tmp_path, monkeypatch):
+    """The backlog kept results and end states but not the trials' times: a resume closed t1's run
+    at the resume's time, and created t2's run (the store was down from its first report) starting then."""
+    from mlflow import MlflowClient
+
+    from dnasweep.sweep import tracking
+
+    space, sweep, uri, first, t = _one_trial_sweep(tmp_path, monkeypatch)
+    _report(first, t, 5)
+    first.flush()
+
+    def down(tid):
+        raise ConnectionError("the store is down")
+
+    monkeypatch.setattr(first, "_flush_trial", down)
+    first.on_trial_result(0, [], _trial("t2"), {"step": 5, "train/loss": 1.0, "timestamp": 100, "time_total_s": 40})
+    for tid in ("t1", "t2"):
+        first.on_trial_complete(0, [], _trial(tid, {"val/loss": 1.0}))
+    first._save_backlog()
+
+    second = tracking.MLflowSweepLogger(space, "s", str(sweep), uri, resume=True)
+    assert second.drain(wait_s=5)
+    client = MlflowClient(uri)
+    for tid in ("t1", "t2"):
+        assert client.get_run(second.runs[tid]).info.end_time == first.times[tid][1], tid
+    assert client.get_run(second.runs["t2"]).info.start_time == (100 - 40) * 1000  # its first report's start
+
+
+def test_a_run_closed_or_rebuilt_on_resume_ends_when_its_trial_did(tmp_path):
+    """A run closed from the study (stale) or recreated in a new store got the resume's time as its end
+    (and, recreated, as its start): the trial's result.json and attempts.log say when it ran."""
+    import os
+
+    from mlflow import MlflowClient
+
+    from dnasweep.sweep import tracking
+
+    space = parse_space(SPACE, "s.yaml")
+    sweep = tmp_path / "s"
+    d = sweep / "trials" / "t1"
+    d.mkdir(parents=True)
+    first = tracking.MLflowSweepLogger(space, "s", str(sweep), tracking.default_uri(str(sweep)))
+    _report(first, _trial("t1"), 5)
+    first.flush()  # t1's run exists, RUNNING; t1 then ends unseen by the store, and the driver dies
+    (d / "attempts.log").write_text("pid 1 start_step 0 time 1000.0 node n\npid 2 start_step 5 time 1500.0 node n\n")
+    (d / "result.json").write_text(json.dumps({"status": "completed", "step": 50, "val/loss": 1.0}))
+    os.utime(d / "result.json", (2000, 2000))  # the trial ended at 2000 s
+    for uri in (first.uri, f"sqlite:///{tmp_path / 'new.db'}"):  # stale close, then rebuild in a new store
+        second = tracking.MLflowSweepLogger(space, "s", str(sweep), uri, resume=True, finished={"t1": ("COMPLETE", {})})
+        assert second.drain(wait_s=5)
+        run = MlflowClient(uri).get_run(second.runs["t1"])
+        assert run.info.status == "FINISHED" and run.info.end_time == 2000 * 1000, uri
+    assert run.info.start_time == 1000 * 1000  # recreated: its first attempt's start
+
+
+def test_a_drained_backlog_is_not_loaded_again_from_object_storage(tmp_path, monkeypatch):
+    """`drain` removed the written backlog locally, but the object store kept its copy (a mirror only
+    uploads): a later resume from the store's URI loaded it and closed its runs again."""
+    from dnasweep.sweep import tracking
+    from dnasweep.sweep.storage import ObjectStore
+
+    space, sweep, uri, first, t = _one_trial_sweep(tmp_path, monkeypatch)
+    _report(first, t, 5)
+    first.ended["t1"] = ("FINISHED", {})
+    first._save_backlog()  # the store was down at the end
+    remote = (tmp_path / "bucket").as_uri()
+    ObjectStore(str(sweep), remote).mirror()
+    second = tracking.MLflowSweepLogger(space, "s", str(sweep), uri, resume=True)
+    assert second.drain(wait_s=5)
+    ObjectStore(str(sweep), remote).mirror()
+
+    head = tmp_path / "new-head" / "s"  # a resume on another head pulls the sweep from the store
+    ObjectStore(str(head), remote).pull_sweep()
+    pulled = head / tracking.BACKLOG_FILE
+    assert not (pulled.exists() and json.loads(pulled.read_text()))  # nothing a resume there would write again

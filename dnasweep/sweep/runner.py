@@ -182,9 +182,8 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
         study.set_user_attr(k, v)
     finished = {t.user_attrs["ray_trial_id"]: (t.state.name, t.user_attrs) for t in study.get_trials(deepcopy=False)
                 if t.state.is_finished() and "ray_trial_id" in t.user_attrs}
+    # resume: the tracker loads SWEEP/tracking_backlog.json itself, before it closes or rebuilds any run
     tracker = MLflowSweepLogger(space, name, sweep_dir, uri, resume=resume, fetch=store.fetch, finished=finished)
-    if resume:
-        tracker.load_backlog()
     rungs = train_reference(space, sweep_dir, root, log)  # before the trials: their gains need it
     tracker.reference(rungs)
     store.mirror()

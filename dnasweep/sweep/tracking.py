@@ -8,6 +8,7 @@ Default store: sqlite:///SWEEP/mlflow.db, opened with
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -137,9 +138,12 @@ class MLflowSweepLogger(Callback):
             self.exp_id, self.parent_id, self.runs = state["experiment_id"], state["parent"], state["runs"]
             self.client.update_run(self.parent_id, status="RUNNING")
             self._load_logged_steps()
+            self._load_backlog()
             self._close_stale_runs()
             return
         self._open(client)
+        if resume:  # before a rebuild's backfill: the backlog's steps keep their own times
+            self._load_backlog()
         if state:  # resumed against a store without this sweep's runs (a new server after a lost head)
             self._rebuild(state["runs"])
 
@@ -160,9 +164,12 @@ class MLflowSweepLogger(Callback):
         first) or the study; False when it is neither (still running)."""
         if self.fetch:
             self.fetch(tid)
-        res = read_json(os.path.join(self.sweep_dir, "trials", tid, "result.json"))
+        trial_dir = os.path.join(self.sweep_dir, "trials", tid)
+        res = read_json(os.path.join(trial_dir, "result.json"))
         state, attrs = self.finished.get(tid, (None, {}))
-        if res is not None:
+        if res is not None and res.get("status") == "completed" and not self._scored(res):
+            status, tags = "FAILED", _failed_tags("no finite objectives reported", "failed")
+        elif res is not None:
             status = "FINISHED" if res.get("status") == "completed" else "FAILED"
             tags = {} if status == "FINISHED" else _failed_tags(res.get("reason"), res.get("status"))
         elif state == "PRUNED":  # stopped at a rung: no result.json
@@ -171,9 +178,27 @@ class MLflowSweepLogger(Callback):
             status, tags = "FAILED", _failed_tags(attrs.get("fail_reason"), attrs.get("fail_status", "error"))
         else:
             return False
+        self._times_from_dir(tid, trial_dir)
         self.pending.setdefault(tid, [])
         self.ended[tid] = (status, tags)
         return True
+
+    def _times_from_dir(self, tid: str, trial_dir: str) -> None:
+        """The trial's start (its first line in attempts.log) and end (result.json written), where the
+        driver did not record them: a run closed or recreated on resume is otherwise stamped with now."""
+        times = self.times.setdefault(tid, [None, None])
+        log, res = os.path.join(trial_dir, "attempts.log"), os.path.join(trial_dir, "result.json")
+        if times[0] is None and os.path.exists(log):
+            with open(log) as f:
+                words = f.readline().split()
+            times[0] = int(float(words[words.index("time") + 1]) * 1000) if "time" in words else None
+        if times[1] is None and os.path.exists(res):
+            times[1] = int(os.path.getmtime(res) * 1000)
+
+    def _scored(self, res: dict) -> bool:
+        """Whether `res` holds every objective as a finite number: the searcher's test (else Optuna FAIL)."""
+        vals = [res.get(o.metric) for o in self.space.objectives]
+        return all(isinstance(v, int | float) and math.isfinite(v) for v in vals)
 
     def _rebuild(self, old_runs: dict[str, str]) -> None:
         """Recreate the runs of trials that ended before the sweep moved to this store, from their
@@ -343,6 +368,9 @@ class MLflowSweepLogger(Callback):
             self._end(trial, "FINISHED", _pruned_tags(self.pruned[trial.trial_id]))
         elif res.get("failed"):  # diverged or out of memory: the trial said why
             self._end(trial, "FAILED", _failed_tags(res.get("reason"), res.get("status")))
+        elif not self._scored(res):  # the searcher tells Optuna FAIL: so does the run
+            self._end(trial, "FAILED", _failed_tags(res.get("reason") or "no finite objectives reported",
+                                                    res.get("status", "failed")))
         else:  # a bypassed pool is named on the run, as on the front table
             self._end(trial, "FINISHED", {"dnasweep.collapsed": str(bool(res[M.ROUTER_COLLAPSED])).lower()}
                       if M.ROUTER_COLLAPSED in res else {})
@@ -380,28 +408,33 @@ class MLflowSweepLogger(Callback):
                 return False
             time.sleep(2.0)
         backlog = os.path.join(self.sweep_dir, BACKLOG_FILE)
-        if os.path.exists(backlog):
-            os.remove(backlog)
+        if os.path.exists(backlog):  # emptied, not removed: the next mirror replaces the object store's copy
+            _write_json(backlog, {})
         return True
 
     def _save_backlog(self) -> None:
         _write_json(os.path.join(self.sweep_dir, BACKLOG_FILE), {
             "pending": {t: [[m.key, m.value, m.timestamp, m.step] for m in ms] for t, ms in self.pending.items()},
-            "ended": self.ended, "configs": self.configs})
+            "ended": self.ended, "configs": self.configs, "times": self.times,
+            "params_todo": sorted(self.params_todo)})
 
-    def load_backlog(self) -> None:
-        """Results a previous run of this sweep could not write (its store was down at the end)."""
+    def _load_backlog(self) -> None:
+        """Results a previous run of this sweep could not write (its store was down at the end),
+        loaded on resume before anything is written: metrics.jsonl's copy of them is then not new."""
         from mlflow.entities import Metric
 
         b = read_json(os.path.join(self.sweep_dir, BACKLOG_FILE))
         if b:
             for t, ms in b["pending"].items():
-                self.pending.setdefault(t, []).extend(Metric(*m) for m in ms)
-                seen = self.logged.setdefault(t, {})  # queued: metrics.jsonl's copy of them is not new
-                for key, _, _, step in ms:
-                    seen.setdefault(key, set()).add(int(step))
+                seen = self.logged.setdefault(t, {})  # a driver killed before its drain: the store has some
+                fresh = [m for m in ms if int(m[3]) not in seen.setdefault(m[0], set())]
+                self.pending.setdefault(t, []).extend(Metric(*m) for m in fresh)
+                for key, _, _, step in fresh:
+                    seen[key].add(int(step))
             self.ended.update({t: tuple(v) for t, v in b["ended"].items()})
             self.configs.update(b["configs"])
+            self.times.update(b.get("times", {}))  # a backlog written before times were kept has none
+            self.params_todo.update(b.get("params_todo", []))
 
     def abandon(self, trial_ids: list[str], reason: str) -> None:
         """Close the runs of trials that no longer exist in Ray Tune's state (FAILED, with the reason)."""
