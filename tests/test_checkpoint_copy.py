@@ -115,6 +115,55 @@ def test_object_store_mirrors_the_last_checkpoint_and_restores_it_elsewhere(tmp_
     assert final["step"] == 120 and "optimizer" not in final and final["weights_only"]
 
 
+def _ended_scratch(d: Path) -> Path:
+    """A trial's out_dir as it ends: checkpoint, metrics.jsonl, result.json."""
+    _fake_checkpoint(d / "checkpoint", 8)
+    (d / "metrics.jsonl").write_text('{"step": 8, "val/loss": 2.0}\n')
+    (d / "result.json").write_text('{"status": "completed", "val/loss": 2.0}')
+    return d
+
+
+def test_an_ended_trial_uploads_result_json_last(tmp_path, monkeypatch):
+    # The driver and a retried trial read result.json in the store as "finished and whole": an
+    # upload cut short must never leave it there beside a missing checkpoint or metrics.jsonl.
+    bucket = tmp_path / "bucket"
+    store = ObjectStore(str(tmp_path / "head" / "sw"), f"file://{bucket}/sw")
+    put = ObjectStore.put
+
+    def dies_on_metrics(self, local, rel):
+        if rel.endswith("metrics.jsonl"):
+            raise OSError("worker killed mid-upload")
+        put(self, local, rel)
+
+    monkeypatch.setattr(ObjectStore, "put", dies_on_metrics)
+    with pytest.raises(OSError):
+        store.trial_ended("t1", str(_ended_scratch(tmp_path / "scratch")))
+    assert not (bucket / "sw" / "trials" / "t1" / "result.json").exists()
+    monkeypatch.setattr(ObjectStore, "put", put)
+    store.trial_ended("t1", str(tmp_path / "scratch"))  # the retry finishes the upload
+    assert sorted(os.listdir(bucket / "sw" / "trials" / "t1")) == ["checkpoint", "metrics.jsonl", "result.json"]
+
+
+def test_a_retried_trial_replaying_its_result_finishes_an_upload_cut_short(tmp_path, monkeypatch, reported):
+    # The retry lands on the node whose scratch still holds the whole trial: it replays result.json,
+    # and must upload what the killed worker did not (before, the store never got the checkpoint).
+    from types import SimpleNamespace
+
+    from ray import tune
+
+    from dnasweep.sweep import trainable
+
+    bucket = tmp_path / "bucket"
+    store = ObjectStore(str(tmp_path / "head" / "sw"), f"file://{bucket}/sw")
+    monkeypatch.setattr(storage, "scratch_dir", lambda name, tid: str(tmp_path / "scratch" / tid))
+    _ended_scratch(tmp_path / "scratch" / "t1")
+    monkeypatch.setattr(tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: "t1"))
+    trainable.trial({}, SimpleNamespace(params=[]), store)
+    assert reported == [({"val/loss": 2.0}, None)]  # the saved result, not a new training
+    assert sorted(os.listdir(bucket / "sw" / "trials" / "t1")) == ["checkpoint", "metrics.jsonl", "result.json"]
+    assert not (tmp_path / "scratch" / "t1").exists()
+
+
 def test_restoring_from_an_old_whole_checkpoint_still_works(tmp_path):
     """A sweep started before pointers gave Tune whole checkpoints: no pointer in them."""
     whole = _fake_checkpoint(tmp_path / "tune-copy", 30)

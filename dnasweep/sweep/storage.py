@@ -174,9 +174,15 @@ class ObjectStore(LocalStore):
         pass  # the trial's directory is in a worker's scratch, out of the driver's reach
 
     def trial_ended(self, trial_id: str, out: str) -> None:
+        """Upload `out`, result.json last: the driver (`fetch`) and a retried trial (`pull_result`)
+        take a trial whose result.json is in the store as finished and whole, so an upload cut short
+        (a killed worker) must not leave one beside a missing checkpoint or metrics.jsonl."""
         slim_checkpoint(os.path.join(out, "checkpoint"))
-        self.put(out, f"trials/{trial_id}")
+        rel = f"trials/{trial_id}"
+        for name in sorted(n for n in os.listdir(out) if n != "result.json"):
+            self.put(os.path.join(out, name), f"{rel}/{name}")
         self._prune(trial_id, keep=None)  # out/checkpoint is there now: the running mirrors go
+        self.put(os.path.join(out, "result.json"), f"{rel}/result.json")
         shutil.rmtree(out, ignore_errors=True)  # the store has it; scratch must not fill the node's disk
 
     _MIRROR = "checkpoint-"  # STORE/trials/ID/checkpoint-STEP: a running trial's last reported checkpoint

@@ -90,6 +90,8 @@ def trial(config: dict, space: SearchSpace, store: LocalStore, frontier: Frontie
     if os.path.exists(done):  # finished just before a driver died, after Tune last saved its state
         with open(done) as f:
             saved = json.load(f)
+        if set(os.listdir(out)) - {"result.json"}:  # its scratch is here: the upload may have been cut short
+            store.trial_ended(trial_id, out)
         status = saved.pop("status")
         return tune.report(saved) if status == "completed" else _fail(status, saved["reason"])
     try:
