@@ -51,6 +51,26 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, router):
     assert resumed.metrics[M.VAL_LOSS] == pytest.approx(full.metrics[M.VAL_LOSS], abs=1e-6)
 
 
+def test_a_log_row_straddling_the_resume_point_averages_every_step_since_the_last_row(tmp_path):
+    # log_every 3, checkpoint at 20: the row at step 21 averages the identity share of steps 19-21;
+    # resumed, it averaged step 21 alone (the steps before the checkpoint were forgotten)
+    over = [*TINY, "train.max_steps=24", "train.eval_every=10", "train.log_every=3",
+            "model.balance.identity_bias=true"]
+    run_trial(build_trial({}, [*over, f"out_dir={tmp_path}/a"]))
+    cfg_b = build_trial({}, [*over, f"out_dir={tmp_path}/b"])
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(cfg_b, _KillAt(20))
+    run_trial(cfg_b)
+
+    def shares(d):
+        rows = [json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+        return {r[M.STEP]: r[M.ROUTER_TRAIN_IDENTITY] for r in rows if M.ROUTER_TRAIN_IDENTITY in r}
+
+    a, b = shares("a"), shares("b")
+    assert sorted(a) == sorted(b) == [3, 6, 9, 12, 15, 18, 21, 24]
+    assert max(abs(a[s] - b[s]) for s in a) < 1e-6, (a[21], b[21])
+
+
 def test_divergence_stops_with_status_and_reason(tmp_path):
     cfg = build_trial({}, [*TINY, "train.lr=1e6", "train.warmup_steps=0", "train.grad_clip=0",
                            "train.max_steps=50", f"out_dir={tmp_path}"])

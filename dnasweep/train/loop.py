@@ -167,7 +167,9 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
     def save() -> str:
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                  "sampler": sampler.state_dict(), "rng": checkpoint.rng_state(), "train_time": train_time,
-                 "perf": perf, "lr_plan": plan}
+                 "perf": perf, "lr_plan": plan,
+                 # the steps since the last log row: the next row averages them as an unbroken run would
+                 "row_logs": [[float(v) for v in skip_log], [float(v) for v in drop_log]]}
         return checkpoint.save(ckpt_dir, state, to_yaml(cfg))
 
     def tokens_per_s() -> float:
@@ -190,6 +192,8 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
     model.train()
     skip_log: list[float] = []  # identity share of each training step since the last log row
     drop_log: list = []  # compiled: share of slots dropped by capacity per step (0-dim tensors)
+    if resuming:
+        skip_log, drop_log = (list(v) for v in st.get("row_logs", ([], [])))
     try:
         while step < total_steps and not already_done:
             where = f"at step {step + 1}"
