@@ -404,3 +404,28 @@ def test_a_drained_backlog_is_not_loaded_again_from_object_storage(tmp_path, mon
     ObjectStore(str(head), remote).pull_sweep()
     pulled = head / tracking.BACKLOG_FILE
     assert not (pulled.exists() and json.loads(pulled.read_text()))  # nothing a resume there would write again
+
+
+def test_a_reference_run_left_running_by_a_killed_driver_is_finished_on_resume(tmp_path):
+    """The driver created a dense rung's run and was killed before it wrote the rung's metrics and
+    status: the resumed sweep skipped every rung already in tracking.json, so it stayed RUNNING."""
+    from mlflow import MlflowClient
+
+    from dnasweep.sweep import tracking
+
+    space = parse_space(SPACE, "s.yaml")
+    sweep = tmp_path / "s"
+    (sweep / "trials").mkdir(parents=True)
+    uri = tracking.default_uri(str(sweep))
+    rung = {"hash": "abc", "reused": False, "d_model": 32, "dense_layers": 1, "config": {"model.d_model": 32},
+            "rows": [{"step": 5, "train/loss": 3.0}],
+            "result": {"status": "completed", "step": 10, "val/loss": 2.5}}
+    first = tracking.MLflowSweepLogger(space, "s", str(sweep), uri)
+    first.rungs["ref-abc"] = rung
+    first._ensure_run("ref-abc")  # created; the driver dies before the flush that ends it
+    second = tracking.MLflowSweepLogger(space, "s", str(sweep), uri, resume=True)
+    second.reference([rung])
+    assert second.drain(wait_s=5)
+    run = MlflowClient(uri).get_run(first.runs["ref-abc"])
+    assert run.info.status == "FINISHED" and run.data.metrics["val/loss"] == 2.5
+    assert len(MlflowClient(uri).search_runs([second.exp_id], "tags.`dnasweep.role` = 'reference'")) == 1

@@ -108,6 +108,7 @@ class MLflowSweepLogger(Callback):
         self.pruned: dict[str, int] = {}  # Ray trial id -> the rung MO-ASHA stopped it at (the scheduler's)
         # Runs are created late (buffering), so they carry the trial's own start and end, in ms
         self.times: dict[str, list] = {}  # Ray trial id -> [start, end or None]
+        self.running_at_resume: set[str] = set()  # MLflow run ids a killed driver left RUNNING
         self.last_flush = time.monotonic()
         self.name, self.started_ms = name, int(time.time() * 1000)
         # A new sweep opens its store at its first write (`__getattr__`), which comes while the first
@@ -153,6 +154,7 @@ class MLflowSweepLogger(Callback):
         running = {r.info.run_id for r in self.client.search_runs(
             [self.exp_id], filter_string=f"tags.mlflow.parentRunId = '{self.parent_id}' and attributes.status = "
             "'RUNNING'", max_results=50000)}
+        self.running_at_resume = running
         for tid in self.finished:
             if self.runs.get(tid) in running:
                 self._queue_end(tid)
@@ -450,7 +452,9 @@ class MLflowSweepLogger(Callback):
         for r in rungs:
             tid = f"ref-{r['hash']}"
             self.rungs[tid] = r
-            if tid in self.runs or "result" not in r:
+            # a run created by a driver killed before it ended it (RUNNING) is finished now; its
+            # steps already in the store are skipped by `_add`
+            if "result" not in r or (tid in self.runs and self.runs[tid] not in self.running_at_resume):
                 continue
             self._add(tid, [*r["rows"], {**r["result"], M.STEP: r["result"]["step"]}], int(time.time() * 1000))
             ok = r["result"]["status"] == "completed"
