@@ -58,9 +58,11 @@ def identity_slot_share(paths_NSK: np.ndarray, module_names: Sequence[str]) -> n
 
 
 def skip_share(paths_NSK: np.ndarray, module_names: Sequence[str]) -> np.ndarray:
-    """[S] share of tokens whose every used slot at a step is an identity: the step is skipped."""
+    """[S] share of tokens that compute nothing at a step: every used slot is an identity, or (expert
+    choice, where modules pick tokens) no module picked the token at all. Either way the step leaves
+    its state as it was."""
     used, is_id = identity_slots(paths_NSK, module_names)
-    return np.mean(np.all(is_id | ~used, axis=2) & used.any(axis=2), axis=0)
+    return np.mean(np.all(is_id | ~used, axis=2), axis=0)
 
 
 def module_reuse(paths_NSK: np.ndarray, module_names: Sequence[str]) -> tuple[float, np.ndarray]:

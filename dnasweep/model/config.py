@@ -70,7 +70,7 @@ class BalanceConfig:
     skip_kp: float = field(default=0.0, metadata=ge(0))  # pi: bias per unit error of a step's identity share
     skip_ki: float = field(default=0.1, metadata=ge(0))  # pi: bias per unit error summed over optimizer steps
     identity_rate: float = field(default=1e-4, metadata=ge(0))  # sign: bias change per optimizer step (paper: 1e-4)
-    loss_free: bool = False  # loss-free load balancing: a selection bias per module toward equal load
+    loss_free: bool = False  # DeepSeek-V3 bias per module toward equal load (identity_bias on: of non-identity ones)
     loss_free_rate: float = field(default=1e-3, metadata=ge(0))  # sign-update rate of the loss-free balancing bias
 
 

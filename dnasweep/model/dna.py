@@ -22,6 +22,7 @@ from dnasweep.model.flops import block_cost, effective_k, module_costs, module_p
 from dnasweep.model.layers import Block, Readout, Stem
 from dnasweep.model.output import ModelOutput, RoutingStats
 from dnasweep.model.pool import Caps, ModulePool
+from dnasweep.model.registry import router_spec
 from dnasweep.model.routers import Routing
 
 CAPACITY_SLACK = 1.1  # static capacities: headroom over the largest need seen
@@ -48,13 +49,17 @@ class DNAModel(nn.Module):
         self.capacity_mode: str = "auto"
         self.caps: Caps | None = None
         M = cfg.pool.size
-        # Per-token cost of each module relative to a dense block, for the compute penalty.
+        # Per-token cost of each module relative to a dense block (C_m / C_block), for the compute penalty.
         # Attention context is the uniform-routing share of the sequence, as `nominal` prices it.
         context = cfg.tokens_per_example * min(effective_k(cfg), M) / M
         cost = torch.tensor(module_costs(cfg, context)) / block_cost(cfg)
         self.register_buffer("cost_M", cost, persistent=False)
         self.register_buffer("params_M", torch.tensor(module_params(cfg), dtype=torch.float32),
                              persistent=False)
+        # A soft mixture (every module on every token, no capacity) routes n_identity/M of the slots
+        # to identity whatever it learns: its identity share is read from the gates instead.
+        spec = router_spec(cfg.router.type)
+        self.gate_identity_share = spec.all_modules and not spec.capacity and cfg.pool.n_identity > 0
         self.params_total = sum(p.numel() for p in self.parameters())
         emb = self.stem.untouched_params_per_token()
         # Everything outside the pool is touched by every token (one embedding row for LM).
@@ -69,7 +74,7 @@ class DNAModel(nn.Module):
         B, L, _ = h_BLD.shape
         T, M, S = B * L, cfg.pool.size, cfg.n_steps
         caps = self._caps(B, L, h_BLD.device)
-        results, idx, active, probs, logits_S, routed_steps = [], [], [], [], [], []
+        results, idx, active, probs, logits_S, routed_steps, gate_ident_S = [], [], [], [], [], [], []
         w = self.pool.folded()  # once per forward: every step uses the pool (exact and static alike)
         for s in range(S):
             route = self.routing(h_BLD, s, keys_BL)
@@ -77,9 +82,12 @@ class DNAModel(nn.Module):
             results.append(res)
             idx.append(route.idx_TK)
             active.append(route.active_TK)
+            if self.gate_identity_share:
+                gate_ident_S.append(self._gate_identity_share(route))
             if route.logits_TM is not None:
                 routed_steps.append(s)
                 logits_S.append(route.logits_TM)
+                # A rule that keeps no softmax (sigmoid) gets one here: see sigmoid_rule for why.
                 probs.append(route.probs_TM if route.probs_TM is not None else route.logits_TM.softmax(-1))
         # What routing did, and the auxiliary terms, for all steps at once: a handful of ops on [S, ...]
         # stacks instead of a few dozen small ones per step (same sums, in another order).
@@ -101,6 +109,9 @@ class DNAModel(nn.Module):
         compute, balance, zloss, entropy = zero, zero, zero, zero
         if logits_S:
             logits_STM, probs_STM = torch.stack(logits_S), torch.stack(probs)
+            # Summed over steps here, / S below: the mean over steps and tokens of one slot's
+            # probability-weighted cost in dense blocks = E[pool FLOPs/token] / (k·S·block cost);
+            # see LossConfig for the formula and why it is not FLOPs/token ÷ block cost.
             compute = (probs_STM @ self.cost_M).mean(-1).sum()
             f_SM = slots_SM_long[routed_steps].float()
             f_SM = f_SM / f_SM.sum(-1, keepdim=True).clamp_min(1)
@@ -119,7 +130,8 @@ class DNAModel(nn.Module):
             params_active_=self.params_base + (visits_TM > 0).float().mean(0) @ self.params_M,
             params_total=self.params_total,
             slots_SM=slots_SM,
-            identity_fraction_=slots_SM[:, M - n_id:].sum() / slots_SM.sum() if n_id else 0.0,
+            identity_fraction_=(torch.stack(gate_ident_S).mean() if gate_ident_S else
+                                slots_SM[:, M - n_id:].sum() / slots_SM.sum() if n_id else 0.0),
             entropy_=entropy / S,
             dropped_fraction_=dropped / computing.clamp_min(1),
             capacity_need_S3=torch.stack(needs),
@@ -127,6 +139,16 @@ class DNAModel(nn.Module):
         aux = {"compute": compute / S, "balance": balance / S, "z": zloss / S}
         paths = torch.where(ones_TSK, idx_TSK, -1).view(B, L, S, -1) if return_paths else None
         return ModelOutput(logits, stats, aux, paths)
+
+    @torch.no_grad()
+    def _gate_identity_share(self, route) -> torch.Tensor:
+        """Mean over tokens of the share of a token's gate weight on identity modules (0-dim):
+        for a softmax mixture, the probability mass on the skip path."""
+        gate_TK = route.gate_TK.float()
+        if route.active_TK is not None:
+            gate_TK = gate_TK * route.active_TK
+        ident_TK = self.routing.is_identity_M[route.idx_TK]
+        return ((gate_TK * ident_TK).sum(-1) / gate_TK.sum(-1).clamp_min(1e-9)).mean()
 
     def _caps(self, B: int, L: int, device: torch.device) -> Caps | None:
         """Capacities of this forward: None (exact, the pool sizes segments on the host) in every

@@ -15,9 +15,27 @@ if TYPE_CHECKING:  # torch loads in compute_loss: LossConfig is part of every co
 
 @dataclass
 class LossConfig:
-    """Weights of the terms added to cross-entropy (all off by default, as in the paper)."""
+    """Weights of the terms added to cross-entropy (all off by default, as in the paper).
 
-    compute_weight: float = field(default=0.0, metadata=ge(0))  # λ x expected FLOPs/token / block cost
+    The compute term that `compute_weight` (λ) scales is the probability-weighted cost of one slot,
+    relative to a dense block, averaged over tokens and routing steps (`DNAModel.forward`):
+
+        compute = (1/S) Σ_s (1/T) Σ_t Σ_m p[s,t,m] · C_m / C_block
+
+    p[s,t,m]: router probability (softmax of the logits) of module m for token t at step s; C_m:
+    forward FLOPs per token of module m (identity 0; attention priced at the uniform-routing context
+    L·min(k, M)/M of the L tokens per sequence); C_block: forward FLOPs per token of one dense block
+    over the full sequence; S steps, T tokens, k slots per token per step (top_k; M for dense). It is
+    at most max_m C_m / C_block (1 for the default pool); 0 for the hash router, which has no
+    probabilities. If each of the k slots of a step drew module m with probability p[s,t,m], the pool
+    would spend E[F] =
+    k · Σ_s (1/T) Σ_t Σ_m p[s,t,m] · C_m FLOPs per token, so compute = E[F] / (k · S · C_block):
+    expected pool FLOPs per token per slot-step, in dense blocks, not FLOPs per token ÷ C_block
+    (that is k · S times larger). Top-k does not draw from p, so E[F] is a differentiable proxy; it
+    equals the measured pool FLOPs/token for the dense router (k = M) at uniform probabilities.
+    """
+
+    compute_weight: float = field(default=0.0, metadata=ge(0))  # λ x compute (above): mean slot cost / block cost
     balance_weight: float = field(default=0.0, metadata=ge(0))  # Switch-style load-balancing loss (typical 1e-2)
     z_weight: float = field(default=0.0, metadata=ge(0))  # router z-loss (typical 1e-3)
     label_smoothing: float = field(default=0.0, metadata=ge(0, below=1))  # label smoothing (paper's ViT: 0.1)

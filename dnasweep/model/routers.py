@@ -78,7 +78,15 @@ def topk_rule(logits_TM, bias_M, ctx):
 
 @register_router("sigmoid")
 def sigmoid_rule(logits_TM, bias_M, ctx):
-    """Independent sigmoid gates per module (DeepSeek-V3 style), hard top-k."""
+    """Independent sigmoid gates per module (DeepSeek-V3 style), hard top-k.
+
+    The auxiliary terms (compute penalty, Switch balance loss, entropy) get no probabilities from
+    this rule, so they use softmax(logits_TM), as for every rule: a distribution over the pool that
+    ranks modules as the unbiased sigmoid gates do (both increase with the logit), on the same scale
+    as the other routers, so a `loss.*_weight` means the same whichever router a sweep samples.
+    DeepSeek-V3 instead normalises the sigmoid gates (σ_m / Σ σ); that distribution is flatter at the
+    same logits (about half softmax's deviation from 1/M near 0, and σ saturates beyond), so it would
+    change what a given weight does to the shipped sigmoid trials. The z-loss reads the logits."""
     gates_TM = torch.sigmoid(logits_TM)
     idx, gate = _topk_of(gates_TM.detach() + bias_M, gates_TM, ctx)
     return Route(idx, gate, None, logits_TM)
@@ -219,7 +227,9 @@ class Routing(nn.Module):
           pi:   b_s = kp * e_s + ki * Σ_t e_s(t), e_s = r - (identity share of step s's slots)
                 (`pi_skip_bias`: clamped to ±BIAS_LIMIT, integral held there: no wind-up);
           sign: b_s += u * sign(r * slots_s - identity slots_s) (the paper's rule, fixed rate u).
-        Loss-free balancing (DeepSeek-V3): b_sm += γ * sign(mean_m slots_sm - slots_sm).
+        Loss-free balancing (DeepSeek-V3): b_sm += γ * sign(mean_m slots_sm - slots_sm), over the
+        balanced modules only: every module, or with identity_bias on the non-identity ones (the
+        identity modules' load is the skip target's to set; their loss-free bias stays put).
         """
         bal = self.cfg.balance
         slots_SM = slots_SM.to(self.identity_bias_S.device, torch.float32)
@@ -233,8 +243,14 @@ class Routing(nn.Module):
             else:
                 self.identity_bias_S += bal.identity_rate * torch.sign(bal.target_skip * slots_SM.sum(-1) - ident_S)
         if bal.loss_free:
-            self.loss_free_bias_SM += bal.loss_free_rate * torch.sign(
-                slots_SM.mean(-1, keepdim=True) - slots_SM)
+            # With a skip target the identity modules are meant to carry r of the slots, not 1/M: a
+            # uniform target would pull their bias down by γ every step while the skip bias, clamped
+            # at ±BIAS_LIMIT, pushes up, until the loss-free bias wins and the target is never held.
+            # So the two split the pool: skip control sets the identity share, loss-free balancing
+            # evens out the load of the computing modules (uniform over them).
+            balanced_M = ~self.is_identity_M if bal.identity_bias else torch.ones_like(self.is_identity_M)
+            mean_S1 = slots_SM[:, balanced_M].mean(-1, keepdim=True)
+            self.loss_free_bias_SM += bal.loss_free_rate * torch.sign(mean_S1 - slots_SM) * balanced_M
 
     def flops(self, n_tokens: int) -> float:
         if not self.learns:
