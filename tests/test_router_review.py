@@ -167,3 +167,28 @@ def test_skip_share_of_an_expert_choice_model():
     names = ["T"] * (cfg.pool.size - cfg.pool.n_identity) + ["I"] * cfg.pool.n_identity
     assert (~(p_NSK >= 0).any(-1)).any()  # some token was picked by no module
     np.testing.assert_allclose(skip_share(p_NSK, names), 1 - computes_NS.mean(0))
+
+
+def test_the_analysis_report_calls_a_soft_mixture_on_identity_collapsed(tmp_path, monkeypatch):
+    # Its paths hold every module for every token (identity share n_identity/M from paths): the
+    # report reads the gate weight instead, as training's evaluation does
+    from dnasweep.analyze import collect as collect_mod
+    from dnasweep.analyze.trial import analyze_trial
+    from dnasweep.config import build_trial
+    from dnasweep.train.loop import run_trial
+
+    cfg = build_trial({}, ["model.router.type=dense", "model.d_model=32", "model.n_heads=4", "model.seq_len=24",
+                           "model.n_steps=2", "data.max_bytes=200000", "train.max_steps=2", "train.batch_size=2",
+                           "train.eval_batches=1", "train.device=cpu", f"out_dir={tmp_path}/t"])
+    run_trial(cfg)
+
+    def on_identity(offset):
+        torch.manual_seed(0)
+        model = build_model(cfg.model).eval()
+        for lin in model.routing.linears:
+            lin.register_forward_hook(lambda mod, args, logits_TM: logits_TM + offset * model.routing.is_identity_M)
+        return model
+
+    monkeypatch.setattr(collect_mod, "_models", lambda target, dev: (on_identity(20.0), on_identity(0.0)))
+    summary, _ = analyze_trial(str(tmp_path / "t"), max_examples=4)
+    assert summary["collapse"]["identity_share"] > 0.99 and summary["collapse"]["collapsed"] is True

@@ -98,7 +98,7 @@ def token_flops_BL(model, paths_BLSK: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def _run(model, batches, device) -> dict[str, np.ndarray]:
-    out: dict[str, list] = {"paths": [], "flops": [], "loss": [], "x": [], "y": []}
+    out: dict[str, list] = {"paths": [], "flops": [], "loss": [], "x": [], "y": [], "identity": []}
     for x, y in batches:
         o = model(x.to(device), return_paths=True)
         B, L = o.paths.shape[:2]
@@ -114,6 +114,7 @@ def _run(model, batches, device) -> dict[str, np.ndarray]:
             out["loss"].append(F.cross_entropy(o.logits.float(), y.to(device), reduction="none").cpu().numpy())
         out["x"].append(x.numpy())
         out["y"].append(y.numpy())
+        out["identity"].append(np.full(B * L, o.stats.identity_fraction))  # per token: batches weigh by size
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
@@ -127,7 +128,9 @@ def _context(row_L: np.ndarray, p: int, width: int = 12) -> str:
 
 def collect(target: Target, max_examples: int = 64, device: str = "cpu") -> tuple[Routed, Routed, dict]:
     """(trained, init, extra) routings over the held-out split; `extra` carries images and the patch
-    grid for vision, and facts for the report (paths_vary: whether the router lets paths differ)."""
+    grid for vision, and facts for the report (paths_vary: whether the router lets paths differ;
+    identity_share: for a soft mixture, the trained model's gate weight on identity modules, which
+    its paths, every module for every token, cannot show)."""
     from dnasweep.data import load_data
     from dnasweep.data.sampler import lm_val_batches, vision_val_batches
 
@@ -146,6 +149,8 @@ def collect(target: Target, max_examples: int = 64, device: str = "cpu") -> tupl
     routed, extra = [], {"task": cfg.model.task, "paths_vary": not spec.all_modules or spec.capacity}
     for model in (trained, init):
         r = _run(model, batches, dev)
+        if not extra["paths_vary"] and "identity_share" not in extra:  # the trained model comes first
+            extra["identity_share"] = float(r["identity"].mean())
         if cfg.model.task == "vision" and cfg.model.pooling == "cls":  # analyse patches; the class token is no patch
             r["paths"], r["flops"] = r["paths"][:, 1:], r["flops"][:, 1:]
         G, L = r["paths"].shape[:2]

@@ -139,7 +139,7 @@ def _routing_analyses(routed: Routed, init: Routed | None, ids_N: np.ndarray, co
 
 def build_report(name: str, routed: Routed, init: Routed | None, out_dir: str, task: str,
                  images_GHW: np.ndarray | None = None, patch_grid: tuple[int, int] | None = None,
-                 paths_vary: bool = True, compare: dict | None = None) -> dict:
+                 paths_vary: bool = True, compare: dict | None = None, identity_share: float | None = None) -> dict:
     """Analyse `routed` (with `init`, the same model at initialisation, as baseline), write the
     report files into out_dir and return the summary dict (identical to summary.json).
 
@@ -147,7 +147,8 @@ def build_report(name: str, routed: Routed, init: Routed | None, out_dir: str, t
     one distinct non-identity path) gets the verdict, its module usage and top paths only: its
     path law, information and compute-allocation statistics would describe a routing that does not
     happen. `paths_vary` False: the router sends every token through every module (a soft mixture),
-    so a single path is no collapse."""
+    so a single path is no collapse, and its identity share is `identity_share` (its gate weight on
+    identity modules) when given: its paths hold every module, n_identity/M of the slots, always."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if init is not None and init.module_names != routed.module_names:
@@ -164,6 +165,8 @@ def build_report(name: str, routed: Routed, init: Routed | None, out_dir: str, t
     counts_P = np.bincount(ids_N)
     used, is_id = usage.identity_slots(routed.paths_NSK, names)
     overall_identity = float(is_id[used].mean()) if used.any() else math.nan
+    if not paths_vary and identity_share is not None:
+        overall_identity = identity_share
     real_paths = usage.nonidentity_paths(routed.paths_NSK, names)
     collapsed = metrics.is_collapsed(overall_identity if math.isfinite(overall_identity) else 0.0,
                                      len(real_paths), paths_vary)

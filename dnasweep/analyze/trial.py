@@ -35,5 +35,6 @@ def analyze_trial(path: str, out_dir: str | None = None, max_examples: int | Non
     trained, init, extra = collect(target, max_examples or DEFAULT_EXAMPLES[task], device)
     out = out_dir or os.path.join(path, "analysis")
     summary = build_report(target.name, trained, init, out, task, images_GHW=extra.get("images_GHW"),
-                           patch_grid=extra.get("patch_grid"), paths_vary=extra["paths_vary"], compare=_gains(path))
+                           patch_grid=extra.get("patch_grid"), paths_vary=extra["paths_vary"], compare=_gains(path),
+                           identity_share=extra.get("identity_share"))
     return summary, out
