@@ -24,6 +24,7 @@ ROUTER_NONIDENTITY_PATHS = "router/distinct_paths"  # distinct non-identity path
 ROUTER_COLLAPSED = "router/collapsed"  # 1.0 when evaluation finds the pool bypassed (is_collapsed), else 0.0
 ROUTER_DROPPED = "router/dropped_fraction"  # share of computing slots dropped by static capacities (0 when exact)
 TOKENS_PER_S = "perf/tokens_per_s"  # training throughput
+TRAIN_FLOPS_PER_TOKEN = "perf/train_flops_per_token"  # mean useful forward FLOPs/token of the steps tokens/s timed
 MFU = "perf/mfu"  # useful training FLOPs / peak (CUDA only)
 STEP = "step"
 
@@ -36,10 +37,11 @@ SPEED_GAIN = "compare/speed_gain"  # this trial's tokens/s / a dense model's tok
 SPEED_GAIN_BOUND = "compare/speed_gain_bound"
 
 # Sweep-level metrics, logged on the sweep's parent run (not usable as trial objectives).
-SWEEP_HYPERVOLUME = "sweep/hypervolume"  # feasible front's hypervolume after each finished trial, over the box
-# between the best value of each objective and the reference point (1: the front fills it)
+SWEEP_HYPERVOLUME = "sweep/hypervolume"  # feasible front's hypervolume after each complete trial, over the box
+# between the best value of each objective and the reference point (1: the front fills it); step i: the i-th
+# complete trial in completion order (pruned and failed trials add no step)
 SWEEP_HYPERVOLUME_RAW = "sweep/hypervolume_raw"  # the same in the objectives' own units
-SWEEP_FRONT_SIZE = "sweep/front_size"  # feasible Pareto-front trials after each finished trial
+SWEEP_FRONT_SIZE = "sweep/front_size"  # feasible Pareto-front trials after each complete trial
 SWEEP_PREFIX = "sweep/"
 
 # Every metric a trial reports: the names objectives and constraints may use.

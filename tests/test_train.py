@@ -291,3 +291,26 @@ def test_result_json_says_the_steps_done_not_those_of_the_last_evaluation(tmp_pa
     saved = json.loads((tmp_path / "result.json").read_text())
     assert res.status == saved["status"] == "diverged" and res.step == saved["step"] == 4
     assert res.to_json()["step"] == 4
+
+
+def test_train_flops_per_token_is_the_mean_over_the_steps_tokens_per_s_timed(tmp_path, monkeypatch):
+    # A DNA's FLOPs/token move as it learns to route: throughput (and MFU) pair tokens/s with the
+    # work of the same steps, not with the last evaluation's FLOPs
+    from dnasweep.train import loop
+
+    seen = []
+    build = loop.build_model
+
+    def recording(cfg):
+        model = build(cfg)
+        model.register_forward_hook(lambda m, args, out: seen.append(out.stats.flops_per_token) if m.training
+                                    else None)
+        return model
+
+    monkeypatch.setattr(loop, "build_model", recording)
+    cfg = build_trial({}, [*TINY, "train.max_steps=12", "train.eval_every=12", "model.router.type=threshold",
+                           f"out_dir={tmp_path}"])
+    res = run_trial(cfg)
+    timed = seen[loop.WARMUP_STEPS:]
+    assert len(seen) == 12 and len(set(timed)) > 1  # routing changed the work from step to step
+    assert res.metrics[M.TRAIN_FLOPS_PER_TOKEN] == pytest.approx(sum(timed) / len(timed), rel=1e-6)

@@ -33,17 +33,21 @@ from dnasweep.train.report import JsonlReporter, Reporter, Reporters
 
 WARMUP_STEPS = 2  # steps of each (re)start left out of the throughput (compile, recompile, lazy imports)
 
-# Dense bf16 tensor-core peaks (FLOP/s) for MFU, by the words of a device name, most specific first
-# (an L40S is not an L4, an H100 PCIe not an SXM); other devices report no MFU rather than a guess.
-PEAK_FLOPS = [({"H100", "PCIe"}, 756e12), ({"H100", "NVL"}, 835e12), ({"H100"}, 989e12), ({"H200"}, 989e12),
-              ({"GH200"}, 989e12), ({"A100"}, 312e12), ({"L40S"}, 362e12), ({"L40"}, 181e12), ({"L4"}, 121e12),
-              ({"A10"}, 125e12)]
+# Dense bf16 tensor-core peaks (FLOP/s) for MFU: NVIDIA's published BF16 Tensor Core figures, which are
+# "with sparsity", halved. Keyed by the words of a device name (torch.cuda.get_device_name); the entry
+# needing the most words wins, whatever the order here (an L40S is not an L4, an H100 PCIe or NVL not an
+# SXM, an H200 NVL not an H200 SXM). Other devices report no MFU rather than a guess.
+PEAK_FLOPS = [({"H100", "PCIE"}, 756e12), ({"H100", "NVL"}, 835e12), ({"H100"}, 989e12),
+              ({"H200", "NVL"}, 835e12), ({"H200"}, 989e12), ({"GH200"}, 989e12), ({"A100"}, 312e12),
+              ({"L40S"}, 362e12), ({"L40"}, 181e12), ({"L4"}, 121e12), ({"A10"}, 125e12)]
 
 
 def peak_flops(device_name: str) -> float | None:
-    """The dense bf16 peak of a CUDA device by its name (torch.cuda.get_device_name); None if unknown."""
-    words = set(re.split(r"[\s\-_]+", device_name))
-    return next((peak for need, peak in PEAK_FLOPS if need <= words), None)
+    """The dense bf16 peak of a CUDA device by its name (torch.cuda.get_device_name); None if unknown.
+    Whole words, case-insensitive; the most specific matching entry (most words) first."""
+    words = set(re.split(r"[\s\-_]+", device_name.upper()))
+    found = [(len(need), peak) for need, peak in PEAK_FLOPS if {w.upper() for w in need} <= words]
+    return max(found, key=lambda f: f[0])[1] if found else None
 
 
 @dataclass
@@ -122,8 +126,10 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
     step, train_time = 0, 0.0
     # Throughput is timed apart from train_time (which budgets and resume judge by): the first
     # WARMUP_STEPS of each start hold torch.compile's compilation and the first recompile, and the
-    # optimizer's lazy imports, which are not the run's speed. perf = [steps timed, their seconds].
-    perf = [0, 0.0]
+    # optimizer's lazy imports, which are not the run's speed. perf = [steps timed, their seconds,
+    # the sum of their forward FLOPs per token]: a DNA's FLOPs/token move as it learns to route, so
+    # the work tokens/s was measured on is the mean over those steps, not the last evaluation's.
+    perf = [0, 0.0, 0.0]
     if resuming:
         st = checkpoint.load(ckpt_dir)
         if st.get("weights_only") and int(st["step"]) < total_steps:
@@ -141,6 +147,7 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
         checkpoint.set_rng_state(st["rng"])
         step, train_time = int(st["step"]), float(st["train_time"])
         perf = list(st.get("perf", (step, train_time)))  # checkpoints before perf: all of it, as then
+        perf += [math.nan] * (3 - len(perf))  # checkpoints before the FLOPs sum: unknown
         plan = [list(p) for p in st.get("lr_plan", [])]  # checkpoints before lr_plan: unknown
     else:
         plan = [[0, total_steps]]
@@ -167,14 +174,14 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
     def save() -> str:
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                  "sampler": sampler.state_dict(), "rng": checkpoint.rng_state(), "train_time": train_time,
-                 "perf": perf, "lr_plan": plan,
+                 "perf": [perf[0], perf[1], float(perf[2])], "lr_plan": plan,
                  # the steps since the last log row: the next row averages them as an unbroken run would
                  "row_logs": [[float(v) for v in skip_log], [float(v) for v in drop_log]]}
         return checkpoint.save(ckpt_dir, state, to_yaml(cfg))
 
     def tokens_per_s() -> float:
         """Training tokens/s past each start's warm-up (all steps while there are none yet)."""
-        n, t = perf if perf[0] else (step, train_time)
+        n, t = perf[:2] if perf[0] else (step, train_time)
         return n * step_tokens / max(t, 1e-9)
 
     def do_eval() -> dict:
@@ -182,10 +189,14 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
         res.update({M.STEP: step, M.PARAMS_TOTAL: float(model.params_total)})
         if train_time > 0:
             res[M.TOKENS_PER_S] = tokens_per_s()
+            # the FLOPs of the steps tokens/s timed (every step while none is past warm-up yet)
+            train_flops = float(perf[2]) / perf[0] if perf[0] else res[M.FLOPS_PER_TOKEN]
+            if math.isfinite(train_flops):
+                res[M.TRAIN_FLOPS_PER_TOKEN] = train_flops
             # the peaks are bf16 tensor-core ones: an fp32 run's MFU against them would be a third too low
             peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" and bf16 else None
-            if peak:  # training FLOPs ~ 3x forward
-                res[M.MFU] = 3 * res[M.FLOPS_PER_TOKEN] * res[M.TOKENS_PER_S] / peak
+            if peak and math.isfinite(train_flops):  # training FLOPs ~ 3x forward
+                res[M.MFU] = 3 * train_flops * res[M.TOKENS_PER_S] / peak
         return {**res, **(derive(res) if derive else {})}
 
     status, reason, last, where = "completed", f"reached {total_steps} steps", {}, "before the first step"
@@ -234,8 +245,8 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
             step += 1
             dt = time.perf_counter() - t0
             train_time += dt
-            if step - start > WARMUP_STEPS:  # past this start's warm-up
-                perf = [perf[0] + 1, perf[1] + dt]
+            if step - start > WARMUP_STEPS:  # past this start's warm-up (a tensor sum: no host sync here)
+                perf = [perf[0] + 1, perf[1] + dt, perf[2] + out.stats.flops_per_token_]
             if step % tc.log_every == 0 or step == total_steps:
                 row = {M.STEP: step, M.TRAIN_LOSS: ce, M.TRAIN_AUX: aux_sum / tc.grad_accum, "train/lr": lr,
                        M.TOKENS_PER_S: tokens_per_s()}
