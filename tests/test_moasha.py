@@ -41,8 +41,8 @@ class Recorder:
     def record_rung(self, tid, rung, bracket, values, violation):
         self.rungs.append((tid, rung, bracket, values, violation))
 
-    def prune(self, tid, rung):
-        self.pruned.append((tid, rung))
+    def prune(self, tid, rung, step=None):
+        self.pruned.append((tid, rung, step))
 
 
 def _sched(**over):
@@ -83,7 +83,7 @@ def test_a_dominated_trial_stops_and_front_trials_continue():
     assert s.decide("a", 10, _r(3.0, 100)) == GO  # alone at the rung: continues (no waiting)
     assert s.decide("b", 10, _r(2.0, 200)) == GO  # a trade-off: on the front
     assert s.decide("c", 10, _r(3.5, 250)) == STOP  # dominated by both, outside the top half
-    assert s.searcher.pruned == [("c", 10)] and s.pruned == {"c": 10}
+    assert s.searcher.pruned == [("c", 10, 10)] and s.pruned == {"c": 10}
     assert [r[:2] for r in s.searcher.rungs] == [("a", 10), ("b", 10), ("c", 10)]
     assert s.searcher.rungs[0][3] == {"val/loss": 3.0, "compute/flops_per_token": 100}
     # a training-loss row between evaluations decides nothing
@@ -145,7 +145,7 @@ def test_decisions_survive_a_restart_through_the_study():
             study.tell(t, state=optuna.trial.TrialState.PRUNED)
     s = make_scheduler(space, Recorder())
     s.load(study)
-    assert s.pruned == {"c": 10} and set(s.recorded[10]) == {"a", "b", "c"}
+    assert s.pruned == {"c": 10} and set(s.recorded[(0, 10)]) == {"a", "b", "c"}
     assert s.decide("c", 30, _r(0.1, 1)) == STOP  # restored and still pruned: stopped at its next report
     assert s.decide("d", 10, _r(4.0, 300)) == STOP  # judged against the trials recorded before the restart
     assert s.decide("a", 10, _r(3.0, 100)) == GO  # already recorded at rung 10: not judged twice
@@ -157,7 +157,7 @@ def test_brackets_are_assigned_round_robin():
     assert s.ladders == [[10, 20, 40, 80], [20, 40, 80]]
     s.decide("x", 10, _r(1.0, 1.0))
     s.decide("y", 10, _r(1.0, 1.0))  # bracket 1: its first rung is 20, so nothing recorded at 10
-    assert s.bracket == {"x": 0, "y": 1} and set(s.recorded[10]) == {"x"}
+    assert s.bracket == {"x": 0, "y": 1} and set(s.recorded[(0, 10)]) == {"x"}
 
 
 def test_a_trial_is_judged_at_a_rung_only_by_an_evaluation_at_that_step():
@@ -165,7 +165,7 @@ def test_a_trial_is_judged_at_a_rung_only_by_an_evaluation_at_that_step():
     evaluated at 10 was then ranked against another's step-30 values, and stopped."""
     s = _sched()
     assert s.decide("a", 30, _r(2.0, 100)) == GO  # no evaluation at 10 or 20: not judged there
-    assert 10 not in s.recorded or "a" not in s.recorded[10]
+    assert "a" not in s.recorded.get((0, 10), {})
     assert s.decide("c", 10, _r(2.5, 100)) == GO  # the only real step-10 value
 
 
@@ -202,11 +202,12 @@ def test_equal_points_inside_a_front_share_their_crowding():
 def test_a_trial_resumed_past_its_rung_evaluation_is_still_judged_there():
     """A trial that checkpointed at a rung and died before the scheduler saw the report resumes
     there and next evaluates one eval_every later: it is judged at the rung by that evaluation
-    (it used to escape pruning), but never at an earlier rung by a report past the next one."""
-    s = _sched()  # rungs 10, 20, 40, 80; eval_every 10
+    (it used to escape pruning), but never at an earlier rung by a report at or past the next one."""
+    s = _sched(scheduler={"reduction_factor": 3})  # rungs 10, 30; eval_every 10
     for i in range(6):
         assert s.decide(f"t{i}", 10, _r(1.0 + 0.1 * i, 100 - i)) == GO
     assert s.decide("bad", 20, _r(9.0, 200)) == STOP  # its step-10 report was lost: judged at 10 by step 20
+    assert s.searcher.pruned == [("bad", 10, 20)]  # stopped at rung 10, having trained 20 steps
 
 
 def test_a_trial_that_finished_training_is_never_pruned():

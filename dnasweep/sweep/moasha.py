@@ -2,8 +2,10 @@
 
 A trial of bracket b meets rungs at grace_steps * reduction_factor^(b+k) training steps (below
 train.max_steps; rungs are evaluation steps, so its objectives exist there). At each rung it is
-ranked against every trial recorded at that rung so far, as ASHA does (no waiting for the rung to
-fill), and continues if it is in the top 1/reduction_factor, else it is stopped.
+ranked against every trial of its bracket recorded at that rung so far, as ASHA does (no waiting
+for the rung to fill), and continues if it is in the top 1/reduction_factor, else it is stopped.
+Brackets keep their rungs apart, as Ray's AsyncHyperBand does: a bracket-1 trial at its first rung
+(grace * rf) is not ranked against bracket-0 trials that survived a rung below it.
 
 Ranking, best first: feasible before infeasible (infeasible by total constraint violation), then
 non-dominated sorting (front 0, 1, ...), then, within a front, crowding distance (larger first).
@@ -103,7 +105,8 @@ class MOASHA(FIFOScheduler):
         super().__init__()
         self.space, self.searcher = space, None
         self.ladders = space.rungs()  # per bracket
-        self.recorded: dict[int, dict[str, tuple[tuple, float]]] = {}  # rung -> trial id -> (point, violation)
+        # (bracket, rung) -> trial id -> (point, violation): each bracket's rungs apart
+        self.recorded: dict[tuple[int, int], dict[str, tuple[tuple, float]]] = {}
         self.bracket: dict[str, int] = {}
         self.pruned: dict[str, int] = {}  # trial id -> the rung it stopped at
         self.added = 0
@@ -136,27 +139,29 @@ class MOASHA(FIFOScheduler):
             return TrialScheduler.CONTINUE  # a training-loss row between evaluations
         if trial_id not in self.bracket:
             self.on_trial_add(None, _Id(trial_id))
-        ladder = self.ladders[self.bracket[trial_id]]
+        bracket = self.bracket[trial_id]
+        ladder = self.ladders[bracket]
         # the last evaluation ends training: a finished trial is never pruned (every trial trains to
         # the base's end: a pruning scheduler refuses anything that would move it)
-        for rung, after in zip(ladder, [*ladder[1:], planned_steps(self.space.base) - 1], strict=True):
-            at = self.recorded.setdefault(rung, {})
+        for rung, end in zip(ladder, [*ladder[1:], planned_steps(self.space.base)], strict=True):
+            at = self.recorded.setdefault((bracket, rung), {})
             # Judged at a rung by its evaluation there, or, when that report was lost (a trial that
             # checkpointed at the rung and died before the scheduler saw it resumes there), by its
-            # first one after it, up to the next rung; never by a report past it: values from far later in
-            # training would beat the other trials' at this rung.
-            if not rung <= step <= after or trial_id in at:
+            # first one after it, before the next rung (or before the end of training); never by a
+            # report at or past the next rung: that report is the next rung's, and values from later
+            # in training would beat the other trials' at this rung.
+            if not rung <= step < end or trial_id in at:
                 continue
             at[trial_id] = (point, self._violation(result))
             if self.searcher is not None:
-                self.searcher.record_rung(trial_id, rung, self.bracket[trial_id],
+                self.searcher.record_rung(trial_id, rung, bracket,
                                           {o.metric: result[o.metric] for o in self.space.objectives}, at[trial_id][1])
             ids = list(at)
             if not keeps([at[t][0] for t in ids], [at[t][1] for t in ids], ids.index(trial_id),
                          self.space.scheduler.reduction_factor):
                 self.pruned[trial_id] = rung
-                if self.searcher is not None:
-                    self.searcher.prune(trial_id, rung)
+                if self.searcher is not None:  # it trained to `step`: what it spent
+                    self.searcher.prune(trial_id, rung, step)
                 return TrialScheduler.STOP
         return TrialScheduler.CONTINUE
 
@@ -164,7 +169,11 @@ class MOASHA(FIFOScheduler):
         return self.decide(trial.trial_id, int(result.get("step", 0)), result)
 
     def load(self, study) -> None:
-        """Rebuild rung records, brackets and prune decisions from the study (a resumed sweep)."""
+        """Rebuild rung records, brackets and prune decisions from the study (a resumed sweep). The
+        study keeps each trial's bracket (user attr) beside its rung values, so a study written when
+        records were keyed by rung alone loads into (bracket, rung) as it is; records of that form
+        in a scheduler unpickled from such a sweep's Tune state are dropped, rebuilt here."""
+        self.recorded = {k: v for k, v in self.recorded.items() if isinstance(k, tuple)}
         for t in study.get_trials(deepcopy=False):
             tid = t.user_attrs.get("ray_trial_id")
             if tid is None or BRACKET not in t.user_attrs:
@@ -177,7 +186,7 @@ class MOASHA(FIFOScheduler):
                 point = self._point(vals)
                 if point is not None:
                     violation = float(t.user_attrs.get(RUNG.format(step=rung, metric="violation"), 0.0))
-                    self.recorded.setdefault(rung, {})[tid] = (point, violation)
+                    self.recorded.setdefault((self.bracket[tid], rung), {})[tid] = (point, violation)
             if t.state.name == "PRUNED":
                 self.pruned[tid] = int(t.user_attrs.get("pruned_at", 0))
 

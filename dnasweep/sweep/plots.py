@@ -174,9 +174,10 @@ def pareto_html(rows: list[dict], space: SearchSpace, path: str, reference: list
 
 
 def hypervolume_png(history: list[float], path: str) -> str:
+    """`history`: one value per complete trial (pruned and failed ones add no point), in completion order."""
     fig, ax = _figure(5.6, 3.4)
     ax.plot(range(1, len(history) + 1), history, marker="o", ms=3)
-    ax.set(xlabel="finished trials", ylabel="hypervolume (share of the reference box)")
+    ax.set(xlabel="complete trials (in completion order)", ylabel="hypervolume (share of the reference box)")
     return _save(fig, ax, path)
 
 

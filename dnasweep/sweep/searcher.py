@@ -53,6 +53,13 @@ class ParetoOptunaSearch(OptunaSearch):
 
     Lifecycle: created per `dnasweep run`; pickled into Tune's experiment state and restored by
     `dnasweep resume`, when the Optuna trials it still holds may already have been told.
+
+    A trial that `train.time_limit_s` stopped before its planned steps (train.max_steps, or fewer
+    under train.max_tokens) is told FAIL (fail_status `time_limit`, fail_reason naming the step it
+    reached and the steps planned), never COMPLETE: it stopped where its machine's speed put it, and
+    its objectives, measured at partial fidelity, would sit on the front beside trials that trained
+    every planned step (the dense reference refuses such rungs for the same reason). Its steps count
+    as spent.
     """
 
     def __init__(self, space: SearchSpace, **kw):
@@ -63,34 +70,53 @@ class ParetoOptunaSearch(OptunaSearch):
         if space.scheduler.type != "fifo":  # pruned trials must not model TPE's good region
             compat.good_from_complete_only(self)
 
+    # Set by the runner on each head, never taken from a saved state: this head's storage of the
+    # study, and the hook that copies this sweep's journal up after each ask.
+    HEAD_ONLY = ("live_storage", "after_ask")
+
+    def save(self, checkpoint_path: str):
+        """Tune's saved state as OptunaSearch.save writes it (the pickled __dict__), without this
+        head's storage and journal hook (HEAD_ONLY)."""
+        import pickle
+
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({k: v for k, v in self.__dict__.items() if k not in self.HEAD_ONLY}, f)
+
     def restore(self, checkpoint_path: str):
         """Tune's saved state pickles the study with its storage *path*; a sweep resumed elsewhere
-        (a new head node, another root) re-opens the study from `live_storage` when it is set."""
+        (a new head node, another root) re-opens the study from `live_storage` when it is set. The
+        HEAD_ONLY attributes stay this head's: a saved state (one written before save() dropped them)
+        would otherwise bring back the first run's `after_ask`, which mirrors the old sweep dir."""
         import optuna
 
-        live = getattr(self, "live_storage", None)
+        head = {k: getattr(self, k, None) for k in self.HEAD_ONLY}
         super().restore(checkpoint_path)
+        self.__dict__.update(head)
+        live = head["live_storage"]
         if live is not None:
-            self.live_storage = live
             old = compat.search_study(self)
             compat.set_search_study(self, optuna.load_study(study_name=old.study_name, storage=live,
                                                             sampler=old.sampler))
 
     def suggest(self, trial_id):
         space = self.sweep_space
-        if space.budget.steps is not None:  # a step budget: start a trial only if its max_steps fit
+        if space.budget.steps is not None:  # a step budget: start a trial only if its planned steps fit
             # judged before the point is drawn, so for the most steps a trial can draw (a searched
-            # train.max_steps): a 3000-step draw once went past a 3000 budget with 600 committed
+            # train.max_steps): a 3000-step draw once went past a 3000 budget with 600 committed.
+            # Planned, not max_steps: under train.max_tokens trials end sooner, and reserving max_steps
+            # stopped the sweep with a quarter of its budget unspent.
             spent, committed = budget.steps_used(compat.search_study(self), space)
-            if spent + committed + space.most_steps() > space.budget.steps:
+            if spent + committed + budget.most_planned(space) > space.budget.steps:
                 # nothing running: nothing can free steps (a pruned trial returns its unspent ones)
                 return Searcher.FINISHED if committed == 0 else None
         config = super().suggest(trial_id)
         live = compat.search_trials(self)
         if trial_id in live:
+            values = {p.path: config[p.path] for p in space.params if p.path in (config or {})}  # as the trainable
             live[trial_id].set_user_attr("ray_trial_id", trial_id)  # -> SWEEP/trials/ID, MLflow run
-            live[trial_id].set_user_attr(budget.MAX_STEPS, int((config or {}).get(
-                "train.max_steps", space.base.train.max_steps)))
+            live[trial_id].set_user_attr(budget.MAX_STEPS, int(values.get("train.max_steps",
+                                                                          space.base.train.max_steps)))
+            live[trial_id].set_user_attr(budget.PLANNED, budget.trial_planned(space, values))
             # A sweep kept in object storage copies the journal up now, before Tune's saved state can
             # name this trial: a new head restoring that state then always finds the trial in the copy.
             if getattr(self, "after_ask", None) is not None:
@@ -113,16 +139,18 @@ class ParetoOptunaSearch(OptunaSearch):
         for m, v in {**values, "violation": violation}.items():
             ot.set_user_attr(RUNG.format(step=rung, metric=m), float(v))
 
-    def prune(self, trial_id: str, rung: int) -> None:
-        """MO-ASHA stopped the trial at `rung`: PRUNED in Optuna (never on the front), told now so
-        the decision stands if the driver dies before Ray Tune saves it."""
+    def prune(self, trial_id: str, rung: int, step: int | None = None) -> None:
+        """MO-ASHA stopped the trial at `rung`, judged by its report at training step `step` (the
+        rung's, or a later one when the rung's report was lost): PRUNED in Optuna (never on the
+        front), told now so the decision stands if the driver dies before Ray Tune saves it. It spent
+        `step` steps (the steps it trained, not the rung's)."""
         from optuna.trial import TrialState
 
         if (taken := self._take(trial_id)) is None:
             return
         ot, study = taken
         ot.set_user_attr("pruned_at", rung)
-        ot.set_user_attr(budget.STEPS, rung)
+        ot.set_user_attr(budget.STEPS, int(rung if step is None else max(rung, step)))
         study.tell(ot, None, state=TrialState.PRUNED)
 
     def _take(self, trial_id: str):
@@ -136,6 +164,27 @@ class ParetoOptunaSearch(OptunaSearch):
         done.add(trial_id)
         return None if study.get_trials(deepcopy=False)[ot.number].state.is_finished() else (ot, study)
 
+    def _time_limited(self, ot, result: dict) -> str | None:
+        """Why a trial that reports objectives did not train all its planned steps (None when it did,
+        or when its step is not known). Ray Tune hands over the trial's last report: the training
+        loop's last evaluation (or, after a driver restart, its saved result.json), whose `step` is
+        where training stopped. Only train.time_limit_s ends a completed trial early (MO-ASHA's stops
+        are told PRUNED before Ray Tune calls the trial complete)."""
+        step = result.get("step")
+        if not isinstance(step, int | float):
+            return None
+        space = self.sweep_space
+        values = {p.path: ot.params[p.path] for p in space.params if p.path in ot.params}
+        # trials asked before planned_steps was recorded (a sweep resumed across this change): from its point
+        planned = int(ot.user_attrs.get(budget.PLANNED) or budget.trial_planned(space, values))
+        if int(step) >= planned:
+            return None
+        limit = values.get("train.time_limit_s", space.base.train.time_limit_s)
+        said = str(result.get("reason") or "")  # a saved result.json, re-reported after a driver restart
+        by = f"by train.time_limit_s ({limit:g}s) " if limit is not None else "early "
+        return (f"stopped {by}at step {int(step)} of {planned} planned: its objectives are at partial fidelity "
+                "and are kept off the Pareto front" + (f" ({said})" if said else ""))
+
     def on_trial_complete(self, trial_id, result=None, error=False):
         from optuna.trial import TrialState
 
@@ -146,7 +195,13 @@ class ParetoOptunaSearch(OptunaSearch):
         ot.set_user_attr(budget.STEPS, int(step) if isinstance(step, int | float)
                          else self.steps_seen.get(trial_id, 0))
         vals = [(result or {}).get(m) for m in self.metric]
-        if not error and all(isinstance(v, int | float) and math.isfinite(v) for v in vals):
+        scored = not error and all(isinstance(v, int | float) and math.isfinite(v) for v in vals)
+        if scored and (short := self._time_limited(ot, result)) is not None:
+            # partial fidelity: FAIL, never on the front (class docstring)
+            ot.set_user_attr("fail_reason", short)
+            ot.set_user_attr("fail_status", "time_limit")
+            study.tell(ot, None, state=TrialState.FAIL)
+        elif scored:
             for c in self.sweep_space.constraints:
                 v = result.get(c.metric)
                 violation = c.violation(v) if isinstance(v, int | float) and math.isfinite(v) else 1.0

@@ -57,8 +57,10 @@ def _analyze_front(sweep_dir: str, front: list[dict], uri: str, space: SearchSpa
 
 def close_parent(t, front: list[dict], rows: list[dict]) -> None:
     """Close the parent run with the sweep's summary: Pareto front table (CSV), every complete
-    trial (CSV), Pareto plots (PNG, HTML), and the hypervolume after each finished trial. The
-    files are written first: a store down at the end of the sweep does not keep them from the user."""
+    trial (CSV), Pareto plots (PNG, HTML), and the hypervolume and front size after each complete trial
+    (`rows`: complete trials in completion order; pruned and failed ones add no point, so step i of
+    the sweep/* metrics is the i-th complete trial). The files are written first: a store down at the
+    end of the sweep does not keep them from the user."""
     import numpy as np
     from mlflow.entities import Metric
 
