@@ -429,3 +429,29 @@ def test_a_reference_run_left_running_by_a_killed_driver_is_finished_on_resume(t
     run = MlflowClient(uri).get_run(first.runs["ref-abc"])
     assert run.info.status == "FINISHED" and run.data.metrics["val/loss"] == 2.5
     assert len(MlflowClient(uri).search_runs([second.exp_id], "tags.`dnasweep.role` = 'reference'")) == 1
+
+
+def test_a_trial_stopped_short_of_its_planned_steps_has_a_failed_run(tmp_path, monkeypatch):
+    """The searcher tells Optuna FAIL for a trial train.time_limit_s stopped before its planned steps
+    (partial fidelity, kept off the front): its run said FINISHED, whether Tune completed it or a
+    resume closed it from result.json."""
+    from mlflow import MlflowClient
+
+    from dnasweep.sweep import tracking
+
+    space, sweep, uri, first, t = _one_trial_sweep(tmp_path, monkeypatch)
+    (sweep / "trials" / "t2").mkdir()
+    for tid in ("t1", "t2"):
+        _report(first, _trial(tid), 5)
+    first.flush()
+    first.on_trial_complete(0, [], _trial("t1", {"step": 30, "val/loss": 2.0}))  # 50 planned
+    (sweep / "trials" / "t2" / "result.json").write_text(json.dumps({"status": "completed", "step": 30,
+                                                                     "val/loss": 2.0}))
+    said = "stopped by train.time_limit_s (9s) at step 30 of 50 planned"
+    second = tracking.MLflowSweepLogger(space, "s", str(sweep), uri, resume=True,
+                                        finished={"t2": ("FAIL", {"fail_reason": said, "fail_status": "time_limit"})})
+    assert second.drain(wait_s=5)
+    for tid in ("t1", "t2"):
+        run = MlflowClient(uri).get_run(first.runs[tid])
+        assert run.info.status == "FAILED" and run.data.tags["dnasweep.status"] == "time_limit", tid
+        assert "at step 30 of 50 planned" in run.data.tags["dnasweep.fail_reason"], tid

@@ -60,6 +60,24 @@ def trial_planned(space: SearchSpace, values: dict) -> int:
         return int(values.get("train.max_steps", space.base.train.max_steps))
 
 
+def short_of_plan(space: SearchSpace, values: dict, result: dict, planned: int | None = None) -> str | None:
+    """Why a trial at `values` whose last report is `result` did not train all its planned steps,
+    None when it did or its step is unknown: the searcher tells it FAIL and the tracker closes its
+    run FAILED on this one rule. `planned`: as recorded when the trial was asked (None: from `values`,
+    for trials asked before it was recorded)."""
+    step = result.get("step")
+    if not isinstance(step, int | float):
+        return None
+    planned = int(planned or trial_planned(space, values))
+    if int(step) >= planned:
+        return None
+    limit = values.get("train.time_limit_s", space.base.train.time_limit_s)
+    said = str(result.get("reason") or "")  # a saved result.json, re-reported after a driver restart
+    by = f"by train.time_limit_s ({limit:g}s) " if limit is not None else "early "
+    return (f"stopped {by}at step {int(step)} of {planned} planned: its objectives are at partial fidelity "
+            "and are kept off the Pareto front" + (f" ({said})" if said else ""))
+
+
 def most_planned(space: SearchSpace) -> int:
     """The most training steps one trial can be asked for, what a step budget must leave room for:
     space.most_steps() (train.max_steps, or the most a searched one draws), bounded by the token

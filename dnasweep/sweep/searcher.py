@@ -170,20 +170,9 @@ class ParetoOptunaSearch(OptunaSearch):
         loop's last evaluation (or, after a driver restart, its saved result.json), whose `step` is
         where training stopped. Only train.time_limit_s ends a completed trial early (MO-ASHA's stops
         are told PRUNED before Ray Tune calls the trial complete)."""
-        step = result.get("step")
-        if not isinstance(step, int | float):
-            return None
         space = self.sweep_space
         values = {p.path: ot.params[p.path] for p in space.params if p.path in ot.params}
-        # trials asked before planned_steps was recorded (a sweep resumed across this change): from its point
-        planned = int(ot.user_attrs.get(budget.PLANNED) or budget.trial_planned(space, values))
-        if int(step) >= planned:
-            return None
-        limit = values.get("train.time_limit_s", space.base.train.time_limit_s)
-        said = str(result.get("reason") or "")  # a saved result.json, re-reported after a driver restart
-        by = f"by train.time_limit_s ({limit:g}s) " if limit is not None else "early "
-        return (f"stopped {by}at step {int(step)} of {planned} planned: its objectives are at partial fidelity "
-                "and are kept off the Pareto front" + (f" ({said})" if said else ""))
+        return budget.short_of_plan(space, values, result, ot.user_attrs.get(budget.PLANNED))
 
     def on_trial_complete(self, trial_id, result=None, error=False):
         from optuna.trial import TrialState

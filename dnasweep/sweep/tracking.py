@@ -21,6 +21,7 @@ from dnasweep import metrics as M
 from dnasweep.config import flatten, to_dict
 from dnasweep.errors import ConfigError, Problem
 from dnasweep.space import SearchSpace
+from dnasweep.sweep import budget
 from dnasweep.sweep.study import read_json
 
 FLUSH_EVERY_S = 5.0  # buffered metrics are written at least this often (and when a trial ends)
@@ -171,6 +172,8 @@ class MLflowSweepLogger(Callback):
         state, attrs = self.finished.get(tid, (None, {}))
         if res is not None and res.get("status") == "completed" and not self._scored(res):
             status, tags = "FAILED", _failed_tags("no finite objectives reported", "failed")
+        elif res is not None and res.get("status") == "completed" and state == "FAIL":  # e.g. time-limited
+            status, tags = "FAILED", _failed_tags(attrs.get("fail_reason"), attrs.get("fail_status", "failed"))
         elif res is not None:
             status = "FINISHED" if res.get("status") == "completed" else "FAILED"
             tags = {} if status == "FINISHED" else _failed_tags(res.get("reason"), res.get("status"))
@@ -196,6 +199,11 @@ class MLflowSweepLogger(Callback):
             times[0] = int(float(words[words.index("time") + 1]) * 1000) if "time" in words else None
         if times[1] is None and os.path.exists(res):
             times[1] = int(os.path.getmtime(res) * 1000)
+
+    def _sampled(self, tid: str) -> dict:
+        """The trial's sampled values (Tune's config also holds the keys of inactive `when:` branches)."""
+        cfg = self.configs.get(tid) or {}
+        return {p.path: cfg[p.path] for p in self.space.params if p.path in cfg}
 
     def _scored(self, res: dict) -> bool:
         """Whether `res` holds every objective as a finite number: the searcher's test (else Optuna FAIL)."""
@@ -373,6 +381,8 @@ class MLflowSweepLogger(Callback):
         elif not self._scored(res):  # the searcher tells Optuna FAIL: so does the run
             self._end(trial, "FAILED", _failed_tags(res.get("reason") or "no finite objectives reported",
                                                     res.get("status", "failed")))
+        elif short := budget.short_of_plan(self.space, self._sampled(trial.trial_id), res):
+            self._end(trial, "FAILED", _failed_tags(short, "time_limit"))  # as the searcher tells Optuna
         else:  # a bypassed pool is named on the run, as on the front table
             self._end(trial, "FINISHED", {"dnasweep.collapsed": str(bool(res[M.ROUTER_COLLAPSED])).lower()}
                       if M.ROUTER_COLLAPSED in res else {})
