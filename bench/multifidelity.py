@@ -8,8 +8,12 @@ of complete trials, with val/loss and FLOPs/token normalised to one reference bo
 sweep (the range of all complete trials of all sweeps, +10%), and the training steps it had spent
 when it first reached FIFO's final hypervolume (same seed). Steps are counted as trials end (a
 trial's steps: max_steps if complete, its rung if pruned), so with 2 trials at a time the curve
-moves in steps of one trial. The last line: MO-ASHA's steps / FIFO's steps to that hypervolume,
-mean over seeds (target <= 0.5; a seed where MO-ASHA never reaches it counts as budget / FIFO's).
+moves in steps of one trial. The last lines: MO-ASHA's steps / FIFO's steps to that hypervolume
+(target <= 0.5). A seed where MO-ASHA never reaches it within the budget is censored: its ratio is
+only known to exceed budget.steps / FIFO's steps, so it is shown as "not reached" and left out of
+the mean, which is over the seeds that reached it, with the count of censored seeds beside it; the
+median over every seed counts a censored seed as above every reached one (exact when that cannot
+move it, else given as a range).
 
     python bench/multifidelity.py              # 3 seeds x 2 arms, 16 full trials of budget each (~10 min, 2 CPUs)
     python bench/multifidelity.py --full-trials 8               # a smaller budget (~8 min)
@@ -20,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -82,6 +88,31 @@ def hv(points: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
     return hypervolume(norm, ["min", "min"], np.ones(2))
 
 
+def ratio_summary(reached: list[tuple[int, int | None]], budget: int) -> list[str]:
+    """The closing lines from, per seed, (FIFO's steps to its final hypervolume, MO-ASHA's steps to
+    it or None when it never got there). A censored seed's ratio is only a lower bound (> budget /
+    FIFO's steps): it never enters the mean, and the median is exact only where it cannot move it."""
+    ratios = [None if m is None else m / max(f, 1) for f, m in reached]
+    bounds = [budget / max(f, 1) for f, _ in reached]  # what a censored seed's ratio is known to exceed
+    done = [r for r in ratios if r is not None]
+    n, censored = len(ratios), len(ratios) - len(done)
+    each = ", ".join(f"{r:.3f}" if r is not None else f"not reached (> {b:.3f})" for r, b in zip(ratios, bounds,
+                                                                                                strict=True))
+    lines = [f"per seed MO-ASHA/FIFO steps to FIFO's final hypervolume: {each}"]
+    # the median with each censored seed at its bound, and above every reached seed: equal -> exact
+    low = statistics.median([b if r is None else r for r, b in zip(ratios, bounds, strict=True)])
+    high = statistics.median([math.inf if r is None else r for r in ratios])
+    median = (f"{high:.3f}" if high == low else f"between {low:.3f} and {high:.3f}" if math.isfinite(high)
+              else f"not reached (at least {low:.3f}: half the seeds or more censored)")
+    lines.append(f"median over all {n} seeds: {median}")
+    mean = f"{statistics.fmean(done):.3f}" if done else "n/a"
+    cens = (f"{censored} censored (never reached it within budget.steps {budget}, not in the mean)" if censored
+            else "none censored")
+    lines.append(f"MO-ASHA steps / FIFO steps to FIFO's final hypervolume: mean {mean} over the {len(done)} of {n} "
+                 f"seeds that reached it; {cens}")
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
@@ -113,7 +144,7 @@ def main() -> int:
     print(f"box: val/loss [{lo[0]:.3f}, {hi[0]:.3f}], FLOPs/token [{lo[1]:.4g}, {hi[1]:.4g}]; "
           f"budget.steps {budget} ({args.full_trials} full trials of {MAX_STEPS} steps)")
     print(f"{'seed':>4} {'arm':>7} {'trials':>6} {'final HV':>9} {'steps to FIFO HV':>17} {'wall s':>7}")
-    ratios = []
+    reached_steps = []
     for seed in range(args.seeds):
         fs, fp, *_ = runs["fifo", seed]
         target = hv(fp[-1], lo, hi) if fp else 0.0
@@ -125,10 +156,8 @@ def main() -> int:
             reached[arm] = first
             print(f"{seed:>4} {arm:>7} {n:>6} {curve_hv[-1] if curve_hv else 0:>9.4f} "
                   f"{first if first is not None else 'not reached':>17} {wall:>7.0f}")
-        ratios.append((reached["moasha"] if reached["moasha"] is not None else budget) / max(reached["fifo"], 1))
-    print("per seed MO-ASHA/FIFO steps to FIFO's final hypervolume: " + ", ".join(f"{r:.3f}" for r in ratios))
-    print(f"MO-ASHA steps / FIFO steps to FIFO's final hypervolume (mean over {args.seeds} seeds): "
-          f"{float(np.mean(ratios)):.3f}")
+        reached_steps.append((reached["fifo"] or 0, reached["moasha"]))
+    print("\n".join(ratio_summary(reached_steps, budget)))
     return 0
 
 

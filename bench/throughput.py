@@ -11,8 +11,9 @@ tokens/s at equal FLOPs per token (raw tokens/s ratio x DNA FLOPs / dense FLOPs)
 With `--config SPACE` it benches the base trial of a search-space file instead (pool mix, router,
 batch and sequence as shipped): LM spaces at d_model 64, 128 and 256 (`--sizes`), vision spaces
 at their base; each against the dense model `model.dense_match: measured` builds (depth matched
-to the FLOPs the DNA measures, dnasweep.model.calibrate). DNA and dense iterations alternate in
-one process, so load on a shared machine hits both alike. `--compile` adds torch.compile'd runs.
+to the FLOPs the DNA measures, dnasweep.model.calibrate). `--compile` adds torch.compile'd runs.
+In both modes the models' iterations alternate in one process (DNA, dense, masked, DNA, ...; the
+same warm-up for each), so load on a shared machine hits every arm alike.
 
     python bench/throughput.py                 # CPU default: d_model 256, 8 modules, top-2
     python bench/throughput.py --device cuda --batch 32 --d-model 768 --heads 12
@@ -70,27 +71,6 @@ def masked_step(pool, h_BLD, route, *_):
     z = torch.zeros((), dtype=torch.long)
     return h.view(B, L, D), StepResult(torch.zeros(pool.size, dtype=torch.long), z.double(), z.double(), z, z,
                                        torch.zeros(3, dtype=torch.long))
-
-
-def timed(model, x, y, iters: int, warmup: int) -> tuple[float, float, float]:
-    """(median seconds per forward+backward, measured useful and executed FLOPs/token)."""
-    times, flops, executed = [], 0.0, 0.0
-    for i in range(warmup + iters):
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=BF16):
-            out = model(x)
-            loss, _ = compute_loss(out, y, LossConfig())
-        loss.backward()
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-        adapt(model, out)
-        flops, executed = out.stats.flops_per_token, out.stats.flops_executed_per_token
-        model.zero_grad(set_to_none=True)
-    return statistics.median(times), flops, executed
 
 
 BF16 = False  # --bf16: forward under torch.autocast(bfloat16), as training on a GPU runs
@@ -224,11 +204,13 @@ def gpu_summary(out_dir: str) -> str:
                  f"  ({read('pytest.rc').strip() or 'not run'})")
     for js in sorted(glob.glob(os.path.join(out_dir, "throughput_*.json"))):
         d = load(js)
-        peak = peak_flops(d["device"])
+        # the peaks are bf16 tensor-core peaks: an fp32 run (no --bf16) has no MFU against them
+        peak = peak_flops(d["device"]) if d.get("bf16") else None
+        why = "n/a (not bf16)" if not d.get("bf16") else "n/a (unknown peak)"
         for r in d["rows"]:
             for name in [k for k in r if isinstance(r[k], list)]:
                 tps, f, fe, drop = r[name]
-                mfu = f"{3 * f * tps / peak:.1%}" if peak else "n/a (unknown peak)"
+                mfu = f"{3 * f * tps / peak:.1%}" if peak else why
                 dense = r["dense compiled" if "compiled" in name and "dense compiled" in r else "dense"]
                 ratio = tps * f / (dense[0] * dense[1])
                 lines.append(f"{r['label'][:18] + ' ' + name:<28}{tps:>11,.0f} tok/s  useful MFU {mfu:>6}  "
@@ -292,25 +274,34 @@ def main(argv: list[str] | None = None) -> None:
     x = torch.randint(0, 256, (a.batch, a.seq), device=dev)
     y = torch.randint(0, 256, (a.batch, a.seq), device=dev)
     dna = build_model(cfg).to(dev)
-    t_dna, f_dna, fe_dna = timed(dna, x, y, a.iters, a.warmup)
+    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=BF16):
+        f_probe = dna(x).stats.flops_per_token
     # Dense depth with the closest measured FLOPs/token (the DNA's routed attention sees fewer keys).
-    n_dense = max(1, round(f_dna / block_cost(cfg)))
+    n_dense = max(1, round(f_probe / block_cost(cfg)))
     best = None
     for n in range(max(1, n_dense - 3), n_dense + 3):
         dcfg = ModelConfig(**{**cfg.__dict__, "kind": "dense", "n_backbone": 0, "dense_layers": n})
         f = build_model(dcfg).to(dev)(x[:1]).stats.flops_per_token
-        if best is None or abs(f - f_dna) < abs(best[1] - f_dna):
+        if best is None or abs(f - f_probe) < abs(best[1] - f_probe):
             best = (dcfg, f)
-    dense = build_model(best[0]).to(dev)
-    t_dense, f_dense, _ = timed(dense, x, y, a.iters, a.warmup)
+    models = {"dna": dna, "dense": build_model(best[0]).to(dev)}
+    if not a.no_masked:  # the same weights, computed the naive way
+        masked = build_model(cfg).to(dev)
+        masked.load_state_dict(dna.state_dict())
+        masked.pool.forward = lambda h, route, *_: masked_step(masked.pool, h, route)
+        models["masked"] = masked
+    # One iteration of each arm in turn (same warm-up for each), so load drift hits all arms alike.
+    res = side_by_side(models, x, y, a.iters, a.warmup)
+    (t_dna, out_dna), (t_dense, out_dense) = res["dna"], res["dense"]
+    f_dna, fe_dna, f_dense = (out_dna.stats.flops_per_token, out_dna.stats.flops_executed_per_token,
+                              out_dense.stats.flops_per_token)
     rows = [("dna", t_dna, f_dna), (f"dense ({best[0].dense_layers} blocks)", t_dense, f_dense)]
     if not a.no_masked:
-        dna.pool.forward = lambda h, route, *_: masked_step(dna.pool, h, route)
-        t_mask, _, _ = timed(dna, x, y, a.iters, a.warmup)
-        rows.append(("masked (every module, every token)", t_mask, f_dna))
+        rows.append(("masked (every module, every token)", res["masked"][0], f_dna))
     n_tok = x.numel()
     print(f"device {dev}, d_model {a.d_model}, pool {a.modules} blocks, top-{a.top_k}, {a.steps} steps, "
-          f"batch {a.batch}x{a.seq}; median of {a.iters} forward+backward")
+          f"batch {a.batch}x{a.seq}; median of {a.iters} forward+backward after {a.warmup} warm-up, "
+          f"{', '.join(models)} alternating")
     print(f"{'strategy':<36} {'tokens/s':>10} {'FLOPs/token':>12} {'GFLOP/s':>9}")
     for name, t, f in rows:
         print(f"{name:<36} {n_tok / t:>10,.0f} {f:>12.4g} {3 * f * n_tok / t / 1e9:>9.1f}")

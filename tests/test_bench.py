@@ -1,9 +1,12 @@
-"""The benchmark's naive "masked" baseline computes the same function as the routed pool, so the
-speed ratio it prints compares equal models."""
+"""The benchmarks print honest ratios: the naive "masked" baseline computes the same function as the
+routed pool, every arm's iterations alternate in one process, MFU is against the peak of the device and
+precision that ran, and the suggest bench's trials carry constraints as a sweep's do. Fast: tiny models,
+no Ray cluster, no CUDA."""
 
 import pathlib
 import sys
 
+import pytest
 import torch
 
 from dnasweep.model import ModelConfig, PoolConfig, build_model
@@ -36,3 +39,102 @@ def test_orchestration_packed_makespan_hand_computed():
     # durations 3, 5, 5 in start order on 2 slots: [3, 0] -> [3, 5] -> [8, 5]
     assert packed([(5, 10), (1, 4), (2, 7)], 2) == 8
     assert packed([(0, 2), (0, 2), (0, 2)], 3) == 2
+
+
+def test_synthetic_throughput_alternates_the_arms(monkeypatch, capsys):
+    """The default (no --config) mode times DNA, dense and masked one iteration each in turn, with the
+    same warm-up for each: timed one arm after another, load drift on a shared machine biased the ratio."""
+    import throughput
+
+    order = []
+    step_time = throughput.step_time
+
+    def recording(model, *args):
+        order.append(id(model))
+        return step_time(model, *args)
+
+    monkeypatch.setattr(throughput, "step_time", recording)
+    throughput.main(["--d-model", "32", "--heads", "2", "--modules", "2", "--steps", "1", "--seq", "16",
+                     "--batch", "1", "--iters", "2", "--warmup", "1"])
+    arms = order[:3]
+    assert len(set(arms)) == 3 and order == arms * 3  # (1 warm-up + 2 timed) rounds of dna, dense, masked
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("median of 2 forward+backward after 1 warm-up, dna, dense, masked alternating")
+    assert [ln.split()[0] for ln in out[2:5]] == ["dna", "dense", "masked"]
+    assert out[5].startswith("dna/dense tokens/s: ") and out[6].startswith("dna/masked tokens/s: ")
+    assert float(out[-1]) > 0
+
+
+def _summary(tmp_path, device: str, bf16: bool) -> str:
+    import json
+
+    from throughput import gpu_summary
+
+    # tokens/s, useful FLOPs/token, executed FLOPs/token, dropped
+    row = {"label": "synthetic d_model 768", "n_tok": 1, "dna": [1e5, 1e9, 1e9, 0.0], "dense": [2e5, 1e9, 1e9, 0.0]}
+    (tmp_path / "throughput_synthetic.json").write_text(json.dumps({"device": device, "bf16": bf16, "rows": [row]}))
+    return gpu_summary(str(tmp_path))
+
+
+def test_gpu_summary_gives_no_bf16_mfu_for_a_run_without_bf16(tmp_path):
+    out = _summary(tmp_path, "NVIDIA H100 80GB HBM3", bf16=False)
+    lines = [ln for ln in out.splitlines() if "tok/s" in ln]
+    assert len(lines) == 2 and all("useful MFU n/a (not bf16)" in ln for ln in lines)
+    assert "%" not in "".join(lines)
+
+
+def test_gpu_summary_mfu_uses_the_devices_own_peak(tmp_path):
+    # 3 x 1e9 FLOPs/token x 1e5 tokens/s = 3e14 FLOP/s: 30.3% of the SXM's 989 TFLOPS, 35.9% of the NVL's 835
+    assert "useful MFU  30.3%" in _summary(tmp_path, "NVIDIA H200", bf16=True)
+    assert "useful MFU  35.9%" in _summary(tmp_path, "NVIDIA H200 NVL", bf16=True)
+    assert "useful MFU n/a (unknown peak)" in _summary(tmp_path, "NVIDIA GeForce RTX 4090", bf16=True)
+
+
+@pytest.mark.parametrize("name,peak", [("NVIDIA H200", 989e12), ("NVIDIA H200 NVL", 835e12),
+                                       ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
+                                       ("NVIDIA H100 NVL", 835e12), ("NVIDIA GH200 480GB", 989e12),
+                                       ("NVIDIA H20", None), ("NVIDIA L40S", 362e12), ("NVIDIA L4", 121e12)])
+def test_peak_flops_by_the_most_specific_name(name, peak, monkeypatch):
+    """Dense bf16 peaks (NVIDIA's 'with sparsity' BF16 figures halved): an H200 NVL (1,671 sparse) is not an
+    H200 SXM (1,979), whatever order the table lists them in."""
+    from dnasweep.train import loop
+
+    assert loop.peak_flops(name) == peak
+    monkeypatch.setattr(loop, "PEAK_FLOPS", list(reversed(loop.PEAK_FLOPS)))  # generic entries first
+    assert loop.peak_flops(name) == peak
+
+
+def test_suggest_bench_records_constraints_as_a_sweep_does():
+    """Optuna's samplers read constraint values back from the trials (GPSampler fits one more model per
+    constraint): the history and the timed trials must carry them as a real sweep's searcher records
+    them, or a constrained space's latency is measured on the samplers' cheaper unconstrained path."""
+    pytest.importorskip("ray", reason="the sweep extra (ray[tune], optuna, mlflow) is not installed")
+    import numpy as np
+    import suggest
+
+    from dnasweep.model import nominal
+    from dnasweep.space import load_space
+    from dnasweep.space.apply import active_values, apply
+    from dnasweep.sweep import compat
+    from dnasweep.sweep.searcher import ParetoOptunaSearch
+
+    space = load_space(str(pathlib.Path(__file__).resolve().parents[1] / "search_spaces" / "lm.yaml"))
+    # what the real searcher records for a trial that reports its params/total
+    s = ParetoOptunaSearch(space)
+    s.set_search_properties(None, None, {})
+    s.suggest("a")
+    (live,) = compat.search_trials(s).values()
+    params = dict(live.params)
+    total = nominal(apply(space.base, active_values(space.params, params)).model).params_total
+    s.on_trial_complete("a", {"val/loss": 1.0, "compute/flops_per_token": 1e5, "params/total": total})
+    (told,) = compat.search_study(s).trials
+    assert told.constraints
+
+    past = suggest.history(space, 3)
+    assert all(set(t.constraints) == set(told.constraints) for t in past)
+    assert suggest.constraint_values(space, params, np.random.default_rng(0)) == told.constraints
+    for t in past:
+        assert t.constraints == suggest.constraint_values(space, t.params, np.random.default_rng(0))
+    times, trials = suggest.time_sampler(space, "random", past, 2)
+    assert len(times) == 2 and len(trials) == 5
+    assert all(set(t.constraints) == set(told.constraints) for t in trials)
