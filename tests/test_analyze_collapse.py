@@ -78,3 +78,17 @@ def test_constant_compute_without_collapse_says_so_instead_of_nan(tmp_path, titl
     # where paths could differ (the default), one path for every token is collapse
     assert build_report("mix", _routed(paths, np.full(N, 900.0)), None, str(tmp_path / "b"), "lm")["collapse"][
         "collapsed"] is True
+
+
+def test_the_information_of_a_step_is_in_the_modules_it_picks_not_in_slot_0(tmp_path):
+    # Expert choice keeps slots in module order: slot 0 is module 0 (or -1), whatever else the token
+    # got. Here module 0 takes every token and the other modules tell the class: slot 0 carried 0 bits.
+    attr = np.random.default_rng(0).integers(0, 3, N)  # what _routed draws
+    paths = np.full((N, S, 4), -1)
+    paths[:, :, 0] = 0
+    paths[:, :, 1] = np.where(attr == 0, 1, -1)[:, None]
+    paths[:, :, 2] = np.where(attr == 1, 2, -1)[:, None]
+    paths[:, :, 3] = np.where(attr == 2, 3, -1)[:, None]
+    s = build_report("ec", _routed(paths, np.full(N, 900.0)), None, str(tmp_path), "lm")
+    steps = s["mi"]["step_modules_vs_attr"]
+    assert len(steps) == S and all(m["mi_bits"] > 1.0 and m["p_value"] < 0.01 for m in steps), steps

@@ -217,7 +217,7 @@ def test_build_report_lm(tmp_path):
     mi = s["mi"]["path_vs_attr"]
     assert mi["mi_bits"] > mi["baseline_bits"] + 0.3 and mi["p_value"] < 0.01
     assert s["mi"]["init_path_vs_attr"]["p_value"] > 0.01  # init classes are independent of the path
-    assert len(s["mi"]["step_first_slot_vs_attr"]) == 3
+    assert len(s["mi"]["step_modules_vs_attr"]) == 3
     assert 0 < s["usage"]["identity_share"] < 1
     assert s["compute"]["flops"]["cv"] > 0 and s["compute"]["group"]["spearman_r"] > 0
     assert s["n_paths"] == len(np.unique(path_ids(routed.paths_NSK)[0]))

@@ -192,3 +192,5 @@ def test_the_analysis_report_calls_a_soft_mixture_on_identity_collapsed(tmp_path
     monkeypatch.setattr(collect_mod, "_models", lambda target, dev: (on_identity(20.0), on_identity(0.0)))
     summary, _ = analyze_trial(str(tmp_path / "t"), max_examples=4)
     assert summary["collapse"]["identity_share"] > 0.99 and summary["collapse"]["collapsed"] is True
+    # its slots say n_identity/M per step whatever it learnt: the text gives the gate weight instead
+    assert "of the routers' gate weight" in summary["text"] and "of the slots per step" not in summary["text"]

@@ -84,6 +84,14 @@ def _versus_dense(s: dict) -> str:
     return text + "."
 
 
+def _identity_per_step(s: dict) -> str:
+    """Where the skip path's share comes from: slots per step, or a soft mixture's gate weight (its
+    slots hold every module, n_identity/M of them identity, whatever it learnt)."""
+    if s["collapse"]["paths_vary"]:
+        return f"identity takes {', '.join(_pct(v) for v in s['usage']['identity_slot_share_S'])} of the slots per step"
+    return f"identity modules hold {_pct(s['usage']['identity_share'])} of the routers' gate weight"
+
+
 def summary_paragraph(s: dict) -> str:
     """One paragraph of plain language built from the summary's numbers; a collapsed model's
     opens with the verdict and says only what still means something."""
@@ -91,8 +99,7 @@ def summary_paragraph(s: dict) -> str:
     if s["collapse"]["collapsed"]:
         return " ".join([
             collapse_verdict(s),
-            f"Over {s['n_tokens']:,} {units} and {s['n_steps']} steps, identity takes "
-            f"{', '.join(_pct(v) for v in s['usage']['identity_slot_share_S'])} of the slots per step; a {unit} "
+            f"Over {s['n_tokens']:,} {units} and {s['n_steps']} steps, {_identity_per_step(s)}; a {unit} "
             f"spends {_f(s['compute']['flops']['mean'], ',.0f')} forward FLOPs on average."]) + _versus_dense(s)
     out = [f"{s['name']} ({s['task']}): {s['n_tokens']:,} {units} took {s['n_paths']:,} distinct paths through "
            f"{s['n_modules']} modules over {s['n_steps']} steps."]
@@ -109,16 +116,19 @@ def summary_paragraph(s: dict) -> str:
         out.append(f"At initialisation α = {init['alpha']:.2f} ± {_f(init['alpha_se'], '.2f')}."
                    if init["reason"] is None else f"No fit at initialisation: {init['reason']}.")
     mi = s["mi"]["path_vs_attr"]
-    steps = s["mi"]["step_first_slot_vs_attr"]
+    steps = s["mi"]["step_modules_vs_attr"]
     best = max(steps, key=lambda m: m["mi_bits"] or 0.0)
     out.append(f"The path carries {_f(mi['mi_bits'])} bits about the {unit}'s {attr} "
                f"(normalised MI {_f(mi['nmi'], '.2f')}) against {_f(mi['baseline_bits'])} bits with shuffled labels "
                f"(permutation p = {_f(mi['p_value'])}); "
-               f"the first-choice module of a single step carries at most {_f(best['mi_bits'])} bits "
+               f"the modules of a single step carry at most {_f(best['mi_bits'])} bits "
                f"(step {best['step']}, baseline {_f(best['baseline_bits'])}).")
     u = s["usage"]
     out.append(f"Identity (skip) modules take {_pct(u['identity_share'])} of routed slots "
                f"(per step: {', '.join(_pct(v) for v in u['identity_slot_share_S'])}), and "
+               if s["collapse"]["paths_vary"] else
+               f"Identity (skip) modules hold {_pct(u['identity_share'])} of the routers' gate weight (a soft "
+               f"mixture: every module computes for every {unit}), and "
                f"{_pct(u['reuse_token_share'])} of {units} revisit a non-identity module at two or more steps.")
     fl, gc = s["compute"]["flops"], s["compute"]["group"]
     spread = (f"the 95th-percentile {unit} costs {fl['p95_over_p5']:.1f}x the 5th" if fl["p95_over_p5"] is not None
@@ -196,8 +206,8 @@ def render_html(s: dict, pngs: dict[str, bytes]) -> str:
 
     parts.append(f"<h2>Information: path vs {e(attr)}</h2>")
     mi = s["mi"]
-    mrows = [("path id", mi["path_vs_attr"])] + [(f"step {x['step']} first slot", x)
-                                                 for x in mi["step_first_slot_vs_attr"]]
+    mrows = [("path id", mi["path_vs_attr"])] + [(f"step {x['step']} modules", x)
+                                                 for x in mi["step_modules_vs_attr"]]
     mrows += [("path id (init model)", mi["init_path_vs_attr"])] if mi["init_path_vs_attr"] else []
     parts.append(_table(["variable", "MI bits", "NMI", "shuffled baseline bits", "excess bits", "p-value",
                          "H(variable) bits", f"H({attr}) bits"], [[n, *(m[k] for k in MI_KEYS)] for n, m in mrows]))

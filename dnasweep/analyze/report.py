@@ -101,9 +101,12 @@ def _routing_analyses(routed: Routed, init: Routed | None, ids_N: np.ndarray, co
         init_counts_P = np.bincount(init_ids_N)
         init_fit = fit_rank_frequency(init_ids_N)
         mi_init = mi_test(init_ids_N, init.attr_N, n_perm=N_PERM, seed=0)
-    # Information: does the path (or one step's first-choice module) tell the token's class?
+    # Information: does the path (or the set of modules one step sends the token to) tell its class?
+    # The set, not slot 0: expert choice and the soft mixture keep slots in module order, so slot 0
+    # says only whether module 0 took the token.
     mi_path = mi_test(ids_N, routed.attr_N, n_perm=N_PERM, seed=0)
-    mi_steps = [mi_test(routed.paths_NSK[:, s, 0], routed.attr_N, n_perm=N_PERM, seed=1 + s) for s in range(S)]
+    mi_steps = [mi_test(path_ids(routed.paths_NSK[:, s:s + 1])[0], routed.attr_N, n_perm=N_PERM, seed=1 + s)
+                for s in range(S)]
     # Compute allocation.
     flops = usage.flops_summary(routed.flops_N)  # as in the usage part, for the histogram's marks
     class_mean, class_count = usage.mean_by(routed.flops_N, routed.attr_N, len(routed.attr_names))
@@ -112,7 +115,7 @@ def _routing_analyses(routed: Routed, init: Routed | None, ids_N: np.ndarray, co
     part = {
         "power_law": fit.to_dict(), "power_law_init": init_fit.to_dict() if init_fit is not None else None,
         "mi": {"path_vs_attr": mi_path.to_dict(),
-               "step_first_slot_vs_attr": [dict(step=s, **m.to_dict()) for s, m in enumerate(mi_steps)],
+               "step_modules_vs_attr": [dict(step=s, **m.to_dict()) for s, m in enumerate(mi_steps)],
                "init_path_vs_attr": mi_init.to_dict() if mi_init is not None else None},
         "compute": {"flops": flops,
                     "by_class": [{"class": routed.attr_names[c], "mean_flops": class_mean[c],
