@@ -38,6 +38,10 @@ def _validate(args: argparse.Namespace) -> int:
     from dnasweep.config import load_trial, read_yaml
     from dnasweep.model import nominal
 
+    if args.samples is not None and args.samples < 1:
+        raise ConfigError([Problem("--samples", f"must be >= 1, got {args.samples}",
+                                   "e.g. --samples 200; leave the flag out to sample no points")], "validate")
+
     # A search space has base:/search:/objectives:; a trial config has none of them (model:, train:, ...).
     if not {"base", "search", "objectives"} & set(read_yaml(args.config) or {}):
         cfg = load_trial(args.config, list(args.overrides))
@@ -243,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("config")
     v.add_argument("overrides", nargs="*")
     v.add_argument("--smoke", action="store_true", help="apply the file's smoke: overlay first")
-    v.add_argument("--samples", type=int, default=0, metavar="N",
+    v.add_argument("--samples", type=int, default=None, metavar="N",
                    help="also apply N seeded random points; exit 2 if any breaks a rule of the trial config")
     v.set_defaults(fn=_validate)
     r = sub.add_parser("run", help="run a sweep: trials on Ray, chosen by Optuna against the objectives")

@@ -36,7 +36,7 @@ def test_a_choice_of_another_type_than_its_field_is_refused_with_the_fix():
                     "s.yaml")
     probs = {p.key: p for p in e.value.problems}
     assert "True (bool) does not fit data.field" in probs["search.data.field.choice"].message
-    assert "quote it ('true')" in probs["search.data.field.choice"].fix
+    assert "quote the word you wrote ('true', 'yes' or 'on'" in probs["search.data.field.choice"].fix
     assert "'1e3' (str) does not fit train.lr" in probs["search.train.lr.choice"].message
 
 

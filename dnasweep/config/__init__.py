@@ -1,5 +1,5 @@
-"""Typed configs and the one pipeline that loads them: YAML -> structured merge -> smoke overlay
--> overrides -> every problem at once (file, dotted key, rule, fix).
+"""Typed configs and the one pipeline that loads them: YAML -> overrides -> smoke overlay (then the
+overrides again on top) -> structured merge -> every problem at once (file, dotted key, rule, fix).
 
     trial.py   TrialConfig (model + data + train + loss; component configs live beside their
                components), build_trial / load_trial

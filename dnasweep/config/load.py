@@ -71,7 +71,9 @@ def schema_problems(node: Any, schema: type, prefix: str) -> list[Problem]:
                                if prefix and fix.startswith("did") else fix))
             continue
         typ = types_[key]
-        if is_dataclass(typ):
+        if (found := interpolations(value, dotted)) and not is_dataclass(typ):
+            out += found  # (a section is walked below, so each value is named once)
+        elif is_dataclass(typ):
             out += schema_problems(value, typ, dotted)
         elif get_origin(typ) is list and is_dataclass(item := get_args(typ)[0]):
             if not isinstance(value, list):
@@ -82,6 +84,8 @@ def schema_problems(node: Any, schema: type, prefix: str) -> list[Problem]:
                     out += schema_problems(v, item, f"{dotted}[{i}]")
         elif get_origin(typ) is list and not isinstance(value, list):
             out.append(Problem(dotted, f"expected a list, got {type(value).__name__} {value!r}"))
+        elif get_origin(typ) is dict:
+            out += _dict_problems(dotted, key, value, typ)
         elif get_origin(typ) is list and (bad := [v for v in value if not fits(v, item := get_args(typ)[0])]):
             # checked here, not by OmegaConf: it would convert '128' to 128 and refuse True only
             out.append(Problem(dotted, f"invalid items {bad} in {value!r}: this field is {type_name(typ)}",
@@ -89,7 +93,7 @@ def schema_problems(node: Any, schema: type, prefix: str) -> list[Problem]:
         else:
             try:
                 OmegaConf.merge(OmegaConf.structured(schema), {key: value})
-            except OmegaConfBaseException as e:
+            except (OmegaConfBaseException, TypeError, ValueError) as e:  # TypeError: a list for a mapping
                 out.append(Problem(dotted, f"invalid value {value!r}: {str(e).splitlines()[0]}",
                                    f"expected {type_name(typ)}"))
                 continue
@@ -97,6 +101,59 @@ def schema_problems(node: Any, schema: type, prefix: str) -> list[Problem]:
                 out.append(Problem(dotted, f"invalid value {value!r} ({type(value).__name__}): this field is "
                                    f"{type_name(typ)}", f"expected {type_name(typ)}"
                                    + (" (quote it to pass text)" if fits("x", typ) else "")))
+    return out
+
+
+def _dict_problems(dotted: str, key: str, value: Any, typ: Any) -> list[Problem]:
+    """A dict field (`custom: dict[str, float]`), checked as list fields are: a mapping, each key
+    and value exactly of the declared types (OmegaConf would turn "1" into 1.0, or crash on a list)."""
+    key_type, value_type = get_args(typ) or (Any, Any)
+    example = f"e.g. {key}: {{a100: 1}}" if fits(1, value_type) else f"a mapping of {type_name(typ)}"
+    if not isinstance(value, dict):
+        return [Problem(dotted, f"expected a mapping, got {type(value).__name__} {value!r}", example)]
+    bad = {k: v for k, v in value.items() if not fits(k, key_type) or not fits(v, value_type)}
+    return [Problem(dotted, f"invalid entries {bad!r}" + (f" in {value!r}" if bad != value else "")
+                    + f": this field is {type_name(typ)}",
+                    f"expected {type_name(typ)}, {example}" + (" (numbers unquoted)" if fits(1, value_type) else ""))
+            ] if bad else []
+
+
+def interpolations(value: Any, dotted: str) -> list[Problem]:
+    """A Problem for each text in `value` (walked through mappings and lists) that holds `${`:
+    OmegaConf would resolve it as an interpolation (`${train.lr}` silently becomes the value, an
+    unknown key crashes). Refused rather than resolved: a config says what it means."""
+    if isinstance(value, str):
+        return [Problem(dotted, f"interpolation (${{...}}) is not supported, got {value!r}",
+                        "write the value itself instead of a ${...} reference")] if "${" in value else []
+    if isinstance(value, dict):
+        return [q for k, v in value.items() for q in interpolations(v, f"{dotted}.{k}" if dotted else str(k))]
+    if isinstance(value, list):
+        return [q for i, v in enumerate(value) for q in interpolations(v, f"{dotted}[{i}]")]
+    return []
+
+
+def covers(key: str, keys) -> bool:
+    """Whether the problem on dotted `key` is about one of the dotted `keys` that were set (the
+    same key, a key below it, or a section above it)."""
+    return any(key == k or k.startswith(f"{key}.") or key.startswith((f"{k}.", f"{k}[")) for k in keys)
+
+
+def override_key(override: str) -> str:
+    return override.partition("=")[0]
+
+
+def from_command_line(problems: list[Problem], overrides: list[str] | None) -> list[Problem]:
+    """`problems` with those on a key that a `key=value` override set said to come from the command
+    line (the file named in the error did not hold that value)."""
+    if not overrides:
+        return problems
+    out = []
+    for q in problems:
+        given = [o for o in overrides if "=" in o and covers(q.key, [override_key(o)])]
+        # the override nearest the key (search.model.d_modl=... over search.model=...); a tie: the last
+        given.sort(key=lambda o: (override_key(o) == q.key, len(override_key(o))))
+        said = given and given[-1] not in q.message  # (a problem parsing it quotes it already)
+        out.append(Problem(q.key, f"{q.message} (set on the command line: {given[-1]})", q.fix) if said else q)
     return out
 
 
@@ -145,6 +202,12 @@ def _override(key: str, text: str, schema: type | None) -> dict:
     for part in reversed(key.split(".")):
         node = {part: node}
     return node
+
+
+def yaml_value(text: str) -> Any:
+    """An override's value as YAML (a scalar, flow list or flow mapping), as `parse_overrides` reads
+    the value of a field that is not text. Raises on malformed YAML."""
+    return OmegaConf.to_container(OmegaConf.from_dotlist([f"v={text}"]))["v"]
 
 
 def parse_overrides(overrides: list[str], schema: type | None = None) -> tuple[dict, list[Problem]]:

@@ -17,12 +17,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from typing import Any, Literal
 
-from dnasweep.config.load import build, deep_merge, did_you_mean, parse_overrides, schema_problems
+from dnasweep.config.load import (
+    build,
+    deep_merge,
+    did_you_mean,
+    leaf_type,
+    parse_overrides,
+    schema_problems,
+    yaml_value,
+)
 from dnasweep.config.trial import TrialConfig, build_trial
 from dnasweep.errors import ConfigError, Problem, field_problems, ge, gt
+
+SEED_MAX = 2**32 - 1  # the largest seed numpy, and so every Optuna sampler, takes
 
 # The Optuna samplers a sweep may use: name -> factory(optuna module, SamplerConfig). Optuna is
 # passed in, so this registry (read by validation) never imports it. Constraints reach every
@@ -42,12 +52,16 @@ class SamplerConfig:
     """Which Optuna sampler picks the trials."""
 
     type: str = "tpe"  # one of SAMPLERS: tpe (default) | nsga2 | nsga3 | gp | random
-    seed: int = field(default=0, metadata=ge(0))  # seeds the sampler: the same file and seed pick the same trials
+    seed: int = field(default=0, metadata=ge(0))  # seeds the sampler (0 to 2**32 - 1): same file and seed, same trials
     startup_trials: int = field(default=4, metadata=ge(0))  # random trials before tpe / gp start modelling
 
     def problems(self) -> list[Problem]:
-        return [] if self.type in SAMPLERS else [Problem(
+        p = [] if self.type in SAMPLERS else [Problem(
             "sampler.type", f"unknown sampler {self.type!r}", f"use one of: {', '.join(SAMPLERS)}")]
+        if self.seed > SEED_MAX:  # (said here: the field bound's message would print 4.29497e+09)
+            p.append(Problem("sampler.seed", f"must be <= 2**32 - 1 = {SEED_MAX}, the largest seed Optuna's "
+                             f"samplers take, got {self.seed}", f"use a seed from 0 to {SEED_MAX}"))
+        return p
 
 
 # The Ray Tune schedulers a sweep may use: name -> "module:class", imported only by the sweep
@@ -178,20 +192,92 @@ def _in_base(q: Problem) -> Problem:
     return Problem(f"base.{q.key}", q.message, q.fix.replace("did you mean ", "did you mean base.", 1))
 
 
+def merge_file(a: dict, b: dict) -> dict:
+    """`b` merged into the search-space dict `a` as deep_merge does, except that an entry of search:
+    (also of the smoke: overlay's) is replaced whole: {choice: [2, 3]} over {int: [2, 6], when: ...}
+    is that choice, not a mix of both."""
+    out = dict(a)
+    for k, v in b.items():
+        old = out.get(k)
+        if isinstance(v, dict) and isinstance(old, dict):
+            out[k] = {**old, **v} if k == "search" else merge_file(old, v) if k == "smoke" else deep_merge(old, v)
+        else:
+            out[k] = v
+    return out
+
+
+_SEARCH_KEY = re.compile(r"^((?:smoke\.)?search)\.(.+)$")
+
+
+def search_entry(rest: str) -> tuple[str, str]:
+    """The search: entry and the option below it that the dotted override key `search.REST` names: the
+    longest prefix of REST that is a field of the trial config is the entry (its path holds dots too).
+    model.d_model.choice -> (model.d_model, choice); no such field: (REST, '')."""
+    parts = rest.split(".")
+    for n in range(len(parts), 0, -1):
+        typ = leaf_type(TrialConfig, ".".join(parts[:n]))
+        if typ is not None and not is_dataclass(typ):
+            return ".".join(parts[:n]), ".".join(parts[n:])
+    return rest, ""
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> tuple[dict, list[Problem]]:
+    """`key=value` overrides applied to a search-space dict in order (later ones win). One on a
+    search: entry (`search.model.d_model={choice: [64]}`) replaces the entry; one on an option of it
+    (`search.train.lr.float=[1e-4, 1e-3]`, `search.X.when.Y=[a]`) changes that option only."""
+    bad: list[Problem] = []
+    for o in overrides:
+        key, eq, text = o.partition("=")
+        m = _SEARCH_KEY.match(key) if eq else None
+        if m is None:
+            node, q = parse_overrides([o], SweepConfig)
+            bad += q
+            data = merge_file(data, node) if not q else data
+            continue
+        try:
+            value = yaml_value(text)
+        except Exception as e:  # OmegaConf's own errors and yaml.YAMLError from a malformed value
+            bad.append(Problem(key, f"cannot parse the override {o!r}: {str(e).splitlines()[0]}",
+                               "a search entry is a YAML flow mapping, e.g. "
+                               "search.model.d_model='{choice: [64, 128]}'"))
+            continue
+        entry, option = search_entry(m.group(2))
+        if option:  # one option of the entry: the rest of it stays
+            section = data.get("search") if m.group(1) == "search" else (
+                data.get("smoke").get("search") if isinstance(data.get("smoke"), dict) else None)
+            old = section.get(entry) if isinstance(section, dict) else None
+            head, _, below = option.partition(".")
+            old = old if isinstance(old, dict) else {}
+            # when: maps dotted paths; given whole (search.X.when={...}) it replaces the old conditions
+            value = ({**old, "when": value} if option == "when" else
+                     deep_merge(old, {head: {below: value}} if below and head == "when" else _nested(option, value)))
+        node = {"search": {entry: value}}
+        data = merge_file(data, node if m.group(1) == "search" else {"smoke": node})
+    return data, bad
+
+
+def _nested(dotted: str, value: Any) -> dict:
+    for part in reversed(dotted.split(".")):
+        value = {part: value}
+    return value
+
+
 def sweep_sections(data: dict, source: str, overrides: list[str] | None = None, smoke: bool = False,
                    check_base: bool = True) -> tuple[SweepConfig, list[Problem]]:
     """A file's dict -> (SweepConfig, problems). Sections with problems keep their defaults in the
-    returned config, so later checks still run on the rest; the caller raises if any problem."""
+    returned config, so later checks still run on the rest; the caller raises if any problem.
+    The overrides apply first (`smoke.*` ones change the overlay); with `smoke`, the overlay is then
+    applied to the file and the overrides again on top (a `budget.trials=3` beats the overlay's)."""
     p: list[Problem] = []
-    overlay = data.get("smoke")
+    full, bad = apply_overrides(data, overrides or [])
+    p += bad
+    overlay = full.get("smoke")
     if overlay is not None and not isinstance(overlay, dict):
         p.append(Problem("smoke", f"expected a mapping, got {type(overlay).__name__} {overlay!r}",
                          "an overlay of this file, e.g. smoke: {budget: {trials: 2}}"))
     elif smoke and overlay:
-        data = deep_merge(data, overlay)
-    over, bad = parse_overrides(overrides or [], SweepConfig)
-    p += bad
-    data = deep_merge(data, over)
+        full, _ = apply_overrides(merge_file(data, overlay), overrides or [])
+    data = full
     for k in data:
         if k not in SECTIONS:
             fix = (f"trial settings go under base:, e.g. base.{k}..." if k in TrialConfig.__dataclass_fields__

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -39,6 +40,6 @@ class TrainConfig:
 def train_problems(cfg: TrainConfig, prefix: str = "train") -> list[Problem]:
     """Every problem of `cfg` at once."""
     p = field_problems(cfg, prefix)
-    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
+    if not (cfg.device in ("auto", "cpu") or re.fullmatch(r"cuda(:[0-9]+)?", cfg.device)):
         p.append(Problem(f"{prefix}.device", f"unknown device {cfg.device!r}", "use auto, cpu, cuda or cuda:N"))
     return p

@@ -8,7 +8,15 @@ from dataclasses import dataclass, field, fields, is_dataclass
 
 from omegaconf import OmegaConf
 
-from dnasweep.config.load import build, deep_merge, leaf_type, parse_overrides, read_yaml, schema_problems
+from dnasweep.config.load import (
+    build,
+    deep_merge,
+    from_command_line,
+    leaf_type,
+    parse_overrides,
+    read_yaml,
+    schema_problems,
+)
 from dnasweep.config.train import TrainConfig, train_problems
 from dnasweep.data.config import DataConfig, check_data, known_shape
 from dnasweep.errors import ConfigError, Problem, field_problems, raise_if
@@ -104,7 +112,7 @@ def build_trial(data: dict, overrides: list[str] | None = None, source: str = "c
     schema = schema_problems(merged, TrialConfig, "")
     dropped = {q.key for q in schema}
     cfg: TrialConfig = build(TrialConfig, _without(merged, dropped))
-    raise_if(problems + schema + _rule_problems(cfg, dropped), source)
+    raise_if(from_command_line(problems + schema + _rule_problems(cfg, dropped), overrides), source)
     return cfg
 
 

@@ -94,7 +94,7 @@ class ModelConfig:
     n_classes: int = field(default=10, metadata=gt(0))  # vision: classes of the head
     pooling: Literal["mean", "cls"] = "mean"  # vision: mean of patches (paper) or a class token
     router_norm: bool = True  # layer-norm (no affine) the stream before each router (scale-free logits)
-    init_std: float = 0.02  # std of the normal weight init (GPT-2)
+    init_std: float = field(default=0.02, metadata=gt(0))  # std of the normal weight init (GPT-2)
     pool: PoolConfig = field(default_factory=PoolConfig)
     router: RouterConfig = field(default_factory=RouterConfig)
     balance: BalanceConfig = field(default_factory=BalanceConfig)

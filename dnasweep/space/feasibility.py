@@ -54,14 +54,24 @@ def _at(q: Param, v, point: dict, f) -> tuple[float | None, dict]:
     return y, cand
 
 
+def _values(q: Param) -> list:
+    """The values of `q` the descent tries: every choice; every value of an int range of at most
+    _INWARD values; else the range's ends. A parameter count need not be monotone in a dimension
+    (patch_size 1 can count more than 2, as the patch embedding grows while the positions shrink;
+    sizes that do not divide the image are invalid), so a short range is tried whole."""
+    if q.kind == "int" and q.high - q.low < _INWARD:
+        return list(range(int(q.low), int(q.high) + 1))
+    return q.ends()
+
+
 def _descend(params: list[Param], point: dict, f) -> tuple[float, dict]:
-    """Lower f(point) greedily, one dimension at a time over its extreme values, until no move helps.
-    f returns None at an invalid point, which is never moved to."""
+    """Lower f(point) greedily, one dimension at a time over its values (`_values`), until no move
+    helps. f returns None at an invalid point, which is never moved to."""
     best, moved = f(point), True
     while moved:
         moved = False
         for q in params:
-            for v in q.ends():
+            for v in _values(q):
                 y, cand = _at(q, v, point, f)
                 if y is not None and (best is None or y < best):
                     best, point, moved = y, cand, True
@@ -73,9 +83,15 @@ def _closest(c: Constraint, params: list[Param], base: TrialConfig) -> tuple[flo
     constraint on a STATIC metric); None when no corner is a valid combination."""
     from dnasweep.model import nominal
 
+    seen: dict[tuple, float | None] = {}  # by the values a trial gets: many points are the same trial
+
     def violation(point: dict) -> float | None:
-        cfg = try_apply(base, active_values(params, point))
-        return None if cfg is None else c.violation(STATIC[c.metric](nominal(cfg.model)))
+        values = active_values(params, point)
+        key = tuple((k, type(v), v) for k, v in values.items())
+        if key not in seen:
+            cfg = try_apply(base, values)
+            seen[key] = None if cfg is None else c.violation(STATIC[c.metric](nominal(cfg.model)))
+        return seen[key]
 
     scored = [(v, pt) for pt in corners(params) if (v := violation(pt)) is not None]
     if not scored:  # every corner invalid: start from the valid values nearest each one's int ends
@@ -85,9 +101,9 @@ def _closest(c: Constraint, params: list[Param], base: TrialConfig) -> tuple[flo
 
 def unsatisfiable(params: list[Param], constraints: list[Constraint], base: TrialConfig) -> list[Problem]:
     """Constraints on static metrics (STATIC) that no point of the space satisfies, so every
-    trial would be infeasible. Such a metric (a parameter count) moves one way along each
-    dimension, so its extremes lie at corners: the best corner is refined by a descent over the
-    dimensions, which matters when there are too many corners to try them all."""
+    trial would be infeasible. The best corner is refined by a descent over the dimensions, each
+    over every value of a short int range (a parameter count is not monotone in every dimension:
+    patch_size), which also matters when there are too many corners to try them all."""
     out = []
     for i, c in enumerate(constraints):
         found = _closest(c, params, base) if c.metric in STATIC else None

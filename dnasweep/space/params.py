@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from dnasweep.config import TrialConfig
-from dnasweep.config.load import did_you_mean, fits, type_name
+from dnasweep.config.load import did_you_mean, fits, interpolations, type_name
 from dnasweep.errors import Problem, type_hints
 
 SPEC_KEYS = ("choice", "int", "float", "log", "when")  # the keys of one search: entry
@@ -33,7 +33,9 @@ class Param:
 
     def active(self, values: dict) -> bool:
         """Whether this dimension is drawn, given the values drawn before it (file order)."""
-        return all(values.get(k) in v for k, v in self.when.items())
+        # A condition holds only on a drawn value: a parameter not drawn (its own when: false) takes
+        # none, whatever the list holds (`[null]` too)
+        return all(k in values and values[k] in v for k, v in self.when.items())
 
     def ends(self) -> list:
         """The extreme values of this dimension: every choice, or a range's two ends."""
@@ -61,8 +63,12 @@ def schema_paths(cls: Any = TrialConfig, prefix: str = "") -> list[str]:
 
 
 def _choice_fix(c: Any, typ: Any) -> str:
-    if isinstance(c, bool | type(None)) and fits(str(c), typ):
-        return f"quote it ('{str(c).lower() if c is not None else 'null'}') to pass the text"
+    # The file's spelling is gone once YAML has read it: a bare yes / on / true are all True
+    if isinstance(c, bool) and fits("x", typ):
+        words = "'true', 'yes' or 'on'" if c else "'false', 'no' or 'off'"
+        return f"quote the word you wrote ({words}: YAML reads each unquoted as {str(c).lower()}) to pass the text"
+    if c is None and fits("x", typ):
+        return "quote it ('null', or '~') to pass the text"
     if isinstance(c, str) and (fits(1.0, typ) or fits(1, typ)):
         return "write it as a YAML number (e.g. 1000.0, not '1e3')"
     return f"use values of type {type_name(typ)}"
@@ -74,6 +80,11 @@ def parse_param(path: str, spec: Any, p: list[Problem], design: list[Problem] | 
     design = p if design is None else design
     key = f"search.{path}"
     typ = field_type(path)
+    if typ is None and (example := _nested_path(path, spec)):
+        p.append(Problem(key, f"{path} is a section of the trial config, not a field: a search: entry is "
+                         "keyed by the dotted path of one field", f"write dotted paths, e.g. search: "
+                         f"{{{example}: {{choice: [...]}}}}, not nested mappings"))
+        return None
     if typ is None:
         p.append(Problem(key, "no such field in the trial config",
                          did_you_mean(path, schema_paths()) or "use a dotted path such as model.d_model"))
@@ -91,10 +102,25 @@ def parse_param(path: str, spec: Any, p: list[Problem], design: list[Problem] | 
                          "e.g. {float: [1e-4, 1e-2], log: true}"))
         return None
     kind, when = kinds[0], spec.get("when") or {}
+    if found := interpolations(spec.get(kind), f"{key}.{kind}"):  # a choice OmegaConf would resolve later
+        p += found
+        return None
     if not isinstance(when, dict):
         p.append(Problem(f"{key}.when", f"expected a mapping, got {type(when).__name__} {when!r}",
                          "map a searched parameter to its values, e.g. when: {model.router.type: [threshold]}"))
         when = {}
+    when = dict(when)  # (the file's own mapping stays as written)
+    for k, v in list(when.items()):
+        if isinstance(v, dict):  # when: {model: {router: {type: [...]}}}
+            example = _nested_path(str(k), v) or str(k)
+            p.append(Problem(f"{key}.when", f"condition on {k!r} is a nested mapping {v!r}: a condition is keyed "
+                             "by the dotted path of one searched parameter", f"write dotted paths, e.g. when: "
+                             f"{{{example}: [...]}}"))
+            del when[k]
+        elif v == []:  # never holds: the dimension would never be drawn
+            design.append(Problem(f"{key}.when", f"condition on {k!r} lists no values, so it never holds and {path} "
+                                  "is never searched", f"list the values of {k} under which {path} is searched, or "
+                                  "drop the condition"))
     when = {str(k): v if isinstance(v, list) else [v] for k, v in when.items()}
     if kind == "choice":
         choices = spec["choice"]
@@ -128,6 +154,22 @@ def parse_param(path: str, spec: Any, p: list[Problem], design: list[Problem] | 
     elif log and lo <= 0:
         p.append(Problem(f"{key}.log", f"log scale needs low > 0, got {lo}", "raise low, or use choice to include 0"))
     return Param(path, kind, low=lo, high=hi, log=log is True, when=when)
+
+
+def _nested_path(path: str, spec: Any) -> str:
+    """The dotted path of the first field that a nested mapping under `path` names, when `path` is a
+    section of the trial config ({model: {d_model: {...}}} -> model.d_model); "" when it is not."""
+    paths = schema_paths()
+    if not any(sp.startswith(f"{path}.") for sp in paths):
+        return ""
+    while isinstance(spec, dict) and spec and not set(map(str, spec)) & set(SPEC_KEYS):
+        k, spec = next(iter(spec.items()))
+        if not any(sp.startswith(f"{path}.{k}.") or sp == f"{path}.{k}" for sp in paths):  # a typo below
+            return (difflib.get_close_matches(f"{path}.{k}", paths, n=1) or [f"{path}.{k}"])[0]
+        path = f"{path}.{k}"
+        if field_type(path) is not None:
+            return path
+    return next(sp for sp in paths if sp.startswith(f"{path}."))
 
 
 def _range_problems(key: str, path: str, kind: str, typ: Any, lo: float, hi: float) -> list[Problem]:

@@ -17,8 +17,17 @@ from omegaconf import OmegaConf
 
 from dnasweep import metrics as M
 from dnasweep.config import TrialConfig, read_yaml
-from dnasweep.config.load import build, did_you_mean, schema_problems
-from dnasweep.config.sweep import ObjectiveConfig, SweepConfig, sweep_sections
+from dnasweep.config.load import (
+    build,
+    covers,
+    did_you_mean,
+    flatten,
+    from_command_line,
+    interpolations,
+    override_key,
+    schema_problems,
+)
+from dnasweep.config.sweep import SECTIONS, ObjectiveConfig, SweepConfig, sweep_sections
 from dnasweep.config.trial import planned_steps
 from dnasweep.data.sources import byte_level, get_source, source_names
 from dnasweep.errors import ConfigError, Problem, raise_if
@@ -156,6 +165,9 @@ def _objectives(raw: list, base: TrialConfig | None, searched, p: list[Problem],
 def _constraints(raw: list, base: TrialConfig | None, searched, p: list[Problem], reference: bool) -> list[Constraint]:
     out = []
     for i, c in enumerate(raw):
+        if found := interpolations(c, f"constraints[{i}]"):
+            p += found
+            continue
         m = _CONSTRAINT.match(str(c))
         if m and not _is_number(m.group(3)):  # the pattern admits '1e' or '.': float() would raise
             m = None
@@ -252,7 +264,13 @@ def _budget_problems(cfg, base: TrialConfig, bad: set[str], params: list[Param])
 def parse_space(data: dict, source: str, overrides: list[str] | None = None, smoke: bool = False,
                 check: bool = True) -> SearchSpace:
     """A SearchSpace from a file's dict; ConfigError listing every problem. `check=False` reads a
-    sweep's own space.json back without re-judging data paths and constraints (another machine)."""
+    sweep's own space.json back without re-judging data paths and constraints (another machine).
+    Without `smoke`, the file as --smoke reads it is checked too (`_smoke_problems`)."""
+    return _parse(data, source, overrides, smoke, check)
+
+
+def _parse(data: dict, source: str, overrides: list[str] | None, smoke: bool, check: bool,
+           feasibility: bool = True) -> SearchSpace:
     cfg, p = sweep_sections(data, source, overrides, smoke, check_base=check)
     base_ok = not any(q.key.startswith("base") for q in p)
     base = cfg.base if base_ok and check else None
@@ -269,12 +287,46 @@ def parse_space(data: dict, source: str, overrides: list[str] | None = None, smo
             ladder(base, cfg.reference.d_model, cfg.reference.dense_layers)
         except ConfigError as e:
             p += e.problems
-    if base is not None and not any(q.key.startswith(("search", "constraints")) for q in p):
+    if feasibility and base is not None and not any(q.key.startswith(("search", "constraints")) for q in p):
         p += unsatisfiable(params, constraints, base)
     if base is not None:
         p += _budget_problems(cfg, base, {q.key.split(".")[0] for q in p}, params)
+    p = _attributed(p, overrides or [], cfg.smoke if smoke else {})
+    if check and not smoke and cfg.smoke:
+        p += _smoke_problems(data, source, overrides, cfg.smoke, p)
     raise_if(p, source)
     return SearchSpace(source, cfg, params, constraints)
+
+
+def _attributed(p: list[Problem], overrides: list[str], overlay: dict) -> list[Problem]:
+    """Problems said where their value came from: a `key=value` override (the command line), or the
+    smoke: overlay (keyed smoke.KEY, as the file holds it); the rest are the file's own."""
+    cli, keys = [override_key(o) for o in overrides], list(flatten(overlay))
+    out = []
+    for q in p:
+        if not covers(q.key, keys) or covers(q.key, cli):
+            out.append(q)
+            continue
+        fix = q.fix  # a "did you mean" of a section or a base key is in the overlay too
+        if fix.startswith("did you mean ") and fix[len("did you mean "):].split(".")[0].rstrip("?") in SECTIONS:
+            fix = fix.replace("did you mean ", "did you mean smoke.", 1)
+        out.append(Problem(f"smoke.{q.key}", q.message, fix))
+    return from_command_line(out, overrides)
+
+
+def _smoke_problems(data: dict, source: str, overrides: list[str] | None, overlay: dict,
+                    seen: list[Problem]) -> list[Problem]:
+    """The file as --smoke reads it, checked on every read: a mistake in the smoke: overlay is found by
+    `validate` and `run`, not first by a smoke run. Its problems that the file without it lacks. The
+    constraints are judged again only when the overlay changes what they depend on (the slow check)."""
+    moves = any(covers(k, list(flatten(overlay))) for k in ("search", "constraints", "base.model"))
+    try:
+        _parse(data, source, overrides, smoke=True, check=True, feasibility=moves)
+    except ConfigError as e:
+        return [q if q.key.startswith("smoke") else
+                Problem(q.key, f"{q.message} (with the smoke: overlay applied, as --smoke runs it)", q.fix)
+                for q in e.problems if q not in seen]
+    return []
 
 
 def load_space(path: str, overrides: list[str] | None = None, smoke: bool = False) -> SearchSpace:

@@ -63,10 +63,14 @@ def exists(directory: str) -> bool:
 
 
 # The keys a run may change and still continue from its checkpoint: the budget (how far to train;
-# more train.max_steps extends a run) and out_dir (a moved directory). Any other key changes what is
-# trained or measured (lr, data, model, batch, seed, ...): resuming with it would report one run's
-# weights under another run's config, so `check_resumable` refuses it.
-RESUMABLE_CHANGES = ("train.max_steps", "train.max_tokens", "train.time_limit_s", "out_dir")
+# more train.max_steps extends a run), out_dir (a moved directory), and when the loop writes rows
+# and checkpoints (train.log_every, train.checkpoint_every: neither touches the weights, the batches
+# or the RNG, so the resumed run trains exactly as before). Any other key changes what is trained or
+# measured (lr, data, model, batch, seed, device: auto may mean another device and precision, ...):
+# resuming with it would report one run's weights under another run's config, so `check_resumable`
+# refuses it.
+RESUMABLE_CHANGES = ("train.max_steps", "train.max_tokens", "train.time_limit_s", "out_dir", "train.log_every",
+                     "train.checkpoint_every")
 _MISSING = object()
 
 
