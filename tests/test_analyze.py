@@ -50,6 +50,7 @@ def test_per_token_flops_add_up_to_the_models_own_accounting(task):
     assert flops_BL.std() > 0  # tokens differ in what they spend
 
 
+@pytest.mark.slow  # trains, then analyses (~10 s each)
 @pytest.mark.parametrize("task", ["lm", "vision"])
 def test_analyze_trained_trial_end_to_end(task, tmp_path):
     over = LM if task == "lm" else VIT
@@ -83,6 +84,7 @@ def test_analyze_trained_trial_end_to_end(task, tmp_path):
     assert (fit["reason"] is None and fit["alpha"] > 0) or ("path" in fit["reason"] and fit["alpha"] is None)
 
 
+@pytest.mark.slow  # dnasweep processes (~2 s)
 def test_analyze_refuses_a_directory_without_a_trial(tmp_path):
     r = subprocess.run([sys.executable, "-m", "dnasweep.cli", "analyze", str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 2 and "holds no trained trial" in r.stderr

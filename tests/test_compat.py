@@ -24,6 +24,7 @@ def test_no_other_module_reaches_into_ray_or_optuna_internals():
     assert not offenders, offenders
 
 
+@pytest.mark.slow  # imports Ray Tune in a process (~3 s)
 def test_tune_usage_tag_counts_callbacks_as_tune_does_without_importing_mlflow():
     """Tune's own tag_callbacks imports all of MLflow before the first trial starts; the replacement
     records the same counts and imports none of it (run in a fresh process: the suite imports mlflow)."""

@@ -88,12 +88,8 @@ def test_shipped_spaces_cover_the_routers():
     assert {"topk", "hash", "expert_choice"} <= routers
 
 
-def _quick_first(pairs):
-    """The LM top-k case in the quick tier; the rest (about 10 s each on 2 CPU cores) are slow."""
-    return [pytest.param(t, r, marks=() if (t, r) == ("lm", "topk") else pytest.mark.slow) for t, r in pairs]
-
-
-@pytest.mark.parametrize("task,router", _quick_first(shipped_routers()))
+@pytest.mark.slow  # the first pays for Dynamo's warm-up (~9 s on 2 CPU cores), the rest ~1-10 s each
+@pytest.mark.parametrize("task,router", shipped_routers())
 def test_fullgraph_trace_matches_eager(task, router):
     """Dynamo captures forward (fullgraph: no graph break, so no host sync) and AOT autograd the
     backward; aot_eager runs those graphs without inductor's slow CPU code generation."""
@@ -143,6 +139,7 @@ def test_static_capacity_drops_are_counted_and_adapted_away():
     assert (again.logits - exact.logits).abs().max() < 1e-5
 
 
+@pytest.mark.slow  # compiles (~4 s)
 def test_eager_cpu_is_exact_and_static_is_chosen_under_compile():
     model, x, _ = _model_and_batch("lm", "topk")
     model.capacity_mode = "auto"

@@ -54,6 +54,7 @@ def test_shipped_spaces_sample_no_invalid_point(path, capsys):
     assert "0 invalid" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # samples a few hundred points (~2.5 s)
 def test_an_invalid_combination_in_a_space_is_found_by_sampling(tmp_path, capsys):
     # lm.yaml without its when: on identity_bias samples hash + identity_bias (invalid) ~10% of the time
     with open("search_spaces/lm.yaml") as f:

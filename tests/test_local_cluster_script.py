@@ -60,6 +60,7 @@ def _env(tmp_path, **kw):
     return env
 
 
+@pytest.mark.slow  # runs the script (~2 s)
 def test_a_port_lost_to_another_process_during_start_fails_and_stops_the_rest(tmp_path):
     fake = tmp_path / "ray"
     fake.write_text(FAKE_RAY.format(python=sys.executable))
@@ -99,6 +100,7 @@ def test_a_port_set_by_the_user_that_is_taken_is_refused_before_anything_starts(
     assert not (tmp_path / "token").exists() and not (tmp_path / "c").exists()
 
 
+@pytest.mark.slow  # runs the script (~2 s)
 def test_token_created_by_the_script_is_private(tmp_path):
     """Both ways the script makes a token: in the file RAY_AUTH_TOKEN_PATH names, and in
     ~/.ray/auth_token through `ray get-auth-token --generate` (which alone would write it 0644)."""

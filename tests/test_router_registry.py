@@ -119,6 +119,7 @@ PLUGIN = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow  # dnasweep processes with plugins (~5 s)
 def test_cli_loads_plugins(tmp_path):
     plugins = tmp_path / "plugins"
     plugins.mkdir()

@@ -67,6 +67,7 @@ def test_steps_buffered_by_a_killed_driver_come_back_from_metrics_jsonl(tmp_path
     assert json.loads((sweep / "tracking.json").read_text())["uri"] is None  # default store: not pinned
 
 
+@pytest.mark.slow  # two MLflow stores (~3 s)
 def test_resume_against_a_store_without_the_runs_recreates_them(tmp_path):
     """A lost head took its MLflow server's database: the resumed sweep's new store gets a parent
     run and, from the trial directories, the runs of the trials that had already ended."""
@@ -106,6 +107,7 @@ def _schema(db) -> tuple:
     return tables, revision
 
 
+@pytest.mark.slow  # builds the MLflow schema (~3 s)
 def test_a_new_sweep_store_is_a_copy_of_the_cached_empty_store(tmp_path, monkeypatch):
     """A sweep's own SQLite store starts as a copy of an empty store MLflow built once (its schema
     migrations cost ~1.6 s per sweep start): same schema as one MLflow builds itself, the Default
@@ -248,6 +250,7 @@ def test_the_sweep_files_are_written_when_the_store_is_down_at_the_end(tmp_path,
     assert {"pareto_front.csv", "trials.csv", "pareto.png", "pareto.html", "hypervolume.png"} <= written, written
 
 
+@pytest.mark.slow  # two MLflow stores (~3 s)
 def test_a_sweep_moved_to_a_new_store_recreates_its_pruned_and_failed_trials_too(tmp_path):
     """Resumed against a store without its runs (a new server after a lost head), the sweep rebuilt
     only trials with a result.json: pruned, invalid and errored trials write none, and silently got

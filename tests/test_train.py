@@ -118,6 +118,7 @@ def _cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "dnasweep.cli", *args], capture_output=True, text=True, cwd=cwd)
 
 
+@pytest.mark.slow  # four dnasweep processes (~8 s)
 def test_cli_train_json_and_exit_codes(tmp_path):
     r = _cli("train", "search_spaces/lm.yaml", *TINY, "train.max_steps=3", "train.eval_every=3",
              f"out_dir={tmp_path}", "--json", "--quiet")
@@ -151,6 +152,7 @@ def test_shipped_configs_validate_and_smoke_train(space, tmp_path):
     assert run_trial(cfg).status == "completed"
 
 
+@pytest.mark.slow  # trains to a time limit (~2.5 s)
 def test_time_limit_ends_with_eval_and_checkpoint(tmp_path):
     cfg = build_trial({}, [*TINY, "train.max_steps=100000", "train.time_limit_s=2", "train.eval_every=100000",
                            f"out_dir={tmp_path}"])
@@ -160,6 +162,7 @@ def test_time_limit_ends_with_eval_and_checkpoint(tmp_path):
     assert (tmp_path / "checkpoint" / "state.pt").exists()
 
 
+@pytest.mark.slow  # trains past a time limit (~3 s)
 def test_time_limit_counts_training_time_as_resume_does(tmp_path, monkeypatch):
     """The limit stopped on wall-clock time (evaluations included) while resume judged a run done by
     its training time: a run stopped by the limit trained on when run again, its result replaced."""
@@ -204,6 +207,7 @@ def test_routing_feedback_sees_every_micro_batch_of_a_step(tmp_path, monkeypatch
     assert len(one) == len(two) == 2 and two == [2 * v for v in one]  # every token of the step, counted once
 
 
+@pytest.mark.slow  # trains twice (~2.5 s)
 def test_throughput_leaves_out_the_warm_up_steps_of_each_start(tmp_path, monkeypatch):
     """perf/tokens_per_s (and MFU, compare/speed_gain from it) divided by all training time: under
     train.compile the first step's compilation (43 s against 0.28 s steps) read as 311 tokens/s
