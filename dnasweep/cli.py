@@ -73,6 +73,11 @@ def _run(args: argparse.Namespace) -> int:
 
     from dnasweep.space import load_space
 
+    if args.resume and not args.name:  # the name would be SPACE-DATE-TIME: a new sweep, not the one meant
+        raise ConfigError([Problem("--resume", "needs --name: without it the sweep is named SPACE-DATE-TIME, a new "
+                                   "sweep, and nothing is resumed",
+                                   f"dnasweep resume NAME (the names: dnasweep ls --root {args.root}), or add "
+                                   "--name NAME")], "run")
     space = load_space(args.space, list(args.overrides), smoke=args.smoke)
     stem = os.path.splitext(os.path.basename(args.space))[0]
     name = args.name or f"{stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
@@ -81,6 +86,7 @@ def _run(args: argparse.Namespace) -> int:
 
     sweep_dir = os.path.join(args.root, name)
     if args.resume and is_sweep_dir(sweep_dir):
+        _same_storage(sweep_dir, args.storage)
         _same_space(sweep_dir, space)
         print(f"resuming {sweep_dir} with the space it was started with", file=sys.stderr)
         return _resume_in(sweep_dir, args)
@@ -103,6 +109,23 @@ def _same_space(sweep_dir: str, space) -> None:
         raise ConfigError([Problem(k, f"is {new.get(k)!r} here but {old.get(k)!r} in the sweep: resuming goes on "
                                    "with the sweep's", "drop the change (or --smoke), or start another sweep: --name")
                            for k in differ], f"run --resume {sweep_dir}")
+
+
+def _same_storage(sweep_dir: str, given: str | None) -> None:
+    """ConfigError when `run --resume` is given a storage (--storage or $DNASWEEP_STORAGE) other than
+    the one the sweep was started with: resuming keeps the sweep where it is, and would ignore it."""
+    from dnasweep.sweep.storage import SETTINGS
+    from dnasweep.sweep.study import read_json
+
+    env = "" if given else " (from $DNASWEEP_STORAGE)"
+    given = given or os.environ.get("DNASWEEP_STORAGE") or None
+    saved = (read_json(os.path.join(sweep_dir, SETTINGS)) or {}).get("storage")
+    if given and given.rstrip("/") != (saved or "").rstrip("/"):
+        was = f"--storage {saved}" if saved else f"no --storage (it is kept in {sweep_dir} only)"
+        raise ConfigError([Problem("--storage", f"is {given!r}{env}, but the sweep was started with {was}: "
+                                   "resuming goes on where the sweep is kept",
+                                   ("unset DNASWEEP_STORAGE" if env else "drop --storage") + " to resume it there, "
+                                   "or start another sweep with another --name")], f"run --resume {sweep_dir}")
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -139,19 +162,28 @@ def _sweep_arg(arg: str, root: str) -> str:
 
 
 def _finish(go, sweep_dir: str, args: argparse.Namespace) -> int:
-    """Run a sweep; print its front, or how to continue it when it was stopped (exit 130)."""
+    """Run a sweep; print its front (exit 1 when no trial completed), or how to continue it when it
+    was stopped (exit 130)."""
     from dnasweep.sweep.cluster import library_output
-    from dnasweep.sweep.study import format_front, read_space
+    from dnasweep.sweep.study import format_front, is_sweep_dir, read_space
 
     library_output(args.verbose)
     try:
         result = go()
     except KeyboardInterrupt:  # a second Ctrl-C: Ray Tune's last saved state is still there
-        print(f"\ninterrupted; continue with: dnasweep resume {sweep_dir}", file=sys.stderr)
+        if "://" in sweep_dir or is_sweep_dir(sweep_dir):  # `resume` of a sweep in object storage: its URI
+            print(f"\ninterrupted; continue with: dnasweep resume {sweep_dir}", file=sys.stderr)
+        else:  # stopped before the sweep's study existed (the runner removes what it had written)
+            print(f"\ninterrupted before the sweep started: nothing was created in {sweep_dir}; run the same "
+                  "command again", file=sys.stderr)
         return 130
     if result.interrupted:
         return 130  # the runner printed the resume command
     print(format_front(result, read_space(result.sweep_dir)))
+    if result.n_complete == 0:  # nothing to show: a sweep, not a result
+        print(f"error: no trial completed ({result.n_failed} failed, {result.n_pruned} pruned): see each trial's "
+              "fail_reason in MLflow or SWEEP/trials/ID/attempts.log", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -217,8 +249,12 @@ def _ls(args: argparse.Namespace) -> int:
             print(f"{r['name']:<40} unreadable: {r['unreadable']} (was the directory renamed? its Optuna study "
                   "keeps the name it was started with)")
             continue
+        # Optuna trials stay RUNNING when the driver stops: a live sweep's and a stopped one's look alike,
+        # unless the runner marked the sweep stopped (Ctrl-C, SIGTERM; a SIGKILL marks nothing)
+        state = ("running" if not r["running"] else "stopped (resume to continue)" if r.get("stopped_at")
+                 else "running or stopped")
         print(f"{r['name']:<40} {r['complete']:>4}/{r['budget']} complete  {r['pruned']:>3} pruned  "
-              f"{r['failed']:>3} failed  {r['running']:>3} running"
+              f"{r['failed']:>3} failed  {r['running']:>3} {state}"
               + (f"  {r['abandoned']} abandoned" if r["abandoned"] else ""))
     return 0
 
@@ -256,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--smoke", action="store_true", help="apply the file's smoke: overlay (fast CPU run)")
     r.add_argument("--name", help="sweep name (default: SPACE-DATE-TIME)")
     r.add_argument("--root", default="runs/sweeps", help="directory holding sweep directories")
-    r.add_argument("--resume", action="store_true", help="if sweep --name exists, continue it instead of refusing")
+    r.add_argument("--resume", action="store_true", help="if sweep --name exists, continue it instead of refusing "
+                   "(needs --name)")
     r.add_argument("--storage", help="object store that keeps the sweep for multi-node runs, e.g. s3://BUCKET/sweeps "
                    "(default: $DNASWEEP_STORAGE, else ROOT only)")
     _cluster_flags(r)

@@ -108,9 +108,15 @@ class ResourcesConfig:
     custom: dict[str, float] = field(default_factory=dict)  # custom Ray resources, e.g. {a100: 1}: pins trials
 
     def problems(self) -> list[Problem]:
-        return [] if all(v > 0 for v in self.custom.values()) else [Problem(
+        out = [] if all(v > 0 for v in self.custom.values()) else [Problem(
             "resources.custom", f"must map Ray resource names to amounts > 0, got {self.custom!r}",
             'e.g. custom: {a100: 1} for nodes started with --resources=\'{"a100": 1}\'')]
+        if isinstance(self.gpu, int | float) and self.gpu > 1 and self.gpu != int(self.gpu):
+            # Ray shares a GPU between trials (a fraction <= 1), never splits one across trials above 1
+            out.append(Problem("resources.gpu", f"must be at most 1 or a whole number, got {self.gpu:g}: Ray "
+                               "allocates fractions of one GPU only", f"use {int(self.gpu)} or {int(self.gpu) + 1}, "
+                               "or a fraction <= 1 (0.25 packs four trials per GPU)"))
+        return out
 
 
 @dataclass

@@ -10,6 +10,7 @@ import time
 from ray.tune import Callback
 
 from dnasweep.space import SearchSpace
+from dnasweep.sweep import budget
 
 
 def _why(trial) -> str:
@@ -66,11 +67,11 @@ class Progress(Callback):
             self.seen[trial.trial_id] = max(int(step), self.seen.get(trial.trial_id, 0))
 
     def _spent(self, trial) -> int:
-        """Steps a finished trial spent, as the budget counts them: its rung if pruned, else the last
-        step it reported (a failed trial's last report, its reason, carries none)."""
+        """Steps a finished trial spent, as the searcher books them: the last step it reported (a
+        failed trial's last report, its reason, carries none), and at least its rung if pruned."""
         step = (getattr(trial, "last_result", None) or {}).get("step")
-        return self.pruned.get(trial.trial_id, max(int(step) if isinstance(step, int | float) else 0,
-                                                   self.seen.pop(trial.trial_id, 0)))
+        last = max(int(step) if isinstance(step, int | float) else 0, self.seen.pop(trial.trial_id, 0))
+        return max(self.pruned[trial.trial_id], last) if trial.trial_id in self.pruned else last
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.running.discard(trial.trial_id)
@@ -83,16 +84,25 @@ class Progress(Callback):
             self.n_pruned += 1
             self.log(f"{self._head()}  PRUNED {trial.trial_id} at step {self.pruned[trial.trial_id]}: "
                      "outside the top of its rung")
-        elif all(isinstance(v, int | float) and math.isfinite(v) for v in objs):
-            self.done += 1
-            shown = ", ".join(f"{o.metric}={v:.4g}" for o, v in zip(self.space.objectives, objs, strict=True))
-            self.log(f"{self._head()}  done  {trial.trial_id}: {shown}")
-        else:
+        elif not all(isinstance(v, int | float) and math.isfinite(v) for v in objs):
             self.failed += 1
             why = res.get("reason") or "no finite objectives"
             self.log(f"{self._head()}  FAIL  {trial.trial_id} ({res.get('status', 'failed')}): {why}")
-
+        elif short := self._short(trial, res):  # FAIL in Optuna and in MLflow too: the same rule
+            self.failed += 1
+            self.log(f"{self._head()}  FAIL  {trial.trial_id} (time_limit): {short}")
+        else:
+            self.done += 1
+            shown = ", ".join(f"{o.metric}={v:.4g}" for o, v in zip(self.space.objectives, objs, strict=True))
+            self.log(f"{self._head()}  done  {trial.trial_id}: {shown}")
         self._draining()
+
+    def _short(self, trial, res: dict) -> str | None:
+        """Why a scored trial stopped short of its planned steps (train.time_limit_s), None when it
+        trained them all: budget.short_of_plan on its sampled values, as the searcher and tracker judge."""
+        cfg = getattr(trial, "config", None) or {}
+        values = {p.path: cfg[p.path] for p in self.space.params if p.path in cfg}
+        return budget.short_of_plan(self.space, values, res)
 
     def _replayed(self, trial) -> bool:
         """A trial counted before this run (in `before`) ended again: said, not counted twice."""

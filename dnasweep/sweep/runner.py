@@ -26,6 +26,7 @@ import warnings
 from dnasweep.errors import ConfigError, Problem
 from dnasweep.space import SearchSpace
 from dnasweep.sweep.study import (
+    STOPPED,
     SweepResult,
     counts,
     is_sweep_dir,
@@ -60,11 +61,17 @@ def run_sweep(space: SearchSpace, name: str, root: str = "runs/sweeps", address:
         raise ConfigError([Problem("--storage", f"{storage!r} is not a URI", "use s3://BUCKET/PREFIX or gs://...; "
                                    "for a shared filesystem (NFS) pass it as --root instead")], "run")
     store = open_store(sweep_dir, storage)
-    if os.path.exists(sweep_dir) or (store.uri and store.exists("space.json")):
-        where = sweep_dir + (f" / {store.uri}" if store.uri else "")
+    if is_sweep_dir(sweep_dir) or (store.uri and store.exists("space.json")):
+        # `run --resume` comes here only when ROOT/NAME is not a sweep: --resume alone cannot continue it
+        local = is_sweep_dir(sweep_dir)
+        where = (sweep_dir if local else "") + (" / " if local and store.uri else "") + (store.uri or "")
         raise ConfigError([Problem("--name", f"a sweep named {name!r} already exists ({where})",
-                                   f"continue it with: dnasweep resume {store.where} "
-                                   "(or add --resume), or pick another --name")], "run")
+                                   f"continue it with: dnasweep resume {store.where if local else store.uri}"
+                                   + (" (or add --resume)" if local else "") + ", or pick another --name")], "run")
+    if os.path.exists(sweep_dir):
+        raise ConfigError([Problem("--name", f"{sweep_dir} already exists and is not a sweep (no optuna.log / "
+                                   "space.json): neither dnasweep resume nor --resume can continue it",
+                                   f"pick another --name, or move {sweep_dir} away")], "run")
     uri = resolve_uri(tracking_uri, sweep_dir, space)
     check_reachable(uri, "run")  # before anything is created
     for w in space_warnings(space):
@@ -74,14 +81,33 @@ def run_sweep(space: SearchSpace, name: str, root: str = "runs/sweeps", address:
         check_shared(root)
     import optuna  # noqa: F401 - imported before the sweep's files, so the journal follows them at once
 
-    os.makedirs(os.path.join(sweep_dir, "trials"))
-    with open(os.path.join(sweep_dir, "space.json"), "w") as f:
-        json.dump(space.to_dict(), f, indent=1)
-    with open(os.path.join(sweep_dir, SETTINGS), "w") as f:
-        json.dump({"storage": storage}, f)
-    _create_study(space, name, sweep_dir)  # a resumable sweep from here on (a Ctrl-C now leaves one)
+    os.makedirs(sweep_dir)  # raises if it exists: from here on, a directory this run created
+    try:
+        os.mkdir(os.path.join(sweep_dir, "trials"))
+        with open(os.path.join(sweep_dir, "space.json"), "w") as f:
+            json.dump(space.to_dict(), f, indent=1)
+        with open(os.path.join(sweep_dir, SETTINGS), "w") as f:
+            json.dump({"storage": storage}, f)
+        _create_study(space, name, sweep_dir)  # a resumable sweep from here on (a Ctrl-C now leaves one)
+    except BaseException:  # Ctrl-C (or a failure) before the study: no sweep yet, nor a name to take
+        _remove_unstarted(sweep_dir)
+        raise
     store.mirror()  # the store holds a resumable sweep from the start, not only after the first trial
     return _drive(space, name, store, uri, log, analyze, resume=False, root=root)
+
+
+def _remove_unstarted(sweep_dir: str) -> None:
+    """Remove the directory run_sweep has just created, stopped before its Optuna study existed: the
+    files run_sweep writes there first, and an empty trials/. Anything else in it (a trial's
+    results), it is kept."""
+    import shutil
+
+    from dnasweep.sweep.storage import SETTINGS
+
+    trials = os.path.join(sweep_dir, "trials")
+    ours = {"trials", "space.json", SETTINGS, "optuna.log"}  # optuna.log: a journal being created, no trial in it
+    if set(os.listdir(sweep_dir)) <= ours and not (os.path.isdir(trials) and os.listdir(trials)):
+        shutil.rmtree(sweep_dir)
 
 
 def resume_sweep(sweep_dir: str, address: str | None = None, log=print, tracking_uri: str | None = None,
@@ -178,7 +204,7 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
         study.set_metric_names([o.metric for o in space.objectives])
     for k, v in {"space_file": space.source, "objectives": [f"{o.mode} {o.metric}" for o in space.objectives],
                  "constraints": space.config.constraints, "sampler": vars(space.sampler),
-                 "budget": vars(space.budget)}.items():
+                 "budget": vars(space.budget), STOPPED: None}.items():  # running again: not stopped
         study.set_user_attr(k, v)
     finished = {t.user_attrs["ray_trial_id"]: (t.state.name, t.user_attrs) for t in study.get_trials(deepcopy=False)
                 if t.state.is_finished() and "ray_trial_id" in t.user_attrs}
@@ -248,6 +274,9 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
     study = optuna.load_study(study_name=name, storage=storage)
     if budget.left(study, space):
         tracker.suspend()
+        # its RUNNING Optuna trials stay RUNNING: `dnasweep ls` reads this to call them stopped (cleared
+        # by the next run; a SIGKILLed driver sets nothing)
+        study.set_user_attr(STOPPED, time.strftime("%Y-%m-%d %H:%M:%S"))
         store.mirror()
         log(f"sweep {name} stopped at {budget.finished(study)}/{space.budget.trials} finished trials; its "
             f"state is saved. Continue it with:\n  dnasweep resume {store.where}")

@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # annotations only: `dnasweep ls` reads journals and needs no
     from dnasweep.space import SearchSpace
 
 ABANDONED = "abandoned"  # Optuna user attr: lost with a killed driver; FAIL in Optuna, not a failed trial
+STOPPED = "stopped_at"  # Optuna study user attr: when Ctrl-C / SIGTERM stopped the driver (None: run since)
 
 
 @dataclass
@@ -31,6 +32,8 @@ class SweepResult:
     n_abandoned: int = 0  # Optuna trials lost with a killed driver (re-sampled by the resumed sweep)
     n_pruned: int = 0  # trials MO-ASHA stopped at a rung (PRUNED in Optuna, never on the front)
     reference: list[dict] = field(default_factory=list)  # the dense ladder's rungs (sweep/reference.py)
+    n_infeasible: int = 0  # complete trials that break a constraint (never on the front)
+    infeasible: dict[str, int] = field(default_factory=dict)  # constraint -> complete trials breaking it
 
 
 def is_sweep_dir(d: str) -> bool:
@@ -146,7 +149,21 @@ def result_of(study, space: SearchSpace, sweep_dir: str, **kw) -> SweepResult:
     from dnasweep.sweep.reference import read
 
     return SweepResult(os.path.abspath(sweep_dir), c["complete"], c["failed"], pareto_front(study, space, sweep_dir),
-                       n_abandoned=c["abandoned"], n_pruned=c["pruned"], reference=read(sweep_dir), **kw)
+                       n_abandoned=c["abandoned"], n_pruned=c["pruned"], reference=read(sweep_dir),
+                       **_infeasible(study), **kw)
+
+
+def _infeasible(study) -> dict:
+    """Complete trials that break a constraint (Optuna's constraint value > 0), in all and by constraint."""
+    from optuna.trial import TrialState
+
+    broken = [[k for k, v in t.constraints.items() if v > 0]
+              for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    by: dict[str, int] = {}
+    for keys in broken:
+        for k in keys:
+            by[k] = by.get(k, 0) + 1
+    return {"n_infeasible": sum(bool(keys) for keys in broken), "infeasible": by}
 
 
 def load_sweep(sweep_dir: str) -> tuple[SweepResult, SearchSpace]:
@@ -167,7 +184,7 @@ def list_sweeps(root: str) -> list[dict]:
             study = open_study(d)
             with open(os.path.join(d, "space.json")) as f:
                 budget = json.load(f).get("config", {}).get("budget", {}).get("trials", "?")
-            rows.append({"name": name, "budget": budget, **counts(study)})
+            rows.append({"name": name, "budget": budget, **counts(study), STOPPED: study.user_attrs.get(STOPPED)})
         except Exception as e:  # noqa: BLE001 - Optuna raises KeyError for a missing study
             rows.append({"name": name, "unreadable": f"{type(e).__name__}: {e}"[:200]})
     return rows
@@ -212,15 +229,21 @@ def format_front(result: SweepResult, space: SearchSpace, wide: bool = False) ->
     head = [names[h] for h in head]
     lost = f", {result.n_abandoned} abandoned by a killed driver" if result.n_abandoned else ""
     pruned = f"{result.n_pruned} pruned (never on the front), " if result.n_pruned else ""
-    out = [f"Pareto front ({len(front)} of {result.n_complete} complete trials; {pruned}{result.n_failed} failed"
-           f"{lost}):",
+    infeasible = (f", {result.n_infeasible} infeasible (constraint "
+                  + ", ".join(f"{k} broken by {n}" for k, n in result.infeasible.items()) + ")"
+                  if result.n_infeasible else "")
+    out = [f"Pareto front ({len(front)} of {result.n_complete} complete trials{infeasible}; {pruned}"
+           f"{result.n_failed} failed{lost}):",
            *_table(head, cells)]
     legend = [f"{n}={h}" for h, n in names.items() if n != h]
     if legend:
         import textwrap
 
         out += textwrap.wrap("columns: " + ", ".join(legend), 100, subsequent_indent="  ")
-    if not wide and len(params) < len(space.params):
+    if not front:  # nothing is "the same on the whole front" of an empty front
+        out.append("(no trial on the front: " + ("every complete trial breaks a constraint)" if result.n_complete
+                                                 else "no trial completed)"))
+    elif not wide and len(params) < len(space.params):
         same = [p.split(".")[-1] for p in (q.path for q in space.params) if p not in params]
         out.append(f"(same on the whole front, or not sampled: {', '.join(same)}; --wide shows every column)")
     if result.reference:
