@@ -207,7 +207,8 @@ def _analyze(args: argparse.Namespace) -> int:
         else:
             sweep = parent if is_sweep(parent) else os.path.dirname(parent)
             dirs = [trial_dir(sweep, os.path.basename(target))]
-        for r in analyze_in_sweep(sweep, dirs, max_examples=args.examples, uri=args.tracking_uri):
+        for r in analyze_in_sweep(sweep, dirs, max_examples=args.examples, uri=args.tracking_uri, out_dir=args.out,
+                                  device=args.device):
             print(r["summary"]["text"], "\n")
         return 0
     from dnasweep.analyze.trial import analyze_trial
@@ -309,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("target", help="trial directory, SWEEP/TRIAL (Ray id or Optuna number), or a sweep (its front); "
                    "SWEEP may be a name under --root")
     a.add_argument("--root", default="runs/sweeps", help="directory holding sweep directories")
-    a.add_argument("--out", help="report directory for a single trial (default: TARGET/analysis)")
+    a.add_argument("--out", help="report directory (default: TRIAL/analysis; for a sweep's front, OUT/ID each)")
     a.add_argument("--examples", type=int, help="held-out sequences / images to run (default: 256 / all)")
     a.add_argument("--device", default="cpu", help="cpu or cuda")
     a.add_argument("--tracking-uri", help="MLflow store of a sweep (default: $MLFLOW_TRACKING_URI, else the one the "

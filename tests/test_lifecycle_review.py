@@ -5,6 +5,7 @@ with no complete trial exits 1, `run --resume` refuses what it would ignore (ano
 share above 1 must be whole."""
 
 import json
+import os
 
 import pytest
 import yaml
@@ -250,3 +251,32 @@ def test_a_gpu_share_above_one_must_be_whole(gpu, ok):
         parse_space(space, "s.yaml")
     (p,) = [q for q in e.value.problems if q.key == "resources.gpu"]
     assert "whole number" in p.message and str(int(gpu)) in p.fix
+
+
+@pytest.mark.parametrize("which", ["one", "front"])
+def test_analyze_in_a_sweep_honours_out_and_device(tmp_path, monkeypatch, which):
+    # `dnasweep analyze SWEEP/TRIAL --out X --device D` wrote to TRIAL/analysis on the CPU, silently
+    from dnasweep.analyze import trial as trial_mod
+    from dnasweep.cli import main
+    from dnasweep.sweep import analysis
+
+    sweep = tmp_path / "sw"
+    for tid in ("t1", "t2"):
+        (sweep / "trials" / tid).mkdir(parents=True)
+    (sweep / "optuna.log").write_text("")
+    (sweep / "space.json").write_text("{}")
+    calls = []
+
+    def fake(path, out_dir=None, max_examples=None, device="cpu"):
+        calls.append((os.path.basename(path), out_dir, device))
+        return {"text": "ok"}, out_dir or os.path.join(path, "analysis")
+
+    monkeypatch.setattr(trial_mod, "analyze_trial", fake)
+    monkeypatch.setattr(analysis, "_mlflow_run", lambda *a: (None, None))
+    monkeypatch.setattr(analysis, "front_dirs", lambda s: [str(sweep / "trials" / t) for t in ("t1", "t2")])
+    target = str(sweep / "trials" / "t1") if which == "one" else str(sweep)
+    assert main(["analyze", target, "--out", str(tmp_path / "rep"), "--device", "cuda"]) == 0
+    if which == "one":
+        assert calls == [("t1", str(tmp_path / "rep"), "cuda")]
+    else:
+        assert calls == [(t, str(tmp_path / "rep" / t), "cuda") for t in ("t1", "t2")]

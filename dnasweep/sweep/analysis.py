@@ -46,14 +46,16 @@ def _mlflow_run(sweep_dir: str, ray_trial_id: str, uri: str | None):
 
 
 def analyze_in_sweep(sweep_dir: str, trial_dirs: list[str], log=print, uri: str | None = None,
-                     max_examples: int | None = None) -> list[dict]:
-    """Report on each trial directory of the sweep and log the files to its MLflow run."""
+                     max_examples: int | None = None, out_dir: str | None = None, device: str = "cpu") -> list[dict]:
+    """Report on each trial directory of the sweep and log the files to its MLflow run. Reports go to
+    TRIAL/analysis, or with `out_dir` to OUT (one trial) or OUT/ID (several)."""
     from dnasweep.analyze.trial import analyze_trial
 
     out = []
     for d in trial_dirs:
         ray_id = os.path.basename(os.path.normpath(d))
-        summary, report_dir = analyze_trial(d, max_examples=max_examples)
+        where = None if out_dir is None else out_dir if len(trial_dirs) == 1 else os.path.join(out_dir, ray_id)
+        summary, report_dir = analyze_trial(d, where, max_examples, device)
         client, run_id = _mlflow_run(sweep_dir, ray_id, uri)
         if client is not None:
             client.log_artifacts(run_id, report_dir, artifact_path="analysis")
