@@ -271,3 +271,27 @@ def test_a_trial_restarted_without_its_scratch_continues_from_the_store(ray_clus
         assert kept == list(range(len(kept))) and (not d.name.startswith("trial_") or len(kept) >= 2), (d, kept)
     pointers = [os.path.join(r, f) for r, _, fs in os.walk(bucket / name / "tune") for f in fs if f == POINTER]
     assert pointers
+
+
+def test_a_file_put_to_a_filesystem_store_replaces_it_whole(tmp_path, monkeypatch):
+    # The journal is mirrored at every ask: a copy written in place left it empty for a moment, and a
+    # head lost then (or a reader then) found no study in it
+    import pyarrow.fs as pafs
+
+    store = ObjectStore(str(tmp_path / "head" / "sw"), f"file://{tmp_path / 'bucket'}/sw")
+    src = tmp_path / "optuna.log"
+    src.write_text("old\n")
+    store.put(str(src), "optuna.log")
+    dest = tmp_path / "bucket" / "sw" / "optuna.log"
+    seen = []
+    copy = pafs.copy_files
+
+    def watching(source, destination, **kw):  # what a reader of the store's journal finds mid-copy
+        copy(source, destination, **kw)
+        seen.append(dest.read_text())
+
+    monkeypatch.setattr(pafs, "copy_files", watching)
+    src.write_text("old\nnew\n")
+    store.put(str(src), "optuna.log")
+    assert seen == ["old\n"] and dest.read_text() == "old\nnew\n"
+    assert os.listdir(dest.parent) == ["optuna.log"]  # no temporary file left

@@ -142,13 +142,23 @@ class ObjectStore(LocalStore):
         return self._info(rel).type != pafs.FileType.NotFound
 
     def put(self, local: str, rel: str) -> None:
-        """Upload a file or a directory tree (replacing files of the same name)."""
+        """Upload a file or a directory tree (replacing files of the same name). A file replaces its
+        old copy at once, never through a truncated one: an object store's PUT is atomic, and on a
+        filesystem (file://) the copy goes to a temporary name and is renamed over it, so a reader (a
+        resume after the head died mid-mirror) never finds the journal empty."""
+        import uuid
+
         import pyarrow.fs as pafs
 
-        if os.path.exists(local):
-            self._fs[0].create_dir(self._p(rel if os.path.isdir(local) else os.path.dirname(rel)), recursive=True)
-            pafs.copy_files(local, self._p(rel), source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=self._fs[0])
+        if not os.path.exists(local):
+            return
+        fs, is_file = self._fs[0], not os.path.isdir(local)
+        fs.create_dir(self._p(os.path.dirname(rel) if is_file else rel), recursive=True)
+        dest = self._p(rel)
+        tmp = f"{dest}.part-{uuid.uuid4().hex[:8]}" if is_file and isinstance(fs, pafs.LocalFileSystem) else None
+        pafs.copy_files(local, tmp or dest, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        if tmp:
+            fs.move(tmp, dest)
 
     def get(self, rel: str, local: str) -> None:
         """Download a file or a directory tree, if the store has it."""
