@@ -29,11 +29,6 @@ from dnasweep.space import load_space
 from dnasweep.sweep.searcher import DefineByRun, make_sampler
 
 
-def constraint_key(c) -> str:
-    """The key a sweep records constraint `c` under (ParetoOptunaSearch.on_trial_complete)."""
-    return f"{c.metric} {c.op} {c.bound:g}"
-
-
 def constraint_values(space, params: dict, rng) -> dict[str, float]:
     """{key: violation} of the space's constraints at `params`, as a sweep records them on every told
     trial (Optuna reads them back from the trial, so the samplers take their constrained path: the GP
@@ -47,9 +42,9 @@ def constraint_values(space, params: dict, rng) -> dict[str, float]:
     out = {}
     for c in space.constraints:
         if c.metric in STATIC and cfg is not None:
-            out[constraint_key(c)] = float(c.violation(STATIC[c.metric](nominal(cfg.model))))
+            out[c.key] = float(c.violation(STATIC[c.metric](nominal(cfg.model))))
         else:
-            out[constraint_key(c)] = float(rng.uniform(-1.0, 0.3) * max(abs(c.bound), 1.0))
+            out[c.key] = float(rng.uniform(-1.0, 0.3) * max(abs(c.bound), 1.0))
     return out
 
 

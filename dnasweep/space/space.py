@@ -45,6 +45,11 @@ class Constraint:
     op: str  # <= | >=
     bound: float
 
+    @property
+    def key(self) -> str:
+        """`metric op bound`: how it is named in output and recorded on Optuna trials."""
+        return f"{self.metric} {self.op} {self.bound:g}"
+
     def violation(self, value: float) -> float:
         """Optuna's convention: <= 0 is feasible."""
         return value - self.bound if self.op == "<=" else self.bound - value

@@ -39,7 +39,7 @@ def summarize(space: SearchSpace) -> str:
     objs = ", ".join(f"{o.mode} {o.metric}" for o in space.objectives)
     b, r = space.budget, space.resources
     lines += [f"  objectives: {objs}",
-              f"  constraints: {', '.join(f'{c.metric} {c.op} {c.bound:g}' for c in space.constraints) or 'none'}",
+              f"  constraints: {', '.join(c.key for c in space.constraints) or 'none'}",
               f"  sampler: {space.sampler.type} (seed {space.sampler.seed}), {b.trials} trials, {b.concurrent} at a "
               f"time, per trial: {r.cpu:g} CPU, {r.gpu:g} GPU" + (f", {r.memory_gb:g} GiB" if r.memory_gb else "")]
     ref = space.config.reference

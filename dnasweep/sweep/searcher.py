@@ -196,7 +196,7 @@ class ParetoOptunaSearch(OptunaSearch):
                 violation = c.violation(v) if isinstance(v, int | float) and math.isfinite(v) else 1.0
                 # one key per constraint: Optuna keeps the first value set under a key, so two bounds
                 # on one metric keyed by the metric left the second unenforced
-                ot.set_constraint(f"{c.metric} {c.op} {c.bound:g}", violation)
+                ot.set_constraint(c.key, violation)
             study.tell(ot, [float(v) for v in vals])
         else:
             reason = (result or {}).get("reason") or ("the trial raised or its worker died too often" if error
