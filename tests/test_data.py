@@ -433,6 +433,15 @@ def test_val_batches_fixed_and_complete():
     assert vb[0][0].shape == (64, 1, 8, 8) and abs(float(vb[0][0].mean())) < 0.5
 
 
+def test_a_small_val_split_scores_each_window_once():
+    """Asked for more windows than the val split has, the even spacing rounded several starts to
+    the same window: those windows counted twice in val/loss."""
+    tokens = np.arange(30, dtype=np.uint16)  # 20 windows of 10 + 1 tokens
+    batches = D.lm_val_batches(tokens, 8, 10, n_batches=4)  # 32 asked
+    starts = torch.cat([x[:, 0] for x, _ in batches]).tolist()
+    assert starts == list(range(20)) and [len(x) for x, _ in batches] == [8, 8, 4]
+
+
 def test_trials_of_a_sweep_are_scored_on_the_same_windows_whatever_their_batch_size():
     """The val windows were batch_size x eval_batches evenly spaced ones: a sweep searching the batch
     size scored its trials (and its dense reference, at the base's) on different text."""

@@ -140,10 +140,13 @@ def lm_val_batches(tokens: np.ndarray, batch_size: int, seq_len: int, n_batches:
                    n_windows: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`n_windows` (default batch_size x n_batches) evenly spaced windows over the whole val array
     (no randomness), in batches of batch_size (the last may be short): the windows depend on their
-    number only, so trials that pin it are scored on the same text whatever their batch size."""
+    number only, so trials that pin it are scored on the same text whatever their batch size.
+    A val split with fewer windows than asked gives each of its windows once (spacing them evenly
+    would repeat some and weigh them twice in the mean)."""
     n = n_windows or batch_size * n_batches
     _check_sizes(batch_size=batch_size, seq_len=seq_len, n_batches=n_batches, n_windows=n)
     windows = _windows(tokens, seq_len, "val")
+    n = min(n, len(windows))
     starts = np.linspace(0, len(windows) - 1, n).round().astype(np.int64)
     return [_xy(windows[starts[i: i + batch_size]]) for i in range(0, n, batch_size)]
 
