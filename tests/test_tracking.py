@@ -387,6 +387,30 @@ def test_a_run_closed_or_rebuilt_on_resume_ends_when_its_trial_did(tmp_path):
     assert run.info.start_time == 1000 * 1000  # recreated: its first attempt's start
 
 
+def test_a_trial_pulled_from_object_storage_ends_when_it_did_not_when_it_was_copied(tmp_path):
+    """The end came from result.json's mtime, which a copy from object storage sets to the time of
+    the copy: a resume on a new head dated every ended trial's run at the resume."""
+    from mlflow import MlflowClient
+
+    from dnasweep.sweep import tracking
+    from dnasweep.train.loop import TrialResult
+
+    res = TrialResult("completed", "", 50, {"val/loss": 1.0}, finished_at=2000.0).to_json()
+    assert TrialResult("completed", "", 1).to_json()["finished_at"] > 1.7e9  # stamped when made
+    space = parse_space(SPACE, "s.yaml")
+    sweep = tmp_path / "s"
+    d = sweep / "trials" / "t1"
+    d.mkdir(parents=True)
+    first = tracking.MLflowSweepLogger(space, "s", str(sweep), tracking.default_uri(str(sweep)))
+    _report(first, _trial("t1"), 5)
+    first.flush()  # t1's run exists, RUNNING; the driver dies, the trial ends
+    (d / "result.json").write_text(json.dumps(res))  # mtime: now, as a pulled copy's
+    for uri in (first.uri, f"sqlite:///{tmp_path / 'new.db'}"):  # stale close, then rebuild in a new store
+        second = tracking.MLflowSweepLogger(space, "s", str(sweep), uri, resume=True, finished={"t1": ("COMPLETE", {})})
+        assert second.drain(wait_s=5)
+        assert MlflowClient(uri).get_run(second.runs["t1"]).info.end_time == 2000 * 1000, uri
+
+
 def test_a_drained_backlog_is_not_loaded_again_from_object_storage(tmp_path, monkeypatch):
     """`drain` removed the written backlog locally, but the object store kept its copy (a mirror only
     uploads): a later resume from the store's URI loaded it and closed its runs again."""

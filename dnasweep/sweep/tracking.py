@@ -198,7 +198,10 @@ class MLflowSweepLogger(Callback):
                 words = f.readline().split()
             times[0] = int(float(words[words.index("time") + 1]) * 1000) if "time" in words else None
         if times[1] is None and os.path.exists(res):
-            times[1] = int(os.path.getmtime(res) * 1000)
+            # the trial's own stamp; the mtime of a result.json from before it was kept (on a copy
+            # pulled from object storage that is the pull's time)
+            at = (read_json(res) or {}).get("finished_at")
+            times[1] = int((at if M.is_number(at) else os.path.getmtime(res)) * 1000)
 
     def _sampled(self, tid: str) -> dict:
         """The trial's sampled values (Tune's config also holds the keys of inactive `when:` branches)."""

@@ -62,12 +62,15 @@ class TrialResult:
     # True when OUT/checkpoint had already used this config's budget: nothing was trained by this
     # call, `metrics` is a re-evaluation of that checkpoint (the reason says so).
     already_done: bool = False
+    # Unix time the run ended: the sweep's tracker dates the trial's MLflow run by it (a file's
+    # mtime is the time of the copy once the trial directory comes from object storage).
+    finished_at: float = field(default_factory=time.time)
 
     def to_json(self) -> dict:
         # the run's own fields last: the metrics carry the step of their evaluation, which for a run
         # that diverged or ran out of memory after it is not the steps done
         return {**self.metrics, "status": self.status, "reason": self.reason, "step": self.step,
-                "already_done": self.already_done}
+                "already_done": self.already_done, "finished_at": self.finished_at}
 
 
 def resolve_device(name: str) -> torch.device:
