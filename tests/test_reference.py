@@ -264,3 +264,96 @@ def test_a_cached_rung_is_reused_only_if_it_trained_its_whole_budget_on_this_kin
     step = cached.pop("step")
     entry = {"result": {"status": "completed", "step": step, **cached}, "hardware": cached.get("hardware")}
     assert _reusable(entry, cfg, space) is reused
+
+
+def test_a_rung_stopped_by_its_time_limit_is_never_on_the_frontier(tmp_path, monkeypatch):
+    """A dense rung that train.time_limit_s stopped at step 150 of 200 ends 'completed': only the
+    cache's reuse looked at its steps, so the sweep's own frontier, its gains, reference.csv and the
+    front's table counted the under-trained rung's loss as dense's, inflating every gain."""
+    pytest.importorskip("ray", reason="the sweep extra (ray[tune], optuna, mlflow) is not installed")
+    import csv
+
+    import ray
+
+    from dnasweep.sweep import reference as R
+
+    space = parse_space({"base": {"model": {"d_model": 32, "n_heads": 4, "seq_len": 24, "n_steps": 2},
+                                  "train": {"max_steps": 200, "time_limit_s": 600}},
+                         "objectives": [{"metric": "val/loss"}],
+                         "reference": {"d_model": [32, 64], "dense_layers": [1]}}, "s.yaml")
+
+    class Task:  # stands in for ray.remote(_train_rung)
+        def options(self, **kw):
+            return self
+
+        def remote(self, d):
+            return d["model"]["d_model"]
+
+    def get(d_model):  # the wider rung hit its time limit at step 150 with a worse loss (under-trained)
+        step, loss, flops = (200, 2.5, 1e5) if d_model == 32 else (150, 2.8, 3e5)
+        return {"result": {"status": "completed", "step": step, M.VAL_LOSS: loss, M.FLOPS_PER_TOKEN: flops},
+                "rows": [], "hardware": "cpu: a CPU x2 threads"}
+
+    monkeypatch.setattr(ray, "remote", lambda f: Task())
+    monkeypatch.setattr(ray, "wait", lambda refs, num_returns: ([refs[0]], refs[1:]))
+    monkeypatch.setattr(ray, "get", get)
+    (tmp_path / "sweep").mkdir()
+    rungs = R.train_reference(space, str(tmp_path / "sweep"), str(tmp_path), lambda line: None)
+    assert [R.rung_status(r) for r in rungs] == ["completed", "time-limited"]
+    assert [p[0] for p in R.frontier_of(rungs).points] == [1e5]
+    assert len(list((tmp_path / "reference-cache").iterdir())) == 1  # the short rung is not shared either
+    with open(tmp_path / "sweep" / "reference.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["status"], r["frontier"], r["blocks"]) for r in rows] == [("completed", "True", "2"),
+                                                                       ("time-limited", "False", "2")]
+    from types import SimpleNamespace
+
+    from dnasweep.sweep.study import format_front
+    table = format_front(SimpleNamespace(front=[], reference=R.read(str(tmp_path / "sweep")), n_abandoned=0,
+                                         n_pruned=0, n_infeasible=0, n_complete=0, n_failed=0, infeasible={},
+                                         sweep_dir="x"), space)
+    dense = table.splitlines()[table.splitlines().index(next(ln for ln in table.splitlines() if "d  blocks" in ln)):]
+    assert "time-limited" in dense[2] and not dense[2].rstrip().endswith("yes") and dense[1].rstrip().endswith("yes")
+
+
+def test_a_sweep_ranking_speed_gain_trains_its_own_rungs(tmp_path, monkeypatch):
+    """A rung cached on another machine of the same kind (cpu) was reused; the trials' hardware then
+    differed from the rungs', so no trial got compare/speed_gain: as an objective it failed every
+    trial, as a constraint it broke every one. Such a sweep now times its rungs on its own cluster."""
+    pytest.importorskip("ray", reason="the sweep extra (ray[tune], optuna, mlflow) is not installed")
+    import json
+
+    import ray
+
+    from dnasweep.sweep import reference as R
+
+    def space(objectives):
+        return parse_space({"base": {"model": {"d_model": 32, "n_heads": 4, "seq_len": 24, "n_steps": 2},
+                                     "train": {"max_steps": 200}}, "objectives": objectives,
+                            "reference": {"d_model": [32], "dense_layers": [1]}}, "s.yaml")
+
+    (cfg,) = ladder(space([{"metric": "val/loss"}]).base, [32], [1])
+    (tmp_path / "reference-cache").mkdir()
+    (tmp_path / "reference-cache" / f"{config_hash(cfg)}.json").write_text(json.dumps(
+        {"hash": config_hash(cfg), "rows": [], "hardware": "cpu: another CPU x8 threads",
+         "result": {"status": "completed", "step": 200, M.VAL_LOSS: 2.0, M.FLOPS_PER_TOKEN: 1e5}}))
+    trained = []
+
+    class Task:
+        def options(self, **kw):
+            return self
+
+        def remote(self, d):
+            trained.append(d["model"]["d_model"])
+            return 0
+
+    monkeypatch.setattr(ray, "remote", lambda f: Task())
+    monkeypatch.setattr(ray, "wait", lambda refs, num_returns: ([refs[0]], refs[1:]))
+    monkeypatch.setattr(ray, "get", lambda ref: {"result": {"status": "completed", "step": 200, M.VAL_LOSS: 2.1,
+                                                            M.FLOPS_PER_TOKEN: 1e5}, "rows": [], "hardware": "cpu: x"})
+    for i, objectives in enumerate(([{"metric": "val/loss"}],
+                                    [{"metric": "val/loss"}, {"metric": M.SPEED_GAIN, "mode": "max"}])):
+        (tmp_path / f"sweep{i}").mkdir()
+        (rung,) = R.train_reference(space(objectives), str(tmp_path / f"sweep{i}"), str(tmp_path), lambda line: None)
+        assert rung["reused"] is (i == 0)
+    assert trained == [32]  # only the sweep that ranks speed trained the rung

@@ -55,8 +55,10 @@ def _dense(reference: list[dict], space: SearchSpace) -> tuple[list, list, list[
     trial drawn beyond the line has a gain above 1."""
     (x_m, x_mode), (y_m, y_mode) = ((o.metric, o.mode) for o in space.objectives[:2])
     sx, sy = (1 if x_mode == "min" else -1), (1 if y_mode == "min" else -1)
-    pts = [(r["result"][x_m], r["result"][y_m], f"dense d_model={r['d_model']} layers={r['dense_layers']}")
-           for r in reference if r.get("result", {}).get("status") == "completed"
+    from dnasweep.sweep.reference import blocks, rung_status
+
+    pts = [(r["result"][x_m], r["result"][y_m], f"dense d_model={r['d_model']} blocks={blocks(r)}")
+           for r in reference if rung_status(r) == "completed"
            and M.is_number(r["result"].get(x_m)) and M.is_number(r["result"].get(y_m))]
     on = sorted(p for p in pts if not any(sx * q[0] <= sx * p[0] and sy * q[1] <= sy * p[1] and q[:2] != p[:2]
                                           for q in pts))

@@ -213,7 +213,7 @@ def format_front(result: SweepResult, space: SearchSpace, wide: bool = False) ->
     verdict, then the sampled values that vary on the front; `wide`: every sampled value and the
     Ray trial id), the dense reference frontier below it, and where to look next."""
     from dnasweep.space.reference import gain_text
-    from dnasweep.sweep.reference import frontier_of
+    from dnasweep.sweep.reference import blocks, frontier_of, on_frontier, rung_status
 
     front = result.front
     objs = [o.metric for o in space.objectives]
@@ -248,10 +248,11 @@ def format_front(result: SweepResult, space: SearchSpace, wide: bool = False) ->
         out.append(f"(same on the whole front, or not sampled: {', '.join(same)}; --wide shows every column)")
     if result.reference:
         on = {p[0] for p in frontier_of(result.reference).points}
-        rows = [[str(r["d_model"]), str(r["dense_layers"]), _cell(r.get("result", {}).get(M.VAL_LOSS)),
+        rows = [[str(r["d_model"]), _cell(blocks(r)), _cell(r.get("result", {}).get(M.VAL_LOSS)),
                  _cell(r.get("result", {}).get(M.FLOPS_PER_TOKEN)), _cell(r.get("result", {}).get(M.TOKENS_PER_S)),
-                 "yes" if r.get("result", {}).get(M.FLOPS_PER_TOKEN) in on else ""] for r in result.reference]
+                 rung_status(r), "yes" if on_frontier(r, on) else ""] for r in result.reference]
         out += ["dense reference (gain: the dense FLOPs/token this loss needs on its frontier over the trial's; "
-                "> 1 beats\n  dense):", *_table(["d", "layers", "loss", "FLOPs/tok", "tok/s", "frontier"], rows)]
+                "> 1 beats\n  dense; blocks: the backbone's and dense_layers; a rung stopped short is never on "
+                "the frontier):", *_table(["d", "blocks", "loss", "FLOPs/tok", "tok/s", "status", "frontier"], rows)]
     out.append(f"sweep directory: {result.sweep_dir}")
     return "\n".join(out)
