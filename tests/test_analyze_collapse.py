@@ -92,3 +92,18 @@ def test_the_information_of_a_step_is_in_the_modules_it_picks_not_in_slot_0(tmp_
     s = build_report("ec", _routed(paths, np.full(N, 900.0)), None, str(tmp_path), "lm")
     steps = s["mi"]["step_modules_vs_attr"]
     assert len(steps) == S and all(m["mi_bits"] > 1.0 and m["p_value"] < 0.01 for m in steps), steps
+
+
+@pytest.mark.parametrize("paths_vary", [True, False])
+def test_the_summary_says_how_many_tokens_revisit_a_module_for_every_router(tmp_path, paths_vary):
+    """A conditional expression took the reuse sentence into its else branch only: the paragraph of
+    every hard router (paths that vary) ended '..., and  Compute per token', the share left out."""
+    rng = np.random.default_rng(1)
+    paths = rng.integers(0, 4, (N, S, 1))  # routed modules T0..M0, revisits included
+    s = build_report("hard", _routed(paths, np.full(N, 900.0) + rng.random(N)), None, str(tmp_path), "lm",
+                     paths_vary=paths_vary)
+    assert s["collapse"]["collapsed"] is False
+    share = s["usage"]["reuse_token_share"]
+    assert 0 < share < 1
+    assert f"{share:.0%} of tokens revisit a non-identity module at two or more steps." in s["text"], s["text"]
+    assert ", and  " not in s["text"]

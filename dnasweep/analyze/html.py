@@ -124,12 +124,15 @@ def summary_paragraph(s: dict) -> str:
                f"the modules of a single step carry at most {_f(best['mi_bits'])} bits "
                f"(step {best['step']}, baseline {_f(best['baseline_bits'])}).")
     u = s["usage"]
-    out.append(f"Identity (skip) modules take {_pct(u['identity_share'])} of routed slots "
-               f"(per step: {', '.join(_pct(v) for v in u['identity_slot_share_S'])}), and "
-               if s["collapse"]["paths_vary"] else
-               f"Identity (skip) modules hold {_pct(u['identity_share'])} of the routers' gate weight (a soft "
-               f"mixture: every module computes for every {unit}), and "
-               f"{_pct(u['reuse_token_share'])} of {units} revisit a non-identity module at two or more steps.")
+    # the conditional picks the first clause only: the shared tail is its own string (adjacent to
+    # one branch it went missing from the other's sentence)
+    skip = (f"Identity (skip) modules take {_pct(u['identity_share'])} of routed slots "
+            f"(per step: {', '.join(_pct(v) for v in u['identity_slot_share_S'])})"
+            if s["collapse"]["paths_vary"] else
+            f"Identity (skip) modules hold {_pct(u['identity_share'])} of the routers' gate weight (a soft "
+            f"mixture: every module computes for every {unit})")
+    out.append(f"{skip}, and {_pct(u['reuse_token_share'])} of {units} revisit a non-identity module at two or "
+               f"more steps.")
     fl, gc = s["compute"]["flops"], s["compute"]["group"]
     spread = (f"the 95th-percentile {unit} costs {fl['p95_over_p5']:.1f}x the 5th" if fl["p95_over_p5"] is not None
               else f"the cheapest 5% of {units} spend no FLOPs")
