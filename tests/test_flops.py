@@ -150,3 +150,23 @@ def test_mfu_peak_is_looked_up_by_the_device_names_words(name, peak):
     from dnasweep.train.loop import peak_flops
 
     assert peak_flops(name) == peak
+
+
+@pytest.mark.parametrize("threshold", [0.2, 0.1])
+def test_nominal_flops_of_the_threshold_router_count_the_slots_uniform_routing_keeps(threshold):
+    """Nominal FLOPs assumed top_k slots for the threshold router; at uniform routing (every
+    probability 1/M) a threshold above 1/M keeps only the slot it always keeps: validate's nominal
+    FLOPs, dense_match: nominal's depth and the compute penalty's scale came out top_k times too high."""
+    from dnasweep.model.flops import effective_k, nominal
+
+    cfg = tiny_cfg("lm", "threshold", d_model=32, seq_len=16, n_backbone=0)
+    cfg.pool.n_transformer, cfg.pool.n_attention, cfg.pool.n_mlp, cfg.pool.n_identity = 0, 0, 6, 0  # M = 6
+    cfg.router.top_k, cfg.router.threshold = 3, threshold
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "router" in name:  # zero logits: uniform routing, as the nominal count assumes
+                p.zero_()
+    out = model(torch.randint(0, 256, (2, 16)))
+    assert effective_k(cfg) == (3 if threshold < 1 / 6 else 1)
+    assert nominal(cfg).flops_per_token == pytest.approx(out.stats.flops_per_token, rel=1e-6)

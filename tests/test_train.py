@@ -318,3 +318,17 @@ def test_train_flops_per_token_is_the_mean_over_the_steps_tokens_per_s_timed(tmp
     timed = seen[loop.WARMUP_STEPS:]
     assert len(seen) == 12 and len(set(timed)) > 1  # routing changed the work from step to step
     assert res.metrics[M.TRAIN_FLOPS_PER_TOKEN] == pytest.approx(sum(timed) / len(timed), rel=1e-6)
+
+
+def test_a_steps_flops_average_its_micro_batches():
+    """combine() kept the last micro-batch's FLOPs per token: with grad_accum, perf/train_flops_per_token
+    and MFU measured one micro-batch's routing (1/grad_accum of the step) as the whole step's."""
+    from dnasweep.model.output import RoutingStats, combine
+
+    a = RoutingStats(flops_per_token_=100.0, flops_executed_per_token_=120.0, params_active_=10.0, params_total=50,
+                     identity_fraction_=0.5, entropy_=1.0)
+    b = RoutingStats(flops_per_token_=300.0, flops_executed_per_token_=360.0, params_active_=30.0, params_total=50,
+                     identity_fraction_=0.1, entropy_=2.0)
+    s = combine([a, b])
+    assert (s.flops_per_token, s.flops_executed_per_token, s.params_active, s.entropy) == (200.0, 240.0, 20.0, 1.5)
+    assert s.identity_fraction == pytest.approx(0.3) and s.params_total == 50

@@ -50,6 +50,9 @@ def effective_k(cfg: ModelConfig) -> float:
         return cfg.pool.size * cfg.expert_capacity / cfg.tokens_per_example
     if spec is not None and spec.all_modules:
         return float(cfg.pool.size)
+    if spec is not None and spec.threshold:  # every probability is 1/M: all top_k slots reach the
+        # threshold, or none does and only the one slot kept anyway computes
+        return float(r.top_k) if 1.0 / cfg.pool.size >= r.threshold else 1.0
     return float(r.top_k)
 
 

@@ -39,11 +39,19 @@ class RoutingStats:
 
 def combine(stats: list[RoutingStats]) -> RoutingStats:
     """One optimizer step's routing over its equal-sized micro-batches (grad_accum): slot counts
-    summed, shares averaged, each step's capacity need at its largest; the rest the last one's."""
+    summed, per-token figures and shares averaged, each step's capacity need at its largest;
+    params_total the last one's."""
     if len(stats) == 1:
         return stats[0]
     last, n = stats[-1], len(stats)
+
+    def mean(name: str) -> Num:
+        return sum(getattr(s, name) for s in stats) / n
+
     return replace(last, slots_SM=None if last.slots_SM is None else sum(s.slots_SM for s in stats),
+                   flops_per_token_=mean("flops_per_token_"),
+                   flops_executed_per_token_=mean("flops_executed_per_token_"),
+                   params_active_=mean("params_active_"), entropy_=mean("entropy_"),
                    identity_fraction_=sum(s.identity_fraction_ for s in stats) / n,
                    dropped_fraction_=sum(s.dropped_fraction_ for s in stats) / n,
                    capacity_need_S3=None if last.capacity_need_S3 is None else

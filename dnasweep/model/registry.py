@@ -42,6 +42,7 @@ class RouterSpec:
     all_modules: bool = False  # a slot per pool module (K = pool size, top_k is no slot count): dense, expert_choice
     capacity: bool = False  # modules pick tokens (router.capacity_factor); nominal K = factor * top_k: expert_choice
     hash_table: bool = False  # gets a fixed random [S, n_keys, top_k] table of modules per routing key: hash
+    threshold: bool = False  # keeps the top_k slots whose probability reaches router.threshold, at least one
 
 
 ROUTERS: dict[str, RouterSpec] = {}
@@ -94,7 +95,7 @@ def _declare_builtins() -> None:
 
 def register_router(name: str, *, learns: bool = True, causal: bool = True, biasable: bool = True,
                     all_modules: bool = False, capacity: bool = False, hash_table: bool = False,
-                    replace: bool = False) -> Callable[[Rule], Rule]:
+                    threshold: bool = False, replace: bool = False) -> Callable[[Rule], Rule]:
     """Decorator: register `fn` as router `name` with the given properties. The defaults describe
     a learned, causal, top-k style router. A name already taken raises ValueError unless
     `replace=True`."""
@@ -107,7 +108,8 @@ def register_router(name: str, *, learns: bool = True, causal: bool = True, bias
             raise ValueError(f"router {name!r} is already registered (by {_where(ROUTERS[name].rule)}); "
                              "pick another name, or pass replace=True to override it")
         ROUTERS[name] = RouterSpec(name, fn, learns=learns, causal=causal, biasable=biasable,
-                                   all_modules=all_modules, capacity=capacity, hash_table=hash_table)
+                                   all_modules=all_modules, capacity=capacity, hash_table=hash_table,
+                                   threshold=threshold)
         return fn
 
     return deco

@@ -105,7 +105,7 @@ def noisy_topk_rule(logits_TM, bias_M, ctx):
     return Route(idx, gate, None, logits_TM, probs_TM)
 
 
-@register_router("threshold")
+@register_router("threshold", threshold=True)
 def threshold_rule(logits_TM, bias_M, ctx):
     """A variable number of modules per token: every module whose (biased) probability reaches
     the threshold, at least one, at most top_k."""
