@@ -482,3 +482,34 @@ def test_a_trial_stopped_short_of_its_planned_steps_has_a_failed_run(tmp_path, m
         run = MlflowClient(uri).get_run(first.runs[tid])
         assert run.info.status == "FAILED" and run.data.tags["dnasweep.status"] == "time_limit", tid
         assert "at step 30 of 50 planned" in run.data.tags["dnasweep.fail_reason"], tid
+
+
+def test_a_resume_takes_back_runs_its_tracking_json_lost(tmp_path, monkeypatch):
+    """A sweep in object storage uploads tracking.json when a trial ends: a head lost while t2 ran
+    left t2's run out of the copy a new head pulls, and the resumed tracker gave t2 a second run
+    (the first stayed RUNNING for ever). The store knows the run by its dnasweep.trial tag."""
+    from mlflow import MlflowClient
+
+    from dnasweep.sweep import tracking
+
+    space, sweep, uri, first, t1 = _one_trial_sweep(tmp_path, monkeypatch)
+    _report(first, t1, 5)
+    first.on_trial_complete(0, [], _trial("t1", {"val/loss": 1.0}))
+    first.flush()
+    saved = (sweep / "tracking.json").read_text()  # the copy object storage holds: t1's run only
+    (sweep / "trials" / "t2").mkdir()
+    _report(first, _trial("t2"), 5)
+    first.flush()  # t2's run exists in the store; the head is lost before tracking.json is uploaded again
+    assert set(first.runs) == {"t1", "t2"}
+    (sweep / "tracking.json").write_text(saved)
+
+    second = tracking.MLflowSweepLogger(space, "s", str(sweep), uri, resume=True)
+    assert second.runs == first.runs
+    _report(second, _trial("t2"), 10)
+    second.on_trial_complete(0, [], _trial("t2", {"val/loss": 0.9}))
+    second.flush()
+    client = MlflowClient(uri)
+    children = client.search_runs([first.exp_id], filter_string=f"tags.mlflow.parentRunId = '{first.parent_id}'")
+    assert sorted(r.data.tags["dnasweep.trial"] for r in children) == ["t1", "t2"]  # one run each
+    assert sorted(m.step for m in client.get_metric_history(first.runs["t2"], "train/loss")) == [5, 10]
+    assert json.loads((sweep / "tracking.json").read_text())["runs"] == first.runs

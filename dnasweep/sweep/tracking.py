@@ -139,6 +139,7 @@ class MLflowSweepLogger(Callback):
             self.client = client
             self.exp_id, self.parent_id, self.runs = state["experiment_id"], state["parent"], state["runs"]
             self.client.update_run(self.parent_id, status="RUNNING")
+            self._adopt_unsaved_runs()
             self._load_logged_steps()
             self._load_backlog()
             self._close_stale_runs()
@@ -148,6 +149,23 @@ class MLflowSweepLogger(Callback):
             self._load_backlog()
         if state:  # resumed against a store without this sweep's runs (a new server after a lost head)
             self._rebuild(state["runs"])
+
+    def _adopt_unsaved_runs(self) -> None:
+        """Take back the runs this sweep created that tracking.json does not list: a sweep in object
+        storage uploads the file when a trial ends, so a head lost meanwhile left the runs of the
+        trials then running out of the copy a new head pulls, and each got a second run. The store
+        itself knows them by their dnasweep.trial tag."""
+        found = self.client.search_runs([self.exp_id], filter_string=f"tags.mlflow.parentRunId = '{self.parent_id}'",
+                                        max_results=50000, order_by=["attributes.start_time ASC"])
+        known = set(self.runs.values())
+        adopted = {}
+        for r in found:
+            tid = r.data.tags.get("dnasweep.trial")
+            if tid and tid not in self.runs and tid not in adopted and r.info.run_id not in known:
+                adopted[tid] = r.info.run_id
+        if adopted:
+            self.runs.update(adopted)
+            self._save_state()
 
     def _close_stale_runs(self) -> None:
         """Close the runs of trials the study holds as finished that stayed RUNNING (the store was
@@ -272,6 +290,7 @@ class MLflowSweepLogger(Callback):
     def _ensure_run(self, trial_id: str) -> str:
         if trial_id not in self.runs:
             rung = self.rungs.get(trial_id)
+            # dnasweep.trial: also the key a resume finds a trial's run by when tracking.json lost it
             role = {"dnasweep.role": "reference", "dnasweep.reference.reused": str(rung["reused"]).lower()} if rung \
                 else {"dnasweep.role": "trial", "dnasweep.trial": trial_id}
             run = self.client.create_run(self.exp_id, tags={"mlflow.parentRunId": self.parent_id, **role},
