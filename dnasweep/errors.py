@@ -80,8 +80,19 @@ def field_problems(cfg, prefix: str, schema: type | None = None) -> list[Problem
         words = typing.get_args(types[f.name]) if typing.get_origin(types[f.name]) is Literal else ()
         if words and v not in words:
             out.append(Problem(key, f"unknown value {v!r}", f"use one of: {', '.join(map(str, words))}"))
-        rules = [(op, x) for op, x in f.metadata.items() if op in _OPS]
-        if rules and isinstance(v, int | float) and not isinstance(v, bool) and not all(
-                _OPS[op](v, x) for op, x in rules):
-            out.append(Problem(key, f"must be {' and '.join(f'{op} {x:g}' for op, x in rules)}, got {v!r}"))
+        if (p := value_problem(f, v)) is not None:
+            out.append(Problem(key, p))
     return out
+
+
+def value_problem(f, v) -> str | None:
+    """What is wrong with `v` as a value of dataclass field `f` by the bounds in its metadata (a
+    number must be finite: inf passes `> 0` and makes a NaN at the first step); None if nothing."""
+    rules = [(op, x) for op, x in f.metadata.items() if op in _OPS]
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        return None
+    if isinstance(v, float) and v != v or v in (float("inf"), float("-inf")):
+        return f"must be a finite number, got {v!r}"
+    if rules and not all(_OPS[op](v, x) for op, x in rules):
+        return f"must be {' and '.join(f'{op} {x:g}' for op, x in rules)}, got {v!r}"
+    return None

@@ -103,3 +103,19 @@ def test_the_good_set_cap_keeps_optunas_defaults():
             study.add_trial(optuna.trial.create_trial(values=[float(i)] * len(directions)))
         assert compat.GoodFromCompleteOnly(study)(300) == want
         assert compat.GoodFromCompleteOnly(optuna.create_study(directions=directions))(300) == 0
+
+
+def test_a_gain_that_is_only_a_bound_meets_a_constraint_only_when_the_bound_settles_it():
+    """Outside the dense ladder's range compare/compute_gain is a bound: '< 1.2' was told to Optuna
+    as 1.2, feasible under 'compute_gain >= 1' though the true gain may be below 1."""
+    space, s = _searcher({"base": BASE, "search": {"train.lr": {"float": [1e-3, 1e-2], "log": True}},
+                          "objectives": OBJ, "constraints": ["compare/compute_gain >= 1"],
+                          "reference": {"d_model": [32], "dense_layers": [1]}})
+    gains = {"a": (1.2, -1), "b": (1.2, 1), "c": (0.8, 1), "d": (1.1, 0), "e": (0.8, -1)}
+    for tid, (gain, bound) in gains.items():
+        s.suggest(tid)
+        s.on_trial_complete(tid, {"val/loss": 1.0, "compute/flops_per_token": 1e5, "step": 1000,
+                                  "compare/compute_gain": gain, "compare/compute_gain_bound": float(bound)})
+    feasible = [r["feasible"] for r in trial_rows(compat.search_study(s), space)]
+    # a: below 1.2, maybe below 1; b: above 1.2; c: above 0.8, maybe not 1; d: exact; e: below 0.8
+    assert feasible == [False, True, False, True, False]

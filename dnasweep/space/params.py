@@ -14,7 +14,7 @@ from typing import Any
 
 from dnasweep.config import TrialConfig
 from dnasweep.config.load import did_you_mean, fits, interpolations, type_name
-from dnasweep.errors import Problem, type_hints
+from dnasweep.errors import Problem, type_hints, value_problem
 
 SPEC_KEYS = ("choice", "int", "float", "log", "when")  # the keys of one search: entry
 
@@ -52,6 +52,28 @@ def field_type(path: str) -> Any | None:
             return None
     typ = type_hints(cls).get(leaf)
     return None if typ is None or is_dataclass(typ) else typ
+
+
+def field_of(path: str) -> Any | None:
+    """The dataclasses.Field of a dotted leaf of the trial schema (its metadata holds the bounds)."""
+    cls: Any = TrialConfig
+    *parents, leaf = path.split(".")
+    for part in parents:
+        cls = type_hints(cls).get(part) if is_dataclass(cls) else None
+        if cls is None or not is_dataclass(cls):
+            return None
+    return next((f for f in fields(cls) if f.name == leaf), None)
+
+
+def _bound_problems(key: str, path: str, values: list, what: str) -> list[Problem]:
+    """Every value a dimension can draw (its choices, or its range's ends: Optuna draws both ends)
+    within the field's declared bounds: otherwise the trials that draw it fail one by one at run time."""
+    f, out = field_of(path), []
+    for v in values:
+        if f is not None and (msg := value_problem(f, v)) is not None:
+            out.append(Problem(key, f"{what} {v!r}: {path} {msg.split(', got')[0]}",
+                               f"keep every value within the rule, or leave {v!r} out"))
+    return out
 
 
 def schema_paths(cls: Any = TrialConfig, prefix: str = "") -> list[str]:
@@ -136,6 +158,13 @@ def parse_param(path: str, spec: Any, p: list[Problem], design: list[Problem] | 
             if not fits(c, typ):
                 p.append(Problem(f"{key}.choice", f"choice {c!r} ({type(c).__name__}) does not fit {path} "
                                  f"({type_name(typ)})", _choice_fix(c, typ)))
+        p += _bound_problems(f"{key}.choice", path, [c for c in choices if fits(c, typ)], "choice")
+        seen: list = []
+        for c in choices:  # Optuna keeps both copies: the repeated value is drawn twice as often
+            if any(c == d and type(c) is type(d) for d in seen):
+                design.append(Problem(f"{key}.choice", f"choice {c!r} is listed twice",
+                                      "list each value once (to favour a value, narrow the choices)"))
+            seen.append(c)
         return Param(path, kind, choices=choices, when=when)
     rng = spec[kind]
     if not (isinstance(rng, list) and len(rng) == 2 and all(fits(v, float) for v in rng)):
@@ -148,6 +177,7 @@ def parse_param(path: str, spec: Any, p: list[Problem], design: list[Problem] | 
         return None
     lo, hi = rng
     p += _range_problems(key, path, kind, typ, lo, hi)
+    p += _bound_problems(f"{key}.{kind}", path, [lo, hi], "bound")
     log = spec.get("log", False)
     if not isinstance(log, bool):
         p.append(Problem(f"{key}.log", f"must be true or false, got {log!r}"))

@@ -50,9 +50,15 @@ class Constraint:
         """`metric op bound`: how it is named in output and recorded on Optuna trials."""
         return f"{self.metric} {self.op} {self.bound:g}"
 
-    def violation(self, value: float) -> float:
-        """Optuna's convention: <= 0 is feasible."""
-        return value - self.bound if self.op == "<=" else self.bound - value
+    def violation(self, value: float, more: int = 0) -> float:
+        """Optuna's convention: <= 0 is feasible. `more`: +1 when the true value is above `value`,
+        -1 below (a gain outside the dense ladder's range is such a bound). A bound that cannot
+        settle the constraint counts as a violation: a 'less than 1.2' gain is no proof of '>= 1'."""
+        v = value - self.bound if self.op == "<=" else self.bound - value
+        rises = (1 if self.op == "<=" else -1) * more  # which way the true violation lies from v
+        if (v <= 0 and rises > 0) or (v > 0 and rises < 0):  # undecided: the truth may be either side
+            return max(abs(v), 1e-9)
+        return v
 
 
 @dataclass

@@ -192,8 +192,8 @@ class ParetoOptunaSearch(OptunaSearch):
             study.tell(ot, None, state=TrialState.FAIL)
         elif scored:
             for c in self.sweep_space.constraints:
-                v = result.get(c.metric)
-                violation = c.violation(v) if isinstance(v, int | float) and math.isfinite(v) else 1.0
+                v, more = result.get(c.metric), result.get(f"{c.metric}_bound") or 0
+                violation = c.violation(v, int(more)) if isinstance(v, int | float) and math.isfinite(v) else 1.0
                 # one key per constraint: Optuna keeps the first value set under a key, so two bounds
                 # on one metric keyed by the metric left the second unenforced
                 ot.set_constraint(c.key, violation)
