@@ -122,6 +122,20 @@ def test_gp_sampler_with_a_long_budget_warns():
     assert not space_warnings(parse_space({**OK, "budget": {"trials": 500}}, "s.yaml"))
 
 
+def test_a_gain_as_objective_or_constraint_warns_that_it_may_be_a_bound():
+    """The searcher ranks a trial by its gain's value even when the gain is only a bound ('> 0.7'):
+    validate said nothing about it."""
+    from dnasweep.space import space_warnings
+
+    ref = {"reference": {"d_model": [32], "dense_layers": [1]}}
+    gain = [{"metric": "val/loss", "mode": "min"}, {"metric": "compare/compute_gain", "mode": "max"}]
+    (w,) = space_warnings(parse_space({**OK, **ref, "objectives": gain}, "s.yaml"))
+    assert w.startswith("objective compare/compute_gain: ") and "bound" in w and "reference:" in w
+    (w,) = space_warnings(parse_space({**OK, **ref, "constraints": ["compare/compute_gain >= 1"]}, "s.yaml"))
+    assert w.startswith("constraint compare/compute_gain >= 1: ")
+    assert not space_warnings(parse_space({**OK, **ref, "constraints": ["params/total <= 1e6"]}, "s.yaml"))
+
+
 def test_analyze_section_rules():
     p = _problems(analyze={"front": "yes", "exemples": 3})
     assert "analyze.front" in p and "analyze.exemples" in p and "examples" in p["analyze.exemples"].fix
@@ -261,3 +275,37 @@ def test_a_sweeps_own_space_reads_back_under_rules_added_after_it_started():
     s["config"]["reference"] = {"d_model": [16, 32], "dense_layers": [1]}
     assert [p.path for p in space_from_dict(s).params] == ["train.lr", "train.max_steps", "model.n_steps",
                                                            "model.router.top_k"]
+
+
+def test_search_values_outside_a_fields_bounds_are_refused_before_any_trial():
+    """validate passed (rc 0) a space whose choices or range ends break the field's own rule: each
+    trial that drew them failed at run time (only --samples, by chance, found them)."""
+    probs = _problems(search={"train.lr": {"choice": [1e-3, -1.0]}, "model.n_steps": {"int": [-3, 4]},
+                              "train.beta2": {"float": [0.9, 1.5]},
+                              "train.weight_decay": {"choice": [0.1, float("nan")]},
+                              "train.beta1": {"choice": [0.8, 0.9, 0.8]}})
+    assert "choice -1.0: train.lr must be > 0" in probs["search.train.lr.choice"].message
+    assert "bound -3: model.n_steps must be >= 0" in probs["search.model.n_steps.int"].message
+    assert "bound 1.5: train.beta2 must be >= 0 and < 1" in probs["search.train.beta2.float"].message
+    assert "finite" in probs["search.train.weight_decay.choice"].message
+    assert "listed twice" in probs["search.train.beta1.choice"].message
+
+
+@pytest.mark.parametrize("key", ["train.lr", "model.init_std", "loss.compute_weight", "train.weight_decay"])
+def test_an_infinite_value_is_refused_like_nan(key):
+    """.inf passed '> 0' (NaN was refused): the trial then diverged at its first step."""
+    from dnasweep.config import build_trial
+
+    with pytest.raises(ConfigError) as e:
+        build_trial({}, [f"{key}=.inf"])
+    (p,) = e.value.problems
+    assert p.key == key and "finite" in p.message
+
+
+def test_a_tracking_uri_in_the_file_with_no_mlflow_store_is_refused():
+    """--tracking-uri bogus://x is refused; the same URI as tracking.uri in the file ran a whole
+    sweep that recorded nothing (the tracker only reports failed writes)."""
+    probs = _problems(tracking={"uri": "bogus://x"})
+    assert "no store for the scheme bogus:" in probs["tracking.uri"].message
+    for ok in ("sqlite:///m.db", "http://h:5000", "postgresql+psycopg2://h/db", "runs/mlruns"):
+        parse_space({**OK, "tracking": {"uri": ok}}, "s.yaml")
