@@ -8,7 +8,10 @@ import json
 import os
 import sys
 
-from dnasweep.errors import ConfigError, Problem
+from dnasweep import flags
+from dnasweep.errors import ConfigError, Problem, raise_if
+
+DEFAULT_ROOT = "runs/sweeps"  # where sweeps go, and where commands look a NAME up
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -18,9 +21,15 @@ def _train(args: argparse.Namespace) -> int:
     from dnasweep.train.report import ConsoleReporter
 
     overrides = list(args.overrides)
-    if args.out:  # a path, quoted: as bare YAML, 'exp #2' lost its '#2' and 'off' became False
+    fix = "name the trial's output directory, e.g. --out runs/mytrial"
+    if args.out is not None:  # `--out ''` was skipped, and the trial went to the default out_dir
+        raise_if([p for p in [flags.dir_problem(args.out, "--out", "output directory", fix)] if p], "train")
+        # a path, quoted: as bare YAML, 'exp #2' lost its '#2' and 'off' became False
         overrides.append(f"out_dir={json.dumps(args.out)}")
     cfg = load_trial(args.config, overrides)
+    if args.out is None:  # out_dir from the file or an override: os.makedirs failed on it with a traceback
+        raise_if([p for p in [flags.dir_problem(cfg.out_dir, "out_dir", "output directory",
+                                           fix.replace("--out ", "out_dir="))] if p], args.config)
     console = None if args.quiet else ConsoleReporter(planned_steps(cfg))
     result = run_trial(cfg, console, resume=not args.no_resume)
     if result.already_done:  # even with --quiet: this command trained nothing, its numbers are not new
@@ -44,14 +53,18 @@ def _validate(args: argparse.Namespace) -> int:
 
     # A search space has base:/search:/objectives:; a trial config has none of them (model:, train:, ...).
     if not {"base", "search", "objectives"} & set(read_yaml(args.config) or {}):
+        if args.smoke:  # it was ignored: the trial was checked as it is
+            raise ConfigError([Problem("--smoke", f"{args.config} is a trial config, which has no smoke: section",
+                                       "drop --smoke; a search space's smoke: overlay is what --smoke applies")],
+                              args.config)
         cfg = load_trial(args.config, list(args.overrides))
         n = nominal(cfg.model)
         print(f"{args.config}: valid trial ({cfg.model.kind} {cfg.model.task}, {n.params_total:,} parameters, "
               f"{n.params_active:,.0f} active per token, {n.flops_per_token:,.0f} forward FLOPs per token nominal)")
         return 0
-    from dnasweep.space import load_space, space_warnings, summarize
+    from dnasweep.space import space_warnings, summarize
 
-    space = load_space(args.config, list(args.overrides), smoke=args.smoke)
+    space = _load_space(args.config, list(args.overrides), args.smoke)
     print(summarize(space))
     for w in space_warnings(space):
         print(f"warning: {w}", file=sys.stderr)
@@ -71,14 +84,13 @@ def _validate(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import datetime
 
-    from dnasweep.space import load_space
-
     if args.resume and not args.name:  # the name would be SPACE-DATE-TIME: a new sweep, not the one meant
         raise ConfigError([Problem("--resume", "needs --name: without it the sweep is named SPACE-DATE-TIME, a new "
                                    "sweep, and nothing is resumed",
                                    f"dnasweep resume NAME (the names: dnasweep ls --root {args.root}), or add "
                                    "--name NAME")], "run")
-    space = load_space(args.space, list(args.overrides), smoke=args.smoke)
+    flags.sweep_flags(args, "run", root=True)
+    space = _load_space(args.space, list(args.overrides), args.smoke)
     stem = os.path.splitext(os.path.basename(args.space))[0]
     name = args.name or f"{stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     from dnasweep.sweep.runner import run_sweep
@@ -94,6 +106,27 @@ def _run(args: argparse.Namespace) -> int:
                                      autoscaling=args.autoscaling or None,
                                      tracking_uri=args.tracking_uri, analyze=False if args.no_analyze else None),
                    sweep_dir, args)
+
+
+def _load_space(path: str, overrides: list[str], smoke: bool):
+    """load_space, and with `smoke` a ConfigError when there is no smoke: overlay to apply (in the
+    file, or set by smoke.* overrides): --smoke then silently ran the full sweep."""
+    from dnasweep.config import read_yaml
+    from dnasweep.space import load_space
+
+    problem = Problem("--smoke", f"{path} has no smoke: section, so --smoke would run the full sweep",
+                      "add an overlay for a fast run, e.g. smoke: {budget: {trials: 2}, base: {train: {max_steps: "
+                      "20}}}, or drop --smoke")
+    try:
+        space = load_space(path, overrides, smoke=smoke)
+    except ConfigError as e:  # every problem at once: the file's, and (judged from the file) the missing overlay
+        if smoke and e.problems[0].key not in ("<file>", "<root>") and not read_yaml(path).get("smoke") and not any(
+                o.split("=", 1)[0].split(".")[0] == "smoke" for o in overrides):
+            raise ConfigError([*e.problems, problem], e.source) from None
+        raise
+    if smoke and not space.config.smoke:  # the overlay as applied: the file's, with smoke.* overrides
+        raise ConfigError([problem], path)
+    return space
 
 
 def _same_space(sweep_dir: str, space) -> None:
@@ -129,6 +162,8 @@ def _same_storage(sweep_dir: str, given: str | None) -> None:
 
 
 def _resume(args: argparse.Namespace) -> int:
+    # --root matters for a URI (where its local copy goes); for a NAME, _locate checks it
+    flags.sweep_flags(args, "resume", root="://" in args.sweep)
     return _resume_in(args.sweep if "://" in args.sweep else _sweep_arg(args.sweep, args.root), args)
 
 
@@ -144,6 +179,8 @@ def _locate(arg: str, root: str, found, key: str, fix: str, source: str, normali
     """ARG as a path, else under --root (a name as `dnasweep ls` prints it): the first place that
     `found` accepts wins over one that merely exists. Neither there: exit 2 saying so (a directory
     that is not a sweep is refused later, with its reason)."""
+    if not os.path.isabs(arg) and not os.path.exists(arg) and (problem := flags.root_problem(root)):
+        raise ConfigError([problem], source)  # said as is: "nor does FILE/NAME" hid that --root is a file
     candidates = [arg] + ([] if os.path.isabs(arg) else [os.path.join(root, arg)])
     candidates = [os.path.normpath(c) for c in candidates] if normalize else candidates
     hit = next((c for c in candidates if found(c)), None) or next((c for c in candidates if os.path.exists(c)), None)
@@ -189,6 +226,16 @@ def _finish(go, sweep_dir: str, args: argparse.Namespace) -> int:
 
 def _analyze(args: argparse.Namespace) -> int:
     from dnasweep.sweep.study import is_sweep_dir as is_sweep  # imports no ray/optuna/mlflow at module level
+
+    # the flags first, all at once: --examples 0 silently meant the default, -5 an error about other keys
+    p = [] if args.examples is None or args.examples >= 1 else [
+        Problem("--examples", f"must be >= 1, got {args.examples}", "e.g. --examples 64, or leave the flag out for "
+                "the default (256 sequences / every held-out image)")]
+    p += flags.device_problems(args.device) + flags.tracking_problems(args.tracking_uri)
+    if args.out is not None and (q := flags.dir_problem(args.out, "--out", "report directory", "name a directory for "
+                                                   "the reports, or leave the flag out for TRIAL/analysis")):
+        p.append(q)
+    raise_if(p, "analyze")
 
     def in_sweep(t: str) -> bool:  # a sweep, SWEEP/TRIAL (a trial id or Optuna number) or SWEEP/trials/ID
         parent = os.path.dirname(t)
@@ -242,13 +289,19 @@ def _ui(args: argparse.Namespace) -> int:
 def _ls(args: argparse.Namespace) -> int:
     from dnasweep.sweep.study import list_sweeps
 
+    if not os.path.exists(args.root) and args.root == DEFAULT_ROOT:  # nothing run from here yet
+        print(f"no sweeps under {args.root} (it does not exist yet: dnasweep run makes it)")
+        return 0
+    if not os.path.exists(args.root):  # a typo said "no sweeps under ROOT", as an empty root does
+        raise ConfigError([Problem("--root", f"{args.root} does not exist", "pass the directory the sweeps were run "
+                                   "under (dnasweep run --root ROOT; default runs/sweeps)")], "ls")
+    raise_if([p for p in [flags.root_problem(args.root)] if p], "ls")
     rows = list_sweeps(args.root)
     if not rows:
         print(f"no sweeps under {args.root}")
     for r in rows:
         if "unreadable" in r:
-            print(f"{r['name']:<40} unreadable: {r['unreadable']} (was the directory renamed? its Optuna study "
-                  "keeps the name it was started with)")
+            print(f"{r['name']:<40} unreadable: {_why_unreadable(os.path.join(args.root, r['name']), r['unreadable'])}")
             continue
         # Optuna trials stay RUNNING when the driver stops: a live sweep's and a stopped one's look alike,
         # unless the runner marked the sweep stopped (Ctrl-C, SIGTERM; a SIGKILL marks nothing)
@@ -258,6 +311,19 @@ def _ls(args: argparse.Namespace) -> int:
               f"{r['failed']:>3} failed  {r['running']:>3} {state}"
               + (f"  {r['abandoned']} abandoned" if r["abandoned"] else ""))
     return 0
+
+
+def _why_unreadable(sweep_dir: str, error: str) -> str:
+    """What `open_study` says is wrong with a sweep `list_sweeps` could not read, and its fix."""
+    from dnasweep.sweep.study import open_study
+
+    try:
+        open_study(sweep_dir, "ls")
+    except ConfigError as e:
+        return "; ".join(p.message + (f" (fix: {p.fix})" if p.fix else "") for p in e.problems)
+    except Exception:  # noqa: BLE001, S110 - another failure: list_sweeps's own text says it
+        pass
+    return f"{error} (was the directory renamed? its Optuna study keeps the name it was started with)"
 
 
 def _cluster_flags(p: argparse.ArgumentParser) -> None:
@@ -292,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*", help="dotted overrides of the file, e.g. budget.trials=4 base.train.lr=1e-3")
     r.add_argument("--smoke", action="store_true", help="apply the file's smoke: overlay (fast CPU run)")
     r.add_argument("--name", help="sweep name (default: SPACE-DATE-TIME)")
-    r.add_argument("--root", default="runs/sweeps", help="directory holding sweep directories")
+    r.add_argument("--root", default=DEFAULT_ROOT, help="directory holding sweep directories")
     r.add_argument("--resume", action="store_true", help="if sweep --name exists, continue it instead of refusing "
                    "(needs --name)")
     r.add_argument("--storage", help="object store that keeps the sweep for multi-node runs, e.g. s3://BUCKET/sweeps "
@@ -302,33 +368,33 @@ def build_parser() -> argparse.ArgumentParser:
     rs = sub.add_parser("resume", help="continue a stopped sweep (Ctrl-C, SIGTERM, killed driver) to its budget")
     rs.add_argument("sweep", help="sweep directory (runs/sweeps/NAME), its name under --root, or its object-store "
                     "URI (s3://BUCKET/sweeps/NAME)")
-    rs.add_argument("--root", default="runs/sweeps", help="directory holding sweep directories (a NAME is looked up "
+    rs.add_argument("--root", default=DEFAULT_ROOT, help="directory holding sweep directories (a NAME is looked up "
                     "there; the local copy of a sweep resumed from a URI goes there)")
     _cluster_flags(rs)
     rs.set_defaults(fn=_resume)
     a = sub.add_parser("analyze", help="routing report (paths, power law, specialisation, compute) of trained trials")
     a.add_argument("target", help="trial directory, SWEEP/TRIAL (Ray id or Optuna number), or a sweep (its front); "
                    "SWEEP may be a name under --root")
-    a.add_argument("--root", default="runs/sweeps", help="directory holding sweep directories")
+    a.add_argument("--root", default=DEFAULT_ROOT, help="directory holding sweep directories")
     a.add_argument("--out", help="report directory (default: TRIAL/analysis; for a sweep's front, OUT/ID each)")
-    a.add_argument("--examples", type=int, help="held-out sequences / images to run (default: 256 / all)")
-    a.add_argument("--device", default="cpu", help="cpu or cuda")
+    a.add_argument("--examples", type=int, help="held-out sequences / images to run, >= 1 (default: 256 / all)")
+    a.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     a.add_argument("--tracking-uri", help="MLflow store of a sweep (default: $MLFLOW_TRACKING_URI, else the one the "
                    "sweep logged to)")
     a.set_defaults(fn=_analyze)
     pf = sub.add_parser("pareto", help="the current Pareto front of a sweep (running or finished)")
     pf.add_argument("sweep", help="sweep directory (runs/sweeps/NAME) or its name under --root")
-    pf.add_argument("--root", default="runs/sweeps", help="directory holding sweep directories")
+    pf.add_argument("--root", default=DEFAULT_ROOT, help="directory holding sweep directories")
     pf.add_argument("--json", action="store_true", help="print the front (and the dense reference) as JSON")
     pf.add_argument("--wide", action="store_true", help="every sampled value and the Ray trial id as columns")
     pf.set_defaults(fn=_pareto)
     u = sub.add_parser("ui", help="MLflow UI and optuna-dashboard on a sweep (127.0.0.1, free ports; Ctrl-C stops "
                        "both)")
     u.add_argument("sweep", help="sweep directory (runs/sweeps/NAME) or its name under --root")
-    u.add_argument("--root", default="runs/sweeps", help="directory holding sweep directories")
+    u.add_argument("--root", default=DEFAULT_ROOT, help="directory holding sweep directories")
     u.set_defaults(fn=_ui)
     ls = sub.add_parser("ls", help="sweeps under a root directory, with trial counts")
-    ls.add_argument("--root", default="runs/sweeps")
+    ls.add_argument("--root", default=DEFAULT_ROOT)
     ls.set_defaults(fn=_ls)
     return p
 

@@ -273,6 +273,10 @@ def test_analyze_in_a_sweep_honours_out_and_device(tmp_path, monkeypatch, which)
 
     monkeypatch.setattr(trial_mod, "analyze_trial", fake)
     monkeypatch.setattr(analysis, "_mlflow_run", lambda *a: (None, None))
+    import torch  # --device cuda is refused on a machine without CUDA: this one passes for one with it
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(analysis, "front_dirs", lambda s: [str(sweep / "trials" / t) for t in ("t1", "t2")])
     target = str(sweep / "trials" / "t1") if which == "one" else str(sweep)
     assert main(["analyze", target, "--out", str(tmp_path / "rep"), "--device", "cuda"]) == 0

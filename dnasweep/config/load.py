@@ -243,15 +243,25 @@ def read_yaml(path: str) -> dict:
     if not os.path.isfile(path):
         raise ConfigError([Problem("<file>", f"no such file: {path}", "check the path")], source=path)
     try:
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        # The document's own shape first: OmegaConf reads plain text as a mapping of that one key
+        # (the whole file became an unknown key) and an empty file as {} (a valid default config).
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+        if isinstance(data, dict):
+            data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     except Exception as e:  # yaml.YAMLError and OmegaConf's own: both mean "not valid YAML"
         raise ConfigError([Problem("<file>", f"not valid YAML: {_yaml_message(e)}",
                                    "fix the syntax there (indent with spaces, not tabs; a colon after "
                                    "each key; close brackets and quotes)")], source=path) from None
     if data is None:
-        data = {}
+        raise ConfigError([Problem("<file>", f"{path} is empty" + ("" if os.path.getsize(path) == 0 else
+                                                                   " (nothing but blanks, comments or null)"),
+                                   "write the config in it (see search_spaces/*.yaml), or pass another file")],
+                          source=path)
     if not isinstance(data, dict):
-        raise ConfigError([Problem("<root>", f"expected a mapping, got {type(data).__name__}")], source=path)
+        raise ConfigError([Problem("<root>", f"{path} is not a YAML mapping (expected a mapping, got "
+                                   f"{type(data).__name__})", "a config maps keys to values, e.g. model: {d_model: "
+                                   "64}: is this the right file?")], source=path)
     return data
 
 

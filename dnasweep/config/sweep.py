@@ -119,6 +119,27 @@ class ResourcesConfig:
         return out
 
 
+# Schemes MLflow tracking has a store for (a plain path is a file store too). The databases take a
+# driver after a +, as SQLAlchemy URLs do (postgresql+psycopg2://).
+TRACKING_SCHEMES = ("file", "sqlite", "http", "https", "databricks")
+TRACKING_DATABASES = ("postgresql", "mysql", "mssql")
+
+
+def tracking_scheme_problem(uri: str) -> str | None:
+    """Why MLflow has no tracking store for `uri` (with bogus://x every write fails, the tracker
+    only reports those, and a whole sweep ran with nothing recorded); None for a plain path or a
+    scheme it has. The one rule for --tracking-uri, $MLFLOW_TRACKING_URI and tracking.uri."""
+    m = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", uri)
+    if m is None or len(m.group(1)) == 1:  # a plain path (C:\\... is a Windows drive, not a scheme)
+        return None
+    scheme = m.group(1).lower()
+    base, plus, _ = scheme.partition("+")
+    if (base in TRACKING_DATABASES) if plus else (scheme in TRACKING_SCHEMES + TRACKING_DATABASES):
+        return None
+    shown = re.sub(r"(//[^/:@\s]+):[^/@\s]+@", r"\1:***@", uri)  # as tracking.redact (which imports Ray Tune)
+    return f"{shown!r}: MLflow tracking has no store for the scheme {scheme}:, so nothing would be recorded"
+
+
 @dataclass
 class TrackingConfig:
     """Where MLflow records the sweep."""
@@ -132,7 +153,12 @@ class TrackingConfig:
             return [Problem("tracking.uri", "holds a password (user:password@host); credentials never go in a "
                             "space file", "drop the user:password@ part and export MLFLOW_TRACKING_USERNAME / "
                             "MLFLOW_TRACKING_PASSWORD instead")]
-        return [] if self.experiment else [Problem("tracking.experiment", "must be a name", "e.g. dnasweep-lm")]
+        p = [] if self.experiment else [Problem("tracking.experiment", "must be a name", "e.g. dnasweep-lm")]
+        if self.uri and (why := tracking_scheme_problem(self.uri)):
+            p.append(Problem("tracking.uri", why, "use a directory, file:///PATH, sqlite:///PATH.db, a database URL "
+                             "(postgresql://, mysql://, mssql://), http(s)://HOST:PORT of an MLflow server, or "
+                             "databricks; or null for the sweep's own SWEEP/mlflow.db"))
+        return p
 
 
 @dataclass

@@ -54,14 +54,48 @@ def journal(sweep_dir: str):
 
 
 def open_study(sweep_dir: str, command: str = "pareto"):
-    """The sweep's Optuna study; a ConfigError (exit 2) when `sweep_dir` is not a sweep."""
+    """The sweep's Optuna study; a ConfigError (exit 2) when `sweep_dir` is not a sweep, or its journal
+    holds no study of the directory's name (renamed, or an empty journal)."""
     import optuna
 
     if not is_sweep_dir(sweep_dir):
         raise ConfigError([Problem("SWEEP", f"{sweep_dir} is not a sweep directory (no optuna.log / space.json)",
                                    "pass ROOT/NAME of a sweep started by dnasweep run; see dnasweep ls")], command)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(study_name=os.path.basename(os.path.normpath(sweep_dir)), storage=journal(sweep_dir))
+    name, storage = os.path.basename(os.path.normpath(sweep_dir)), journal(sweep_dir)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError as e:  # Optuna's "Record does not exist": no study of this name in the journal
+        missing = e
+    # The study is named after the directory the sweep was started in: say which names the journal
+    # holds (a KeyError traceback said none of it)
+    try:
+        names = optuna.get_all_study_names(storage)
+    except Exception as e:  # noqa: BLE001 - the journal itself cannot be listed: say that instead
+        names, why = None, f"{type(e).__name__}: {e}"[:200]
+    if names and name in names:  # the study is there: the KeyError was about something else in it
+        raise missing
+    journal_file = os.path.join(sweep_dir, "optuna.log")
+    if names == []:
+        what = ("is empty (the sweep was stopped as its study was being written, or the file was truncated)"
+                if os.path.getsize(journal_file) == 0 else "holds no Optuna study (not a journal Optuna can read)")
+        problem = Problem("SWEEP", f"{journal_file} {what}: there is nothing to read or resume",
+                          "restore optuna.log from a copy of the sweep (its --storage, if it had one), "
+                          f"or move {sweep_dir} away and start the sweep again with dnasweep run")
+    elif names:
+        shown = ", ".join(repr(n) for n in names)
+        back = os.path.join(os.path.dirname(os.path.normpath(sweep_dir)), names[0])
+        fix = (f"rename it back: mv {os.path.normpath(sweep_dir)} {back}" if len(names) == 1
+               else f"rename it back to its study's name (one of {shown})")
+        if len(names) == 1 and os.path.exists(back):
+            fix += f" ({back} exists: a copy of this sweep? move one of them away first)"
+        problem = Problem("SWEEP", f"{sweep_dir}'s Optuna journal holds the study {shown}, not {name!r}: the "
+                          "directory was renamed (a sweep's study keeps the name it was started with)", fix)
+    else:
+        problem = Problem("SWEEP", f"{sweep_dir} has no Optuna study named {name!r}, and {journal_file} cannot be "
+                          f"listed ({why})", "check that optuna.log is the sweep's Optuna journal, or restore it "
+                          "from a copy of the sweep")
+    raise ConfigError([problem], command)
 
 
 def read_space(sweep_dir: str) -> SearchSpace:
