@@ -47,24 +47,26 @@ def _validate(args: argparse.Namespace) -> int:
     from dnasweep.config import load_trial, read_yaml
     from dnasweep.model import nominal
 
-    if args.samples is not None and args.samples < 1:
-        raise ConfigError([Problem("--samples", f"must be >= 1, got {args.samples}",
-                                   "e.g. --samples 200; leave the flag out to sample no points")], "validate")
+    bad_samples = [Problem("--samples", f"must be >= 1, got {args.samples}", "e.g. --samples 200; leave the flag "
+                           "out to sample no points")] if args.samples is not None and args.samples < 1 else []
 
     # A search space has base:/search:/objectives:; a trial config has none of them (model:, train:, ...).
     if not {"base", "search", "objectives"} & set(read_yaml(args.config) or {}):
         if args.smoke:  # it was ignored: the trial was checked as it is
-            raise ConfigError([Problem("--smoke", f"{args.config} is a trial config, which has no smoke: section",
-                                       "drop --smoke; a search space's smoke: overlay is what --smoke applies")],
-                              args.config)
-        cfg = load_trial(args.config, list(args.overrides))
+            bad_samples.append(Problem("--smoke", f"{args.config} is a trial config, which has no smoke: section",
+                                       "drop --smoke; a search space's smoke: overlay is what --smoke applies"))
+        try:
+            cfg = load_trial(args.config, list(args.overrides))
+        except ConfigError as e:  # the flags' problems with the file's, at once
+            raise ConfigError([*bad_samples, *e.problems], e.source) from None
+        raise_if(bad_samples, args.config)
         n = nominal(cfg.model)
         print(f"{args.config}: valid trial ({cfg.model.kind} {cfg.model.task}, {n.params_total:,} parameters, "
               f"{n.params_active:,.0f} active per token, {n.flops_per_token:,.0f} forward FLOPs per token nominal)")
         return 0
     from dnasweep.space import space_warnings, summarize
 
-    space = _load_space(args.config, list(args.overrides), args.smoke)
+    space = _load_space(args.config, list(args.overrides), args.smoke, bad_samples)
     print(summarize(space))
     for w in space_warnings(space):
         print(f"warning: {w}", file=sys.stderr)
@@ -89,8 +91,7 @@ def _run(args: argparse.Namespace) -> int:
                                    "sweep, and nothing is resumed",
                                    f"dnasweep resume NAME (the names: dnasweep ls --root {args.root}), or add "
                                    "--name NAME")], "run")
-    flags.sweep_flags(args, "run", root=True)
-    space = _load_space(args.space, list(args.overrides), args.smoke)
+    space = _load_space(args.space, list(args.overrides), args.smoke, flags.sweep_flag_problems(args, root=True))
     stem = os.path.splitext(os.path.basename(args.space))[0]
     name = args.name or f"{stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     from dnasweep.sweep.runner import run_sweep
@@ -108,9 +109,11 @@ def _run(args: argparse.Namespace) -> int:
                    sweep_dir, args)
 
 
-def _load_space(path: str, overrides: list[str], smoke: bool):
+def _load_space(path: str, overrides: list[str], smoke: bool, flag_problems: list[Problem] | None = None):
     """load_space, and with `smoke` a ConfigError when there is no smoke: overlay to apply (in the
-    file, or set by smoke.* overrides): --smoke then silently ran the full sweep."""
+    file, or set by smoke.* overrides): --smoke then silently ran the full sweep. `flag_problems`
+    (the command's other flags) are raised with the file's, all at once."""
+    flag_problems = flag_problems or []
     from dnasweep.config import read_yaml
     from dnasweep.space import load_space
 
@@ -122,10 +125,10 @@ def _load_space(path: str, overrides: list[str], smoke: bool):
     except ConfigError as e:  # every problem at once: the file's, and (judged from the file) the missing overlay
         if smoke and e.problems[0].key not in ("<file>", "<root>") and not read_yaml(path).get("smoke") and not any(
                 o.split("=", 1)[0].split(".")[0] == "smoke" for o in overrides):
-            raise ConfigError([*e.problems, problem], e.source) from None
-        raise
-    if smoke and not space.config.smoke:  # the overlay as applied: the file's, with smoke.* overrides
-        raise ConfigError([problem], path)
+            raise ConfigError([*flag_problems, *e.problems, problem], e.source) from None
+        raise ConfigError([*flag_problems, *e.problems], e.source) from None
+    more = [problem] if smoke and not space.config.smoke else []  # the overlay as applied, smoke.* overrides too
+    raise_if([*flag_problems, *more], path)
     return space
 
 

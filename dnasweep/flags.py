@@ -74,11 +74,16 @@ def address_problem(flag: str | None) -> Problem | None:
                    f"--address {host}:{port}); or {drop} to run on a new local cluster")
 
 
-def sweep_flags(args: argparse.Namespace, command: str, root: bool) -> None:
-    """ConfigError (exit 2) with every problem of `run`'s or `resume`'s flags, before anything starts."""
+def sweep_flag_problems(args: argparse.Namespace, root: bool) -> list[Problem]:
+    """Every problem of `run`'s or `resume`'s flags, judged before anything starts."""
     p = [root_problem(args.root)] if root else []
     p += [*tracking_problems(args.tracking_uri), address_problem(args.address)]  # (last: it may wait 5 s)
-    raise_if([q for q in p if q], command)
+    return [q for q in p if q]
+
+
+def sweep_flags(args: argparse.Namespace, command: str, root: bool) -> None:
+    """ConfigError (exit 2) with every problem of `run`'s or `resume`'s flags, before anything starts."""
+    raise_if(sweep_flag_problems(args, root), command)
 
 
 def device_problems(device: str) -> list[Problem]:

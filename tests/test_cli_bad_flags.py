@@ -350,3 +350,16 @@ def test_smoke_without_an_overlay_is_reported_with_the_files_other_problems(tmp_
 def test_an_empty_smoke_overlay_given_as_override_is_no_overlay(tmp_path, capsys):
     assert main(["validate", write_yaml(tmp_path, VALID_SPACE), "--smoke", "smoke={}"]) == 2
     assert "  --smoke: " in _err(capsys)
+
+
+def test_a_commands_flag_problems_come_with_its_files(tmp_path, capsys, nothing_starts):
+    """A bad flag and a bad file were reported one at a time: fix the flag, run again, learn of
+    the file's problem."""
+    space = write_yaml(tmp_path, {**VALID_SPACE, "budget": {"trials": 0}})
+    (tmp_path / "f").write_text("x")
+    assert main(["run", space, "--root", str(tmp_path / "f")]) == 2
+    err = _err(capsys)
+    assert "--root: " in err and "budget.trials" in err
+    assert main(["validate", space, "--samples", "0"]) == 2
+    err = _err(capsys)
+    assert "--samples: " in err and "budget.trials" in err
