@@ -126,7 +126,9 @@ def _check_pareto_and_ls(res, root):
     cli = [sys.executable, "-m", "dnasweep.cli"]
     out = subprocess.run([*cli, "pareto", res.sweep_dir, "--json"], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout)["front"] == json.loads(json.dumps(res.front))
-    assert len(json.loads(out.stdout)["reference"]) == 2
+    rungs = json.loads(out.stdout)["reference"]
+    assert len(rungs) == 2 and all(r["status"] == "completed" and r["blocks"] == r["dense_layers"] + 1 for r in rungs)
+    assert any(r["frontier"] for r in rungs)
     out = subprocess.run([*cli, "ls", "--root", str(root)], capture_output=True, text=True, check=True)
     assert "tiny" in out.stdout and "4/4 complete" in out.stdout
     bad = subprocess.run([*cli, "pareto", str(root)], capture_output=True, text=True)
