@@ -8,7 +8,9 @@ and `schema_problems` (unknown keys with a "did you mean", wrong types, wrong-sh
 from __future__ import annotations
 
 import difflib
+import json
 import os
+import re
 import types
 from dataclasses import is_dataclass
 from typing import Any, Literal, Union, get_args, get_origin
@@ -210,6 +212,46 @@ def yaml_value(text: str) -> Any:
     return OmegaConf.to_container(OmegaConf.from_dotlist([f"v={text}"]))["v"]
 
 
+_INDEXED = re.compile(r"^([^\[]*)\[([^\]]*)\]\.?(.*)$")  # head[index].rest
+
+
+def _indexed_problem(key: str, text: str, schema: type | None) -> Problem:
+    """The problem of an override key with an [index] (`constraints[0]=...`): an override sets a
+    list whole, and names a mapping's entry by a dotted key."""
+    m = _INDEXED.match(key)
+    head, index, rest = m.groups() if m else (key.partition("[")[0], "", "")
+    typ = leaf_type(schema, head) if schema is not None and head else None
+    if typ is None and schema is not None:  # no such key: the index aside, what would it be?
+        parent, _, name = head.rpartition(".")
+        up = leaf_type(schema, parent) if parent else schema
+        close = did_you_mean(name, type_hints(up)) if is_dataclass(up) else ""
+        return Problem(key, f"unknown key {head}", close.replace("did you mean ", f"did you mean {parent}.", 1)
+                       if parent and close else close)
+    if get_origin(typ) is dict:
+        return Problem(key, f"{head} is a mapping: an override names its entries by a dotted key, not [{index}]",
+                       f"e.g. {head}.{index}={text}")
+    if typ is not None and typ is not Any and get_origin(typ) is not list:
+        return Problem(key, f"{head} is not a list ({type_name(typ)}): an override names a field by its dotted "
+                       "path, without [index]", f"e.g. {head}={text}")
+    try:
+        value = yaml_value(text)
+    except Exception:  # a malformed value: shown as typed
+        value = text
+    if rest:  # one field of an item: the item is written whole too (its other fields as the file has them)
+        for part in reversed(rest.split(".")):
+            value = {part: value}
+        shown = "{..., " + yaml.safe_dump(value, default_flow_style=True, width=float("inf")).strip()[1:]
+    else:
+        shown = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else yaml.safe_dump(
+            value, default_flow_style=True, width=float("inf")).strip().removesuffix("\n...").strip()
+    before = int(index) if index.isdigit() else 0
+    example = f"{head}=[{', '.join(['...'] * before + [shown])}]"
+    others = "; write out each ... as the file has it" if before or rest else ""
+    return Problem(key, f"{head} is a list, and an override sets a list whole: an item ([{index}]) cannot be set "
+                   "on its own", f"write the whole list in one override, every item it should hold (it replaces "
+                   f"the file's list{others}), quoted for the shell: e.g. '{example}'")
+
+
 def parse_overrides(overrides: list[str], schema: type | None = None) -> tuple[dict, list[Problem]]:
     """`key=value` strings -> nested dict, later ones winning. Values are YAML scalars, but those of
     the str fields of dataclass `schema` (when given) arrive as typed."""
@@ -218,6 +260,9 @@ def parse_overrides(overrides: list[str], schema: type | None = None) -> tuple[d
         key, eq, text = o.partition("=")
         if not eq or not key:
             bad.append(Problem(o, "override must look like dotted.key=value", "e.g. train.max_steps=200"))
+            continue
+        if "[" in key:  # OmegaConf reads constraints[0] as a mapping key '0': the list became a dict
+            bad.append(_indexed_problem(key, text, schema))
             continue
         try:
             out = deep_merge(out, _override(key, text, schema))

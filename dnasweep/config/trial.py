@@ -119,12 +119,24 @@ def build_trial(data: dict, overrides: list[str] | None = None, source: str = "c
 def load_trial(path: str, overrides: list[str] | None = None) -> TrialConfig:
     """A trial config from a trial YAML or a search-space YAML (its `base:`), with overrides."""
     data = read_yaml(path)
-    if "base" in data or "search" in data:
-        data = {} if data.get("base") is None else data["base"]  # `base:` left empty: the defaults
-        if not isinstance(data, dict):
-            raise ConfigError([Problem("base", f"expected a mapping, got {type(data).__name__} {data!r}",
-                                       "a complete trial config: base: {model: ..., data: ..., train: ...}")], path)
-    return build_trial(data, overrides, source=path)
+    if "base" not in data and "search" not in data:
+        return build_trial(data, overrides, source=path)
+    data = {} if data.get("base") is None else data["base"]  # `base:` left empty: the defaults
+    if not isinstance(data, dict):
+        raise ConfigError([Problem("base", f"expected a mapping, got {type(data).__name__} {data!r}",
+                                   "a complete trial config: base: {model: ..., data: ..., train: ...}")], path)
+    # The trial is the base itself, so its overrides are keyed below base: (train.max_steps=3). One
+    # written as in the space file (base.train.max_steps=3) named an unknown key 'base' instead.
+    prefixed = [o for o in overrides or [] if o.partition("=")[0].startswith("base.")]
+    p = [Problem(o.partition("=")[0], f"{path} is a search space, and its base: is the trial trained "
+                 f"here, so override keys are relative to base: (set on the command line: {o})",
+                 f"drop the base. prefix: {o.removeprefix('base.')}") for o in prefixed]
+    try:
+        cfg = build_trial(data, [o for o in overrides or [] if o not in prefixed], source=path)
+    except ConfigError as e:
+        raise ConfigError(p + e.problems, path) from None
+    raise_if(p, path)
+    return cfg
 
 
 def to_dict(cfg: TrialConfig) -> dict:

@@ -239,7 +239,12 @@ def when_problems(params: list[Param]) -> list[Problem]:
     for q in params:
         key = f"search.{q.path}.when"
         for other, vals in q.when.items():
-            if other not in order:
+            if other == q.path:  # (also "not listed before itself": moving it cannot help)
+                out.append(Problem(key, f"condition on {other!r}, the parameter itself: a parameter cannot be "
+                                   "conditioned on itself (its value is drawn only once the condition holds)",
+                                   f"drop the condition on {other}, or condition on another parameter searched "
+                                   "before it"))
+            elif other not in order:
                 out.append(Problem(key, f"condition on {other!r}, which is not a searched parameter",
                                    _when_fix(other, order, searched)))
             elif order[other] >= order[q.path]:

@@ -294,10 +294,7 @@ def _parse(data: dict, source: str, overrides: list[str] | None, smoke: bool, ch
         cfg.objectives = _objectives(cfg.objectives, base, cfg.search, p, bool(cfg.reference.d_model))
     constraints = _constraints(cfg.constraints, base, cfg.search, p, bool(cfg.reference.d_model))
     if base is not None and cfg.reference.d_model and cfg.reference.dense_layers:
-        try:
-            ladder(base, cfg.reference.d_model, cfg.reference.dense_layers)
-        except ConfigError as e:
-            p += e.problems
+        p += _reference_problems(cfg, data, source, overrides or [], smoke)
     if feasibility and base is not None and not any(q.key.startswith(("search", "constraints")) for q in p):
         p += unsatisfiable(params, constraints, base)
     if base is not None:
@@ -307,6 +304,54 @@ def _parse(data: dict, source: str, overrides: list[str] | None, smoke: bool, ch
         p += _smoke_problems(data, source, overrides, cfg.smoke, p)
     raise_if(p, source)
     return SearchSpace(source, cfg, params, constraints)
+
+
+def _rung_problems(base: TrialConfig, ref) -> list[Problem]:
+    """The problems of the ladder `ref` (a ReferenceConfig) on `base`, one per rung and rule."""
+    try:
+        ladder(base, ref.d_model, ref.dense_layers)
+    except ConfigError as e:
+        return e.problems
+    return []
+
+
+def _reference_problems(cfg, data: dict, source: str, overrides: list[str], smoke: bool) -> list[Problem]:
+    """The reference: ladder's invalid rungs. A rung that only a `base.*` override breaks (the file's
+    own base builds it) is that override's problem: said once, on the key the user set, not once per
+    rung under `reference`, which the user never touched."""
+    found = _rung_problems(cfg.base, cfg.reference)
+    keys = [override_key(o) for o in overrides]
+    set_base = [o for o, k in zip(overrides, keys, strict=True)
+                if covers("base", [k]) or (smoke and covers("smoke.base", [k]))]
+    if not found or not set_base:
+        return found
+
+    def without(dropped: list[str]) -> list[Problem] | None:
+        """The rung problems with the overrides `dropped`; None when that base is invalid itself."""
+        rest = [o for o in overrides if o not in dropped]
+        other, q = sweep_sections(data, source, rest, smoke)
+        return None if any(x.key.startswith("base") for x in q) else _rung_problems(other.base, other.reference)
+
+    own = without(set_base)
+    if own is None:  # the file's base alone is invalid: which rung problem is whose cannot be told
+        return found
+    out, caused = [q for q in found if q in own], {}
+    for q in found:
+        if q not in own:  # 'rung d_model=W, dense_layers=N: KEY: MESSAGE' (space.reference.ladder)
+            rung, _, what = q.message.partition(": ")
+            caused.setdefault((what, q.fix), []).append(rung.removeprefix("rung "))
+    for (what, fix), rungs in caused.items():
+        # the override that breaks it alone, else the last of them (they break it together)
+        alone = (o for o in set_base if len(set_base) == 1 or (
+            (other := without([x for x in set_base if x != o])) is not None
+            and any(q.message.partition(": ")[2] == what for q in other)))
+        culprit = next(alone, set_base[-1])
+        key = override_key(culprit)
+        out.append(Problem(key, f"breaks the reference: ladder's dense rung{'s' if len(rungs) > 1 else ''} "
+                           f"{'; '.join(rungs)}: {what}", "; ".join(filter(None, [
+                               fix, f"set {key} to a value every rung takes too, or change reference.d_model / "
+                               "reference.dense_layers"]))))
+    return out
 
 
 def _attributed(p: list[Problem], overrides: list[str], overlay: dict) -> list[Problem]:

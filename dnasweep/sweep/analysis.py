@@ -34,7 +34,7 @@ def _mlflow_run(sweep_dir: str, ray_trial_id: str, uri: str | None):
     from mlflow import MlflowClient
 
     from dnasweep.sweep.study import read_space
-    from dnasweep.sweep.tracking import resolve_uri
+    from dnasweep.sweep.tracking_uri import resolve_uri
 
     space = read_space(sweep_dir)
     experiment = space.tracking.experiment

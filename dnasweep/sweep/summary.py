@@ -13,7 +13,7 @@ from dnasweep.sweep.study import SweepResult, counts, front_trial_dirs, result_o
 
 def finish_sweep(study, space: SearchSpace, store, tracker, uri: str, log, analyze: bool | None,
                  elapsed_s: float) -> SweepResult:
-    from dnasweep.sweep.tracking import redact
+    from dnasweep.sweep.tracking_uri import redact
 
     sweep_dir = store.sweep_dir
     for t in study.get_trials(deepcopy=False):  # trials that ended under an earlier head (resume from a store)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -19,62 +18,21 @@ from ray.tune import Callback
 
 from dnasweep import metrics as M
 from dnasweep.config import flatten, to_dict
-from dnasweep.errors import ConfigError, Problem
 from dnasweep.space import SearchSpace
 from dnasweep.sweep import budget
 from dnasweep.sweep.study import read_json
+from dnasweep.sweep.tracking_uri import (  # noqa: F401 - the tracker's URI helpers, imported from here too
+    STATE_FILE,
+    TrackingURI,
+    _quick_http_failures,
+    check_reachable,
+    default_uri,
+    redact,
+    resolve_uri,
+)
 
 FLUSH_EVERY_S = 5.0  # buffered metrics are written at least this often (and when a trial ends)
-STATE_FILE = "tracking.json"  # SWEEP/tracking.json: experiment, parent run, Ray trial id -> MLflow run id
 BACKLOG_FILE = "tracking_backlog.json"  # results the store did not take before the driver stopped
-
-
-def default_uri(sweep_dir: str) -> str:
-    return f"sqlite:///{os.path.join(sweep_dir, 'mlflow.db')}"
-
-
-def resolve_uri(flag: str | None, sweep_dir: str, space: SearchSpace | None = None, source: str = "run") -> str:
-    """The MLflow tracking URI of a sweep, the same for run, resume and analyze: --tracking-uri, then
-    $MLFLOW_TRACKING_URI, then what the sweep recorded when it started (SWEEP/tracking.json), then the
-    space file's tracking.uri, then the sweep's own SQLite store."""
-    stored = (read_json(os.path.join(sweep_dir, STATE_FILE)) or {}).get("uri")
-    uri = flag or os.environ.get("MLFLOW_TRACKING_URI") or stored or (space and space.tracking.uri) \
-        or default_uri(sweep_dir)
-    if "***@" in uri:
-        raise ConfigError([Problem("MLFLOW_TRACKING_URI", "this sweep logged to a tracking server with a password, "
-                                   "which dnasweep does not store", "export MLFLOW_TRACKING_URI with the "
-                                   "password first")], source)
-    return uri
-
-
-def redact(uri: str) -> str:
-    """`uri` (or any text quoting one) with passwords replaced by ***, for printing and for files
-    in the sweep directory."""
-    return re.sub(r"(//[^/:@\s]+):[^/@\s]+@", r"\1:***@", uri)
-
-
-def check_reachable(uri: str, source: str = "tracking") -> None:
-    """Fail fast (exit 2, before Ray or any trial starts) when a remote tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
-        return  # file and database stores are created on first use
-    _quick_http_failures()
-    from mlflow import MlflowClient
-
-    try:
-        MlflowClient(uri).search_experiments(max_results=1)
-    except Exception as e:
-        raise ConfigError([Problem("MLFLOW_TRACKING_URI", f"the MLflow tracking server {redact(uri)} does not answer "
-                                   f"({type(e).__name__}: {redact(str(e).splitlines()[0][:200])})",
-                                   "start it (mlflow server --host 127.0.0.1 --port 5000), fix the URI, or unset "
-                                   "MLFLOW_TRACKING_URI to use the sweep's own SQLite store")], source) from None
-
-
-def _quick_http_failures() -> None:
-    # MLflow retries a failed HTTP call 7 times with backoff (minutes) by default. Tracking runs on
-    # the driver between Tune events, so a down server would stall the whole sweep; we buffer and
-    # retry ourselves instead. A user's own setting wins.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
 class MLflowSweepLogger(Callback):

@@ -109,7 +109,7 @@ def _executable(name: str) -> str:
 def serve(sweep_dir: str, out=print, wait_s: float = 180.0) -> int:
     """Start both UIs on the sweep, print their URLs, wait for Ctrl-C (0) or for one to die (1)."""
     from dnasweep.sweep.study import journal, open_study, read_space
-    from dnasweep.sweep.tracking import redact, resolve_uri
+    from dnasweep.sweep.tracking_uri import redact, resolve_uri
 
     sweep_dir = os.path.abspath(sweep_dir)
     study = open_study(sweep_dir, "ui")  # exit 2 for a directory that is not a sweep

@@ -1,0 +1,83 @@
+"""Which MLflow store a sweep tracks to, one rule for run, resume, analyze and ui: the flag, then
+$MLFLOW_TRACKING_URI, then what the sweep recorded, then the space file, then SWEEP/mlflow.db; and
+whether an http store answers. Imports neither Ray nor MLflow at module level."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from dnasweep.errors import ConfigError, Problem
+from dnasweep.space import SearchSpace
+from dnasweep.sweep.study import read_json
+
+STATE_FILE = "tracking.json"  # SWEEP/tracking.json: experiment, parent run, Ray trial id -> MLflow run id
+
+
+def default_uri(sweep_dir: str) -> str:
+    return f"sqlite:///{os.path.join(sweep_dir, 'mlflow.db')}"
+
+
+def resolve_uri(flag: str | None, sweep_dir: str, space: SearchSpace | None = None, source: str = "run") -> str:
+    """The MLflow tracking URI of a sweep, the same for run, resume and analyze: --tracking-uri, then
+    $MLFLOW_TRACKING_URI, then what the sweep recorded when it started (SWEEP/tracking.json), then the
+    space file's tracking.uri, then the sweep's own SQLite store."""
+    stored = (read_json(os.path.join(sweep_dir, STATE_FILE)) or {}).get("uri")
+    # the first one given, with what to do to not use it (what an error about the URI names)
+    given = [(flag, "--tracking-uri", "leave --tracking-uri out (with MLFLOW_TRACKING_URI unset)"),
+             (os.environ.get("MLFLOW_TRACKING_URI"), "MLFLOW_TRACKING_URI", "unset MLFLOW_TRACKING_URI"),
+             (stored, f"SWEEP/{STATE_FILE}", "pass --tracking-uri of another store"),
+             (space and space.tracking.uri, "tracking.uri", f"drop tracking.uri from {space and space.source}"),
+             (default_uri(sweep_dir), "", "")]
+    uri, key, undo = next(g for g in given if g[0])
+    if "***@" in uri:
+        raise ConfigError([Problem("MLFLOW_TRACKING_URI", "this sweep logged to a tracking server with a password, "
+                                   "which dnasweep does not store", "export MLFLOW_TRACKING_URI with the "
+                                   "password first")], source)
+    return TrackingURI(uri, key, undo)
+
+
+class TrackingURI(str):
+    """A resolved tracking URI that remembers where it was set (`key`: --tracking-uri,
+    MLFLOW_TRACKING_URI, tracking.uri, ...) and how not to use it (`undo`), for `check_reachable`."""
+
+    def __new__(cls, uri: str, key: str = "", undo: str = ""):
+        # (defaults: pickle rebuilds a str subclass from the text alone, then restores the attributes)
+        self = super().__new__(cls, uri)
+        self.key, self.undo = key, undo
+        return self
+
+
+def redact(uri: str) -> str:
+    """`uri` (or any text quoting one) with passwords replaced by ***, for printing and for files
+    in the sweep directory."""
+    return re.sub(r"(//[^/:@\s]+):[^/@\s]+@", r"\1:***@", uri)
+
+
+def check_reachable(uri: str, source: str = "tracking") -> None:
+    """Fail fast (exit 2, before Ray or any trial starts) when a remote tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return  # file and database stores are created on first use
+    _quick_http_failures()
+    from mlflow import MlflowClient
+
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as e:
+        # Named where the URI was set (resolve_uri): a --tracking-uri blamed on MLFLOW_TRACKING_URI
+        # sent the user to unset a variable that was never set.
+        key = getattr(uri, "key", "") or "MLFLOW_TRACKING_URI"
+        undo = getattr(uri, "undo", "") or "unset MLFLOW_TRACKING_URI"
+        tail = " to log elsewhere" if key.startswith("SWEEP/") else " to use the sweep's own SQLite store"
+        raise ConfigError([Problem(key, f"the MLflow tracking server {redact(uri)} does not answer "
+                                   f"({type(e).__name__}: {redact(str(e).splitlines()[0][:200])})",
+                                   f"start it (mlflow server --host 127.0.0.1 --port 5000), fix the URI, or {undo}"
+                                   f"{tail}")], source) from None
+
+
+def _quick_http_failures() -> None:
+    # MLflow retries a failed HTTP call 7 times with backoff (minutes) by default. Tracking runs on
+    # the driver between Tune events, so a down server would stall the whole sweep; we buffer and
+    # retry ourselves instead. A user's own setting wins.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
