@@ -43,6 +43,37 @@ def _r(loss, flops=None, **kw):
     return {"val/loss": loss, "compute/flops_per_token": 1e5 * loss if flops is None else flops, **kw}
 
 
+def test_a_searched_max_steps_reserves_the_most_it_draws_not_the_bases():
+    """Every trial draws train.max_steps from [100, 300]: the base's 1000 is never trained, but it
+    was reserved for each running trial (a 1500-step budget ended after 674 steps) and a budget
+    under 1000 was refused. Conditional, the base's value is still some trials' and still counts."""
+    drawn = {"train.max_steps": {"int": [100, 300]}}
+    space = _space({"max_steps": 1000}, drawn, budget={"trials": 100, "steps": 900, "concurrent": 1})
+    assert space.most_steps() == 300 and budget.most_planned(space) == 300
+    s = _searcher(space)
+    n = 0
+    while (config := s.suggest(f"t{n}")) not in (None, Searcher.FINISHED):
+        s.on_trial_complete(f"t{n}", _r(1.0, step=config["train.max_steps"]))
+        n += 1
+    assert 900 - 300 < budget.steps_used(compat.search_study(s), space)[0] <= 900
+    conditional = {"model.router.type": {"choice": ["topk", "hash"]},
+                   "train.max_steps": {"int": [100, 300], "when": {"model.router.type": ["hash"]}}}
+    assert _space({"max_steps": 1000}, conditional).most_steps() == 1000
+
+
+def test_a_step_budget_is_judged_by_the_steps_the_token_budget_leaves():
+    """Trials end at step 250 (max_tokens) of max_steps 1000: a budget of 800 (three trials) was
+    refused as 'less than one trial's train.max_steps (1000)'."""
+    space = _space(TOKENS, budget={"trials": 3, "steps": 800})
+    assert budget.most_planned(space) == 250
+    from dnasweep.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        _space(TOKENS, budget={"trials": 3, "steps": 200})
+    (p,) = e.value.problems
+    assert p.key == "budget.steps" and "(250:" in p.message
+
+
 # 1. a token budget ends trials before train.max_steps: they reserve what they will train
 
 TOKENS = {"max_steps": 1000, "batch_size": 8, "max_tokens": 32 * 8 * 250}  # 250 steps of 8 x 32 tokens

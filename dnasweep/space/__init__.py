@@ -4,6 +4,7 @@
     space.py        SearchSpace (a typed SweepConfig + params + constraints), load_space
     apply.py        apply(base, point) -> TrialConfig: the only way a point becomes a trial
     feasibility.py  corners; constraints no point can meet
+    steps.py        the most steps one trial can be asked for (what a step budget leaves room for)
     sample.py       seeded points and the share that break a rule (validate --samples)
     summary.py      what validate prints
 """

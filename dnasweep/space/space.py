@@ -35,6 +35,7 @@ from dnasweep.space.apply import apply
 from dnasweep.space.feasibility import unsatisfiable
 from dnasweep.space.params import Param, parse_param, when_problems
 from dnasweep.space.reference import ladder
+from dnasweep.space.steps import most_planned, most_steps
 
 _CONSTRAINT = re.compile(r"^\s*([\w/.\-]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
 @dataclass
@@ -96,8 +97,13 @@ class SearchSpace:
         return out
 
     def most_steps(self) -> int:
-        """The most training steps one trial can be asked for: what a step budget must leave room for."""
+        """The largest train.max_steps a trial can have (dnasweep.space.steps.most_steps)."""
         return most_steps(self.base.train.max_steps, self.params)
+
+    def most_planned(self) -> int:
+        """The most steps one trial can be asked for, the token budget counted: what a step budget
+        must leave room for (dnasweep.space.steps.most_planned)."""
+        return most_planned(self.base, self.params)
 
     def apply(self, values: dict, out_dir: str) -> TrialConfig:
         """The trial config of one point (its active sampled values); ConfigError if invalid.
@@ -236,11 +242,6 @@ def _comparable_problems(params: list[Param], base: TrialConfig | None, referenc
     return p
 
 
-def most_steps(base_max_steps: int, params: list[Param]) -> int:
-    """base train.max_steps, or the largest value a searched train.max_steps can draw if larger."""
-    return max([base_max_steps, *(int(v) for q in params if q.path == "train.max_steps" for v in q.ends())])
-
-
 def _budget_problems(cfg, base: TrialConfig, bad: set[str], params: list[Param]) -> list[Problem]:
     """The scheduler's rungs against the base's evaluations, and a step budget that fits a trial
     (each judged only when its own section has no problem yet: `bad`)."""
@@ -263,12 +264,12 @@ def _budget_problems(cfg, base: TrialConfig, bad: set[str], params: list[Param])
             p.append(Problem("scheduler", f"no rung below the base's last step ({end}) in every bracket: "
                              f"grace_steps {grace} x reduction_factor {s.reduction_factor}^{s.brackets - 1}",
                              "lower grace_steps or brackets, or raise train.max_steps"))
-    most = most_steps(tc.max_steps, params)
-    if cfg.budget.steps is not None and "budget" not in bad and cfg.budget.steps < most:
-        p.append(Problem("budget.steps", f"{cfg.budget.steps} is less than one trial's train.max_steps "
-                         f"({most}{'' if most == tc.max_steps else ', the most a trial can draw'}): no trial "
-                         f"would start", f"use at least {most}, e.g. {most * cfg.budget.trials} for "
-                         "budget.trials x max_steps"))
+    if cfg.budget.steps is not None and "budget" not in bad and cfg.budget.steps < (most := most_planned(base, params)):
+        # the searcher reserves this much for every trial it starts (the token budget counted)
+        p.append(Problem("budget.steps", f"{cfg.budget.steps} is less than the most steps one trial can be asked "
+                         f"for ({most}: train.max_steps, the most a searched one draws, or fewer where "
+                         "train.max_tokens ends it): no trial would start", f"use at least {most}, e.g. "
+                         f"{most * cfg.budget.trials} for budget.trials x {most}"))
     return p
 
 

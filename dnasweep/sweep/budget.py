@@ -11,24 +11,15 @@ number: counted as 0.
 from __future__ import annotations
 
 import copy
-import functools
-import itertools
-import math
 
 from dnasweep.config.trial import planned_steps
 from dnasweep.space import SearchSpace
+from dnasweep.space.steps import set_path
 from dnasweep.sweep.study import counts
 
 STEPS = "steps"  # Optuna user attr: training steps a finished trial spent
 MAX_STEPS = "max_steps"  # Optuna user attr: the trial's train.max_steps
 PLANNED = "planned_steps"  # Optuna user attr: training steps a trial was asked to run (its planned_steps)
-
-# What a trial's planned steps depend on besides train.max_steps: the token budget and the tokens
-# one step trains on (config.trial.tokens_per_step: batch x grad_accum x tokens per example).
-_PLANNED_BY = ("train.max_tokens", "train.batch_size", "train.grad_accum", "model.task", "model.seq_len",
-               "model.image_size", "model.patch_size", "model.pooling")
-_MOST_CORNERS = 4096  # more corners than this: bounded by train.max_steps alone
-
 
 def steps_used(study, space: SearchSpace) -> tuple[int, int]:
     """(steps spent by finished trials, steps the running ones may still spend)."""
@@ -41,11 +32,6 @@ def steps_used(study, space: SearchSpace) -> tuple[int, int]:
     return spent, committed
 
 
-def _set(cfg, path: str, value) -> None:
-    *parents, leaf = path.split(".")
-    setattr(functools.reduce(getattr, parents, cfg), leaf, value)
-
-
 def trial_planned(space: SearchSpace, values: dict) -> int:
     """The steps a trial at `values` (its active sampled values) is asked to run: planned_steps of
     the base with those values, as the trainable's `space.apply` sets them. Computed without
@@ -54,7 +40,7 @@ def trial_planned(space: SearchSpace, values: dict) -> int:
     cfg = copy.deepcopy(space.base)
     try:
         for path, v in values.items():
-            _set(cfg, path, v)
+            set_path(cfg, path, v)
         return int(planned_steps(cfg))
     except (AttributeError, ArithmeticError, TypeError, ValueError):
         return int(values.get("train.max_steps", space.base.train.max_steps))
@@ -79,29 +65,8 @@ def short_of_plan(space: SearchSpace, values: dict, result: dict, planned: int |
 
 
 def most_planned(space: SearchSpace) -> int:
-    """The most training steps one trial can be asked for, what a step budget must leave room for:
-    space.most_steps() (train.max_steps, or the most a searched one draws), bounded by the token
-    budget where train.max_tokens ends every point sooner. Planned steps grow or shrink
-    monotonically in each key they depend on, so the most is found at a corner: every end (or
-    choice) of each searched such key, with its base value too when it is conditional."""
-    most, base = space.most_steps(), space.base
-    keys = [q for q in space.params if q.path in _PLANNED_BY]
-    if not base.train.max_tokens and not any(q.path == "train.max_tokens" for q in keys):
-        return most  # no token budget on any point: train.max_steps ends every trial
-    options = [[int(v) if q.kind == "int" else v for v in q.ends()] + (
-        [functools.reduce(getattr, q.path.split("."), base)] if q.when else []) for q in keys]
-    if math.prod(len(o) for o in options) > _MOST_CORNERS:
-        return most
-    cfg, best = copy.deepcopy(base), 0
-    cfg.train.max_steps = most
-    for corner in itertools.product(*options):
-        for q, v in zip(keys, corner, strict=True):
-            _set(cfg, q.path, v)
-        try:
-            best = max(best, planned_steps(cfg))
-        except (ArithmeticError, TypeError, ValueError):  # a corner no trial can be: bound by max_steps
-            return most
-    return min(most, best)
+    """The most training steps one trial can be asked for (dnasweep.space.steps.most_planned)."""
+    return space.most_planned()
 
 
 def finished(study) -> int:
