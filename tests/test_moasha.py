@@ -216,3 +216,16 @@ def test_a_trial_that_finished_training_is_never_pruned():
     for i in range(6):
         assert s.decide(f"t{i}", 80, _r(1.0 + 0.1 * i, 100 - i)) == GO
     assert s.decide("done", 90, _r(9.0, 200)) == GO
+
+
+def test_a_training_row_at_a_rung_step_is_not_the_rungs_evaluation():
+    """With perf/tokens_per_s the objective, the training row the loop logs at a rung step (just
+    before that step's evaluation) carries the objective and no constraint metric: MO-ASHA judged
+    every trial by it, each broke every constraint, all tied, and none was ever stopped."""
+    s = _sched(objectives=[{"metric": "perf/tokens_per_s", "mode": "max"}], constraints=["val/loss <= 5"])
+    decisions = {}
+    for tid, tps, loss in [("a", 1000.0, 3.0), ("b", 900.0, 3.0), ("c", 800.0, 9.0), ("d", 100.0, 9.0)]:
+        assert s.decide(tid, 10, {"step": 10, "train/loss": 3.0, "perf/tokens_per_s": tps}) == GO
+        decisions[tid] = s.decide(tid, 10, {"step": 10, **_r(loss, 1e5), "perf/tokens_per_s": tps})
+    assert decisions == {"a": GO, "b": STOP, "c": STOP, "d": STOP}
+    assert s.recorded[(0, 10)]["c"][1] == pytest.approx(4.0)  # val/loss 9 breaks <= 5 by 4, as evaluated

@@ -27,6 +27,7 @@ import math
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from dnasweep import metrics as M
 from dnasweep.config.sweep import SCHEDULERS
 from dnasweep.config.trial import planned_steps
 from dnasweep.space import SearchSpace
@@ -134,6 +135,10 @@ class MOASHA(FIFOScheduler):
         """CONTINUE or STOP for a report of `trial_id` at training step `step` (Ray-free: tests call it)."""
         if trial_id in self.pruned:
             return TrialScheduler.STOP  # pruned before a driver restart: the decision stands
+        if M.VAL_LOSS not in result:  # only evaluations are judged: a training row (reported just
+            # before the evaluation at the same step) carries perf/tokens_per_s too, and no constraint
+            # metric: judged by it, a trial counted as breaking every constraint and was never stopped
+            return TrialScheduler.CONTINUE
         point = self._point(result)
         if point is None:
             return TrialScheduler.CONTINUE  # a training-loss row between evaluations
