@@ -42,27 +42,30 @@ class Param:
         return self.choices if self.kind == "choice" else [self.low, self.high]
 
 
-def field_type(path: str) -> Any | None:
-    """The declared type of a dotted leaf of the trial schema; None when no such leaf."""
+def _owner(path: str) -> tuple[Any, str] | None:
+    """(the dataclass that holds the dotted leaf `path` of the trial schema, the leaf's name)."""
     cls: Any = TrialConfig
     *parents, leaf = path.split(".")
     for part in parents:
         cls = type_hints(cls).get(part) if is_dataclass(cls) else None
         if cls is None or not is_dataclass(cls):
             return None
-    typ = type_hints(cls).get(leaf)
+    return cls, leaf
+
+
+def field_type(path: str) -> Any | None:
+    """The declared type of a dotted leaf of the trial schema; None when no such leaf."""
+    if (owner := _owner(path)) is None:
+        return None
+    typ = type_hints(owner[0]).get(owner[1])
     return None if typ is None or is_dataclass(typ) else typ
 
 
 def field_of(path: str) -> Any | None:
     """The dataclasses.Field of a dotted leaf of the trial schema (its metadata holds the bounds)."""
-    cls: Any = TrialConfig
-    *parents, leaf = path.split(".")
-    for part in parents:
-        cls = type_hints(cls).get(part) if is_dataclass(cls) else None
-        if cls is None or not is_dataclass(cls):
-            return None
-    return next((f for f in fields(cls) if f.name == leaf), None)
+    if (owner := _owner(path)) is None:
+        return None
+    return next((f for f in fields(owner[0]) if f.name == owner[1]), None)
 
 
 def _bound_problems(key: str, path: str, values: list, what: str) -> list[Problem]:
