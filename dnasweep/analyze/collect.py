@@ -8,7 +8,7 @@ Torch lives here, not in the statistics modules. Tensor names carry their shape:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -126,13 +126,25 @@ def _context(row_L: np.ndarray, p: int, width: int = 12) -> str:
         map(show, row_L[p + 1:p + 4]))
 
 
+def vision_analysis_batches(data, batch_size: int, max_examples: int) -> list:
+    """Batches of an evenly spaced, deterministic subset of the val images (whole batches, as the LM
+    windows are): val keeps the source's order, which is class by class for a folder source (and many
+    npz / hf sets), so its first max_examples images left whole classes out of the analysis."""
+    from dnasweep.data.sampler import vision_val_batches
+
+    n_val = len(data.val_y)
+    n = min(n_val, batch_size * max(1, max_examples // batch_size))
+    pick = np.unique(np.linspace(0, n_val - 1, n).round().astype(np.int64))  # n <= n_val: no repeats
+    return vision_val_batches(replace(data, val_x=data.val_x[pick], val_y=data.val_y[pick]), batch_size)
+
+
 def collect(target: Target, max_examples: int = 64, device: str = "cpu") -> tuple[Routed, Routed, dict]:
     """(trained, init, extra) routings over the held-out split; `extra` carries images and the patch
     grid for vision, and facts for the report (paths_vary: whether the router lets paths differ;
     identity_share: for a soft mixture, the trained model's gate weight on identity modules, which
     its paths, every module for every token, cannot show)."""
     from dnasweep.data import load_data
-    from dnasweep.data.sampler import lm_val_batches, vision_val_batches
+    from dnasweep.data.sampler import lm_val_batches
 
     cfg, dev = target.cfg, torch.device(device)
     data = load_data(cfg.data, cfg.model.task)
@@ -140,7 +152,7 @@ def collect(target: Target, max_examples: int = 64, device: str = "cpu") -> tupl
     if cfg.model.task == "lm":
         batches = lm_val_batches(data.val, bs, cfg.model.seq_len, max(1, max_examples // bs))
     else:
-        batches = vision_val_batches(data, bs)[: max(1, max_examples // bs)]
+        batches = vision_analysis_batches(data, bs, max_examples)
     trained, init = _models(target, dev)
     names = module_names(cfg)
     from dnasweep.model import router_spec

@@ -42,18 +42,22 @@ def _num(x: float, fmt: str = ".2f") -> str:
 
 def rank_frequency(counts_P: np.ndarray, fit: PowerLawFit, init_counts_P: np.ndarray | None = None,
                    init_fit: PowerLawFit | None = None) -> bytes:
-    """Log-log token count vs path rank, fitted power law over its range, init model as baseline."""
+    """Log-log token count vs path rank, fitted power law over its range, init model as baseline.
+    counts_P: the counted half's tokens per path in the ranking half's order (fits.cross_counts), the
+    data the fit saw; paths the counted half never took have no point on a log axis."""
     fig, ax = _figure()
     for counts, f, name, color in ((counts_P, fit, "trained", "C0"), (init_counts_P, init_fit, "init", "C7")):
         if counts is None or len(counts) == 0:
             continue
         r = np.arange(1, len(counts) + 1)
-        ax.loglog(r, counts, ".", ms=3, color=color, alpha=0.6, label=f"{name} ({len(counts)} paths)")
+        seen = counts > 0
+        ax.loglog(r[seen], counts[seen], ".", ms=3, color=color, alpha=0.6, label=f"{name} ({len(counts)} paths)")
         if f is not None and f.ok:
             rr = np.geomspace(f.xmin_rank, f.xmax_rank, 50)
             ax.loglog(rr, f.expected_counts(rr), "-" if name == "trained" else "--", color="C3" if name == "trained"
                       else "k", lw=1.5, label=f"{name} fit: α = {_num(f.alpha)} ± {_num(f.alpha_se)}")
-    ax.set(xlabel="path rank", ylabel="tokens on path", title="Path rank-frequency")
+    ax.set(xlabel="path rank (in the ranking half)", ylabel="tokens on path (in the counted half)",
+           title="Path rank-frequency (split-half)")
     ax.legend(fontsize=8)
     return _png(fig)
 

@@ -2,19 +2,29 @@
 
 Method (chosen after checking the alternatives on Zipf samples with known alpha):
 
-* The fitted variable is each *token's path rank*: a token on the r-th most frequent path
-  contributes the value r. If path frequencies follow f(r) ∝ r^-alpha, these values are draws
-  from p(r) ∝ r^-alpha, so the fitted exponent IS alpha (no conversion). xmin and xmax are ranks.
+* Split-half ranks (Piantadosi 2014, "Zipf's word frequency law in natural language"): the tokens
+  are split in two halves (alternate groups, i.e. sequences / images, when group ids are given;
+  alternate tokens otherwise), the paths are *ranked* by their counts in one half and the
+  frequencies are *counted* in the other. Ranking and counting the same sample makes any sample
+  look Zipfian: sorting Poisson noise yields a falling curve even when every path is equally
+  likely (uniform paths read as alpha 0.17 +- 0.014). With independent halves the ranking's noise
+  cannot line up with the counts, so uniform paths fit alpha ~ 0 and Zipf(1) still fits ~1.
+* The fitted variable is each counted token's path rank: a token on the r-th most frequent path
+  (by the ranking half) contributes the value r. If path frequencies follow f(r) ∝ r^-alpha, these
+  values are draws from p(r) ∝ r^-alpha, so the fitted exponent IS alpha (no conversion). xmin and
+  xmax are ranks.
 * The other common route, fitting the distribution of path *counts* (p(c) ∝ c^-(1+1/alpha)),
   sees only a few hundred paths in its tail and missed alpha = 1.2 / 1.5 by up to 0.1 on
   100k-token samples; the token-rank fit uses every token and is within ~0.02.
 * alpha near 1 (the DNA paper's value) is not normalisable on [xmin, inf), so the fit needs an
-  upper cut-off: xmax = the last rank whose path has >= `min_count` tokens. Below ~30 tokens
-  Poisson noise reorders the paths (more low-frequency paths fluctuate up than down), which
-  flattens the empirical tail; min_count=10 biased alpha down by ~0.02, 30 removes it.
+  upper cut-off: xmax = the last rank whose path has >= `min_count` tokens *in the ranking half*.
+  Below ~30 tokens Poisson noise reorders the paths, so the counted half's frequencies regress to
+  the mean along the rank axis and flatten the tail; the cut keeps the ranks the ranking half can
+  tell apart.
 * powerlaw's discrete power law normalises with the Hurwitz zeta function, which only exists
   for alpha > 1, so it cannot report alpha <= 1. We therefore fit powerlaw's *continuous*
-  power law on [xmin - 1/2, xmax + 1/2] to the ranks dequantised with uniform jitter in
+  power law on [xmin - 1/2, xmax + 1/2] (alpha may be <= 0: a flat or rising law, which only
+  noise gives, is reported as such rather than clipped) to the ranks dequantised with uniform jitter in
   (-1/2, 1/2); this is the discrete law binned to unit cells, and the jitter makes the KS
   distance (used to pick xmin, Clauset et al. 2009) free of the atoms integers would create.
 * Likelihood ratios vs lognormal and exponential: powerlaw 2.0's *continuous* lognormal and
@@ -22,7 +32,7 @@ Method (chosen after checking the alternatives on Zipf samples with known alpha)
   mode (which normalises over [xmin, xmax]) on the integer ranks, and the power law is scored
   on the same integer ranks with its unit-cell masses (cdf(r + 1/2) - cdf(r - 1/2)).
 
-Shape legend: N tokens, P distinct paths, T tokens in the fitted rank range.
+Shape legend: N tokens, P distinct paths, T counted tokens in the fitted rank range.
 """
 
 from __future__ import annotations
@@ -38,6 +48,8 @@ import numpy as np
 MIN_PATHS = 10  # below this many ranks (one decade) a slope is not meaningful
 N_XMIN = 12  # log-spaced xmin candidates; scanning every rank costs ~0.1 s each for no gain
 MAX_TOKENS = 300_000  # tail tokens kept for the fit (a seeded subsample beyond this; se stays tiny)
+# Below 0 is allowed: with split-half ranks a flat law scatters around 0 (a floor at 0.05 read it as a slope).
+ALPHA_RANGE = [-3.0, 8.0]
 
 
 @dataclass
@@ -45,11 +57,11 @@ class PowerLawFit:
     """Result of `fit_rank_frequency`; NaN fields and a `reason` when no fit was possible."""
 
     alpha: float  # frequency of the r-th most common path ∝ r^-alpha
-    alpha_se: float  # asymptotic (Fisher) standard error at the chosen xmin/xmax
+    alpha_se: float  # asymptotic (Fisher) standard error at the chosen xmin/xmax (tokens taken as independent)
     xmin_rank: float  # first rank of the fitted range (a rank, not a count)
-    xmax_rank: float  # last rank of the fitted range: last path with >= min_count tokens
+    xmax_rank: float  # last rank of the fitted range: last path with >= min_count tokens in the ranking half
     ks_d: float  # Kolmogorov-Smirnov distance of the fit over [xmin_rank, xmax_rank]
-    n_tail_tokens: int  # tokens whose path rank lies in the fitted range
+    n_tail_tokens: int  # counted-half tokens whose path rank lies in the fitted range
     n_tail_paths: int  # distinct paths (ranks) in the fitted range
     n_tokens: int  # all tokens
     n_paths: int  # all distinct paths
@@ -57,7 +69,10 @@ class PowerLawFit:
     p_lognormal: float  # significance of its sign
     r_exponential: float
     p_exponential: float
-    min_count: int
+    min_count: int  # tokens a path needs in the ranking half to be in the fitted range
+    split: str = "groups"  # how the tokens were halved: "groups" (alternate groups) or "tokens" (alternate tokens)
+    n_rank_tokens: int = 0  # tokens of the ranking half
+    n_count_tokens: int = 0  # tokens of the counted half (the fit's sample)
     reason: str | None = None  # why the fit is missing, None when it exists
 
     @property
@@ -68,7 +83,7 @@ class PowerLawFit:
         return asdict(self)
 
     def expected_counts(self, ranks: np.ndarray) -> np.ndarray:
-        """Token counts the fit predicts at these ranks (the fitted line of a rank-frequency plot)."""
+        """Counted-half token counts the fit predicts at these ranks (the line of a rank-frequency plot)."""
         r = np.asarray(ranks, dtype=float)
         if not self.ok:
             return np.full(r.shape, np.nan)
@@ -95,9 +110,11 @@ def _fisher_se(a: float, lo: float, hi: float, n: int) -> float:
     return 1.0 / math.sqrt(n * var) if var > 0 and n > 0 else math.nan
 
 
-def _empty(reason: str, n_tokens: int, n_paths: int, min_count: int) -> PowerLawFit:
+def _empty(reason: str, n_tokens: int, n_paths: int, min_count: int, split: str = "groups", n_rank: int = 0,
+           n_count: int = 0) -> PowerLawFit:
     nan = math.nan
-    return PowerLawFit(nan, nan, nan, nan, nan, 0, 0, n_tokens, n_paths, nan, nan, nan, nan, min_count, reason)
+    return PowerLawFit(nan, nan, nan, nan, nan, 0, 0, n_tokens, n_paths, nan, nan, nan, nan, min_count, split,
+                       n_rank, n_count, reason)
 
 
 @contextlib.contextmanager
@@ -115,7 +132,7 @@ def _fit_power_law(powerlaw, x_T: np.ndarray, xmin: int, xmax: int):
         try:
             pl = powerlaw.Power_Law(data=x_T, xmin=xmin - 0.5, xmax=xmax + 0.5, discrete=False,
                                     force_numerical_fit=True, parameters={"alpha": a0},
-                                    parameter_ranges={"alpha": [0.05, 8.0]}, verbose=0)
+                                    parameter_ranges={"alpha": ALPHA_RANGE}, verbose=0)
         except ValueError:
             continue
         if np.isfinite(pl.alpha) and np.isfinite(pl.D) and not pl.noise_flag:
@@ -126,45 +143,78 @@ def _fit_power_law(powerlaw, x_T: np.ndarray, xmin: int, xmax: int):
 MIN_COUNTS = (30, 10)  # tried in turn when min_count is not given: unbiased first, then a small sample
 
 
-def fit_rank_frequency(ids_N: np.ndarray, min_count: int | None = None, seed: int = 0) -> PowerLawFit:
-    """Fit f(r) ∝ r^-alpha to the path frequencies of these tokens (any int path labels).
+def split_half(n: int, groups_N: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+    """(mask of the ranking half, how it was split): alternate groups (by sorted group id) when at least
+    two groups are given, so tokens of one sequence / image, which route alike, stay on one side and the
+    halves are independent; alternate tokens otherwise. Deterministic: the same tokens give the same halves."""
+    if groups_N is not None:
+        g = np.asarray(groups_N)
+        if g.shape != (n,):
+            raise ValueError(f"groups_N must have one id per token ({n},), got shape {g.shape}")
+        _, code = np.unique(g, return_inverse=True)
+        code = code.reshape(-1)
+        if n and code.max() >= 1:
+            return code % 2 == 0, "groups"
+    return np.arange(n) % 2 == 0, "tokens"
+
+
+def cross_counts(ids_N: np.ndarray, rank_mask_N: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray,
+                                                                                       np.ndarray]:
+    """(ranking-half counts, counted-half counts, counted tokens' ranks): paths in the ranking half's
+    order of frequency (rank 1 first). Ties in the ranking half are broken at random (seeded): by path
+    label they would follow whatever order the labels came in (path ids are ranked on *all* tokens)."""
+    _, inv_N, counts_P = np.unique(ids_N, return_inverse=True, return_counts=True)
+    inv_N = inv_N.reshape(-1)
+    P = len(counts_P)
+    rank_c = np.bincount(inv_N[rank_mask_N], minlength=P)
+    count_c = np.bincount(inv_N[~rank_mask_N], minlength=P)
+    order = np.lexsort((np.random.default_rng(seed).permutation(P), -rank_c))
+    rank_P = np.empty(P, dtype=np.int64)
+    rank_P[order] = np.arange(1, P + 1)
+    return rank_c[order], count_c[order], rank_P[inv_N[~rank_mask_N]]
+
+
+def fit_rank_frequency(ids_N: np.ndarray, min_count: int | None = None, seed: int = 0,
+                       groups_N: np.ndarray | None = None) -> PowerLawFit:
+    """Fit f(r) ∝ r^-alpha to the path frequencies of these tokens (any int path labels), with the
+    paths ranked on one half of the tokens and counted on the other (`split_half`, by `groups_N`
+    when given; see the module doc).
 
     min_count None: the largest of MIN_COUNTS that leaves >= MIN_PATHS paths in range (a small
-    held-out sample still gets a fit, flagged by the smaller min_count it reports).
+    held-out sample still gets a fit, flagged by the smaller min_count it reports). min_count counts
+    tokens of the ranking half.
     Returns NaNs and a `reason` instead of raising when the data cannot support a fit (too few
     distinct paths, or too few paths with >= min_count tokens to span a decade of ranks).
     """
-    if min_count is None:
-        _, counts = np.unique(np.asarray(ids_N), return_counts=True)
-        min_count = next((m for m in MIN_COUNTS if np.sum(counts >= m) >= MIN_PATHS), MIN_COUNTS[0])
     ids = np.asarray(ids_N)
     if ids.ndim != 1:
         raise ValueError(f"ids_N must be 1-D, got shape {ids.shape}")
+    n_tokens = int(ids.size)
+    rank_mask, split = split_half(n_tokens, groups_N)
+    if n_tokens == 0:
+        return _empty("no tokens", 0, 0, min_count or MIN_COUNTS[0], split)
+    rank_c, count_c, rank_T = cross_counts(ids, rank_mask, seed)
+    n_rank, n_count = int(rank_mask.sum()), int(n_tokens - rank_mask.sum())
+    if min_count is None:
+        min_count = next((m for m in MIN_COUNTS if np.sum(rank_c >= m) >= MIN_PATHS), MIN_COUNTS[0])
     if min_count < 1:
         raise ValueError(f"min_count must be >= 1, got {min_count}")
-    n_tokens = int(ids.size)
-    if n_tokens == 0:
-        return _empty("no tokens", 0, 0, min_count)
-    _, inv_N, counts_P = np.unique(ids, return_inverse=True, return_counts=True)
-    n_paths = len(counts_P)
+    n_paths = len(rank_c)
+    empty = lambda why: _empty(why, n_tokens, n_paths, min_count, split, n_rank, n_count)  # noqa: E731
     if n_paths < MIN_PATHS:
-        return _empty(f"only {n_paths} distinct path(s); a rank-frequency slope needs >= {MIN_PATHS}",
-                      n_tokens, n_paths, min_count)
-    order = np.argsort(-counts_P, kind="stable")
-    rank_P = np.empty(n_paths, dtype=np.int64)
-    rank_P[order] = np.arange(1, n_paths + 1)
-    rank_N = rank_P[inv_N.reshape(-1)]
-    xmax = int(np.sum(counts_P >= min_count))
+        return empty(f"only {n_paths} distinct path(s); a rank-frequency slope needs >= {MIN_PATHS}")
+    xmax = int(np.sum(rank_c >= min_count))  # ranks 1..xmax: the ranking half's order puts them first
     if xmax < MIN_PATHS:
-        return _empty(f"only {xmax} path(s) have >= {min_count} tokens; the fit needs >= {MIN_PATHS} "
-                      f"(more held-out tokens, or a lower min_count at the price of a flatter, biased tail)",
-                      n_tokens, n_paths, min_count)
+        return empty(f"only {xmax} path(s) have >= {min_count} tokens in the ranking half; the fit needs >= "
+                     f"{MIN_PATHS} (more held-out tokens, or a lower min_count at the price of a flatter, biased tail)")
 
     import powerlaw  # lazy: importing it costs ~1.5 s
     from powerlaw.statistics import loglikelihood_ratio
 
     rng = np.random.default_rng(seed)
-    r_T = rank_N[rank_N <= xmax].astype(float)
+    r_T = rank_T[rank_T <= xmax].astype(float)
+    if r_T.size < 2 * MIN_PATHS:
+        return empty(f"only {r_T.size} token(s) of the counted half fall in the fitted ranks")
     if r_T.size > MAX_TOKENS:
         r_T = rng.choice(r_T, size=MAX_TOKENS, replace=False)
     x_T = r_T + rng.uniform(-0.5, 0.5, size=r_T.size)
@@ -177,7 +227,7 @@ def fit_rank_frequency(ids_N: np.ndarray, min_count: int | None = None, seed: in
             if pl is not None and (best is None or pl.D < best.D):
                 best, best_xmin = pl, int(xmin)
     if best is None:
-        return _empty("powerlaw found no valid power-law fit for any xmin", n_tokens, n_paths, min_count)
+        return empty("powerlaw found no valid power-law fit for any xmin")
 
     tail = (r_T >= best_xmin)
     rt = r_T[tail]
@@ -192,7 +242,7 @@ def fit_rank_frequency(ids_N: np.ndarray, min_count: int | None = None, seed: in
                                                  normalized_ratio=True)
             except (ValueError, FloatingPointError, ZeroDivisionError):
                 alts[name] = (math.nan, math.nan)
-    n_fit_full = int(np.sum((rank_N >= best_xmin) & (rank_N <= xmax)))
+    n_fit_full = int(np.sum((rank_T >= best_xmin) & (rank_T <= xmax)))
     return PowerLawFit(
         alpha=float(best.alpha),
         alpha_se=_fisher_se(float(best.alpha), best_xmin - 0.5, xmax + 0.5, int(rt.size)),
@@ -200,5 +250,5 @@ def fit_rank_frequency(ids_N: np.ndarray, min_count: int | None = None, seed: in
         n_tail_tokens=n_fit_full, n_tail_paths=xmax - best_xmin + 1, n_tokens=n_tokens, n_paths=n_paths,
         r_lognormal=float(alts["lognormal"][0]), p_lognormal=float(alts["lognormal"][1]),
         r_exponential=float(alts["exponential"][0]), p_exponential=float(alts["exponential"][1]),
-        min_count=min_count,
+        min_count=min_count, split=split, n_rank_tokens=n_rank, n_count_tokens=n_count,
     )

@@ -15,9 +15,11 @@ from typing import Any
 ATTR_WORD = {"lm": "byte class", "vision": "image label"}
 GROUP_WORD = {"lm": "sequence", "vision": "image"}  # LM groups are held-out windows of seq_len tokens
 HTML_TOP_PATHS = 20
-FIT_KEYS = ["alpha", "alpha_se", "xmin_rank", "xmax_rank", "ks_d", "n_tail_tokens", "n_tail_paths", "n_paths",
-            "r_lognormal", "p_lognormal", "r_exponential", "p_exponential", "reason"]  # the power-law table's columns
-MI_KEYS = ["mi_bits", "nmi", "baseline_bits", "excess_bits", "p_value", "h_x_bits", "h_y_bits"]  # the MI table's
+FIT_KEYS = ["alpha", "alpha_se", "xmin_rank", "xmax_rank", "min_count", "ks_d", "n_tail_tokens", "n_tail_paths",
+            "n_paths", "r_lognormal", "p_lognormal", "r_exponential", "p_exponential", "reason"]  # power-law table
+# The MI table: the excess over the shuffled baseline first (the raw MI is mostly estimator bias with many paths).
+MI_KEYS = ["excess_bits", "nmi", "p_value", "mi_bits", "baseline_bits", "nmi_raw", "h_x_bits", "h_y_bits"]
+MI_HEAD = ["excess bits", "NMI (of excess)", "p-value", "MI bits (raw)", "shuffled baseline bits", "NMI (raw)"]
 
 CSS = """body{font-family:sans-serif;max-width:1100px;margin:1em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}
@@ -37,6 +39,12 @@ def _f(x: Any, fmt: str = ".3g") -> str:
     if isinstance(x, float):
         return format(x, fmt)
     return str(x)
+
+
+def _alpha(x: float) -> str:
+    """An exponent to two decimals; a flat fit reads 0.00, not -0.00."""
+    t = f"{x:.2f}"
+    return "0.00" if t == "-0.00" else t
 
 
 def _pct(x: float | None) -> str:
@@ -92,6 +100,32 @@ def _identity_per_step(s: dict) -> str:
     return f"identity modules hold {_pct(s['usage']['identity_share'])} of the routers' gate weight"
 
 
+def _split_words(fit: dict, s: dict) -> str:
+    """How the fit's ranks were kept independent of its counts, in words."""
+    half = f"half the {GROUP_WORD[s['task']]}s" if fit["split"] == "groups" else f"alternate {s['units']}"
+    return f"paths ranked on {half}, frequencies counted on the rest"
+
+
+def _information(s: dict, unit: str, attr: str, group: str) -> str:
+    """The MI sentence, led by the excess over the shuffled baseline (the raw MI of thousands of
+    sparse paths is mostly estimator bias); or why there is none."""
+    if s["mi"] is None:
+        return f"No information measure: {s['attribute']['reason']}."
+    mi, steps = s["mi"]["path_vs_attr"], s["mi"]["step_modules_vs_attr"]
+    best = max(steps, key=lambda m: -float("inf") if m["excess_bits"] is None else m["excess_bits"])
+    shuffled = f"labels shuffled across {group}s"
+    raw = f"raw estimate {_f(mi['mi_bits'])} bits against a shuffled baseline of {_f(mi['baseline_bits'])}"
+    # An excess at or below 0 is no information, not "-0.005 bits of" it.
+    head = (f"The path carries {_f(mi['excess_bits'])} bits about the {unit}'s {attr} beyond what {shuffled} give "
+            f"(normalised MI {_f(mi['nmi'], '.2f')}, permutation p = {_f(mi['p_value'])}; {raw})"
+            if (mi["excess_bits"] or 0) > 0 else
+            f"The path carries no information about the {unit}'s {attr} beyond what {shuffled} give (excess "
+            f"{_f(mi['excess_bits'])} bits, permutation p = {_f(mi['p_value'])}; {raw})")
+    step = (f"at most {_f(best['excess_bits'])} bits beyond their baseline (step {best['step']})"
+            if (best["excess_bits"] or 0) > 0 else "none beyond their baseline")
+    return f"{head}; the modules of a single step carry {step}."
+
+
 def summary_paragraph(s: dict) -> str:
     """One paragraph of plain language built from the summary's numbers; a collapsed model's
     opens with the verdict and says only what still means something."""
@@ -105,24 +139,18 @@ def summary_paragraph(s: dict) -> str:
            f"{s['n_modules']} modules over {s['n_steps']} steps."]
     fit, init = s["power_law"], s["power_law_init"]
     if fit["reason"] is None:
-        tail = _pct(fit["n_tail_tokens"] / s["n_tokens"])
-        out.append(f"Path frequency falls off with rank as r^-α with α = {fit['alpha']:.2f} ± "
-                   f"{_f(fit['alpha_se'], '.2f')} (ranks {fit['xmin_rank']:.0f}-{fit['xmax_rank']:.0f}, {tail} "
-                   f"of {units}, KS D = {_f(fit['ks_d'])}); {_versus(fit, 'lognormal')}, and "
-                   f"{_versus(fit, 'exponential')}.")
+        tail = _pct(fit["n_tail_tokens"] / fit["n_count_tokens"]) if fit["n_count_tokens"] else "-"
+        out.append(f"Path frequency falls off with rank as r^-α with α = {_alpha(fit['alpha'])} ± "
+                   f"{_f(fit['alpha_se'], '.2f')} ({_split_words(fit, s)}; ranks "
+                   f"{fit['xmin_rank']:.0f}-{fit['xmax_rank']:.0f}, {tail} of the counted {units}, "
+                   f"KS D = {_f(fit['ks_d'])}); {_versus(fit, 'lognormal')}, and {_versus(fit, 'exponential')}.")
     else:
         out.append(f"No power-law fit of the path frequencies: {fit['reason']}.")
     if init is not None:
-        out.append(f"At initialisation α = {init['alpha']:.2f} ± {_f(init['alpha_se'], '.2f')}."
+        own = "" if init["min_count"] == fit["min_count"] else f" (min_count {init['min_count']})"
+        out.append(f"At initialisation α = {_alpha(init['alpha'])} ± {_f(init['alpha_se'], '.2f')}{own}."
                    if init["reason"] is None else f"No fit at initialisation: {init['reason']}.")
-    mi = s["mi"]["path_vs_attr"]
-    steps = s["mi"]["step_modules_vs_attr"]
-    best = max(steps, key=lambda m: m["mi_bits"] or 0.0)
-    out.append(f"The path carries {_f(mi['mi_bits'])} bits about the {unit}'s {attr} "
-               f"(normalised MI {_f(mi['nmi'], '.2f')}) against {_f(mi['baseline_bits'])} bits with shuffled labels "
-               f"(permutation p = {_f(mi['p_value'])}); "
-               f"the modules of a single step carry at most {_f(best['mi_bits'])} bits "
-               f"(step {best['step']}, baseline {_f(best['baseline_bits'])}).")
+    out.append(_information(s, unit, attr, group))
     u = s["usage"]
     # the conditional picks the first clause only: the shared tail is its own string (adjacent to
     # one branch it went missing from the other's sentence)
@@ -182,6 +210,25 @@ def _top_paths(s: dict) -> str:
                    for p in s["top_paths"][:HTML_TOP_PATHS]])
 
 
+def _information_section(s: dict, attr: str, group: str) -> list[str]:
+    """The MI table, or (a single attribute class, e.g. an LM corpus without byte classes) why there is none."""
+    e = html.escape
+    mi = s["mi"]
+    if mi is None:
+        return ["<h2>Information</h2>", f"<p>Not measured: {e(s['attribute']['reason'])}.</p>"]
+    mrows = [("path id", mi["path_vs_attr"])] + [(f"step {x['step']} modules", x)
+                                                 for x in mi["step_modules_vs_attr"]]
+    mrows += [("path id (init model)", mi["init_path_vs_attr"])] if mi["init_path_vs_attr"] else []
+    return [f"<h2>Information: path vs {e(attr)}</h2>",
+            _table(["variable", *MI_HEAD, "H(variable) bits", f"H({attr}) bits"],
+                   [[n, *(m[k] for k in MI_KEYS)] for n, m in mrows]),
+            f"<p>Miller-Madow corrected plug-in MI. The baseline is the mean MI over {mi['path_vs_attr']['n_perm']} "
+            f"permutations of the labels across {e(group)}s (whole {e(group)}s exchange their labels, so the "
+            f"dependence among the {e(s['units'])} of one {e(group)} stays in the null); excess = MI - baseline, "
+            "the dependence beyond the estimator's bias. NMI (of excess) = max(excess, 0) / min(H(X), H(Y)); "
+            "NMI (raw) = MI / min(H(X), H(Y)).</p>"]
+
+
 def render_html(s: dict, pngs: dict[str, bytes]) -> str:
     """The whole report page; a collapsed model's shows, after the verdict, where its slots go and its paths."""
     unit, units, attr, group = s["unit"], s["units"], ATTR_WORD[s["task"]], GROUP_WORD[s["task"]]
@@ -196,26 +243,26 @@ def render_html(s: dict, pngs: dict[str, bytes]) -> str:
                           "information, step-to-step transitions and compute allocation.</p>", "</body></html>"])
 
     parts.append("<h2>Paths</h2>")
-    parts.append(_img("rank_frequency", pngs, "Tokens per path against path rank (log-log); lines: power-law fits "
-                                              "over the fitted rank range."))
+    parts.append(_img("rank_frequency", pngs, "Tokens per path in the counted half against the path's rank in the "
+                                              "ranking half (log-log); lines: power-law fits over the fitted rank "
+                                              "range."))
     fits = [("trained", s["power_law"])] + ([("init", s["power_law_init"])] if s["power_law_init"] else [])
     parts.append(_table(["model", *FIT_KEYS], [[name, *(f[k] for k in FIT_KEYS)] for name, f in fits]))
-    parts.append("<p>α: path frequency ∝ rank^-α, fitted by maximum likelihood (powerlaw) to the ranks of the "
-                 "tokens' paths between xmin_rank and xmax_rank (the last path with at least "
-                 f"{s['power_law']['min_count']} tokens). R: normalised log-likelihood ratio, &gt; 0 favours the "
-                 "power law.</p>")
+    counts = sorted({f["min_count"] for _, f in fits})
+    least = (f"{counts[0]} tokens" if len(counts) == 1
+             else " / ".join(f"{f['min_count']} ({name})" for name, f in fits) + " tokens")
+    half = (f"alternate {e(group)}s" if s["power_law"]["split"] == "groups" else f"alternate {e(units)}")
+    parts.append(f"<p>Split-half ranks (Piantadosi 2014): the {e(units)} are split into two halves ({half}); "
+                 "paths are ranked by their frequency in one half and counted in the other, so the sampling noise "
+                 "of the counts cannot line up with the ranks (ranking and counting one sample makes even uniform "
+                 "paths look like a power law). α: path frequency ∝ rank^-α, fitted by maximum likelihood "
+                 "(powerlaw) to the ranks of the counted tokens' paths between xmin_rank and xmax_rank (the last "
+                 f"path with at least {least} in the ranking half: min_count). R: normalised log-likelihood "
+                 "ratio, &gt; 0 favours the power law.</p>")
     parts.append(f"<h3>Most frequent paths, with example {e(units)} in context</h3>")
     parts.append(_top_paths(s))
 
-    parts.append(f"<h2>Information: path vs {e(attr)}</h2>")
-    mi = s["mi"]
-    mrows = [("path id", mi["path_vs_attr"])] + [(f"step {x['step']} modules", x)
-                                                 for x in mi["step_modules_vs_attr"]]
-    mrows += [("path id (init model)", mi["init_path_vs_attr"])] if mi["init_path_vs_attr"] else []
-    parts.append(_table(["variable", "MI bits", "NMI", "shuffled baseline bits", "excess bits", "p-value",
-                         "H(variable) bits", f"H({attr}) bits"], [[n, *(m[k] for k in MI_KEYS)] for n, m in mrows]))
-    parts.append("<p>Miller-Madow corrected plug-in MI; NMI = MI / min(H(X), H(Y)); the baseline is the mean MI "
-                 f"over {mi['path_vs_attr']['n_perm']} permutations of the labels.</p>")
+    parts += _information_section(s, attr, group)
 
     parts += _usage_figures(s, pngs)
     parts.append(_img("transitions", pngs, "P(module at step s+1 | module at step s), pooled over steps."))
@@ -226,7 +273,7 @@ def render_html(s: dict, pngs: dict[str, bytes]) -> str:
     parts.append("<h2>Compute allocation</h2>")
     parts.append(_table(list(c["flops"]), [list(c["flops"].values())]))
     parts.append(_img("flops_hist", pngs, f"Forward FLOPs per {unit}."))
-    parts.append(_img("flops_by_class", pngs, f"Mean FLOPs per {unit} by {attr}."))
+    parts.append(_img("flops_by_class", pngs, f"Mean FLOPs per {unit} by {attr}."))  # absent with one class
     parts.append(_img("flops_by_position", pngs, f"Mean FLOPs per {unit} by position."))
     parts.append(_img("compute_vs_loss", pngs, f"Mean compute of each {group} against its loss."))
     gc, loss = c["group"], c["group_loss_G"]

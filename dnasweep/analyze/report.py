@@ -20,7 +20,7 @@ import numpy as np
 
 from dnasweep import metrics
 from dnasweep.analyze import figures, usage
-from dnasweep.analyze.fits import fit_rank_frequency
+from dnasweep.analyze.fits import PowerLawFit, cross_counts, fit_rank_frequency, split_half
 from dnasweep.analyze.html import render_html, summary_paragraph
 from dnasweep.analyze.info import mi_test
 from dnasweep.analyze.paths import path_ids, path_label
@@ -85,28 +85,68 @@ def _check_vision(routed: Routed, images_GHW: np.ndarray | None, patch_grid: tup
         raise ValueError(f"patch_grid must be (rows, cols) >= 1, got {patch_grid}")
 
 
-def _routing_analyses(routed: Routed, init: Routed | None, ids_N: np.ndarray, counts_P: np.ndarray,
-                      trans_MM: np.ndarray, task: str, images_GHW: np.ndarray | None,
-                      patch_grid: tuple[int, int] | None) -> tuple[dict, dict[str, bytes]]:
+def _attribute(routed: Routed, unit: str) -> dict:
+    """Whether the tokens' attribute varies: with a single class (an LM corpus without byte classes
+    gets attr_names ["token"]) there is nothing for a path to carry information about, and an MI of
+    0 bits with p = 1 would read as a measurement."""
+    seen = np.unique(routed.attr_N)
+    reason = None
+    if seen.size < 2:
+        reason = (f"every {unit} is in the same attribute class ({routed.attr_names[int(seen[0])]!r}), so there "
+                  f"is no attribute for its path to carry information about")
+    return {"names": list(routed.attr_names), "n_classes_seen": int(seen.size), "measured": reason is None,
+            "reason": reason}
+
+
+def _mi(routed: Routed, x_N: np.ndarray, seed: int):
+    """mi_test of x against the attribute with whole groups permuted (an image's patches share its
+    label and route alike: a token-level shuffle made every independent dataset significant).
+    Tokens are put in (group, position) order first, which MI ignores, so permuted groups exchange
+    their labels position by position."""
+    order = np.lexsort((routed.position_N, routed.group_N))
+    return mi_test(x_N[order], routed.attr_N[order], n_perm=N_PERM, seed=seed, groups=routed.group_N[order])
+
+
+def _init_fit(init_ids_N: np.ndarray, init: Routed, fit: PowerLawFit) -> PowerLawFit:
+    """The init model's fit at the trained fit's min_count, so the two alphas cover comparable
+    tails; only where that leaves no fit (and the trained one had its own) the smaller min_count
+    it can support, which the page then states for each row."""
+    if fit.ok:
+        f = fit_rank_frequency(init_ids_N, min_count=fit.min_count, groups_N=init.group_N)
+        if f.ok:
+            return f
+    return fit_rank_frequency(init_ids_N, groups_N=init.group_N)
+
+
+def _routing_analyses(routed: Routed, init: Routed | None, ids_N: np.ndarray, trans_MM: np.ndarray, task: str,
+                      images_GHW: np.ndarray | None, patch_grid: tuple[int, int] | None,
+                      attribute: dict) -> tuple[dict, dict[str, bytes]]:
     """What a routed, uncollapsed model gets besides module usage: the path rank-frequency law, the
     information paths carry and how compute spreads (summary parts), and their figures."""
     S = routed.n_steps
     position_unit = "position" if task == "lm" else "patch index"
     group_unit = "sequence" if task == "lm" else "image"
-    # Paths and their rank-frequency law (init model fitted the same way: the paper's alpha ~ 1 at init).
-    fit = fit_rank_frequency(ids_N)
-    init_counts_P = init_fit = mi_init = None
+    # Paths and their rank-frequency law, ranked on half the groups and counted on the other (init
+    # model fitted the same way: the paper's alpha ~ 1 at init).
+    fit = fit_rank_frequency(ids_N, groups_N=routed.group_N)
+    _, counted_P, _ = cross_counts(ids_N, split_half(routed.n_tokens, routed.group_N)[0])
+    init_counted_P = init_fit = mi_init = None
     if init is not None:
         init_ids_N, _ = path_ids(init.paths_NSK)
-        init_counts_P = np.bincount(init_ids_N)
-        init_fit = fit_rank_frequency(init_ids_N)
-        mi_init = mi_test(init_ids_N, init.attr_N, n_perm=N_PERM, seed=0)
+        _, init_counted_P, _ = cross_counts(init_ids_N, split_half(init.n_tokens, init.group_N)[0])
+        init_fit = _init_fit(init_ids_N, init, fit)
+        if attribute["measured"] and np.unique(init.attr_N).size > 1:
+            mi_init = _mi(init, init_ids_N, seed=0)
     # Information: does the path (or the set of modules one step sends the token to) tell its class?
     # The set, not slot 0: expert choice and the soft mixture keep slots in module order, so slot 0
     # says only whether module 0 took the token.
-    mi_path = mi_test(ids_N, routed.attr_N, n_perm=N_PERM, seed=0)
-    mi_steps = [mi_test(path_ids(routed.paths_NSK[:, s:s + 1])[0], routed.attr_N, n_perm=N_PERM, seed=1 + s)
-                for s in range(S)]
+    mi = None
+    if attribute["measured"]:
+        mi_path = _mi(routed, ids_N, seed=0)
+        mi_steps = [_mi(routed, path_ids(routed.paths_NSK[:, s:s + 1])[0], seed=1 + s) for s in range(S)]
+        mi = {"path_vs_attr": mi_path.to_dict(),
+              "step_modules_vs_attr": [dict(step=s, **m.to_dict()) for s, m in enumerate(mi_steps)],
+              "init_path_vs_attr": mi_init.to_dict() if mi_init is not None else None}
     # Compute allocation.
     flops = usage.flops_summary(routed.flops_N)  # as in the usage part, for the histogram's marks
     class_mean, class_count = usage.mean_by(routed.flops_N, routed.attr_N, len(routed.attr_names))
@@ -114,20 +154,21 @@ def _routing_analyses(routed: Routed, init: Routed | None, ids_N: np.ndarray, co
     gc = usage.group_compute(routed.flops_N, routed.group_N, routed.group_loss_G)
     part = {
         "power_law": fit.to_dict(), "power_law_init": init_fit.to_dict() if init_fit is not None else None,
-        "mi": {"path_vs_attr": mi_path.to_dict(),
-               "step_modules_vs_attr": [dict(step=s, **m.to_dict()) for s, m in enumerate(mi_steps)],
-               "init_path_vs_attr": mi_init.to_dict() if mi_init is not None else None},
+        "mi": mi,
         "compute": {"flops": flops,
+                    # by attribute class: left out (None, reason in summary["attribute"]) with a single class
                     "by_class": [{"class": routed.attr_names[c], "mean_flops": class_mean[c],
-                                  "count": int(class_count[c])} for c in range(len(class_count))],
+                                  "count": int(class_count[c])} for c in range(len(class_count))]
+                    if attribute["measured"] else None,
                     "by_position": pos_mean.tolist(), "group": gc.to_dict(),
                     "group_loss_G": routed.group_loss_G.tolist()},
     }
     pngs = {
-        "rank_frequency": figures.rank_frequency(counts_P, fit, init_counts_P, init_fit),
+        "rank_frequency": figures.rank_frequency(counted_P, fit, init_counted_P, init_fit),
         "transitions": figures.transitions(trans_MM, routed.module_names),
         "flops_hist": figures.flops_hist(routed.flops_N, flops),
-        "flops_by_class": figures.flops_by_class(class_mean, class_count, routed.attr_names),
+        **({"flops_by_class": figures.flops_by_class(class_mean, class_count, routed.attr_names)}
+           if attribute["measured"] else {}),
         "flops_by_position": figures.flops_by_position(pos_mean, pos_count, position_unit),
         "compute_vs_loss": figures.compute_vs_loss(gc.flops_G, routed.group_loss_G, gc.pearson_r, gc.spearman_r,
                                                    group_unit),
@@ -190,7 +231,8 @@ def build_report(name: str, routed: Routed, init: Routed | None, out_dir: str, t
         "name": name, "task": task, "unit": unit, "units": "tokens" if task == "lm" else "patches",
         "n_tokens": routed.n_tokens, "n_steps": S, "n_slots": int(routed.paths_NSK.shape[2]),
         "n_modules": M, "module_names": list(names), "n_paths": len(keys), "n_groups": routed.n_groups,
-        "collapse": collapse, "power_law": None, "power_law_init": None, "mi": None,
+        "collapse": collapse, "attribute": _attribute(routed, unit), "power_law": None, "power_law_init": None,
+        "mi": None,
         "usage": {"identity_share": overall_identity, "identity_slot_share_S": slot_S.tolist(),
                   "skip_share_S": skip_S.tolist(), "reuse_token_share": reuse_share,
                   "reuse_per_module": dict(zip(names, reuse_M.tolist(), strict=True)),
@@ -202,7 +244,8 @@ def build_report(name: str, routed: Routed, init: Routed | None, out_dir: str, t
     pngs = {"load_heatmap": figures.load_heatmap(load_SM, names),
             "identity_per_step": figures.identity_per_step(slot_S, skip_S)}
     if not collapsed:
-        part, more = _routing_analyses(routed, init, ids_N, counts_P, trans_MM, task, images_GHW, patch_grid)
+        part, more = _routing_analyses(routed, init, ids_N, trans_MM, task, images_GHW, patch_grid,
+                                       summary["attribute"])
         summary.update(part)
         pngs = {"rank_frequency": more.pop("rank_frequency"), **pngs, **more}
     summary["files"] = (["report.html", "summary.json", "paths.csv", "usage.csv"]
