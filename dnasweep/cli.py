@@ -23,13 +23,13 @@ def _train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     fix = "name the trial's output directory, e.g. --out runs/mytrial"
     if args.out is not None:  # `--out ''` was skipped, and the trial went to the default out_dir
-        raise_if([p for p in [flags.dir_problem(args.out, "--out", "output directory", fix)] if p], "train")
+        raise_if([flags.dir_problem(args.out, "--out", "output directory", fix)], "train")
         # a path, quoted: as bare YAML, 'exp #2' lost its '#2' and 'off' became False
         overrides.append(f"out_dir={json.dumps(args.out)}")
     cfg = load_trial(args.config, overrides)
     if args.out is None:  # out_dir from the file or an override: os.makedirs failed on it with a traceback
-        raise_if([p for p in [flags.dir_problem(cfg.out_dir, "out_dir", "output directory",
-                                           fix.replace("--out ", "out_dir="))] if p], args.config)
+        raise_if([flags.dir_problem(cfg.out_dir, "out_dir", "output directory", fix.replace("--out ", "out_dir="))],
+                 args.config)
     console = None if args.quiet else ConsoleReporter(planned_steps(cfg))
     result = run_trial(cfg, console, resume=not args.no_resume)
     if result.already_done:  # even with --quiet: this command trained nothing, its numbers are not new
@@ -302,7 +302,7 @@ def _ls(args: argparse.Namespace) -> int:
     if not os.path.exists(args.root):  # a typo said "no sweeps under ROOT", as an empty root does
         raise ConfigError([Problem("--root", f"{args.root} does not exist", "pass the directory the sweeps were run "
                                    "under (dnasweep run --root ROOT; default runs/sweeps)")], "ls")
-    raise_if([p for p in [flags.root_problem(args.root)] if p], "ls")
+    raise_if([flags.root_problem(args.root)], "ls")
     rows = list_sweeps(args.root)
     if not rows:
         print(f"no sweeps under {args.root}")

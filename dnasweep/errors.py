@@ -9,6 +9,7 @@ A ConfigError owns *every* problem found in one input, so the user fixes them al
 from __future__ import annotations
 
 import functools
+import math
 import operator
 import typing
 from dataclasses import dataclass, fields
@@ -44,10 +45,10 @@ class ConfigError(ValueError):
         return (ConfigError, (self.problems, self.source))
 
 
-def raise_if(problems: list[Problem], source: str = "config") -> None:
-    """Raise a ConfigError when `problems` is non-empty."""
-    if problems:
-        raise ConfigError(problems, source)
+def raise_if(problems: list[Problem | None], source: str = "config") -> None:
+    """Raise a ConfigError when `problems` holds any (None: a check that found nothing)."""
+    if found := [p for p in problems if p is not None]:
+        raise ConfigError(found, source)
 
 
 _OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
@@ -91,7 +92,7 @@ def value_problem(f, v) -> str | None:
     rules = [(op, x) for op, x in f.metadata.items() if op in _OPS]
     if not isinstance(v, int | float) or isinstance(v, bool):
         return None
-    if isinstance(v, float) and v != v or v in (float("inf"), float("-inf")):
+    if isinstance(v, float) and not math.isfinite(v):
         return f"must be a finite number, got {v!r}"
     if rules and not all(_OPS[op](v, x) for op, x in rules):
         return f"must be {' and '.join(f'{op} {x:g}' for op, x in rules)}, got {v!r}"

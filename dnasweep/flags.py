@@ -9,7 +9,7 @@ import os
 import re
 import socket
 
-from dnasweep.config.sweep import tracking_scheme_problem
+from dnasweep.config.sweep import TRACKING_URI_FORMS, tracking_scheme_problem
 from dnasweep.errors import Problem, raise_if
 
 _CONNECT_TIMEOUT_S = 5.0  # the --address check: a head that does not accept a TCP connection in 5 s is not there
@@ -22,10 +22,8 @@ def tracking_problems(flag: str | None) -> list[Problem]:
     those, and a whole sweep ran with nothing recorded."""
     key, uri = ("--tracking-uri", flag) if flag is not None else ("MLFLOW_TRACKING_URI",
                                                                   os.environ.get("MLFLOW_TRACKING_URI"))
-    fix = ("use a directory (runs/mlruns), file:///PATH, sqlite:///PATH.db, postgresql://, mysql:// or mssql:// "
-           "(+driver allowed), http(s)://HOST:PORT of an MLflow server, or databricks; or "
-           + ("leave the flag out" if key.startswith("--") else "unset MLFLOW_TRACKING_URI")
-           + " to log to the sweep's own SWEEP/mlflow.db")
+    undo = "leave the flag out" if key.startswith("--") else "unset MLFLOW_TRACKING_URI"
+    fix = f"use {TRACKING_URI_FORMS}; or {undo} to log to the sweep's own SWEEP/mlflow.db"
     if uri is None or (not uri.strip() and not key.startswith("--")):  # an empty variable: unset, as resolve_uri has it
         return []
     if not uri.strip():  # the flag given empty was ignored (resolve_uri falls back to the default)

@@ -35,6 +35,7 @@ COMPUTE_GAIN = "compare/compute_gain"  # dense FLOPs/token needed for this val/l
 COMPUTE_GAIN_BOUND = "compare/compute_gain_bound"
 SPEED_GAIN = "compare/speed_gain"  # this trial's tokens/s / a dense model's tokens/s at this val/loss
 SPEED_GAIN_BOUND = "compare/speed_gain_bound"
+BOUND_OF = {COMPUTE_GAIN: COMPUTE_GAIN_BOUND, SPEED_GAIN: SPEED_GAIN_BOUND}  # a gain -> its bound's metric
 
 # Sweep-level metrics, logged on the sweep's parent run (not usable as trial objectives).
 SWEEP_HYPERVOLUME = "sweep/hypervolume"  # feasible front's hypervolume after each complete trial, over the box

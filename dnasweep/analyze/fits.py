@@ -174,6 +174,12 @@ def cross_counts(ids_N: np.ndarray, rank_mask_N: np.ndarray, seed: int = 0) -> t
     return rank_c[order], count_c[order], rank_P[inv_N[~rank_mask_N]]
 
 
+def counted_counts(ids_N: np.ndarray, groups_N: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """The counted half's tokens per path, in the ranking half's order: what `fit_rank_frequency`
+    (with the same groups and seed) fits, for its figure."""
+    return cross_counts(ids_N, split_half(len(ids_N), groups_N)[0], seed)[1]
+
+
 def fit_rank_frequency(ids_N: np.ndarray, min_count: int | None = None, seed: int = 0,
                        groups_N: np.ndarray | None = None) -> PowerLawFit:
     """Fit f(r) ∝ r^-alpha to the path frequencies of these tokens (any int path labels), with the

@@ -12,6 +12,8 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
+from dnasweep import metrics as M
+
 ATTR_WORD = {"lm": "byte class", "vision": "image label"}
 GROUP_WORD = {"lm": "sequence", "vision": "image"}  # LM groups are held-out windows of seq_len tokens
 HTML_TOP_PATHS = 20
@@ -80,15 +82,15 @@ def collapse_verdict(s: dict) -> str:
 def _versus_dense(s: dict) -> str:
     """The sentence on the dense reference frontier, when the trial was measured against one."""
     c = s.get("compare") or {}
-    if "compare/compute_gain" not in c:
+    if M.COMPUTE_GAIN not in c:
         return ""
     word = {1: "more than ", -1: "less than ", 0: ""}
-    g, b = c["compare/compute_gain"], int(c.get("compare/compute_gain_bound") or 0)
+    g, b = c[M.COMPUTE_GAIN], int(c.get(M.COMPUTE_GAIN_BOUND) or 0)
     text = (f" Against the sweep's dense reference frontier its compute gain is {word[b]}{_f(g)} (the dense "
             f"FLOPs/token for its loss over its own; above 1 it beats dense)")
-    if "compare/speed_gain" in c:
-        sb = int(c.get("compare/speed_gain_bound") or 0)
-        text += f"; in tokens/s, {word[sb]}{_f(c['compare/speed_gain'])} of a dense model's at that loss"
+    if M.SPEED_GAIN in c:
+        sb = int(c.get(M.SPEED_GAIN_BOUND) or 0)
+        text += f"; in tokens/s, {word[sb]}{_f(c[M.SPEED_GAIN])} of a dense model's at that loss"
     return text + "."
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from dnasweep import metrics
 from dnasweep.analyze import figures, usage
-from dnasweep.analyze.fits import PowerLawFit, cross_counts, fit_rank_frequency, split_half
+from dnasweep.analyze.fits import PowerLawFit, counted_counts, fit_rank_frequency
 from dnasweep.analyze.html import render_html, summary_paragraph
 from dnasweep.analyze.info import mi_test
 from dnasweep.analyze.paths import path_ids, path_label
@@ -129,11 +129,11 @@ def _routing_analyses(routed: Routed, init: Routed | None, ids_N: np.ndarray, tr
     # Paths and their rank-frequency law, ranked on half the groups and counted on the other (init
     # model fitted the same way: the paper's alpha ~ 1 at init).
     fit = fit_rank_frequency(ids_N, groups_N=routed.group_N)
-    _, counted_P, _ = cross_counts(ids_N, split_half(routed.n_tokens, routed.group_N)[0])
+    counted_P = counted_counts(ids_N, routed.group_N)
     init_counted_P = init_fit = mi_init = None
     if init is not None:
         init_ids_N, _ = path_ids(init.paths_NSK)
-        _, init_counted_P, _ = cross_counts(init_ids_N, split_half(init.n_tokens, init.group_N)[0])
+        init_counted_P = counted_counts(init_ids_N, init.group_N)
         init_fit = _init_fit(init_ids_N, init, fit)
         if attribute["measured"] and np.unique(init.attr_N).size > 1:
             mi_init = _mi(init, init_ids_N, seed=0)

@@ -123,6 +123,15 @@ class ResourcesConfig:
 # driver after a +, as SQLAlchemy URLs do (postgresql+psycopg2://).
 TRACKING_SCHEMES = ("file", "sqlite", "http", "https", "databricks")
 TRACKING_DATABASES = ("postgresql", "mysql", "mssql")
+# What a tracking URI may be, for the fixes of the flag's, the variable's and the file's problems
+TRACKING_URI_FORMS = ("a directory (runs/mlruns), file:///PATH, sqlite:///PATH.db, postgresql://, mysql:// or "
+                      "mssql:// (+driver allowed), http(s)://HOST:PORT of an MLflow server, or databricks")
+
+
+def redact(uri: str) -> str:
+    """`uri` (or any text quoting one) with passwords replaced by ***, for printing and for files
+    in the sweep directory."""
+    return re.sub(r"(//[^/:@\s]+):[^/@\s]+@", r"\1:***@", uri)
 
 
 def tracking_scheme_problem(uri: str) -> str | None:
@@ -136,8 +145,7 @@ def tracking_scheme_problem(uri: str) -> str | None:
     base, plus, _ = scheme.partition("+")
     if (base in TRACKING_DATABASES) if plus else (scheme in TRACKING_SCHEMES + TRACKING_DATABASES):
         return None
-    shown = re.sub(r"(//[^/:@\s]+):[^/@\s]+@", r"\1:***@", uri)  # as tracking.redact (which imports Ray Tune)
-    return f"{shown!r}: MLflow tracking has no store for the scheme {scheme}:, so nothing would be recorded"
+    return f"{redact(uri)!r}: MLflow tracking has no store for the scheme {scheme}:, so nothing would be recorded"
 
 
 @dataclass
@@ -149,15 +157,14 @@ class TrackingConfig:
 
     def problems(self) -> list[Problem]:
         # A space file is copied into SWEEP/space.json, MLflow params and git: no secrets in it.
-        if self.uri and re.search(r"//[^/:@\s]+:[^/@\s]+@", self.uri):
+        if self.uri and redact(self.uri) != self.uri:
             return [Problem("tracking.uri", "holds a password (user:password@host); credentials never go in a "
                             "space file", "drop the user:password@ part and export MLFLOW_TRACKING_USERNAME / "
                             "MLFLOW_TRACKING_PASSWORD instead")]
         p = [] if self.experiment else [Problem("tracking.experiment", "must be a name", "e.g. dnasweep-lm")]
         if self.uri and (why := tracking_scheme_problem(self.uri)):
-            p.append(Problem("tracking.uri", why, "use a directory, file:///PATH, sqlite:///PATH.db, a database URL "
-                             "(postgresql://, mysql://, mssql://), http(s)://HOST:PORT of an MLflow server, or "
-                             "databricks; or null for the sweep's own SWEEP/mlflow.db"))
+            p.append(Problem("tracking.uri", why, f"use {TRACKING_URI_FORMS}; or null for the sweep's own "
+                             "SWEEP/mlflow.db"))
         return p
 
 

@@ -52,8 +52,7 @@ def combine(stats: list[RoutingStats]) -> RoutingStats:
                    flops_per_token_=mean("flops_per_token_"),
                    flops_executed_per_token_=mean("flops_executed_per_token_"),
                    params_active_=mean("params_active_"), entropy_=mean("entropy_"),
-                   identity_fraction_=sum(s.identity_fraction_ for s in stats) / n,
-                   dropped_fraction_=sum(s.dropped_fraction_ for s in stats) / n,
+                   identity_fraction_=mean("identity_fraction_"), dropped_fraction_=mean("dropped_fraction_"),
                    capacity_need_S3=None if last.capacity_need_S3 is None else
                    torch.stack([s.capacity_need_S3 for s in stats]).amax(0))
 

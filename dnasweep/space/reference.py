@@ -147,4 +147,4 @@ def gain_text(row: dict, key: str = M.COMPUTE_GAIN) -> str:
     """A gain as shown in tables: '1.8', '> 3.1', '< 0.4', '-' when absent."""
     if not M.is_number(row.get(key)):
         return "-"
-    return str(Gain(row[key], int(row.get(f"{key}_bound") or 0)))
+    return str(Gain(row[key], int(row.get(M.BOUND_OF[key]) or 0)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
+import math
 
 from dnasweep.config import TrialConfig
 from dnasweep.config.trial import planned_steps
@@ -45,10 +46,7 @@ def most_planned(base: TrialConfig, params: list[Param]) -> int:
         return most  # no token budget on any point: train.max_steps ends every trial
     options = [[int(v) if q.kind == "int" else v for v in q.ends()] + (
         [functools.reduce(getattr, q.path.split("."), base)] if q.when else []) for q in keys]
-    n = 1
-    for o in options:
-        n *= len(o)
-    if n > _MOST_CORNERS:
+    if math.prod(len(o) for o in options) > _MOST_CORNERS:
         return most
     cfg, best = copy.deepcopy(base), 0
     cfg.train.max_steps = most

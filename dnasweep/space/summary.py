@@ -16,14 +16,13 @@ def space_warnings(space: SearchSpace) -> list[str]:
         out.append(f"sampler.type=gp with budget.trials={space.budget.trials}: Optuna's GPSampler took ~1 s per "
                    "suggestion at 100 finished trials and ~5 s at 500 on 2 CPU cores (bench/suggest.py), blocking "
                    "the driver meanwhile; tpe stays under 60 ms there")
-    gains = (M.COMPUTE_GAIN, M.SPEED_GAIN)
     for o in space.objectives:
-        if o.metric in gains:
+        if o.metric in M.BOUND_OF:
             out.append(f"objective {o.metric}: a trial whose val/loss lies outside the dense rungs' losses gets "
                        "only a bound ('> x' or '< x' in the front's table), and the searcher ranks it by x. Widen "
                        "reference: (d_model, dense_layers) so the rungs' losses span the trials'")
     for c in space.constraints:
-        if c.metric in gains:
+        if c.metric in M.BOUND_OF:
             out.append(f"constraint {c.key}: a trial whose gain is only a bound that does not settle it (e.g. "
                        "'< 1.2' against '>= 1') counts as breaking it")
     return out

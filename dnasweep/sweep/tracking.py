@@ -97,10 +97,12 @@ class MLflowSweepLogger(Callback):
             self.client = client
             self.exp_id, self.parent_id, self.runs = state["experiment_id"], state["parent"], state["runs"]
             self.client.update_run(self.parent_id, status="RUNNING")
-            self._adopt_unsaved_runs()
+            children = self.client.search_runs([self.exp_id], max_results=50000, order_by=["attributes.start_time ASC"],
+                                               filter_string=f"tags.mlflow.parentRunId = '{self.parent_id}'")
+            self._adopt_unsaved_runs(children)
             self._load_logged_steps()
             self._load_backlog()
-            self._close_stale_runs()
+            self._close_stale_runs(children)
             return
         self._open(client)
         if resume:  # before a rebuild's backfill: the backlog's steps keep their own times
@@ -108,16 +110,14 @@ class MLflowSweepLogger(Callback):
         if state:  # resumed against a store without this sweep's runs (a new server after a lost head)
             self._rebuild(state["runs"])
 
-    def _adopt_unsaved_runs(self) -> None:
+    def _adopt_unsaved_runs(self, children: list) -> None:
         """Take back the runs this sweep created that tracking.json does not list: a sweep in object
         storage uploads the file when a trial ends, so a head lost meanwhile left the runs of the
         trials then running out of the copy a new head pulls, and each got a second run. The store
-        itself knows them by their dnasweep.trial tag."""
-        found = self.client.search_runs([self.exp_id], filter_string=f"tags.mlflow.parentRunId = '{self.parent_id}'",
-                                        max_results=50000, order_by=["attributes.start_time ASC"])
+        itself knows them by their dnasweep.trial tag (`children`: the parent's runs, oldest first)."""
         known = set(self.runs.values())
         adopted = {}
-        for r in found:
+        for r in children:
             tid = r.data.tags.get("dnasweep.trial")
             if tid and tid not in self.runs and tid not in adopted and r.info.run_id not in known:
                 adopted[tid] = r.info.run_id
@@ -125,12 +125,11 @@ class MLflowSweepLogger(Callback):
             self.runs.update(adopted)
             self._save_state()
 
-    def _close_stale_runs(self) -> None:
+    def _close_stale_runs(self, children: list) -> None:
         """Close the runs of trials the study holds as finished that stayed RUNNING (the store was
-        down when they ended, then the driver was killed): Ray Tune reports them no more."""
-        running = {r.info.run_id for r in self.client.search_runs(
-            [self.exp_id], filter_string=f"tags.mlflow.parentRunId = '{self.parent_id}' and attributes.status = "
-            "'RUNNING'", max_results=50000)}
+        down when they ended, then the driver was killed): Ray Tune reports them no more.
+        `children`: the parent's runs, as the store had them at the resume."""
+        running = {r.info.run_id for r in children if r.info.status == "RUNNING"}
         self.running_at_resume = running
         for tid in self.finished:
             if self.runs.get(tid) in running:

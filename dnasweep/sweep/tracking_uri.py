@@ -5,8 +5,8 @@ whether an http store answers. Imports neither Ray nor MLflow at module level.""
 from __future__ import annotations
 
 import os
-import re
 
+from dnasweep.config.sweep import redact  # the rule lives beside tracking.uri (config: Ray-free)
 from dnasweep.errors import ConfigError, Problem
 from dnasweep.space import SearchSpace
 from dnasweep.sweep.study import read_json
@@ -46,12 +46,6 @@ class TrackingURI(str):
         self = super().__new__(cls, uri)
         self.key, self.undo = key, undo
         return self
-
-
-def redact(uri: str) -> str:
-    """`uri` (or any text quoting one) with passwords replaced by ***, for printing and for files
-    in the sweep directory."""
-    return re.sub(r"(//[^/:@\s]+):[^/@\s]+@", r"\1:***@", uri)
 
 
 def check_reachable(uri: str, source: str = "tracking") -> None:
