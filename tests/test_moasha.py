@@ -114,6 +114,18 @@ def test_an_infeasible_trial_ranks_below_every_feasible_one():
     assert s.searcher.rungs[-1][4] == 4e6  # its violation, kept for a resumed scheduler
 
 
+def test_a_gain_that_is_only_a_bound_breaks_a_constraint_it_cannot_settle_at_a_rung_too():
+    """Under 'compute_gain >= 1' a '< 1.5' gain (bound -1) may be below 1: the searcher's final verdict
+    calls it infeasible, and MO-ASHA ranked it feasible, stopping a truly feasible trial for it."""
+    s = _sched(constraints=["compare/compute_gain >= 1"], reference={"d_model": [32], "dense_layers": [1, 2]})
+    gain = lambda g, bound: {"compare/compute_gain": g, "compare/compute_gain_bound": float(bound)}  # noqa: E731
+    assert s.decide("exact", 10, _r(3.1, 2e5, **gain(1.2, 0))) == GO
+    assert s.decide("bound", 10, _r(3.0, 1e5, **gain(1.5, -1))) == STOP  # infeasible: below every feasible one
+    assert s.searcher.rungs[-1][4] == pytest.approx(0.5)  # the violation a resumed scheduler rebuilds from
+    assert s.decide("feasible", 10, _r(3.2, 3e5, **gain(1.1, 0))) == GO
+    assert s.decide("above", 10, _r(2.9, 5e5, **gain(1.5, 1))) == GO  # "> 1.5" settles ">= 1": on the front
+
+
 def test_promotion_is_asynchronous_and_decisions_are_not_taken_back():
     s = _sched()
     assert s.decide("early", 10, _r(5.0, 500)) == GO  # first at the rung: goes on at once

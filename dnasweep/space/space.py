@@ -9,6 +9,7 @@ Ray-, Optuna- and MLflow-free; dnasweep.sweep adapts it to them.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -48,8 +49,9 @@ class Constraint:
 
     @property
     def key(self) -> str:
-        """`metric op bound`: how it is named in output and recorded on Optuna trials."""
-        return f"{self.metric} {self.op} {self.bound:g}"
+        """`metric op bound`: how it is named in output and recorded on Optuna trials (12 digits: two
+        bounds on one metric that agree to :g's 6 shared one key, and Optuna kept only the first)."""
+        return f"{self.metric} {self.op} {self.bound:.12g}"
 
     def violation(self, value: float, more: int = 0) -> float:
         """Optuna's convention: <= 0 is feasible. `more`: +1 when the true value is above `value`,
@@ -60,6 +62,14 @@ class Constraint:
         if (v <= 0 and rises > 0) or (v > 0 and rises < 0):  # undecided: the truth may be either side
             return max(abs(v), 1e-9)
         return v
+
+    def violation_in(self, result: dict) -> float:
+        """The violation of a trial's report (the searcher's and MO-ASHA's one rule): its value, with
+        the direction of a gain reported as a bound (metrics.BOUND_OF); missing or non-finite: 1."""
+        v = result.get(self.metric)
+        if not (isinstance(v, int | float) and math.isfinite(v)):
+            return 1.0
+        return self.violation(v, int(result.get(M.BOUND_OF.get(self.metric, "")) or 0))
 
 
 @dataclass

@@ -12,7 +12,6 @@ import math
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from dnasweep import metrics as M
 from dnasweep.config.sweep import SAMPLERS
 from dnasweep.space import SearchSpace
 from dnasweep.sweep import budget, compat
@@ -193,11 +192,9 @@ class ParetoOptunaSearch(OptunaSearch):
             study.tell(ot, None, state=TrialState.FAIL)
         elif scored:
             for c in self.sweep_space.constraints:
-                v, more = result.get(c.metric), result.get(M.BOUND_OF.get(c.metric, "")) or 0
-                violation = c.violation(v, int(more)) if isinstance(v, int | float) and math.isfinite(v) else 1.0
                 # one key per constraint: Optuna keeps the first value set under a key, so two bounds
                 # on one metric keyed by the metric left the second unenforced
-                ot.set_constraint(c.key, violation)
+                ot.set_constraint(c.key, c.violation_in(result))
             study.tell(ot, [float(v) for v in vals])
         else:
             reason = (result or {}).get("reason") or ("the trial raised or its worker died too often" if error
