@@ -445,7 +445,7 @@ def test_a_reference_run_left_running_by_a_killed_driver_is_finished_on_resume(t
     (sweep / "trials").mkdir(parents=True)
     uri = tracking.default_uri(str(sweep))
     rung = {"hash": "abc", "reused": False, "d_model": 32, "dense_layers": 1, "config": {"model.d_model": 32},
-            "rows": [{"step": 5, "train/loss": 3.0}],
+            "planned_steps": 10, "rows": [{"step": 5, "train/loss": 3.0}],
             "result": {"status": "completed", "step": 10, "val/loss": 2.5}}
     first = tracking.MLflowSweepLogger(space, "s", str(sweep), uri)
     first.rungs["ref-abc"] = rung
@@ -456,6 +456,35 @@ def test_a_reference_run_left_running_by_a_killed_driver_is_finished_on_resume(t
     run = MlflowClient(uri).get_run(first.runs["ref-abc"])
     assert run.info.status == "FINISHED" and run.data.metrics["val/loss"] == 2.5
     assert len(MlflowClient(uri).search_runs([second.exp_id], "tags.`dnasweep.role` = 'reference'")) == 1
+
+
+def test_a_diverged_rung_logs_evaluations_at_their_steps_and_a_time_limited_one_fails_its_run(tmp_path):
+    """A diverged rung's last evaluation (step 20) was logged again at step 27, where it stopped and
+    was never evaluated; a rung train.time_limit_s stopped short (off the frontier, `time-limited` in
+    the table) had a FINISHED run with no status, where a trial stopped so has a FAILED one."""
+    from mlflow import MlflowClient
+
+    from dnasweep.sweep import tracking
+
+    space = parse_space(SPACE, "s.yaml")
+    sweep = tmp_path / "s"
+    (sweep / "trials").mkdir(parents=True)
+    uri = tracking.default_uri(str(sweep))
+    rows = [{"step": s, "val/loss": v} for s, v in ((10, 2.9), (20, 2.6))]
+    diverged = {"hash": "div", "reused": False, "d_model": 32, "dense_layers": 1, "planned_steps": 50, "rows": rows,
+                "config": {}, "result": {"status": "diverged", "reason": "non-finite loss (nan) at step 27",
+                                         "step": 27, "val/loss": 2.6}}
+    short = {**diverged, "hash": "short", "dense_layers": 2,
+             "result": {"status": "completed", "reason": "time limit 9s reached at step 20", "step": 20, "val/loss": 2.6}}
+    t = tracking.MLflowSweepLogger(space, "s", str(sweep), uri)
+    t.reference([diverged, short])
+    assert t.drain(wait_s=5)
+    c = MlflowClient(uri)
+    assert sorted(m.step for m in c.get_metric_history(t.runs["ref-div"], "val/loss")) == [10, 20]
+    run = c.get_run(t.runs["ref-short"])
+    assert run.info.status == "FAILED" and run.data.tags["dnasweep.status"] == "time_limit"
+    assert "time limit" in run.data.tags["dnasweep.fail_reason"]
+    assert c.get_run(t.runs["ref-div"]).data.tags["dnasweep.status"] == "diverged"
 
 
 def test_a_trial_stopped_short_of_its_planned_steps_has_a_failed_run(tmp_path, monkeypatch):

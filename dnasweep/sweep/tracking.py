@@ -20,6 +20,7 @@ from dnasweep import metrics as M
 from dnasweep.config import flatten, to_dict
 from dnasweep.space import SearchSpace
 from dnasweep.sweep import budget
+from dnasweep.sweep.reference import rung_status
 from dnasweep.sweep.study import read_json
 from dnasweep.sweep.tracking_uri import (  # noqa: F401 - the tracker's URI helpers, imported from here too
     STATE_FILE,
@@ -445,10 +446,15 @@ class MLflowSweepLogger(Callback):
             # steps already in the store are skipped by `_add`
             if "result" not in r or (tid in self.runs and self.runs[tid] not in self.running_at_resume):
                 continue
-            self._add(tid, [*r["rows"], {**r["result"], M.STEP: r["result"]["step"]}], int(time.time() * 1000))
-            ok = r["result"]["status"] == "completed"
-            self.ended[tid] = ("FINISHED" if ok else "FAILED",
-                               {} if ok else _failed_tags(r["result"]["reason"], r["result"]["status"]))
+            # the result repeats the last evaluation under the step training stopped at: that step's
+            # own for a rung that trained to its end or its time limit; a diverged (oom) rung stopped
+            # after it, at a step never evaluated, and its metrics.jsonl rows hold every evaluation
+            status = rung_status(r)
+            last = [r["result"]] if status in ("completed", "time-limited") else []
+            self._add(tid, [*r["rows"], *last], int(time.time() * 1000))
+            # as a trial's run: a rung stopped short by train.time_limit_s is off the frontier, FAILED here
+            self.ended[tid] = ("FINISHED", {}) if status == "completed" else \
+                ("FAILED", _failed_tags(r["result"]["reason"], "time_limit" if status == "time-limited" else status))
         self.flush()
 
     def suspend(self) -> None:
