@@ -23,6 +23,7 @@ ROUTER_TRAIN_IDENTITY = "router/train_identity_fraction"  # identity share of tr
 ROUTER_NONIDENTITY_PATHS = "router/distinct_paths"  # distinct non-identity paths of the evaluation tokens
 ROUTER_COLLAPSED = "router/collapsed"  # 1.0 when evaluation finds the pool bypassed (is_collapsed), else 0.0
 ROUTER_DROPPED = "router/dropped_fraction"  # share of computing slots dropped by static capacities (0 when exact)
+PERF_PREFIX = "perf/"  # timings: measured anew by each attempt of a trial
 TOKENS_PER_S = "perf/tokens_per_s"  # training throughput
 TRAIN_FLOPS_PER_TOKEN = "perf/train_flops_per_token"  # mean useful forward FLOPs/token of the steps tokens/s timed
 MFU = "perf/mfu"  # useful training FLOPs / peak (CUDA only)

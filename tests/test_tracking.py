@@ -475,7 +475,8 @@ def test_a_diverged_rung_logs_evaluations_at_their_steps_and_a_time_limited_one_
                 "config": {}, "result": {"status": "diverged", "reason": "non-finite loss (nan) at step 27",
                                          "step": 27, "val/loss": 2.6}}
     short = {**diverged, "hash": "short", "dense_layers": 2,
-             "result": {"status": "completed", "reason": "time limit 9s reached at step 20", "step": 20, "val/loss": 2.6}}
+             "result": {"status": "completed", "reason": "time limit 9s reached at step 20", "step": 20,
+                        "val/loss": 2.6}}
     t = tracking.MLflowSweepLogger(space, "s", str(sweep), uri)
     t.reference([diverged, short])
     assert t.drain(wait_s=5)
@@ -485,6 +486,50 @@ def test_a_diverged_rung_logs_evaluations_at_their_steps_and_a_time_limited_one_
     assert run.info.status == "FAILED" and run.data.tags["dnasweep.status"] == "time_limit"
     assert "time limit" in run.data.tags["dnasweep.fail_reason"]
     assert c.get_run(t.runs["ref-div"]).data.tags["dnasweep.status"] == "diverged"
+
+
+def test_a_retried_trials_timings_are_the_new_attempts_and_other_steps_are_written_once(tmp_path, monkeypatch):
+    """A worker died after step 20 (checkpoint at 10): the retry re-ran 11..20 and re-reported them.
+    metrics.jsonl holds the new attempt's tokens/s (700) and MLflow kept only the dead attempt's (1100)."""
+    from mlflow import MlflowClient
+
+    space, sweep, uri, t, trial = _one_trial_sweep(tmp_path, monkeypatch)
+    row = lambda s, tps: {"step": s, "train/loss": 3 - s / 100, "perf/tokens_per_s": tps}  # noqa: E731
+    for r in (row(10, 1000.0), row(20, 1100.0)):  # attempt 1
+        t.on_trial_result(0, [], trial, {**r, "timestamp": 1})
+    rows = [row(10, 1000.0), row(20, 700.0), row(30, 800.0), {"step": 30, "val/loss": 2.0}]  # attempt 2's jsonl
+    for r in rows[1:]:
+        t.on_trial_result(0, [], trial, {**r, "timestamp": 2})
+    (sweep / "trials" / "t1" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    t.on_trial_complete(0, [], _trial("t1", {"step": 30, "val/loss": 2.0}))  # back-fills from metrics.jsonl
+    assert t.drain(wait_s=5)
+    c = MlflowClient(uri)
+    tps = sorted((m.step, m.timestamp, m.value) for m in c.get_metric_history(t.runs["t1"], "perf/tokens_per_s"))
+    assert [(s, v) for s, _, v in tps] == [(10, 1000.0), (20, 1100.0), (20, 700.0), (30, 800.0)]
+    assert max((m for m in tps if m[0] == 20), key=lambda m: m[1])[2] == 700.0  # the newer measurement last
+    assert sorted(m.step for m in c.get_metric_history(t.runs["t1"], "train/loss")) == [10, 20, 30]
+
+
+def test_a_trial_replayed_by_a_resume_keeps_its_own_end_time(tmp_path, monkeypatch):
+    """A trial finished after Tune last saved its state: the resume replays its result.json, and its
+    run, closed with the trial's end by the first driver, was closed again with the resume's clock."""
+    from mlflow import MlflowClient
+
+    from dnasweep.sweep import tracking
+
+    space, sweep, uri, first, t = _one_trial_sweep(tmp_path, monkeypatch)
+    res = {"step": 50, "val/loss": 2.0, "status": "completed", "reason": "reached 50 steps",
+           "finished_at": 1_700_000_000.0}
+    first.on_trial_result(0, [], t, {"step": 50, "val/loss": 2.0, "timestamp": 1_699_999_990, "time_total_s": 5})
+    (sweep / "trials" / "t1" / "result.json").write_text(json.dumps(res))
+    first.on_trial_complete(0, [], _trial("t1", {"step": 50, "val/loss": 2.0}))
+    assert first.drain(wait_s=5)
+    second = tracking.MLflowSweepLogger(space, "s", str(sweep), uri, resume=True, finished={"t1": ("COMPLETE", {})})
+    saved = {k: v for k, v in res.items() if k != "status"}
+    second.on_trial_result(0, [], t, {**saved, "timestamp": 1_800_000_000, "time_total_s": 0.1})  # the replay
+    second.on_trial_complete(0, [], _trial("t1", saved))
+    assert second.drain(wait_s=5)
+    assert MlflowClient(uri).get_run(first.runs["t1"]).info.end_time == 1_700_000_000_000
 
 
 def test_a_trial_stopped_short_of_its_planned_steps_has_a_failed_run(tmp_path, monkeypatch):

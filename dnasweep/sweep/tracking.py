@@ -28,6 +28,8 @@ from dnasweep.sweep.tracking_uri import (  # noqa: F401 - the tracker's URI help
     _quick_http_failures,
     check_reachable,
     default_uri,
+    has_run,
+    new_store_from_template,
     redact,
     resolve_uri,
 )
@@ -89,12 +91,12 @@ class MLflowSweepLogger(Callback):
         from mlflow import MlflowClient
 
         if self.uri == default_uri(self.sweep_dir):
-            _new_store_from_template(self.sweep_dir)
+            new_store_from_template(self.sweep_dir)
         # An explicit client, never mlflow.set_tracking_uri: that also sets MLFLOW_TRACKING_URI in
         # os.environ, so the next sweep started from the same process would log into this store.
         client = MlflowClient(self.uri)
         state = read_json(self.state_path) if resume else None
-        if state and _has_run(client, state["parent"]):  # `dnasweep resume`: the same parent and child runs
+        if state and has_run(client, state["parent"]):  # `dnasweep resume`: the same parent and child runs
             self.client = client
             self.exp_id, self.parent_id, self.runs = state["experiment_id"], state["parent"], state["runs"]
             self.client.update_run(self.parent_id, status="RUNNING")
@@ -235,7 +237,7 @@ class MLflowSweepLogger(Callback):
         for tid, rid in self.runs.items():
             seen = self.logged.setdefault(tid, {})
             for key in self.client.get_run(rid).data.metrics:
-                seen[key] = {m.step for m in self.client.get_metric_history(rid, key)}
+                seen[key] = {_mark(key, m.step, m.value) for m in self.client.get_metric_history(rid, key)}
 
     def record_failure(self, where: str, e: Exception) -> None:
         text = redact(str(e))  # MLflow's HTTP errors quote the URL, password included
@@ -292,7 +294,8 @@ class MLflowSweepLogger(Callback):
         self.times.setdefault(tid, [int((result.get("timestamp", time.time()) - result.get("time_total_s", 0)) * 1000),
                                     None])
         # A retried or resumed trial re-runs the steps after its last checkpoint and reports them
-        # again, with the same values (resume is exact): keep the first report of each (metric, step).
+        # again, with the same values (resume is exact): keep the first report of each (metric, step),
+        # but for timings, which the new attempt measured anew (`_mark`).
         self._add(tid, [result], int(result.get("timestamp", 0)) * 1000)
         if time.monotonic() - self.last_flush > FLUSH_EVERY_S:
             self.flush()
@@ -305,9 +308,9 @@ class MLflowSweepLogger(Callback):
         metrics = [Metric(k, float(v), ts, int(r.get(M.STEP, 0))) for r in rows for k, v in r.items()
                    if "/" in k and not k.startswith("config/") and M.is_number(v)]
         seen = self.logged.setdefault(tid, {})
-        fresh = [m for m in metrics if m.step not in seen.setdefault(m.key, set())]
+        fresh = [m for m in metrics if _mark(m.key, m.step, m.value) not in seen.setdefault(m.key, set())]
         for m in fresh:
-            seen[m.key].add(m.step)
+            seen[m.key].add(_mark(m.key, m.step, m.value))
         self.pending.setdefault(tid, []).extend(fresh)
 
     def _backfill(self, tid: str) -> None:
@@ -373,7 +376,16 @@ class MLflowSweepLogger(Callback):
                                                 "error"))
 
     def _end(self, trial, status: str, tags: dict) -> None:
-        self.times.setdefault(trial.trial_id, [None, None])[1] = int(time.time() * 1000)
+        tid = trial.trial_id
+        times = self.times.setdefault(tid, [None, None])
+        # the trial's own end stamp (result.json): a trial that finished before the driver died is
+        # replayed by the resume, which stamped its run with the resume's clock
+        times[1] = None
+        if tid in self.finished and self.fetch:
+            self.fetch(tid)
+        self._times_from_dir(tid, os.path.join(self.sweep_dir, "trials", tid))
+        if times[1] is None:
+            times[1] = int(time.time() * 1000)
         self.configs.setdefault(trial.trial_id, dict(trial.config))
         self.pending.setdefault(trial.trial_id, [])  # a trial that never reported still gets its run
         self.ended[trial.trial_id] = (status, tags)
@@ -419,10 +431,10 @@ class MLflowSweepLogger(Callback):
         if b:
             for t, ms in b["pending"].items():
                 seen = self.logged.setdefault(t, {})  # a driver killed before its drain: the store has some
-                fresh = [m for m in ms if int(m[3]) not in seen.setdefault(m[0], set())]
+                fresh = [m for m in ms if _mark(m[0], int(m[3]), m[1]) not in seen.setdefault(m[0], set())]
                 self.pending.setdefault(t, []).extend(Metric(*m) for m in fresh)
-                for key, _, _, step in fresh:
-                    seen[key].add(int(step))
+                for key, value, _, step in fresh:
+                    seen[key].add(_mark(key, int(step), value))
             self.ended.update({t: tuple(v) for t, v in b["ended"].items()})
             self.configs.update(b["configs"])
             self.times.update(b.get("times", {}))  # a backlog written before times were kept has none
@@ -462,6 +474,13 @@ class MLflowSweepLogger(Callback):
         self.drain(wait_s=10.0)
 
 
+def _mark(key: str, step: int, value: float):
+    """What makes a metric point new for a run: its step, or for a timing (perf/*) its step and value.
+    A retried trial re-runs the steps after its checkpoint; its metrics.jsonl keeps the new attempt's
+    tokens/s, and MLflow kept the dead attempt's alone. Both now, the newer logged last."""
+    return (step, float(value)) if key.startswith(M.PERF_PREFIX) else step
+
+
 def _pruned_tags(step) -> dict[str, str]:
     """The tags of a run MO-ASHA stopped at rung `step`."""
     return {"dnasweep.status": "pruned", "dnasweep.stopped_at_step": str(step)}
@@ -470,52 +489,6 @@ def _pruned_tags(step) -> dict[str, str]:
 def _failed_tags(reason, status) -> dict[str, str]:
     """The tags of a failed run: why (MLflow keeps at most 5000 characters of a tag) and its status."""
     return {"dnasweep.fail_reason": str(reason or "unknown")[:5000], "dnasweep.status": str(status or "failed")}
-
-
-def _has_run(client, run_id: str) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_run(run_id)
-        return True
-    except MlflowException as e:
-        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return False
-        raise
-
-
-def _new_store_from_template(sweep_dir: str) -> None:
-    """A sweep's own SQLite store starts as a copy of an empty store that MLflow built once per
-    MLflow version ($XDG_CACHE_HOME/dnasweep): MLflow builds a new store by running every schema
-    migration, ~1.6 s of the driver's CPU at each sweep start (bench/orchestration.py), a copy
-    takes milliseconds. The copy's Default experiment keeps its artifacts in the sweep, as every
-    experiment a sweep creates does. Without a writable cache MLflow builds the store itself."""
-    import shutil
-    import sqlite3
-
-    import mlflow
-    from mlflow import MlflowClient
-
-    from dnasweep.data.pystdlib import cache_dir
-
-    db = os.path.join(sweep_dir, "mlflow.db")
-    if os.path.exists(db):
-        return
-    template = cache_dir() / f"mlflow-{mlflow.__version__}.db"
-    try:
-        if not template.exists():
-            template.parent.mkdir(parents=True, exist_ok=True)
-            tmp = f"{template}.{os.getpid()}.tmp"
-            MlflowClient(f"sqlite:///{tmp}").search_experiments(max_results=1)  # MLflow migrates it
-            os.replace(tmp, template)
-        shutil.copyfile(template, db + ".tmp")
-        with sqlite3.connect(db + ".tmp") as con:
-            con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
-                        (Path(sweep_dir, "mlartifacts", "0").resolve().as_uri(),))
-        con.close()
-        os.replace(db + ".tmp", db)
-    except (OSError, sqlite3.Error):
-        return
 
 
 def _write_json(path: str, obj) -> None:

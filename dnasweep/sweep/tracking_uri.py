@@ -1,10 +1,12 @@
 """Which MLflow store a sweep tracks to, one rule for run, resume, analyze and ui: the flag, then
 $MLFLOW_TRACKING_URI, then what the sweep recorded, then the space file, then SWEEP/mlflow.db; and
-whether an http store answers. Imports neither Ray nor MLflow at module level."""
+whether an http store answers; a sweep's own SQLite store made from a template. Imports neither Ray
+nor MLflow at module level."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from dnasweep.config.sweep import redact  # the rule lives beside tracking.uri (config: Ray-free)
 from dnasweep.errors import ConfigError, Problem
@@ -75,3 +77,49 @@ def _quick_http_failures() -> None:
     # retry ourselves instead. A user's own setting wins.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def has_run(client, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+        return True
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+
+
+def new_store_from_template(sweep_dir: str) -> None:
+    """A sweep's own SQLite store starts as a copy of an empty store that MLflow built once per
+    MLflow version ($XDG_CACHE_HOME/dnasweep): MLflow builds a new store by running every schema
+    migration, ~1.6 s of the driver's CPU at each sweep start (bench/orchestration.py), a copy
+    takes milliseconds. The copy's Default experiment keeps its artifacts in the sweep, as every
+    experiment a sweep creates does. Without a writable cache MLflow builds the store itself."""
+    import shutil
+    import sqlite3
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from dnasweep.data.pystdlib import cache_dir
+
+    db = os.path.join(sweep_dir, "mlflow.db")
+    if os.path.exists(db):
+        return
+    template = cache_dir() / f"mlflow-{mlflow.__version__}.db"
+    try:
+        if not template.exists():
+            template.parent.mkdir(parents=True, exist_ok=True)
+            tmp = f"{template}.{os.getpid()}.tmp"
+            MlflowClient(f"sqlite:///{tmp}").search_experiments(max_results=1)  # MLflow migrates it
+            os.replace(tmp, template)
+        shutil.copyfile(template, db + ".tmp")
+        with sqlite3.connect(db + ".tmp") as con:
+            con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                        (Path(sweep_dir, "mlartifacts", "0").resolve().as_uri(),))
+        con.close()
+        os.replace(db + ".tmp", db)
+    except (OSError, sqlite3.Error):
+        return
