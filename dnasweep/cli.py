@@ -425,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # `dnasweep train`: its checkpoint is where the same command goes on
         print("\ninterrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `dnasweep pareto SWEEP | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would raise again
+        return 0
 
 
 if __name__ == "__main__":

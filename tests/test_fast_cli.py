@@ -127,3 +127,15 @@ def test_a_declared_rule_runs_the_real_one():
         assert lazy(torch.zeros(2, 3), None, None) == "routed" and len(calls) == 1
     finally:
         routers.topk_rule = real
+
+
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly():
+    """`dnasweep pareto SWEEP | head` ended with a BrokenPipeError traceback (exit 1)."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "dnasweep.cli", "validate", "search_spaces/lm.yaml", "--samples", "50"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader is gone before the first line
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 0 and "Traceback" not in err, err

@@ -131,7 +131,8 @@ def pareto_front(study, space: SearchSpace, sweep_dir: str | None = None) -> lis
     """The study's feasible non-dominated trials as rows (Optuna's `best_trials` honours constraints),
     each with its gains against the dense reference and its routing verdict when the trial has them."""
     rows = []
-    for t in sorted(study.best_trials, key=lambda t: t.values[0]):
+    first_sign = 1 if space.objectives[0].mode == "min" else -1  # best first: the highest accuracy on top
+    for t in sorted(study.best_trials, key=lambda t: first_sign * t.values[0]):
         row = {"trial": t.number, **{o.metric: v for o, v in zip(space.objectives, t.values, strict=True)}}
         rid = row["ray_trial_id"] = t.user_attrs.get("ray_trial_id")
         res = (_read_json(os.path.join(sweep_dir, "trials", rid, "result.json")) if sweep_dir and rid else None) or {}
@@ -233,8 +234,15 @@ SHORT = {M.VAL_LOSS: "loss", M.VAL_ACC: "acc", M.VAL_BPB: "bpb", M.FLOPS_PER_TOK
          "model.balance.identity_bias": "bias", "train.lr": "lr"}
 
 
-def _cell(v) -> str:
-    return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+def _cell(v, digits: int = 4) -> str:
+    return "-" if v is None else f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+
+def _digits(values: list) -> int:
+    """The fewest significant digits (from 4) that print these values' distinct floats apart: two
+    learning rates 0.0030001 and 0.0030004 both read 0.003, and the column looked constant."""
+    floats = {v for v in values if isinstance(v, float)}
+    return next((d for d in range(4, 18) if len({f"{v:.{d}g}" for v in floats}) == len(floats)), 17)
 
 
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -251,10 +259,12 @@ def format_front(result: SweepResult, space: SearchSpace, wide: bool = False) ->
 
     front = result.front
     objs = [o.metric for o in space.objectives]
-    params = [p.path for p in space.params if wide or len({_cell(r.get(p.path)) for r in front}) > 1]
+    # raw values decide what varies (two values may print alike at 4 digits: `_digits`)
+    params = [p.path for p in space.params if wide or len({repr(r.get(p.path)) for r in front}) > 1]
     extra = [k for k in (M.COMPUTE_GAIN, M.IDENTITY_FRACTION) if any(k in r for r in front)]
     head = ["trial", *(["ray_trial_id"] if wide else []), *objs, *extra, *params]
-    cells = [[gain_text(r, k) if k == M.COMPUTE_GAIN else _cell(r.get(k)) for k in head] for r in front]
+    digits = {k: _digits([r.get(k) for r in front]) for k in head}
+    cells = [[gain_text(r, k) if k == M.COMPUTE_GAIN else _cell(r.get(k), digits[k]) for k in head] for r in front]
     shown = ["collapsed" if r.get(M.ROUTER_COLLAPSED) else "" for r in front]
     if any(shown):
         head, cells = [*head, "verdict"], [[*c, v] for c, v in zip(cells, shown, strict=True)]

@@ -1,0 +1,48 @@
+"""The front table reads the study as it is: the best trial of the first objective on top whichever
+way it is ranked, and a sampled value shown whenever it differs on the front, however slightly."""
+
+import pytest
+
+optuna = pytest.importorskip("optuna", reason="the sweep extra (ray[tune], optuna, mlflow) is not installed")
+
+from dnasweep.space import parse_space  # noqa: E402
+from dnasweep.sweep.study import SweepResult, format_front, pareto_front  # noqa: E402
+
+BASE = {"model": {"d_model": 32, "n_heads": 4, "seq_len": 32, "n_steps": 2}, "train": {"max_steps": 50}}
+
+
+def _front(objectives, trials):
+    """(space, front rows, table) of a study holding `trials`: [(values, params)]."""
+    space = parse_space({"base": BASE, "objectives": objectives,
+                         "search": {"train.lr": {"float": [1e-4, 1e-2], "log": True},
+                                    "model.n_steps": {"int": [1, 4]}}}, "s.yaml")
+    study = optuna.create_study(directions=[{"min": "minimize", "max": "maximize"}[o["mode"]] for o in objectives])
+    dists = {"train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+             "model.n_steps": optuna.distributions.IntDistribution(1, 4)}
+    for values, params in trials:
+        study.add_trial(optuna.trial.create_trial(values=values, params=params, distributions=dists))
+    front = pareto_front(study, space)
+    return space, front, format_front(SweepResult("x", len(trials), 0, front), space)
+
+
+def test_a_value_that_differs_past_four_digits_is_shown_and_told_apart():
+    """lr 0.0030001 and 0.0030004 printed alike at 4 digits: the column was dropped as 'the same on
+    the whole front'."""
+    space, front, table = _front([{"metric": "val/loss", "mode": "min"},
+                                  {"metric": "compute/flops_per_token", "mode": "min"}],
+                                 [([2.0, 2e5], {"train.lr": 0.0030001, "model.n_steps": 2}),
+                                  ([2.5, 1e5], {"train.lr": 0.0030004, "model.n_steps": 2})])
+    lines = table.splitlines()
+    assert "lr" in lines[1].split() and "S" not in lines[1].split()
+    assert "0.0030001" in lines[2] and "0.0030004" in lines[3]
+    assert "same on the whole front, or not sampled: n_steps" in table
+
+
+def test_a_maximised_first_objective_puts_its_best_trial_on_top():
+    """A vision front (val/acc, max) listed its worst accuracy first."""
+    _, front, _ = _front([{"metric": "router/identity_fraction", "mode": "max"},
+                          {"metric": "compute/flops_per_token", "mode": "min"}],
+                         [([0.80, 1e5], {"train.lr": 1e-3, "model.n_steps": 1}),
+                          ([0.95, 3e5], {"train.lr": 2e-3, "model.n_steps": 3}),
+                          ([0.90, 2e5], {"train.lr": 3e-3, "model.n_steps": 2})])
+    assert [r["router/identity_fraction"] for r in front] == [0.95, 0.90, 0.80]
