@@ -42,6 +42,9 @@ class Stem(nn.Module):
     """Input -> residual stream h_BLD, plus the per-token routing keys the hash router uses
     (token ids for LM, position for vision)."""
 
+    # added to the input rather than multiplied: kept out of weight decay (train/optim.py)
+    no_weight_decay = ("pos", "cls")
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg

@@ -173,6 +173,7 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
         # resuming: drops the rows logged after the checkpoint; otherwise: starts the file afresh
         jsonl = JsonlReporter(os.path.join(cfg.out_dir, "metrics.jsonl"), truncate_after_step=step if step else None)
     rep = Reporters(jsonl, reporter)
+    rep.begin(step)
 
     def save() -> str:
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
@@ -193,7 +194,9 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
         if train_time > 0:
             res[M.TOKENS_PER_S] = tokens_per_s()
             # the FLOPs of the steps tokens/s timed (every step while none is past warm-up yet)
-            train_flops = float(perf[2]) / perf[0] if perf[0] else res[M.FLOPS_PER_TOKEN]
+            # (the warm-up steps' while none is past it: the evaluation's FLOPs are another batch's, in
+            # eval mode, and read 30% high after 2 steps)
+            train_flops = float(perf[2]) / perf[0] if perf[0] else float(warm[1]) / warm[0] if warm[0] else math.nan
             if math.isfinite(train_flops):
                 res[M.TRAIN_FLOPS_PER_TOKEN] = train_flops
             # the peaks are bf16 tensor-core ones: an fp32 run's MFU against them would be a third too low
@@ -203,6 +206,7 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
         return {**res, **(derive(res) if derive else {})}
 
     status, reason, last, where = "completed", f"reached {total_steps} steps", {}, "before the first step"
+    warm = [0, 0.0]  # this start's warm-up steps and their FLOPs/token sum (perf/* while none is past it)
     model.train()
     skip_log: list[float] = []  # identity share of each training step since the last log row
     drop_log: list = []  # compiled: share of slots dropped by capacity per step (0-dim tensors)
@@ -250,6 +254,8 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
             train_time += dt
             if step - start > WARMUP_STEPS:  # past this start's warm-up (a tensor sum: no host sync here)
                 perf = [perf[0] + 1, perf[1] + dt, perf[2] + out.stats.flops_per_token_]
+            else:
+                warm = [warm[0] + 1, warm[1] + out.stats.flops_per_token_]
             if step % tc.log_every == 0 or step == total_steps:
                 row = {M.STEP: step, M.TRAIN_LOSS: ce, M.TRAIN_AUX: aux_sum / tc.grad_accum, "train/lr": lr,
                        M.TOKENS_PER_S: tokens_per_s()}

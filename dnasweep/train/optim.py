@@ -11,10 +11,14 @@ from dnasweep.config.train import TrainConfig
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW that decays matrices only: norms, biases and embeddings (1-D, or looked up rather
-    than multiplied) are not pulled toward zero."""
+    """AdamW that decays matrices only: norms, biases, embeddings and a ViT's position table and
+    class token (1-D, looked up, or added rather than multiplied) are not pulled toward zero."""
     decay, no_decay = [], []
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    # a module names its added parameters in `no_weight_decay` (timm's convention): by their shape
+    # (2-D, 3-D) they were decayed, against this docstring
+    embeddings |= {id(p) for m in model.modules() for n in getattr(m, "no_weight_decay", ())
+                   if isinstance(p := getattr(m, n, None), nn.Parameter)}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
