@@ -270,12 +270,12 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _pareto(args: argparse.Namespace) -> int:
-    from dnasweep.sweep.reference import blocks, frontier_of, on_frontier, rung_status
+    from dnasweep.sweep.reference import blocks, frontier_keys, on_frontier, rung_status
     from dnasweep.sweep.study import format_front, load_sweep
 
     result, space = load_sweep(_sweep_arg(args.sweep, args.root))
     if args.json:  # the front's rows, and the dense reference ladder's rungs (their results) when there is one
-        on = {p[0] for p in frontier_of(result.reference).points}
+        on = frontier_keys(result.reference)
         print(json.dumps({"front": result.front, "reference": [
                           {**{k: r.get(k) for k in ("d_model", "dense_layers", "result", "reused")},
                            "blocks": blocks(r), "status": rung_status(r), "frontier": on_frontier(r, on)}

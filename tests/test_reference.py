@@ -19,6 +19,18 @@ def test_frontier_keeps_only_non_dominated_rungs():
     assert [p[0] for p in Frontier(RUNGS).points] == [1e5, 4e5, 1.6e6]
 
 
+def test_a_dominated_rung_of_a_frontier_rungs_flops_is_not_marked_on_the_frontier():
+    """Matched by FLOPs alone, a rung with the FLOPs/token of a frontier rung and a higher loss (one
+    size listed twice, another seed) read 'frontier: yes' in the table and reference.csv."""
+    pytest.importorskip("ray", reason="the sweep extra (ray[tune], optuna, mlflow) is not installed")
+    from dnasweep.sweep.reference import frontier_keys, on_frontier
+
+    rungs = [{"planned_steps": 10, "result": {"status": "completed", "step": 10, M.FLOPS_PER_TOKEN: 1e5,
+                                                M.VAL_LOSS: loss}} for loss in (3.0, 3.4)]
+    keys = frontier_keys(rungs)
+    assert [on_frontier(r, keys) for r in rungs] == [True, False]
+
+
 def test_gain_is_exact_at_the_rungs_and_log_linear_between():
     f = Frontier(RUNGS)
     for flops, loss in ((1e5, 3.0), (4e5, 2.5), (1.6e6, 2.2)):

@@ -162,16 +162,24 @@ def frontier_of(rungs: list[dict]) -> Frontier:
                      if rung_status(r) == "completed"])
 
 
-def on_frontier(rung: dict, points: set) -> bool:
-    """Whether `rung` is one of the frontier's points (`points`: their FLOPs/token)."""
-    return rung_status(rung) == "completed" and rung.get("result", {}).get(M.FLOPS_PER_TOKEN) in points
+def frontier_keys(rungs: list[dict]) -> set[tuple]:
+    """The frontier's points as (FLOPs/token, val/loss): what `on_frontier` looks a rung up by."""
+    return {p[:2] for p in frontier_of(rungs).points}
+
+
+def on_frontier(rung: dict, keys: set[tuple]) -> bool:
+    """Whether `rung` is one of the frontier's points (`keys`: frontier_keys). By FLOPs and loss: a
+    dominated rung of the same FLOPs/token as a frontier rung (a ladder listing one size twice with
+    another seed, say) read 'frontier: yes' when FLOPs alone matched."""
+    r = rung.get("result", {})
+    return rung_status(rung) == "completed" and (r.get(M.FLOPS_PER_TOKEN), r.get(M.VAL_LOSS)) in keys
 
 
 def write(sweep_dir: str, rungs: list[dict]) -> list[str]:
     """SWEEP/reference.json (everything) and SWEEP/reference.csv (one row per rung)."""
     with open(os.path.join(sweep_dir, FILE), "w") as f:
         json.dump(rungs, f)
-    on = {p[0] for p in frontier_of(rungs).points}
+    on = frontier_keys(rungs)
     path = os.path.join(sweep_dir, "reference.csv")
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)

@@ -255,7 +255,7 @@ def format_front(result: SweepResult, space: SearchSpace, wide: bool = False) ->
     verdict, then the sampled values that vary on the front; `wide`: every sampled value and the
     Ray trial id), the dense reference frontier below it, and where to look next."""
     from dnasweep.space.reference import gain_text
-    from dnasweep.sweep.reference import blocks, frontier_of, on_frontier, rung_status
+    from dnasweep.sweep.reference import blocks, frontier_keys, on_frontier, rung_status
 
     front = result.front
     objs = [o.metric for o in space.objectives]
@@ -291,7 +291,7 @@ def format_front(result: SweepResult, space: SearchSpace, wide: bool = False) ->
         same = [p.split(".")[-1] for p in (q.path for q in space.params) if p not in params]
         out.append(f"(same on the whole front, or not sampled: {', '.join(same)}; --wide shows every column)")
     if result.reference:
-        on = {p[0] for p in frontier_of(result.reference).points}
+        on = frontier_keys(result.reference)
         rows = [[str(r["d_model"]), _cell(blocks(r)), _cell(r.get("result", {}).get(M.VAL_LOSS)),
                  _cell(r.get("result", {}).get(M.FLOPS_PER_TOKEN)), _cell(r.get("result", {}).get(M.TOKENS_PER_S)),
                  rung_status(r), "yes" if on_frontier(r, on) else ""] for r in result.reference]
