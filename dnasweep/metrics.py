@@ -4,6 +4,7 @@ search-space checks read TRIAL_METRICS and REPORTED_BY (objectives and constrain
 metric the space's trials report)."""
 
 import math
+import re
 
 TRAIN_LOSS = "train/loss"  # training loss of the last optimizer step, label smoothing included (nats/token)
 TRAIN_AUX = "train/aux_loss"  # weighted sum of auxiliary (compute, balance, z) terms
@@ -19,6 +20,11 @@ ROUTER_ENTROPY = "router/entropy"  # mean entropy (nats) of the router distribut
 ROUTER_Z = "router/z_loss"  # mean squared log-partition of router logits (what z-loss shrinks)
 ROUTER_LOAD_MAX = "router/load_max"  # largest per-module share of slots (1/M is balanced)
 ROUTER_LOAD_PREFIX = "router/load/"  # + "m{index}": share of slots routed to that module
+# The one form of those names (train/evaluate.py: one per pool module, index 0 to pool size - 1, identity
+# modules last). Listed in TRIAL_METRICS so that an unknown name's "did you mean" / "known:" shows it;
+# is_trial_metric accepts its instances only (router/load/m3), never the form itself.
+ROUTER_LOAD_FORM = ROUTER_LOAD_PREFIX + "m<i>"  # (this short: "did you mean" finds it for m03, module0, 0)
+_ROUTER_LOAD = re.compile(re.escape(ROUTER_LOAD_PREFIX) + r"m(0|[1-9][0-9]*)")  # as f"m{i}" prints an int
 ROUTER_TRAIN_IDENTITY = "router/train_identity_fraction"  # identity share of training slots since the last log row
 ROUTER_NONIDENTITY_PATHS = "router/distinct_paths"  # distinct non-identity paths of the evaluation tokens
 ROUTER_COLLAPSED = "router/collapsed"  # 1.0 when evaluation finds the pool bypassed (is_collapsed), else 0.0
@@ -48,7 +54,7 @@ SWEEP_PREFIX = "sweep/"
 
 # Every metric a trial reports: the names objectives and constraints may use.
 TRIAL_METRICS = frozenset(v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str) and "/" in v
-                          and not v.startswith(SWEEP_PREFIX) and v != ROUTER_LOAD_PREFIX)
+                          and not v.startswith(SWEEP_PREFIX) and not v.endswith("/"))  # a prefix names none
 # Logged in training rows only, never in an evaluation's report, which is what a sweep ranks, prunes
 # and constrains on: not usable as objectives or constraints.
 TRAIN_ONLY = frozenset({TRAIN_LOSS, TRAIN_AUX, ROUTER_TRAIN_IDENTITY, ROUTER_DROPPED})
@@ -57,8 +63,18 @@ TRAIN_ONLY = frozenset({TRAIN_LOSS, TRAIN_AUX, ROUTER_TRAIN_IDENTITY, ROUTER_DRO
 REPORTED_BY = {VAL_ACC: "vision", VAL_BPB: "byte_lm", MFU: "cuda", "router/": "routed", "compare/": "reference"}
 
 
+def router_load_index(name: str) -> int | None:
+    """The module index of a per-module load metric (router/load/m3 -> 3); None for any other name.
+    Only the exact form the trainer reports: router/load/module0 or router/load/m03 would be
+    accepted by a prefix test and then be missing from every trial's report."""
+    m = _ROUTER_LOAD.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+
 def is_trial_metric(name: str) -> bool:
-    return name in TRIAL_METRICS or name.startswith(ROUTER_LOAD_PREFIX)
+    if name == ROUTER_LOAD_FORM:  # the form, listed for messages, names no metric
+        return False
+    return name in TRIAL_METRICS or router_load_index(name) is not None
 
 
 def reported_by(name: str) -> str | None:

@@ -8,6 +8,7 @@ from dnasweep.space import corners, load_space, parse_space
 from dnasweep.sweep.pareto import hypervolume_2d, pareto_mask
 
 OK = {"base": {"model": {"d_model": 32}}, "objectives": [{"metric": "val/loss", "mode": "min"}]}
+LR = {"search": {"train.lr": {"float": [1e-3, 1e-2]}}}  # a dimension: a space without one warns of that
 
 
 def _problems(**sections):
@@ -117,9 +118,9 @@ def test_cli_run_with_bad_space_exits_2_and_creates_nothing(tmp_path):
 def test_gp_sampler_with_a_long_budget_warns():
     from dnasweep.space import space_warnings
 
-    assert space_warnings(parse_space({**OK, "sampler": {"type": "gp"}, "budget": {"trials": 500}}, "s.yaml"))
-    assert not space_warnings(parse_space({**OK, "sampler": {"type": "gp"}, "budget": {"trials": 50}}, "s.yaml"))
-    assert not space_warnings(parse_space({**OK, "budget": {"trials": 500}}, "s.yaml"))
+    assert space_warnings(parse_space({**OK, **LR, "sampler": {"type": "gp"}, "budget": {"trials": 500}}, "s.yaml"))
+    assert not space_warnings(parse_space({**OK, **LR, "sampler": {"type": "gp"}, "budget": {"trials": 50}}, "s.yaml"))
+    assert not space_warnings(parse_space({**OK, **LR, "budget": {"trials": 500}}, "s.yaml"))
 
 
 def test_a_gain_as_objective_or_constraint_warns_that_it_may_be_a_bound():
@@ -129,11 +130,11 @@ def test_a_gain_as_objective_or_constraint_warns_that_it_may_be_a_bound():
 
     ref = {"reference": {"d_model": [32], "dense_layers": [1]}}
     gain = [{"metric": "val/loss", "mode": "min"}, {"metric": "compare/compute_gain", "mode": "max"}]
-    (w,) = space_warnings(parse_space({**OK, **ref, "objectives": gain}, "s.yaml"))
+    (w,) = space_warnings(parse_space({**OK, **LR, **ref, "objectives": gain}, "s.yaml"))
     assert w.startswith("objective compare/compute_gain: ") and "bound" in w and "reference:" in w
-    (w,) = space_warnings(parse_space({**OK, **ref, "constraints": ["compare/compute_gain >= 1"]}, "s.yaml"))
+    (w,) = space_warnings(parse_space({**OK, **LR, **ref, "constraints": ["compare/compute_gain >= 1"]}, "s.yaml"))
     assert w.startswith("constraint compare/compute_gain >= 1: ")
-    assert not space_warnings(parse_space({**OK, **ref, "constraints": ["params/total <= 1e6"]}, "s.yaml"))
+    assert not space_warnings(parse_space({**OK, **LR, **ref, "constraints": ["params/total <= 1e6"]}, "s.yaml"))
 
 
 def test_analyze_section_rules():

@@ -15,11 +15,13 @@ dnasweep.space, which knows the trial schema and the metrics.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, is_dataclass
 from typing import Any, Literal
 
+from dnasweep import metrics as M
 from dnasweep.config.load import (
     build,
     deep_merge,
@@ -301,6 +303,24 @@ def _nested(dotted: str, value: Any) -> dict:
     return value
 
 
+def _bare_metrics(objectives: list, p: list[Problem]) -> list:
+    """`objectives: [val/loss, ...]`: each bare name is a problem whose fix is that entry written as a
+    mapping with that name (the generic wrong-shape fix, built from ObjectiveConfig's defaults, read
+    `{metric: '', mode: min}`, an invalid example). The name is kept, as {metric: name}, so that the
+    metric checks still judge it (an unknown name is reported in the same run)."""
+    out = []
+    for i, o in enumerate(objectives):
+        if isinstance(o, str) and o.strip():
+            # an unknown name is no example to give: its nearest metric is (the metric check names it too)
+            known = [m for m in M.TRIAL_METRICS if M.is_trial_metric(m)]
+            ex = o if M.is_trial_metric(o) else next(iter(difflib.get_close_matches(o, known, n=1)), M.VAL_LOSS)
+            p.append(Problem(f"objectives[{i}]", f"expected a mapping, got str {o!r}",
+                             f"e.g. objectives[{i}]: {{metric: {ex}, mode: min}} (mode: max to maximise it)"))
+            o = {"metric": o}
+        out.append(o)
+    return out
+
+
 def sweep_sections(data: dict, source: str, overrides: list[str] | None = None, smoke: bool = False,
                    check_base: bool = True) -> tuple[SweepConfig, list[Problem]]:
     """A file's dict -> (SweepConfig, problems). Sections with problems keep their defaults in the
@@ -343,6 +363,8 @@ def sweep_sections(data: dict, source: str, overrides: list[str] | None = None, 
                               "objectives": "e.g. [{metric: val/loss, mode: min}]",
                               "constraints": 'e.g. ["params/total <= 2e7"]'}[name]))
         elif value is not None:
+            if name == "objectives":
+                value = _bare_metrics(value, p)
             setattr(cfg, name, value)
     for name, schema in _FLAT.items():
         given = {} if data.get(name) is None else data[name]  # `budget: []` or `sampler: 0` is no default

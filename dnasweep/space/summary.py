@@ -3,7 +3,10 @@ over its corners, and warnings for valid but probably unintended settings."""
 
 from __future__ import annotations
 
+import functools
+
 from dnasweep import metrics as M
+from dnasweep.model.config import BalanceConfig, RouterConfig
 from dnasweep.space.apply import active_values, try_apply
 from dnasweep.space.feasibility import corners
 from dnasweep.space.space import SearchSpace
@@ -25,6 +28,85 @@ def space_warnings(space: SearchSpace) -> list[str]:
         if c.metric in M.BOUND_OF:
             out.append(f"constraint {c.key}: a trial whose gain is only a bound that does not settle it (e.g. "
                        "'< 1.2' against '>= 1') counts as breaking it")
+    out += _same_trial_warnings(space) + _router_load_warnings(space) + _unused_warnings(space)
+    return out
+
+
+def _drawable(space: SearchSpace, path: str) -> list:
+    """The values of dotted trial key `path` a trial can have: the base's (unless a dimension always
+    sets it), and a dimension's choices or its range's two ends. Enough for the max / min / "ever"
+    questions below (an int range's inner values lie between its ends)."""
+    q = next((q for q in space.params if q.path == path), None)
+    base = functools.reduce(getattr, path.split("."), space.base)
+    return ([] if q is not None and not q.when else [base]) + (q.ends() if q is not None else [])
+
+
+def _set(space: SearchSpace, section, path: str) -> bool:
+    """Whether `path` is searched, or the base gives it a value other than its default in `section`
+    (a dataclass instance of defaults): a setting the file asks for, not one it merely inherits."""
+    return (any(q.path == path for q in space.params)
+            or functools.reduce(getattr, path.split("."), space.base) != getattr(section, path.split(".")[-1]))
+
+
+def _same_trial_warnings(space: SearchSpace) -> list[str]:
+    """No dimension draws two values: every trial is the base config (the same seed too), so a sweep
+    trains one model budget.trials times and its front is one point."""
+    if any(len({repr(v) for v in q.ends()}) > 1 for q in space.params):
+        return []
+    what = ("has no search: dimensions" if not space.params else
+            f"has {len(space.params)} search: dimension(s), each with one value")
+    return [f"the space {what}: every one of the budget.trials={space.budget.trials} trials would train the same "
+            "config. Add dimensions under search: (e.g. train.lr: {float: [1.0e-3, 1.0e-2], log: true}), or train "
+            f"that one config once with `dnasweep train {space.source}`"]
+
+
+def _router_load_warnings(space: SearchSpace) -> list[str]:
+    """A router/load/m<i> objective or constraint whose module index no drawable pool reaches (the
+    pool's modules are m0 to m<size - 1>): no trial reports it, so every trial fails (objective) or
+    is infeasible (constraint). The format itself is refused by validation (metrics.is_trial_metric)."""
+    size = sum(max(_drawable(space, f"model.pool.n_{k}"))
+               for k in ("transformer", "attention", "mlp", "identity"))
+    named = [(f"objective {o.metric}", o.metric, "every trial would fail") for o in space.objectives]
+    named += [(f"constraint {c.key}", c.metric, "no trial could satisfy it") for c in space.constraints]
+    return [f"{what}: the largest pool this space can draw has {size} modules, reported as "
+            f"{M.ROUTER_LOAD_PREFIX}m0 to {M.ROUTER_LOAD_PREFIX}m{size - 1}, so no trial reports {metric}: {why}. "
+            f"Use an index below {size} (identity modules come last), or draw larger model.pool sizes"
+            for what, metric, why in named if (i := M.router_load_index(metric)) is not None and i >= size]
+
+
+def _unused_warnings(space: SearchSpace) -> list[str]:
+    """Settings the file gives (in base or searched) that no trial of the space reads: the value, or
+    the sweep over it, changes nothing."""
+    from dnasweep.model.registry import _BUILTINS, find_router
+
+    out, bal, rtr = [], BalanceConfig(), RouterConfig()
+    if True not in _drawable(space, "model.balance.identity_bias"):
+        skip = [k for k in ("target_skip", "skip_control", "skip_kp", "skip_ki", "identity_rate")
+                if _set(space, bal, f"model.balance.{k}")]
+        if skip:
+            them = "them" if len(skip) > 1 else "it"
+            out.append(f"model.balance.{', model.balance.'.join(skip)}: set, but no trial turns "
+                       f"model.balance.identity_bias on, and only the skip control reads {them}. Set (or search) "
+                       f"model.balance.identity_bias: true, or drop {them}")
+    types = set(_drawable(space, "model.router.type"))
+    specs = [find_router(t) for t in types]
+    if _set(space, rtr, "model.router.threshold") and not any(s is not None and s.threshold for s in specs):
+        out.append(f"model.router.threshold: set, but no trial uses a threshold router (model.router.type: "
+                   f"{', '.join(sorted(map(str, types)))}). Add threshold to model.router.type, or drop it")
+    # noise is read by noisy_topk only; a plugin's router might read it too, so only built-ins are judged
+    builtin = all(s is not None and getattr(s.rule, "__module__", "") == _BUILTINS for s in specs)
+    if _set(space, rtr, "model.router.noise") and builtin and "noisy_topk" not in types:
+        out.append(f"model.router.noise: set, but no trial uses the noisy_topk router, the one that reads it "
+                   f"(model.router.type: {', '.join(sorted(map(str, types)))}). Add noisy_topk to "
+                   "model.router.type, or drop it")
+    warm, steps = max(_drawable(space, "train.warmup_steps")), min(_drawable(space, "train.max_steps"))
+    if warm >= steps:
+        out.append(f"train.warmup_steps can be {warm:g} and train.max_steps {steps:g}: a trial with warm-up >= "
+                   "its steps ends before the learning rate reaches train.lr, and never decays it. Lower "
+                   "train.warmup_steps below train.max_steps")
+    if any(q.path == "out_dir" for q in space.params):
+        out.append("search.out_dir: every trial writes to its own directory in the sweep (the sweep sets out_dir), "
+                   "so the searched values are never used. Drop the dimension")
     return out
 
 
