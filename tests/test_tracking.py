@@ -458,6 +458,30 @@ def test_a_reference_run_left_running_by_a_killed_driver_is_finished_on_resume(t
     assert len(MlflowClient(uri).search_runs([second.exp_id], "tags.`dnasweep.role` = 'reference'")) == 1
 
 
+def test_a_rung_run_that_tracking_json_lost_is_taken_back_on_resume(tmp_path):
+    """tracking.json (copied to object storage when a trial ends) can lack the runs created since: a
+    resume takes trials' runs back by their dnasweep.trial tag, and a rung's, untagged, got a second run."""
+    from mlflow import MlflowClient
+
+    from dnasweep.sweep import tracking
+
+    space = parse_space(SPACE, "s.yaml")
+    sweep = tmp_path / "s"
+    (sweep / "trials").mkdir(parents=True)
+    uri = tracking.default_uri(str(sweep))
+    first = tracking.MLflowSweepLogger(space, "s", str(sweep), uri)
+    rung = {"hash": "abc", "reused": False, "d_model": 32, "dense_layers": 1, "config": {}, "planned_steps": 10,
+            "rows": [{"step": 10, "val/loss": 2.5}], "result": {"status": "completed", "step": 10, "val/loss": 2.5}}
+    first.reference([rung])
+    assert first.drain(wait_s=5)
+    state = json.loads((sweep / "tracking.json").read_text())
+    (sweep / "tracking.json").write_text(json.dumps({**state, "runs": {}}))  # the copy a new head pulls
+    second = tracking.MLflowSweepLogger(space, "s", str(sweep), uri, resume=True)
+    second.reference([rung])
+    assert second.drain(wait_s=5)
+    assert len(MlflowClient(uri).search_runs([first.exp_id], "tags.`dnasweep.role` = 'reference'")) == 1
+
+
 def test_a_diverged_rung_logs_evaluations_at_their_steps_and_a_time_limited_one_fails_its_run(tmp_path):
     """A diverged rung's last evaluation (step 20) was logged again at step 27, where it stopped and
     was never evaluated; a rung train.time_limit_s stopped short (off the frontier, `time-limited` in

@@ -250,9 +250,11 @@ class MLflowSweepLogger(Callback):
     def _ensure_run(self, trial_id: str) -> str:
         if trial_id not in self.runs:
             rung = self.rungs.get(trial_id)
-            # dnasweep.trial: also the key a resume finds a trial's run by when tracking.json lost it
+            # dnasweep.trial: also the key a resume finds a run by when tracking.json lost it (a rung's too:
+            # untagged, it got a second run)
             role = {"dnasweep.role": "reference", "dnasweep.reference.reused": str(rung["reused"]).lower()} if rung \
-                else {"dnasweep.role": "trial", "dnasweep.trial": trial_id}
+                else {"dnasweep.role": "trial"}
+            role["dnasweep.trial"] = trial_id
             run = self.client.create_run(self.exp_id, tags={"mlflow.parentRunId": self.parent_id, **role},
                                          start_time=self.times.get(trial_id, [None])[0],
                                          run_name=f"dense-d{rung['d_model']}-l{rung['dense_layers']}" if rung
