@@ -18,7 +18,8 @@ ray = pytest.importorskip("ray", reason="the sweep extra (ray[tune], optuna, mlf
 from dnasweep.space import parse_space  # noqa: E402
 from dnasweep.sweep import cluster  # noqa: E402
 
-SPACE = {"base": {"model": {"d_model": 32, "n_heads": 4, "seq_len": 32, "n_steps": 2}, "train": {"max_steps": 10}},
+SPACE = {"base": {"model": {"d_model": 32, "n_heads": 4, "seq_len": 32, "n_steps": 2},
+                  "train": {"max_steps": 10, "warmup_steps": 2}},
          "search": {"train.lr": {"float": [1e-3, 1e-2], "log": True}},
          "objectives": [{"metric": "val/loss", "mode": "min"}]}
 

@@ -121,16 +121,21 @@ def load_trial(path: str, overrides: list[str] | None = None) -> TrialConfig:
     data = read_yaml(path)
     if "base" not in data and "search" not in data:
         return build_trial(data, overrides, source=path)
+    # A space's trial is its base: only. Trial settings beside it (model: at the top level) were
+    # ignored, and the defaults trained with exit 0 while `validate` refused the file: the same
+    # problem as the space's own section check (dnasweep.config.sweep.sweep_sections), at once.
+    outside = [Problem(str(k), "unknown section", f"trial settings go under base:, e.g. base.{k}...")
+               for k in data if k in TrialConfig.__dataclass_fields__]
     data = {} if data.get("base") is None else data["base"]  # `base:` left empty: the defaults
     if not isinstance(data, dict):
-        raise ConfigError([Problem("base", f"expected a mapping, got {type(data).__name__} {data!r}",
+        raise ConfigError([*outside, Problem("base", f"expected a mapping, got {type(data).__name__} {data!r}",
                                    "a complete trial config: base: {model: ..., data: ..., train: ...}")], path)
     # The trial is the base itself, so its overrides are keyed below base: (train.max_steps=3). One
     # written as in the space file (base.train.max_steps=3) named an unknown key 'base' instead.
     prefixed = [o for o in overrides or [] if o.partition("=")[0].startswith("base.")]
-    p = [Problem(o.partition("=")[0], f"{path} is a search space, and its base: is the trial trained "
-                 f"here, so override keys are relative to base: (set on the command line: {o})",
-                 f"drop the base. prefix: {o.removeprefix('base.')}") for o in prefixed]
+    p = outside + [Problem(o.partition("=")[0], f"{path} is a search space, and its base: is the trial trained "
+                           f"here, so override keys are relative to base: (set on the command line: {o})",
+                           f"drop the base. prefix: {o.removeprefix('base.')}") for o in prefixed]
     try:
         cfg = build_trial(data, [o for o in overrides or [] if o not in prefixed], source=path)
     except ConfigError as e:

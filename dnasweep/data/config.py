@@ -12,14 +12,13 @@ import dataclasses
 import importlib.util
 import os
 import sys
-import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from dnasweep.data.sources import TASKS, Source, get_source, source_names
-from dnasweep.errors import Problem, field_problems, ge, gt
+from dnasweep.errors import Problem, field_problems, ge, gt, type_hints
 
 # Optional module a source requires -> (what it is, in messages; how to install it).
 _EXTRAS = {"datasets": ("the Hugging Face `datasets` package", "pip install 'dnasweep[hf]'"),
@@ -59,6 +58,22 @@ def has_module(name: str) -> bool:
 def resolve(path: str) -> Path:
     """The user's path with `~` expanded (relative paths stay relative to the cwd)."""
     return Path(os.path.expanduser(path))
+
+
+# The fields of DataConfig that name a local file or folder the trial reads (data.name is a dataset's
+# name on the Hugging Face Hub, not a path).
+PATH_FIELDS = ("path",)
+
+
+def anchor_paths(cfg: DataConfig) -> None:
+    """Make the local paths of `cfg` (PATH_FIELDS) absolute against the cwd, in place. A sweep's trials
+    run in working directories of Ray's own (/tmp/ray/session_*/working_dirs/...), where a path
+    relative to the directory the sweep was started from names nothing: every trial failed `invalid`
+    after the driver's checks had passed. A `~` path stays as written (each machine's home)."""
+    for name in PATH_FIELDS:
+        path = getattr(cfg, name)
+        if isinstance(path, str) and path and not path.startswith("~") and not os.path.isabs(path):
+            setattr(cfg, name, os.path.abspath(path))
 
 
 def data_files(root: Path, suffixes: tuple[str, ...]) -> Iterator[Path]:
@@ -152,7 +167,8 @@ def check_data(cfg: DataConfig, task: str) -> list[Problem]:
     from dnasweep.config.load import fits, type_name  # not at the top: dnasweep.config imports this module
 
     # Field types matter for configs built in code (the config pipeline refuses wrong types itself).
-    bad = {k: t for k, t in typing.get_type_hints(DataConfig).items() if not fits(getattr(cfg, k, None), t)}
+    # (type_hints: cached; a space's load checks the data of every corner it judges)
+    bad = {k: t for k, t in type_hints(DataConfig).items() if not fits(getattr(cfg, k, None), t)}
     problems = [Problem(f"data.{k}", f"must be {type_name(t)}, got {getattr(cfg, k, None)!r}") for k, t in bad.items()]
     if task not in TASKS:
         problems.append(Problem("task", f"unknown task {task!r}", f"use one of: {', '.join(TASKS)}"))

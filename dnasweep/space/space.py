@@ -30,10 +30,11 @@ from dnasweep.config.load import (
 )
 from dnasweep.config.sweep import SECTIONS, ObjectiveConfig, SweepConfig, sweep_sections
 from dnasweep.config.trial import planned_steps
+from dnasweep.data.config import anchor_paths
 from dnasweep.data.sources import byte_level, get_source, source_names
 from dnasweep.errors import ConfigError, Problem, raise_if
 from dnasweep.space.apply import apply
-from dnasweep.space.feasibility import unsatisfiable
+from dnasweep.space.feasibility import Trials, impossible_values, unsatisfiable
 from dnasweep.space.params import Param, parse_param, when_problems
 from dnasweep.space.reference import ladder
 from dnasweep.space.steps import most_planned, most_steps
@@ -292,10 +293,12 @@ def parse_space(data: dict, source: str, overrides: list[str] | None = None, smo
 
 
 def _parse(data: dict, source: str, overrides: list[str] | None, smoke: bool, check: bool,
-           feasibility: bool = True) -> SearchSpace:
+           feasibility: bool = True, values: bool = True, hint: list[dict] | None = None) -> SearchSpace:
     cfg, p = sweep_sections(data, source, overrides, smoke, check_base=check)
     base_ok = not any(q.key.startswith("base") for q in p)
     base = cfg.base if base_ok and check else None
+    if base is not None:  # read here, against this cwd: the stored space and every trial carry the absolute path
+        anchor_paths(base.data)
     design: list[Problem] = []  # rules on how a space is designed: a sweep's own space.json reads back
     params = [q for path, spec in cfg.search.items() if (q := parse_param(str(path), spec, p, design)) is not None]
     design += when_problems(params) + _comparable_problems(params, base, bool(cfg.reference.d_model))
@@ -306,13 +309,19 @@ def _parse(data: dict, source: str, overrides: list[str] | None, smoke: bool, ch
     constraints = _constraints(cfg.constraints, base, cfg.search, p, bool(cfg.reference.d_model))
     if base is not None and cfg.reference.d_model and cfg.reference.dense_layers:
         p += _reference_problems(cfg, data, source, overrides or [], smoke)
-    if feasibility and base is not None and not any(q.key.startswith(("search", "constraints")) for q in p):
-        p += unsatisfiable(params, constraints, base)
+    trials = Trials(params, base) if base is not None else None  # the points judged, shared by both checks
+    if values and trials is not None and not any(q.key.startswith("search") for q in p):
+        # before any trial starts: a value no trial can take failed every trial that drew it (exit 0)
+        p += impossible_values(params, base, trials, hint)
+    if feasibility and trials is not None and not any(q.key.startswith(("search", "constraints")) for q in p):
+        p += unsatisfiable(params, constraints, base, trials)
     if base is not None:
         p += _budget_problems(cfg, base, {q.key.split(".")[0] for q in p}, params)
     p = _attributed(p, overrides or [], cfg.smoke if smoke else {})
     if check and not smoke and cfg.smoke:
-        p += _smoke_problems(data, source, overrides, cfg.smoke, p)
+        # the points valid here, tried first on the overlay's base (the same search: its own points)
+        hint = trials.witnesses() if trials is not None and not covers("search", list(flatten(cfg.smoke))) else None
+        p += _smoke_problems(data, source, overrides, cfg.smoke, p, hint)
     raise_if(p, source)
     return SearchSpace(source, cfg, params, constraints)
 
@@ -382,13 +391,17 @@ def _attributed(p: list[Problem], overrides: list[str], overlay: dict) -> list[P
 
 
 def _smoke_problems(data: dict, source: str, overrides: list[str] | None, overlay: dict,
-                    seen: list[Problem]) -> list[Problem]:
+                    seen: list[Problem], hint: list[dict] | None = None) -> list[Problem]:
     """The file as --smoke reads it, checked on every read: a mistake in the smoke: overlay is found by
     `validate` and `run`, not first by a smoke run. Its problems that the file without it lacks. The
-    constraints are judged again only when the overlay changes what they depend on (the slow check)."""
-    moves = any(covers(k, list(flatten(overlay))) for k in ("search", "constraints", "base.model"))
+    constraints are judged again only when the overlay changes what they depend on (the slow check),
+    the searched values only when it changes the search or the base (any base key takes part in a
+    rule of the trial config)."""
+    keys = list(flatten(overlay))
+    moves = any(covers(k, keys) for k in ("search", "constraints", "base.model"))
     try:
-        _parse(data, source, overrides, smoke=True, check=True, feasibility=moves)
+        _parse(data, source, overrides, smoke=True, check=True, feasibility=moves,
+               values=any(covers(k, keys) for k in ("search", "base")), hint=hint)
     except ConfigError as e:
         return [q if q.key.startswith("smoke") else
                 Problem(q.key, f"{q.message} (with the smoke: overlay applied, as --smoke runs it)", q.fix)
