@@ -146,6 +146,40 @@ def test_vision_analysis_covers_every_class_of_a_class_ordered_val_set(monkeypat
     assert np.array_equal(again.attr_N, trained.attr_N)
 
 
+def test_groups_are_named_by_their_place_in_the_val_split(tmp_path):
+    """'image 130' was the 131st analysed image, not val image 130 (val image 509 of 1,000 with 256
+    analysed): nothing mapped the id back. Groups now carry their val index (LM: window offset)."""
+    from dnasweep.analyze.collect import vision_analysis_batches
+    from dnasweep.data.sampler import lm_val_batches, lm_val_starts
+    from dnasweep.data.vision import VisionData
+
+    n_val = 1000
+    x = np.zeros((n_val, 1, 8, 8), np.uint8)
+    d = VisionData(x, np.zeros(n_val, np.int64), x, np.arange(n_val), n_val, np.zeros(1, np.float32),
+                   np.ones(1, np.float32), "test")  # val labels: their own val index
+    batches, pick = vision_analysis_batches(d, 64, 256)
+    assert np.array_equal(np.concatenate([y.numpy() for _, y in batches]), pick) and pick[130] == 509
+    tokens = np.arange(5000) % 251
+    windows = np.concatenate([xb.numpy() for xb, _ in lm_val_batches(tokens, 8, 16, 4)])
+    starts = lm_val_starts(tokens, 16, 32)
+    assert np.array_equal(windows[:, 0], tokens[starts])
+    assert np.array_equal(windows[5], tokens[starts[5]:starts[5] + 16])
+
+    rng = np.random.default_rng(0)
+    G, grid = 10, (4, 4)
+    Q = grid[0] * grid[1]
+    group = np.repeat(np.arange(G), Q)
+    paths = rng.integers(0, 3, (G * Q, 2, 1))
+    at = np.arange(G) * 7 + 100
+    routed = Routed(paths, ["T0", "M0", "I0"], paths.sum(axis=(1, 2)).astype(float), group % 3, ["a", "b", "c"],
+                    group, np.tile(np.arange(Q), G), rng.random(G), val_index_G=at)
+    s = build_report("vis", routed, None, str(tmp_path), "vision", images_GHW=rng.random((G, 8, 8)), patch_grid=grid)
+    assert s["compute"]["val_index_G"] == at.tolist()
+    html = (tmp_path / "report.html").read_text()
+    top = s["compute"]["group"]["highest"][0]
+    assert "<th>image (val index)</th>" in html and f'<td class="num">{at[top]}</td><td>highest' in html
+
+
 # ---------------------------------------------------------------- 3. split-half power-law ranks
 
 def test_uniform_paths_fit_a_flat_law_and_zipf_still_fits_one():

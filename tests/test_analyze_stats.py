@@ -173,8 +173,12 @@ def test_module_reuse_by_hand():
 
 
 def test_transition_matrix_by_hand():
+    """P(b next | a): module 0 serves tokens 0, 1, 3 at step 0, and module 1 serves two of them next.
+    Shares of pairs read it 2/4 (a module that always follows under top-2 read 0.5)."""
     t = transition_matrix(USAGE_PATHS, 3)
-    np.testing.assert_allclose(t, [[1 / 4, 2 / 4, 1 / 4], [0, 1 / 2, 1 / 2], [0, 0, 1]])
+    np.testing.assert_allclose(t, [[1 / 3, 2 / 3, 1 / 3], [0, 1 / 2, 1 / 2], [0, 0, 1]])
+    always = transition_matrix(np.array([[[0, 2], [1, 2]], [[0, 2], [1, 2]]]), 3)  # top-2: 0 -> {1, 2} always
+    np.testing.assert_allclose(always[0], [0, 1, 1])
 
 
 def test_flops_summary_and_mean_by():

@@ -126,16 +126,16 @@ def _context(row_L: np.ndarray, p: int, width: int = 12) -> str:
         map(show, row_L[p + 1:p + 4]))
 
 
-def vision_analysis_batches(data, batch_size: int, max_examples: int) -> list:
-    """Batches of an evenly spaced, deterministic subset of the val images (whole batches, as the LM
-    windows are): val keeps the source's order, which is class by class for a folder source (and many
-    npz / hf sets), so its first max_examples images left whole classes out of the analysis."""
-    from dnasweep.data.sampler import vision_val_batches
+def vision_analysis_batches(data, batch_size: int, max_examples: int) -> tuple[list, np.ndarray]:
+    """(batches, their images' val indices) of an evenly spaced, deterministic subset of the val
+    images (whole batches, as the LM windows are): val keeps the source's order, which is class by
+    class for a folder source (and many npz / hf sets), so its first max_examples images left whole
+    classes out of the analysis."""
+    from dnasweep.data.sampler import even_picks, vision_val_batches
 
     n_val = len(data.val_y)
-    n = min(n_val, batch_size * max(1, max_examples // batch_size))
-    pick = np.unique(np.linspace(0, n_val - 1, n).round().astype(np.int64))  # n <= n_val: no repeats
-    return vision_val_batches(replace(data, val_x=data.val_x[pick], val_y=data.val_y[pick]), batch_size)
+    pick = even_picks(n_val, batch_size * max(1, max_examples // batch_size))
+    return vision_val_batches(replace(data, val_x=data.val_x[pick], val_y=data.val_y[pick]), batch_size), pick
 
 
 def collect(target: Target, max_examples: int = 64, device: str = "cpu") -> tuple[Routed, Routed, dict]:
@@ -144,15 +144,17 @@ def collect(target: Target, max_examples: int = 64, device: str = "cpu") -> tupl
     identity_share: for a soft mixture, the trained model's gate weight on identity modules, which
     its paths, every module for every token, cannot show)."""
     from dnasweep.data import load_data
-    from dnasweep.data.sampler import lm_val_batches
+    from dnasweep.data.sampler import lm_val_batches, lm_val_starts
 
     cfg, dev = target.cfg, torch.device(device)
     data = load_data(cfg.data, cfg.model.task)
     bs = min(cfg.train.batch_size, max_examples)
     if cfg.model.task == "lm":
-        batches = lm_val_batches(data.val, bs, cfg.model.seq_len, max(1, max_examples // bs))
+        n_batches = max(1, max_examples // bs)
+        batches = lm_val_batches(data.val, bs, cfg.model.seq_len, n_batches)
+        val_index_G = lm_val_starts(data.val, cfg.model.seq_len, bs * n_batches)
     else:
-        batches = vision_analysis_batches(data, bs, max_examples)
+        batches, val_index_G = vision_analysis_batches(data, bs, max_examples)
     trained, init = _models(target, dev)
     names = module_names(cfg)
     from dnasweep.model import router_spec
@@ -183,5 +185,6 @@ def collect(target: Target, max_examples: int = 64, device: str = "cpu") -> tupl
             extra["patch_grid"] = (g, g)
         routed.append(Routed(paths_NSK=paths_NSK.astype(np.int64), module_names=names,
                              flops_N=r["flops"].reshape(-1), attr_N=attr_N, attr_names=attr_names,
-                             group_N=group_N, position_N=position_N, group_loss_G=r["loss"], context_N=context))
+                             group_N=group_N, position_N=position_N, group_loss_G=r["loss"], context_N=context,
+                             val_index_G=val_index_G))
     return routed[0], routed[1], extra

@@ -93,7 +93,7 @@ def identity_per_step(slot_share_S: np.ndarray, skip_share_S: np.ndarray) -> byt
 
 
 def transitions(trans_MM: np.ndarray, module_names: Sequence[str]) -> bytes:
-    """Row-normalised step-to-step module transitions."""
+    """Step-to-step module transitions: P(b at step s+1 | a at step s) (usage.transition_matrix)."""
     M = len(module_names)
     fig, ax = _figure(max(4.0, 0.4 * M + 2), max(3.5, 0.4 * M + 1.5))
     im = ax.imshow(trans_MM, cmap="magma", vmin=0, vmax=max(float(trans_MM.max()), 1e-12))
@@ -149,8 +149,10 @@ def compute_vs_loss(flops_G: np.ndarray, loss_G: np.ndarray, pearson_r: float, s
 
 
 def compute_overlay(images_GHW: np.ndarray, patch_flops_GQ: np.ndarray, patch_grid: tuple[int, int],
-                    highest: Sequence[int], lowest: Sequence[int], flops_G: np.ndarray) -> bytes:
-    """Highest- and lowest-compute images with their per-patch compute overlaid (shared colour scale)."""
+                    highest: Sequence[int], lowest: Sequence[int], flops_G: np.ndarray,
+                    val_index_G: np.ndarray | None = None) -> bytes:
+    """Highest- and lowest-compute images with their per-patch compute overlaid (shared colour scale),
+    each titled by its index in the val split (`val_index_G`) when known, else its place in the subset."""
     gh, gw = patch_grid
     rows = [("highest", list(highest)), ("lowest", list(lowest))]
     ncol = max(1, max(len(r[1]) for r in rows))
@@ -168,7 +170,8 @@ def compute_overlay(images_GHW: np.ndarray, patch_flops_GQ: np.ndarray, patch_gr
             # Patches are row-major over the grid; extent stretches the grid over the whole image.
             im = ax.imshow(patch_flops_GQ[g].reshape(gh, gw), cmap="inferno", alpha=0.5, vmin=vmin, vmax=vmax,
                            extent=(-0.5, W - 0.5, H - 0.5, -0.5), interpolation="nearest")
-            ax.set_title(f"{title}: image {g} ({flops_G[g]:.3g})", fontsize=8)
+            name = f"val image {val_index_G[g]}" if val_index_G is not None else f"image {g}"
+            ax.set_title(f"{title}: {name} ({flops_G[g]:.3g})", fontsize=8)
     if im is not None:
         fig.colorbar(im, ax=axes, label="FLOPs per patch", shrink=0.8)
     return _png(fig)

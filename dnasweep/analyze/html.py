@@ -267,7 +267,8 @@ def render_html(s: dict, pngs: dict[str, bytes]) -> str:
     parts += _information_section(s, attr, group)
 
     parts += _usage_figures(s, pngs)
-    parts.append(_img("transitions", pngs, "P(module at step s+1 | module at step s), pooled over steps."))
+    parts.append(_img("transitions", pngs, "P(module at step s+1 | module at step s), pooled over steps; with "
+                      "several modules per step a row sums to the mean number of modules a token takes next."))
     parts.append(_table(["module", "revisit share (of its visitors)"],
                         list(map(list, s["usage"]["reuse_per_module"].items()))))
 
@@ -278,11 +279,14 @@ def render_html(s: dict, pngs: dict[str, bytes]) -> str:
     parts.append(_img("flops_by_class", pngs, f"Mean FLOPs per {unit} by {attr}."))  # absent with one class
     parts.append(_img("flops_by_position", pngs, f"Mean FLOPs per {unit} by position."))
     parts.append(_img("compute_vs_loss", pngs, f"Mean compute of each {group} against its loss."))
-    gc, loss = c["group"], c["group_loss_G"]
+    gc, loss, at = c["group"], c["group_loss_G"], c.get("val_index_G")
+    # named by their place in the val split (the analysed subset is evenly spaced over it)
+    name = (lambda g: at[g]) if at else (lambda g: g)  # noqa: E731
+    where = ("val token offset" if group == "sequence" else "val index") if at else "in the analysed subset"
     parts.append(f"<h3>Highest- and lowest-compute {e(group)}s</h3>")
-    parts.append(_table([group, "which", "mean FLOPs", "loss"],
-                        [[g, "highest", gc["flops_G"][g], loss[g]] for g in gc["highest"]]
-                        + [[g, "lowest", gc["flops_G"][g], loss[g]] for g in gc["lowest"]]))
+    parts.append(_table([f"{group} ({where})", "which", "mean FLOPs", "loss"],
+                        [[name(g), "highest", gc["flops_G"][g], loss[g]] for g in gc["highest"]]
+                        + [[name(g), "lowest", gc["flops_G"][g], loss[g]] for g in gc["lowest"]]))
     parts.append(_img("compute_overlay", pngs, "Highest- (top) and lowest-compute (bottom) images with per-patch "
                                                "compute overlaid."))
     parts.append("</body></html>")

@@ -161,7 +161,8 @@ def _routing_analyses(routed: Routed, init: Routed | None, ids_N: np.ndarray, tr
                                   "count": int(class_count[c])} for c in range(len(class_count))]
                     if attribute["measured"] else None,
                     "by_position": pos_mean.tolist(), "group": gc.to_dict(),
-                    "group_loss_G": routed.group_loss_G.tolist()},
+                    "group_loss_G": routed.group_loss_G.tolist(),
+                    "val_index_G": None if routed.val_index_G is None else [int(v) for v in routed.val_index_G]},
     }
     pngs = {
         "rank_frequency": figures.rank_frequency(counted_P, fit, init_counted_P, init_fit),
@@ -177,7 +178,7 @@ def _routing_analyses(routed: Routed, init: Routed | None, ids_N: np.ndarray, tr
         patch_GQ = _patch_flops(routed, patch_grid)
         if np.isfinite(patch_GQ[gc.highest + gc.lowest]).any():
             pngs["compute_overlay"] = figures.compute_overlay(images_GHW, patch_GQ, patch_grid, gc.highest, gc.lowest,
-                                                              gc.flops_G)
+                                                              gc.flops_G, routed.val_index_G)
     return part, pngs
 
 

@@ -27,6 +27,9 @@ class Routed:
     position_N: np.ndarray  # int, position of the token in its sequence / patch index
     group_loss_G: np.ndarray  # float, mean loss of each group id 0..G-1
     context_N: list[str] | None = None  # short printable context per token (LM: ~12 chars with the token marked)
+    # each group's place in the held-out split (LM: token offset of its window; vision: image index), which
+    # names it in the report: group ids count the analysed subset only
+    val_index_G: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         # Checked once here so every analysis below can index without re-validating.
@@ -63,6 +66,11 @@ class Routed:
                              f"got shape {self.group_loss_G.shape}")
         if self.context_N is not None and len(self.context_N) != N:
             raise ValueError(f"context_N must have one string per token ({N}), got {len(self.context_N)}")
+        if self.val_index_G is not None:
+            self.val_index_G = np.asarray(self.val_index_G)
+            if self.val_index_G.shape != self.group_loss_G.shape:
+                raise ValueError(f"val_index_G must have one index per group ({len(self.group_loss_G)}), got "
+                                 f"shape {self.val_index_G.shape}")
 
     n_tokens = property(lambda self: int(self.paths_NSK.shape[0]))
     n_steps = property(lambda self: int(self.paths_NSK.shape[1]))

@@ -92,10 +92,11 @@ def module_reuse(paths_NSK: np.ndarray, module_names: Sequence[str]) -> tuple[fl
 
 
 def transition_matrix(paths_NSK: np.ndarray, n_modules: int) -> np.ndarray:
-    """[M, M] P(module b at step s+1 | module a at step s), pooled over consecutive steps.
-
-    Every (a, b) pair of a token's consecutive module sets counts once (K x K pairs with top-K).
-    Rows of modules never followed by another step stay 0."""
+    """[M, M] P(module b at step s+1 | module a at step s), pooled over consecutive steps: of the
+    tokens a served at a step with a step after it, the share that b serves next. With several
+    modules per step (top-K, threshold) a row sums to the mean size of the next step's set; shares of
+    pairs (rows summing to 1) read a module that always follows as 1/K. Rows of modules never
+    followed by another step stay 0."""
     canon = canonical_slots(paths_NSK)
     M = n_modules
     a = canon[:, :-1, :, None]  # [N, S-1, K, 1]
@@ -103,7 +104,8 @@ def transition_matrix(paths_NSK: np.ndarray, n_modules: int) -> np.ndarray:
     ok = (a >= 0) & (b >= 0)
     codes = (np.where(ok, a, 0) * M + np.where(ok, b, 0))[ok]
     t = np.bincount(codes, minlength=M * M).reshape(M, M).astype(float)
-    rows = t.sum(axis=1, keepdims=True)
+    served = canon[:, :-1][canon[:, :-1] >= 0]  # (token, step, a): once each, the set being distinct
+    rows = np.bincount(served, minlength=M).astype(float)[:, None]
     return np.divide(t, rows, out=np.zeros_like(t), where=rows > 0)
 
 

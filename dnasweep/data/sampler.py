@@ -146,9 +146,18 @@ def lm_val_batches(tokens: np.ndarray, batch_size: int, seq_len: int, n_batches:
     n = n_windows or batch_size * n_batches
     _check_sizes(batch_size=batch_size, seq_len=seq_len, n_batches=n_batches, n_windows=n)
     windows = _windows(tokens, seq_len, "val")
-    n = min(n, len(windows))
-    starts = np.linspace(0, len(windows) - 1, n).round().astype(np.int64)
-    return [_xy(windows[starts[i: i + batch_size]]) for i in range(0, n, batch_size)]
+    starts = even_picks(len(windows), n)
+    return [_xy(windows[starts[i: i + batch_size]]) for i in range(0, len(starts), batch_size)]
+
+
+def even_picks(n_total: int, n: int) -> np.ndarray:
+    """min(n, n_total) evenly spaced indices of 0..n_total-1, ascending, no repeats (deterministic)."""
+    return np.linspace(0, n_total - 1, min(n, n_total)).round().astype(np.int64)
+
+
+def lm_val_starts(tokens: np.ndarray, seq_len: int, n_windows: int) -> np.ndarray:
+    """The val token offsets of the windows `lm_val_batches` gives for `n_windows`, in its order."""
+    return even_picks(len(_windows(tokens, seq_len, "val")), n_windows)
 
 
 def vision_val_batches(data: VisionData, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
