@@ -3,7 +3,7 @@
 Runs, in one process, the same 8 trials twice, 2 at a time:
   dnasweep   run_sweep on a local Ray cluster started just before (its start is timed apart);
              TPE picks the 8 configs; MLflow logging on; the end-of-sweep analysis off
-  optuna     a plain `study.optimize(objective, n_jobs=2)` loop (threads) over the same 8 configs,
+  optuna     a plain `study.optimize(objective, n_jobs=budget.concurrent)` loop (threads) over the same 8 configs,
              enqueued in the same order, each calling run_trial directly
 and prints, for each arm, wall time vs ideal = (sum of the trials' own training times) / 2,
 then the ratio of the two walls. The last line is dnasweep's overhead over ideal (target <= 0.10).
@@ -128,13 +128,14 @@ def run_plain_optuna(space, params: list[dict], root: str) -> tuple[float, list[
         return [res.metrics[o.metric] for o in space.objectives]
 
     t0, w0 = time.perf_counter(), time.time()
-    study.optimize(objective, n_trials=len(params), n_jobs=2)
+    slots = space.budget.concurrent  # as many threads as the sweep runs trials at once (its ideal's divisor)
+    study.optimize(objective, n_trials=len(params), n_jobs=slots)
     wall, w1 = time.perf_counter() - t0, time.time()
     spans = [_span(os.path.join(root, d)) for d in os.listdir(root)]
-    parts = idle_breakdown(spans, w0, w1, 2)
+    parts = idle_breakdown(spans, w0, w1, slots)
     print("optuna idle slot time, in wall seconds:   " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()))
-    print(f"optuna over the same trials packed with no overhead ({packed(spans, 2):.1f} s): "
-          f"{(w1 - w0) / packed(spans, 2) - 1:+.3f}")
+    print(f"optuna over the same trials packed with no overhead ({packed(spans, slots):.1f} s): "
+          f"{(w1 - w0) / packed(spans, slots) - 1:+.3f}")
     return wall, times
 
 
@@ -160,7 +161,7 @@ def main(argv: list[str]) -> None:
         ray.shutdown()
         wall_o, times_o = run_plain_optuna(space, params, os.path.join(root, "plain"))
         _report("optuna", wall_o, times_o, space.budget.concurrent)
-    print(f"wall dnasweep / wall plain optuna n_jobs=2: {wall_d / wall_o:.3f}")
+    print(f"wall dnasweep / wall plain optuna n_jobs={space.budget.concurrent}: {wall_d / wall_o:.3f}")
     print(f"dnasweep overhead over ideal: {wall_d / ideal_d - 1:.3f}")
 
 

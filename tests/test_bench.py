@@ -138,3 +138,59 @@ def test_suggest_bench_records_constraints_as_a_sweep_does():
     times, trials = suggest.time_sampler(space, "random", past, 2)
     assert len(times) == 2 and len(trials) == 5
     assert all(set(t.constraints) == set(told.constraints) for t in trials)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA, gpu.sh would run the whole GPU check")
+def test_gpu_script_says_what_is_missing_before_it_checks_for_cuda(tmp_path):
+    """bench/gpu.sh on a Python without dnasweep's packages (the lent GPU machine's image has torch, not
+    omegaconf; its .venv does not travel) said 'no CUDA device: nothing to check', the wrong reason."""
+    import subprocess
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    bare = tmp_path / "bare-python"  # this interpreter without its site-packages: no torch, no omegaconf
+    bare.write_text(f"#!/bin/sh\nexec {sys.executable} -S \"$@\"\n")
+    bare.chmod(0o755)
+    runs = {}
+    for name, py in (("bare", str(bare)), ("full", sys.executable)):
+        p = subprocess.run(["bash", str(root / "bench" / "gpu.sh"), str(tmp_path / name)], env={"PY": py,
+                           "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120)
+        runs[name] = (p.returncode, p.stdout)
+    code, out = runs["bare"]
+    assert code == 3 and "dnasweep does not import" in out and "No module named" in out
+    assert runs["full"][0] == 2 and "no CUDA device" in runs["full"][1]  # dnasweep imports: only CUDA is missing
+
+
+def test_plain_optuna_arm_runs_as_many_trials_at_once_as_the_sweep(tmp_path, monkeypatch):
+    """The plain-Optuna arm ran 2 threads whatever budget.concurrent said, while its ideal divided by
+    budget.concurrent: with 4 slots its overhead read ~+100%."""
+    pytest.importorskip("optuna", reason="the sweep extra (ray[tune], optuna, mlflow) is not installed")
+    import os
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    import orchestration
+
+    from dnasweep.space import load_space
+    from dnasweep.train import loop
+
+    running, most, lock = [0], [0], threading.Lock()
+
+    def fake_run_trial(cfg):
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        open(os.path.join(cfg.out_dir, "config.yaml"), "w").close()
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.3)
+        with lock:
+            running[0] -= 1
+        open(os.path.join(cfg.out_dir, "result.json"), "w").close()
+        return SimpleNamespace(metrics={"val/loss": 1.0, "compute/flops_per_token": 1.0})
+
+    monkeypatch.setattr(loop, "run_trial", fake_run_trial)
+    space = load_space("search_spaces/lm.yaml", ["budget.concurrent=3", "objectives=[{metric: val/loss}, "
+                                                 "{metric: compute/flops_per_token}]"])
+    orchestration.run_plain_optuna(space, [{}] * 6, str(tmp_path))
+    assert most[0] == 3
