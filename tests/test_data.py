@@ -253,6 +253,18 @@ def test_tokens_id_out_of_vocab_names_max_id_and_file(tmp_path, monkeypatch):
     assert load_data(DataConfig(source="tokens", path=str(f), vocab_size=4243), "lm").vocab_size == 4243
 
 
+def test_uint32_ids_read_as_uint16_are_refused(tmp_path):
+    """A .bin of uint32 ids read with the default data.dtype uint16 trained on the ids interleaved with
+    token 0 (their high halves): every id passed the vocabulary check, half the corpus was 0."""
+    ids = (np.arange(1, 20_001) * 7919 % 50_257).astype(np.uint32)  # GPT-2-sized vocabulary
+    f = tmp_path / "ids.bin"
+    ids.tofile(f)
+    err = raises(DataConfig(source="tokens", path=str(f), vocab_size=50_257))
+    assert keys(err) == ["data.path"] and "uint32" in err.problems[0].fix and str(f) in str(err)
+    d = load_data(DataConfig(source="tokens", path=str(f), vocab_size=50_257, dtype="uint32"), "lm")
+    assert np.array_equal(np.concatenate([d.train, d.val]), ids)
+
+
 def test_tokens_bad_files(tmp_path):
     odd, empty, flat = tmp_path / "odd.bin", tmp_path / "empty.bin", tmp_path / "grid.npy"
     odd.write_bytes(b"\1\2\3")

@@ -39,6 +39,20 @@ def test_folder_16_bit_images_are_scaled_not_clipped(tmp_path):
             assert np.array_equal(x, pattern // 257), kind  # clipping to 8 bits would give mostly 255
 
 
+def test_a_dark_16_bit_image_is_scaled_as_16_bit_like_the_rest_of_its_folder(tmp_path):
+    """A 16-bit PGM opens as mode I; one whose pixels all happened to be <= 255 was taken for 8-bit
+    and came out up to 257x brighter than its folder's other images."""
+    pytest.importorskip("PIL", reason="Pillow not installed (optional extra images)")
+    bright, dark = np.full((4, 4), 60_000, np.uint16), np.full((4, 4), 249, np.uint16)
+    for f, a in (("a/0", dark), ("a/1", bright), ("b/0", dark), ("b/1", bright)):
+        path = tmp_path / "pgm" / f"{f}.pgm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"P5 4 4 65535\n" + a.astype(">u2").tobytes())  # what 16-bit PGM writers emit
+    d = load_data(DataConfig(source="folder", path=str(tmp_path / "pgm"), val_fraction=0.5), "vision")
+    x = np.concatenate([d.train_x, d.val_x])
+    assert sorted(int(v.max()) for v in x) == [0, 0, 233, 233]  # 249 // 257 and 60000 // 257
+
+
 def test_folder_images_of_unknown_range_are_refused(tmp_path):
     pytest.importorskip("PIL", reason="Pillow not installed (optional extra images)")
     for kind in ("f", "i"):

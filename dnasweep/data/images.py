@@ -35,8 +35,13 @@ def _eight_bit(im, image_module):
         raise _UnknownRange("has mode F (floating-point pixels), whose range dnasweep cannot know")
     if im.mode != "I" and not im.mode.startswith("I;16"):
         return im
+    # What the file declares, read before the pixels load (which clears it): a 16-bit PGM opens as
+    # mode I with raw mode I;16B. Judged by its values alone, a dark 16-bit frame (every pixel <= 255)
+    # passed as 8-bit and came out up to 257x brighter than the rest of its folder.
+    raw = [t.args[0] if isinstance(t.args, tuple) and t.args else t.args for t in getattr(im, "tile", None) or []]
+    sixteen = im.mode.startswith("I;16") or any(str(r).startswith("I;16") for r in raw)
     a = np.asarray(im)
-    if im.mode == "I" and a.size and 0 <= a.min() and a.max() <= 255:  # 8-bit values held as ints (int arrays)
+    if im.mode == "I" and not sixteen and a.size and 0 <= a.min() and a.max() <= 255:  # 8-bit values held as ints
         return image_module.fromarray(a.astype(np.uint8))
     # Pillow opens 16-bit PNGs as I or I;16 depending on its version: mode I within 16 bits is 16-bit.
     if a.size and (a.min() < 0 or a.max() > 65535):

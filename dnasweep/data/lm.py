@@ -158,7 +158,12 @@ def _open_tokens(p: Path, cfg: DataConfig) -> tuple[np.ndarray | None, list[Prob
         if size % dtype.itemsize:
             return None, [Problem("data.path", f"{p} has {size} bytes, not a multiple of "
                                   f"{dtype.itemsize} (data.dtype {cfg.dtype})", "check data.dtype")]
-        return np.memmap(p, dtype=dtype, mode="r"), []
+        arr = np.memmap(p, dtype=dtype, mode="r")
+        if dtype == np.uint16 and size % 4 == 0 and _wide_ids(arr):
+            return None, [Problem("data.path", f"{p} reads as uint16 ids of which every second one is 0: it "
+                                  "looks like uint32 ids (their high halves), which would train on the ids "
+                                  "interleaved with token 0", "set data.dtype: uint32")]
+        return arr, []
     try:
         arr = np.load(p, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
@@ -169,6 +174,15 @@ def _open_tokens(p: Path, cfg: DataConfig) -> tuple[np.ndarray | None, list[Prob
     if arr.size == 0:
         return None, [Problem("data.path", f"{p} is empty (0 token ids)", fix)]
     return arr, []
+
+
+def _wide_ids(arr: np.ndarray, n: int = 1 << 16) -> bool:
+    """Whether uint16 `arr` looks like little-endian uint32 ids: in its first n pairs every odd
+    element (a high half) is 0 and most even ones (the ids) are not. A real uint16 corpus is 0 at
+    every second position only if it is mostly token 0."""
+    head = np.asarray(arr[: 2 * n])
+    odd, even = head[1::2], head[0::2]
+    return len(odd) >= 8 and not odd.any() and np.count_nonzero(even) >= len(even) / 2
 
 
 def id_range(arr: np.ndarray) -> tuple[int, int]:
