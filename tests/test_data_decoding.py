@@ -53,6 +53,17 @@ def test_a_dark_16_bit_image_is_scaled_as_16_bit_like_the_rest_of_its_folder(tmp
     assert sorted(int(v.max()) for v in x) == [0, 0, 233, 233]  # 249 // 257 and 60000 // 257
 
 
+def test_a_split_layout_is_not_read_as_two_classes(tmp_path):
+    """PATH/train/<class>/... and PATH/val/<class>/... loaded as classes 'train' and 'val'."""
+    pytest.importorskip("PIL", reason="Pillow not installed (optional extra images)")
+    for f in ("train/cat/0", "train/cat/1", "train/dog/0", "train/dog/1", "val/cat/0", "val/dog/0"):
+        _write(tmp_path / f, np.zeros((4, 4), np.uint8), ".png")
+    (p,) = raises(DataConfig(source="folder", path=str(tmp_path)), "vision").problems
+    assert p.key == "data.path" and "split names" in p.message and str(tmp_path / "train") in p.fix
+    d = load_data(DataConfig(source="folder", path=str(tmp_path / "train"), val_fraction=0.5), "vision")
+    assert d.class_names == ["cat", "dog"]
+
+
 def test_folder_images_of_unknown_range_are_refused(tmp_path):
     pytest.importorskip("PIL", reason="Pillow not installed (optional extra images)")
     for kind in ("f", "i"):

@@ -78,6 +78,9 @@ def _file_problems(bad: list[tuple[Path, str, str]], root: Path) -> list[Problem
     return out
 
 
+_SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "test", "testing"}
+
+
 def _class_files(root: Path) -> tuple[list[str], list[Path], list[int], list[Problem]]:
     """Sorted class names, their image files (sorted, recursive) and labels, and layout problems."""
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -86,6 +89,14 @@ def _class_files(root: Path) -> tuple[list[str], list[Path], list[int], list[Pro
         problems.append(Problem("data.path", f"folder {root} has {len(classes)} class subfolder(s); "
                                 "source 'folder' wants one subfolder of images per class (>= 2)",
                                 "lay out images as PATH/<class name>/<image file>"))
+    if len(classes) >= 2 and all(c.lower() in _SPLIT_NAMES for c in classes):
+        # PATH/train/<class>/... read as two classes, 'train' and 'val': the model learnt to tell the
+        # splits apart, the real labels unused, and nothing said so
+        problems.append(Problem("data.path", f"folder {root}'s subfolders ({', '.join(classes)}) are split names, "
+                                "not classes: a split layout (PATH/train/<class>/<image>) would train a model "
+                                "to tell the splits apart", f"point data.path at one split's folder, e.g. "
+                                f"{root / classes[-1 if 'train' not in classes else classes.index('train')]}; "
+                                "data.val_fraction of it is held out"))
     for label, name in enumerate(classes):
         found = sorted(data_files(root / name, IMAGE_SUFFIXES))
         if not found:
