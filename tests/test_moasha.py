@@ -164,6 +164,33 @@ def test_decisions_survive_a_restart_through_the_study():
     assert [r[:2] for r in s.searcher.rungs] == [("d", 10)]
 
 
+def test_a_trial_short_of_its_first_rung_keeps_its_bracket_through_a_resume():
+    """The study keeps a trial's bracket once a rung is recorded; a resumed scheduler dealt the others
+    round robin in the order Ray re-adds restored trials, so one running short of its first rung could
+    move to another bracket and be judged (and pruned) at that bracket's rungs."""
+    from dnasweep.sweep import compat
+    from dnasweep.sweep.searcher import ParetoOptunaSearch
+
+    space = _space(scheduler={"brackets": 2, "reduction_factor": 3})
+    search = ParetoOptunaSearch(space)
+    search.set_search_properties(None, None, {})
+    trial = lambda tid: type("T", (), {"trial_id": tid})()  # noqa: E731
+    first = make_scheduler(space, search)
+    for tid in "ABCD":
+        search.suggest(tid)
+        first.on_trial_add(None, trial(tid))
+    before = dict(first.bracket)
+    first.decide("A", 10, _r(1.0, 1e5))
+    first.decide("C", 10, _r(1.1, 1e5))  # B and D (first rung 30) are still short of it
+    for order in ("DCBA", "ABCD"):
+        again = make_scheduler(space, search)
+        again.load(compat.search_study(search))
+        for tid in order:
+            again.on_trial_add(None, trial(tid))
+        assert again.bracket == before, (order, again.bracket, before)
+        assert again.decide("D", 30, _r(1.3, 1e5)) == GO  # first of its own bracket at its rung 30
+
+
 def test_brackets_are_assigned_round_robin():
     s = _sched(scheduler={"brackets": 2})
     assert s.ladders == [[10, 20, 40, 80], [20, 40, 80]]

@@ -53,6 +53,23 @@ def test_a_searched_max_steps_never_takes_a_step_budget_past_its_end():
     assert len(study.trials) == 1
 
 
+def test_a_sweep_stopped_while_the_last_trials_that_fit_its_steps_run_is_stopped_not_finished():
+    """Ctrl-C with the last trials that fit budget.steps running: `left` (may another trial start?) said
+    no, and the runner closed the sweep as finished, its running trials left to no resume."""
+    space, s = _searcher({"base": {**BASE, "train": {"max_steps": 1000}}, "objectives": OBJ,
+                          "search": {"train.lr": {"float": [1e-3, 1e-2], "log": True}},
+                          "budget": {"trials": 10, "steps": 3000, "concurrent": 2}})
+    s.suggest("a")
+    s.on_trial_complete("a", {"val/loss": 1.0, "compute/flops_per_token": 1e5, "step": 1000})
+    s.suggest("b")
+    s.suggest("c")  # 2000 steps committed: the budget is spent once they end
+    assert not budget.left(compat.search_study(s), space)
+    assert budget.stopped_short(compat.search_study(s), space)  # interrupted now: resumable
+    for tid in "bc":
+        s.on_trial_complete(tid, {"val/loss": 1.0, "compute/flops_per_token": 1e5, "step": 1000})
+    assert not budget.stopped_short(compat.search_study(s), space)  # the budget's end
+
+
 def test_a_step_budget_below_the_most_steps_a_trial_can_draw_is_refused():
     with pytest.raises(ConfigError) as e:
         parse_space({**SEARCHED_STEPS, "budget": {"trials": 10, "steps": 2000}}, "s.yaml")

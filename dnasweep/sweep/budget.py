@@ -75,6 +75,14 @@ def finished(study) -> int:
     return c["complete"] + c["pruned"] + c["failed"]
 
 
+def stopped_short(study, space: SearchSpace) -> bool:
+    """Whether a sweep back from Ray Tune stopped before its end (Ctrl-C, SIGTERM): another trial
+    could start, or trials are still running. Under budget.steps the last trials that fit hold the
+    remaining steps, so `left` alone called a sweep stopped while they ran finished: its parent run
+    closed, its front reported final, its running trials left to no resume."""
+    return left(study, space) or counts(study)["running"] > 0
+
+
 def left(study, space: SearchSpace) -> bool:
     """Whether the budget allows another trial: trials below budget.trials and, with budget.steps,
     room beside the steps spent and committed for one more trial of the most steps it can draw."""

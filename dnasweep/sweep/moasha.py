@@ -126,7 +126,11 @@ class MOASHA(FIFOScheduler):
 
     def on_trial_add(self, tune_controller, trial):
         if trial.trial_id not in self.bracket:
-            self.bracket[trial.trial_id] = self.added % len(self.ladders)
+            # by the trial's Optuna number, which a resume finds again (the study keeps a bracket only
+            # once a rung is recorded): by the order Ray re-adds restored trials, a trial running
+            # short of its first rung moved to another bracket and was judged at its rungs
+            number = getattr(self.searcher, "trial_number", lambda tid: None)(trial.trial_id)
+            self.bracket[trial.trial_id] = (self.added if number is None else number) % len(self.ladders)
             self.added += 1
 
     def decide(self, trial_id: str, step: int, result: dict) -> str:
@@ -179,9 +183,9 @@ class MOASHA(FIFOScheduler):
         self.recorded = {k: v for k, v in self.recorded.items() if isinstance(k, tuple)}
         for t in study.get_trials(deepcopy=False):
             tid = t.user_attrs.get("ray_trial_id")
-            if tid is None or BRACKET not in t.user_attrs:
+            if tid is None:
                 continue
-            self.bracket[tid] = int(t.user_attrs[BRACKET])
+            self.bracket[tid] = int(t.user_attrs.get(BRACKET, t.number % len(self.ladders)))  # as on_trial_add
             self.added = max(self.added, len(self.bracket))
             for rung in self.ladders[self.bracket[tid]]:
                 vals = {o.metric: t.user_attrs.get(RUNG.format(step=rung, metric=o.metric))

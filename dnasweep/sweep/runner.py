@@ -272,7 +272,7 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
         with _sigterm_as_sigint():
             tuner.fit()
     study = optuna.load_study(study_name=name, storage=storage)
-    if budget.left(study, space):
+    if budget.stopped_short(study, space):
         tracker.suspend()
         # its RUNNING Optuna trials stay RUNNING: `dnasweep ls` reads this to call them stopped (cleared
         # by the next run; a SIGKILLed driver sets nothing)

@@ -123,6 +123,11 @@ class ParetoOptunaSearch(OptunaSearch):
                 self.after_ask()
         return config
 
+    def trial_number(self, trial_id: str) -> int | None:
+        """The Optuna number of the trial asked for Ray trial `trial_id` (None if unknown)."""
+        ot = compat.search_trials(self).get(trial_id)
+        return None if ot is None else ot.number
+
     def on_trial_result(self, trial_id, result):
         """The last training step each trial reported (what a failed trial spent)."""
         if isinstance(result.get("step"), int | float):
