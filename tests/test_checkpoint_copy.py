@@ -164,6 +164,29 @@ def test_a_retried_trial_replaying_its_result_finishes_an_upload_cut_short(tmp_p
     assert not (tmp_path / "scratch" / "t1").exists()
 
 
+def test_a_failed_trial_replayed_after_a_driver_restart_reports_the_step_it_stopped_at(tmp_path, monkeypatch,
+                                                                                        reported):
+    """A trial that diverged at step 37 just before the driver died is replayed from its result.json:
+    its FAIL report dropped the step, and the searcher booked the last step it had seen (what the
+    step budget counts as spent)."""
+    from types import SimpleNamespace
+
+    from ray import tune
+
+    from dnasweep.sweep import trainable
+
+    store = ObjectStore(str(tmp_path / "head" / "sw"), f"file://{tmp_path / 'bucket'}/sw")
+    monkeypatch.setattr(storage, "scratch_dir", lambda name, tid: str(tmp_path / "scratch" / tid))
+    d = tmp_path / "scratch" / "t1"
+    d.mkdir(parents=True)
+    (d / "result.json").write_text(json.dumps({"status": "diverged", "reason": "non-finite loss (nan) at step 37",
+                                               "step": 37}))
+    monkeypatch.setattr(tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: "t1"))
+    trainable.trial({}, SimpleNamespace(params=[]), store)
+    ((metrics, _),) = reported
+    assert metrics["failed"] == 1.0 and metrics["status"] == "diverged" and metrics["step"] == 37
+
+
 def test_restoring_from_an_old_whole_checkpoint_still_works(tmp_path):
     """A sweep started before pointers gave Tune whole checkpoints: no pointer in them."""
     whole = _fake_checkpoint(tmp_path / "tune-copy", 30)

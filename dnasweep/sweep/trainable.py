@@ -49,10 +49,12 @@ class TuneReporter:
         pass
 
 
-def _fail(status: str, reason: str) -> None:
+def _fail(status: str, reason: str, step: int | None = None) -> None:
+    """Report a trial that ended without objectives; `step`, where it stopped, is what it spent (a
+    failed trial replayed after a driver restart was booked at the searcher's last seen step)."""
     from ray import tune
 
-    tune.report({FAILED: 1.0, "status": status, "reason": reason})
+    tune.report({FAILED: 1.0, "status": status, "reason": reason, **({} if step is None else {M.STEP: int(step)})})
 
 
 def _rules(e: ConfigError) -> str:
@@ -93,7 +95,7 @@ def trial(config: dict, space: SearchSpace, store: LocalStore, frontier: Frontie
         if set(os.listdir(out)) - {"result.json"}:  # its scratch is here: the upload may have been cut short
             store.trial_ended(trial_id, out)
         status = saved.pop("status")
-        return tune.report(saved) if status == "completed" else _fail(status, saved["reason"])
+        return tune.report(saved) if status == "completed" else _fail(status, saved["reason"], saved.get(M.STEP))
     try:
         cfg = space.apply(values, out)
     except ConfigError as e:  # this point breaks a rule: this trial fails, nothing else
@@ -117,10 +119,11 @@ def trial(config: dict, space: SearchSpace, store: LocalStore, frontier: Frontie
     node = ray.get_runtime_context().get_node_id()
     with open(os.path.join(out, "attempts.log"), "a") as f:  # one line per (re)start: pid, resumed step, node
         f.write(f"pid {os.getpid()} start_step {start} time {time.time():.1f} node {node}\n")
+    step = None  # where training stopped: what a failed trial spent
     try:
         with memory_limit(space.resources.memory_gb):
             result = run_trial(cfg, TuneReporter(store, trial_id), derive=_derive(frontier, cfg))
-        status, reason = result.status, result.reason
+        status, reason, step = result.status, result.reason, result.step
     except ConfigError as e:  # the data does not fit the model (vocabulary, image shape): invalid
         status, reason = "invalid", _rules(e)
     except Exception as e:  # out of memory before the loop (model or data): a failed trial, not a retry
@@ -130,4 +133,4 @@ def trial(config: dict, space: SearchSpace, store: LocalStore, frontier: Frontie
     store.trial_ended(trial_id, out)  # before returning: Tune then calls the trial complete
     if status != "completed":  # no objectives in the last report: the searcher tells FAIL
         gc.collect()  # the worker is reused for the next trial
-        _fail(status, reason)
+        _fail(status, reason, step)
