@@ -107,6 +107,27 @@ def test_other_data_is_refused(tmp_path, trial, capsys):
     assert _snapshot(out) == before
 
 
+def test_the_same_config_over_edited_data_files_is_refused(tmp_path, trial, capsys):
+    """The resume check compared the config only: with a file added under data.path between the
+    interrupt and the resume, the run went on over other data and said nothing."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (corpus / name).write_text(f"{name}: the quick brown fox jumps over the lazy dog.\n" * 1500)
+    out = tmp_path / "run"
+    data = ["data.source=text", f"data.path={corpus}"]
+    assert _train(trial, out, "train.max_steps=6", *data) == 0
+    before = _snapshot(out)
+    (corpus / "c.txt").write_text("more text, added between the two runs.\n" * 1500)
+    capsys.readouterr()
+    assert _train(trial, out, "train.max_steps=9", *data) == 2
+    err = capsys.readouterr().err
+    assert "data files changed" in err and "2 then, 3 now" in err and "--no-resume" in err
+    assert _snapshot(out) == before
+    (corpus / "c.txt").unlink()  # put back as it was: the run goes on
+    assert _train(trial, out, "train.max_steps=9", *data) == 0
+
+
 def test_identical_rerun_says_already_complete_and_trains_nothing(tmp_path, trial, capsys):
     out = tmp_path / "run"
     assert _train(trial, out, "train.max_steps=6") == 0

@@ -76,6 +76,17 @@ def anchor_paths(cfg: DataConfig) -> None:
             setattr(cfg, name, os.path.abspath(path))
 
 
+def resume_key(cfg: DataConfig, task: str) -> str:
+    """What a checkpoint remembers of its data so a resume can tell it is the same: the data files'
+    names and sizes under data.path (the pystdlib corpus: its files' names and sizes), hashed. Not the
+    absolute path, the mtimes or the Python version (`identity` keeps those for caches): a run resumed
+    on another machine, its data copied there, is the same run. '' when the source has no files."""
+    import hashlib
+
+    kept = [e.rsplit(":", 1)[0] if e.count(":") >= 2 else e for e in identity(cfg, task)[2:]]
+    return hashlib.sha256("\n".join(kept).encode()).hexdigest()[:16] + f"/{len(kept)}" if kept else ""
+
+
 def data_files(root: Path, suffixes: tuple[str, ...]) -> Iterator[Path]:
     """The files under `root` with one of `suffixes`, hidden files and folders skipped, as the loaders
     read them; lazily, so checking for one costs a few stat calls, not a walk."""

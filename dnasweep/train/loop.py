@@ -22,6 +22,7 @@ from dnasweep import metrics as M
 from dnasweep.config import TrialConfig, to_yaml
 from dnasweep.config.trial import fit_problems, planned_steps, tokens_per_step
 from dnasweep.data import LMSampler, VisionSampler, lm_val_batches, load_data, vision_val_batches
+from dnasweep.data.config import resume_key
 from dnasweep.errors import ConfigError, Problem, raise_if
 from dnasweep.model import build_model, compute_loss
 from dnasweep.model.output import combine
@@ -108,6 +109,7 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
     if resuming:
         checkpoint.check_resumable(ckpt_dir, cfg)
     device = resolve_device(tc.device)
+    data_key = resume_key(cfg.data, task)  # before loading: the files as they are read
     data = load_data(cfg.data, task)
     _check_fit(cfg, data)
     torch.manual_seed(tc.seed)
@@ -135,6 +137,13 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
     perf = [0, 0.0, 0.0]
     if resuming:
         st = checkpoint.load(ckpt_dir)
+        if st.get("data_key", data_key) != data_key:  # checkpoints before data_key: not known, as then
+            # the config is the same, the files are not: the run went on over other data, said nowhere
+            raise ConfigError([Problem("data.path", f"the data files changed since the checkpoint in {ckpt_dir} "
+                                       f"was written (names and sizes; files {st['data_key'].split('/')[-1]} then, "
+                                       f"{data_key.split('/')[-1] or 0} now)",
+                                       "put the data back as it was, or pass --no-resume to start over (or --out "
+                                       "DIR elsewhere)")], source=f"resume from {ckpt_dir}")
         if st.get("weights_only") and int(st["step"]) < total_steps:
             # a finished sweep trial keeps its weights, not the optimizer (dnasweep.sweep.storage):
             # continuing without the optimizer state would not be the same run
@@ -178,7 +187,7 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
     def save() -> str:
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                  "sampler": sampler.state_dict(), "rng": checkpoint.rng_state(), "train_time": train_time,
-                 "perf": [perf[0], perf[1], float(perf[2])], "lr_plan": plan,
+                 "perf": [perf[0], perf[1], float(perf[2])], "lr_plan": plan, "data_key": data_key,
                  # the steps since the last log row: the next row averages them as an unbroken run would
                  "row_logs": [[float(v) for v in skip_log], [float(v) for v in drop_log]]}
         return checkpoint.save(ckpt_dir, state, to_yaml(cfg))
