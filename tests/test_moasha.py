@@ -229,6 +229,19 @@ def test_rungs_stop_below_the_steps_a_token_budget_leaves():
     assert rungs == [[10]]
 
 
+def test_a_searched_pooling_under_a_token_budget_is_refused_under_mo_asha():
+    """With train.max_tokens, what sets a step's tokens sets a trial's end: model.pooling (a vision class
+    token adds one per image) was missing from the keys refused, so its trials ended off the rungs."""
+    base = {"model": {"task": "vision", "d_model": 32, "n_heads": 4, "n_steps": 2, "image_size": 8, "patch_size": 2,
+                      "channels": 1, "n_classes": 10}, "data": {"source": "digits"},
+            "train": {"max_steps": 1000, "eval_every": 10, "batch_size": 16, "max_tokens": 16 * 17 * 200}}
+    with pytest.raises(ConfigError) as e:
+        _space(base=base, objectives=[{"metric": "val/acc", "mode": "max"},
+                                      {"metric": "compute/flops_per_token", "mode": "min"}],
+               search={"model.pooling": {"choice": ["mean", "cls"]}})
+    assert "search.model.pooling" in [p.key for p in e.value.problems]
+
+
 def test_equal_points_inside_a_front_share_their_crowding():
     """Crowding over a sorted front gave two equal interior points different distances (one saw its
     twin as a neighbour), so one was stopped and its equal kept; equal points must rank alike."""

@@ -37,7 +37,7 @@ from dnasweep.space.apply import apply
 from dnasweep.space.feasibility import Trials, impossible_values, unsatisfiable
 from dnasweep.space.params import Param, parse_param, when_problems
 from dnasweep.space.reference import ladder
-from dnasweep.space.steps import most_planned, most_steps
+from dnasweep.space.steps import PLANNED_BY, most_planned, most_steps
 
 _CONSTRAINT = re.compile(r"^\s*([\w/.\-]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
 @dataclass
@@ -259,7 +259,8 @@ def _budget_problems(cfg, base: TrialConfig, bad: set[str], params: list[Param])
     p, s, tc = [], cfg.scheduler, base.train
     # Rungs are evaluations below every trial's end, judged from the base: what moves either is fixed.
     # (with a token budget, the steps it leaves are set by the step's size)
-    moving = _END_KEYS + ("train.eval_every",) + (_STEP_KEYS if tc.max_tokens else ())
+    # (steps.PLANNED_BY, the one list of what sets a step's tokens: model.pooling was missing from a copy)
+    moving = _END_KEYS + ("train.eval_every",) + (PLANNED_BY if tc.max_tokens else ())
     if s.type != "fifo":
         p += [Problem(f"search.{q.path}", f"is searched, but scheduler {s.type} places its rungs at evaluations "
                       "below the end of training, taken from the base: a trial with another value is judged off "
