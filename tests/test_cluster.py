@@ -30,7 +30,8 @@ BIN = pathlib.Path(sys.executable).parent
 SPACE = {
     "base": {"model": {"d_model": 32, "n_heads": 4, "seq_len": 32, "n_steps": 2},
              "data": {"source": "pystdlib", "max_bytes": 2000000},
-             "train": {"max_steps": 40, "batch_size": 4, "eval_every": 20, "eval_batches": 2, "log_every": 5}},
+             "train": {"max_steps": 40, "batch_size": 4, "eval_every": 20, "eval_batches": 2, "log_every": 5,
+                       "warmup_steps": 5}},
     "search": {"train.lr": {"float": [1e-3, 1e-2], "log": True}, "loss.compute_weight": {"choice": [0.0, 0.3]}},
     "objectives": [{"metric": "val/loss", "mode": "min"}, {"metric": "compute/flops_per_token", "mode": "min"}],
     "budget": {"trials": 4, "concurrent": 2},
