@@ -239,16 +239,17 @@ def test_tracker_leaves_the_environment_alone(tmp_path, monkeypatch):
 
 
 POINTS = {
-    "base": {"model": {"d_model": 32, "n_heads": 4, "seq_len": 32, "n_steps": 2, "pool": {"n_identity": 1},
-                       "balance": {"identity_bias": True}},
+    "base": {"model": {"d_model": 32, "n_heads": 4, "seq_len": 32, "n_steps": 2, "pool": {"n_identity": 1}},
              "data": {"source": "pystdlib", "max_bytes": 2000000},
              "train": {"max_steps": 20, "batch_size": 4, "eval_every": 10, "eval_batches": 2, "log_every": 5}},
-    # hash cannot take identity_bias: those points break a rule of the trial config
+    # hash cannot take identity_bias: those points break a rule of the trial config (hash without it is
+    # valid: a value invalid at every point is refused before the sweep starts)
     "search": {"model.router.type": {"choice": ["topk", "hash"]},
+               "model.balance.identity_bias": {"choice": [True, False]},
                # text that YAML reads as a bool, a float, null: must reach the trial as sampled
                "data.field": {"choice": ["true", "off", "1e3", "null"]}},  # a field pystdlib does not read
     "objectives": [{"metric": "val/loss", "mode": "min"}, {"metric": "compute/flops_per_token", "mode": "min"}],
-    "sampler": {"type": "random", "seed": 6},  # both routers; the valid trials draw all four texts
+    "sampler": {"type": "random", "seed": 0},  # one hash + identity_bias; the valid trials draw all four texts
     "budget": {"trials": 5, "concurrent": 2, "retries": 2},
     "analyze": {"front": False},
 }
@@ -275,9 +276,10 @@ def test_invalid_points_fail_alone_values_arrive_exactly_and_analyze_finds_the_s
                     tracking_uri=store)
     study = open_study(res.sweep_dir)
     trials = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
-    invalid = [t for t in trials.values() if t.params["model.router.type"] == "hash"]
-    valid = [t for t in trials.values() if t.params["model.router.type"] == "topk"]
-    assert invalid and valid, "seed 6 must sample both routers; pick another seed"
+    broken = lambda t: t.params["model.router.type"] == "hash" and t.params["model.balance.identity_bias"]  # noqa: E731
+    invalid = [t for t in trials.values() if broken(t)]
+    valid = [t for t in trials.values() if not broken(t)]
+    assert invalid and valid, "seed 0 must sample both kinds of point; pick another seed"
     assert res.n_complete == len(valid) and res.n_failed == len(invalid) and len(trials) == 5
     for t in invalid:  # one FAIL each, with the rule, and no retry
         assert t.state == optuna.trial.TrialState.FAIL and t.user_attrs["fail_status"] == "invalid"
