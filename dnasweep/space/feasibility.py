@@ -81,10 +81,7 @@ def _at(q: Param, v, point: dict, f) -> tuple[float | None, dict]:
     """f at `point` with q = v; for an int range end that makes the point invalid (d_model 30 with 4
     heads), at the nearest valid value inward instead: the extreme of the valid part of the range."""
     y = f(cand := {**point, q.path: v})
-    step = 1 if v == q.low else -1
-    for w in range(int(v) + step, int(v) + step * _INWARD, step) if q.kind == "int" and y is None else ():
-        if not q.low <= w <= q.high:
-            break
+    for w in _inward(q, v)[1:] if y is None else ():
         if (y := f(cand := {**point, q.path: w})) is not None:
             break
     return y, cand
@@ -170,9 +167,10 @@ def _moves(q: Param) -> list:
 
 
 def _inward(q: Param, v) -> list:
-    """The values standing for the end `v` of `q`: an int range's valid part may start inward of an
-    invalid end (as the constraint check takes it: `_at`), so the end is judged with the _INWARD
-    values inward of it; a choice or a float end is itself alone."""
+    """`v` and, for an int range, the values inward of it (up from the low end, down from any other
+    value), _INWARD in all, within the range: an int range's valid part may start inward of an
+    invalid end, so both checks (`_at`, `impossible_values`) judge an end by these; a choice or a
+    float end is itself alone."""
     if q.kind != "int":
         return [v]
     step = 1 if v == q.low else -1
