@@ -8,7 +8,6 @@ Ray-, Optuna- and MLflow-free; dnasweep.sweep adapts it to them.
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from dnasweep.space.apply import apply
 from dnasweep.space.feasibility import Trials, impossible_values, unsatisfiable
 from dnasweep.space.params import Param, parse_param, when_problems
 from dnasweep.space.reference import ladder
-from dnasweep.space.steps import PLANNED_BY, most_planned, most_steps
+from dnasweep.space.steps import PLANNED_BY, get_path, most_planned, most_steps
 
 _CONSTRAINT = re.compile(r"^\s*([\w/.\-]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
 @dataclass
@@ -245,7 +244,7 @@ def _comparable_problems(params: list[Param], base: TrialConfig | None, referenc
                              "on: val/* objectives of different trials (and the dense rungs) would be measured on "
                              "different text", "set it in base"))
         elif reference and q.path in _RUNG_KEYS:
-            value = functools.reduce(getattr, q.path.split("."), base) if base is not None else "?"
+            value = get_path(base, q.path) if base is not None else "?"
             p.append(Problem(f"search.{q.path}", f"is searched, but the reference: ladder's dense rungs train with "
                              f"the base's value ({value}): compare/* gains would set trials against dense models "
                              "trained with another budget or context", "set it in base (one sweep per value), or "

@@ -19,6 +19,11 @@ PLANNED_BY = ("train.max_tokens", "train.batch_size", "train.grad_accum", "model
 _MOST_CORNERS = 4096  # more corners than this: bounded by train.max_steps alone
 
 
+def get_path(cfg, path: str):
+    """The value at the dotted leaf `path` of a config."""
+    return functools.reduce(getattr, path.split("."), cfg)
+
+
 def set_path(cfg, path: str, value) -> None:
     """Set the dotted leaf `path` of a config in place."""
     *parents, leaf = path.split(".")
@@ -45,7 +50,7 @@ def most_planned(base: TrialConfig, params: list[Param]) -> int:
     if not base.train.max_tokens and not any(q.path == "train.max_tokens" for q in keys):
         return most  # no token budget on any point: train.max_steps ends every trial
     options = [[int(v) if q.kind == "int" else v for v in q.ends()] + (
-        [functools.reduce(getattr, q.path.split("."), base)] if q.when else []) for q in keys]
+        [get_path(base, q.path)] if q.when else []) for q in keys]
     if math.prod(len(o) for o in options) > _MOST_CORNERS:
         return most
     cfg, best = copy.deepcopy(base), 0

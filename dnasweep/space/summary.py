@@ -3,13 +3,12 @@ over its corners, and warnings for valid but probably unintended settings."""
 
 from __future__ import annotations
 
-import functools
-
 from dnasweep import metrics as M
 from dnasweep.model.config import BalanceConfig, RouterConfig
 from dnasweep.space.apply import active_values, try_apply
 from dnasweep.space.feasibility import corners
 from dnasweep.space.space import SearchSpace
+from dnasweep.space.steps import get_path
 
 
 def space_warnings(space: SearchSpace) -> list[str]:
@@ -37,7 +36,7 @@ def _drawable(space: SearchSpace, path: str) -> list:
     sets it), and a dimension's choices or its range's two ends. Enough for the max / min / "ever"
     questions below (an int range's inner values lie between its ends)."""
     q = next((q for q in space.params if q.path == path), None)
-    base = functools.reduce(getattr, path.split("."), space.base)
+    base = get_path(space.base, path)
     return ([] if q is not None and not q.when else [base]) + (q.ends() if q is not None else [])
 
 
@@ -45,7 +44,7 @@ def _set(space: SearchSpace, section, path: str) -> bool:
     """Whether `path` is searched, or the base gives it a value other than its default in `section`
     (a dataclass instance of defaults): a setting the file asks for, not one it merely inherits."""
     return (any(q.path == path for q in space.params)
-            or functools.reduce(getattr, path.split("."), space.base) != getattr(section, path.split(".")[-1]))
+            or get_path(space.base, path) != getattr(section, path.split(".")[-1]))
 
 
 def _same_trial_warnings(space: SearchSpace) -> list[str]:
