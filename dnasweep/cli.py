@@ -55,6 +55,10 @@ def _validate(args: argparse.Namespace) -> int:
         if args.smoke:  # it was ignored: the trial was checked as it is
             bad_samples.append(Problem("--smoke", f"{args.config} is a trial config, which has no smoke: section",
                                        "drop --smoke; a search space's smoke: overlay is what --smoke applies"))
+        if args.samples is not None:  # it would be ignored: a trial config has no points to sample
+            bad_samples = [q for q in bad_samples if q.key != "--samples"]
+            bad_samples.append(Problem("--samples", f"{args.config} is a trial config, which has no search: to "
+                                       "sample points from", "drop --samples; it samples a search space's points"))
         try:
             cfg = load_trial(args.config, list(args.overrides))
         except ConfigError as e:  # the flags' problems with the file's, at once

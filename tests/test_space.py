@@ -257,9 +257,9 @@ def test_mfu_needs_a_base_that_may_run_on_cuda():
     p = _problems(base={"model": {"d_model": 32}, "train": {"device": "cpu"}},
                   constraints=["perf/mfu >= 0.1"])["constraints[0]"]
     assert "CUDA" in p.message
-    for device in ("cuda", "auto"):  # auto: CUDA where the workers have it
+    for device in ("cuda", "auto"):  # auto: CUDA where the workers have it (cuda: trials that ask for a GPU)
         parse_space({**OK, "base": {"model": {"d_model": 32}, "train": {"device": device}},
-                     "constraints": ["perf/mfu >= 0.1"]}, "space.yaml")
+                     "constraints": ["perf/mfu >= 0.1"], "resources": {"gpu": 1}}, "space.yaml")
 
 
 def test_a_sweeps_own_space_reads_back_under_rules_added_after_it_started():

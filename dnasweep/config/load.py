@@ -121,9 +121,13 @@ def _dict_problems(dotted: str, key: str, value: Any, typ: Any) -> list[Problem]
 
 
 def interpolations(value: Any, dotted: str) -> list[Problem]:
-    """A Problem for each text in `value` (walked through mappings and lists) that holds `${`:
-    OmegaConf would resolve it as an interpolation (`${train.lr}` silently becomes the value, an
-    unknown key crashes). Refused rather than resolved: a config says what it means."""
+    """A Problem for each text in `value` (walked through mappings and lists) that OmegaConf would not
+    keep as written: `${` would resolve as an interpolation (`${train.lr}` silently becomes the value,
+    an unknown key crashes), and `???`, its missing-value marker, would silently become the default.
+    Refused rather than resolved: a config says what it means."""
+    if isinstance(value, str) and value.strip() == "???":
+        return [Problem(dotted, "'???' (OmegaConf's missing-value marker) would silently take the default here",
+                        "write the value itself, or leave the key out to take the default")]
     if isinstance(value, str):
         return [Problem(dotted, f"interpolation (${{...}}) is not supported, got {value!r}",
                         "write the value itself instead of a ${...} reference")] if "${" in value else []
@@ -190,6 +194,8 @@ def _override(key: str, text: str, schema: type | None) -> dict:
     'lm #2' at its comment and read 'a: b' as a mapping. Only null (on an optional field) and a
     quoted value are read as YAML; other fields take YAML scalars and flow lists."""
     typ = leaf_type(schema, key)
+    if typ is None and key.startswith("smoke.") and is_dataclass(schema) and "smoke" in type_hints(schema):
+        typ = leaf_type(schema, key.removeprefix("smoke."))  # the overlay's keys are the file's own
     if typ is None or not _is_text(typ):
         return OmegaConf.to_container(OmegaConf.from_dotlist([f"{key}={text}"]))
     node: Any = text

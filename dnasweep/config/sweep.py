@@ -284,11 +284,12 @@ def apply_overrides(data: dict, overrides: list[str]) -> tuple[dict, list[Proble
             continue
         entry, option = search_entry(m.group(2))
         if option:  # one option of the entry: the rest of it stays
-            section = data.get("search") if m.group(1) == "search" else (
-                data.get("smoke").get("search") if isinstance(data.get("smoke"), dict) else None)
-            old = section.get(entry) if isinstance(section, dict) else None
+            smoke = data.get("smoke") if isinstance(data.get("smoke"), dict) else {}
+            # the overlay's entry if it has one, else the file's: the overlay replaces an entry whole,
+            # so one option set there (smoke.search.train.lr.float=...) keeps the file's log and when
+            sections = [data.get("search")] if m.group(1) == "search" else [smoke.get("search"), data.get("search")]
+            old = next((s[entry] for s in sections if isinstance(s, dict) and isinstance(s.get(entry), dict)), {})
             head, _, below = option.partition(".")
-            old = old if isinstance(old, dict) else {}
             # when: maps dotted paths; given whole (search.X.when={...}) it replaces the old conditions
             value = ({**old, "when": value} if option == "when" else
                      deep_merge(old, {head: {below: value}} if below and head == "when" else _nested(option, value)))
@@ -301,6 +302,38 @@ def _nested(dotted: str, value: Any) -> dict:
     for part in reversed(dotted.split(".")):
         value = {part: value}
     return value
+
+
+RUNG_KEYS = ("model.kind", "model.d_model", "model.dense_layers")  # what every reference rung sets itself
+
+
+def drawn_anyway(cfg: SweepConfig, overrides: list[str]) -> tuple[list[Problem], list[str]]:
+    """`base.X=v` on the command line where every trial draws X from search: (an entry without when:):
+    no trial trains with v. A problem when v reaches nothing at all; a warning when it reaches only the
+    dense reference rungs (they train the base as it is). -> (problems, warnings)"""
+    p, notes = [], []
+    for o in overrides:
+        key, eq, text = o.partition("=")
+        path = key.removeprefix("base.")
+        spec = cfg.search.get(path) if eq and path != key else None
+        if not isinstance(spec, dict) or spec.get("when"):
+            continue
+        try:
+            value = yaml_value(text)
+        except Exception:  # malformed: parse_overrides has said so
+            continue
+        if spec.get("choice") == [value]:  # the search draws exactly this value
+            continue
+        shown = ", ".join(f"{k}: {v}" for k, v in spec.items())
+        entry = f"search.{path}='{{choice: [{text}]}}'"
+        if cfg.reference.d_model and cfg.reference.dense_layers and path not in RUNG_KEYS:
+            notes.append(f"{o}: every trial draws {path} from search: ({{{shown}}}); only the dense reference "
+                         f"rungs train with {text}. To train every trial with it too, set its search entry: {entry}")
+        else:
+            p.append(Problem(key, f"every trial draws {path} from search: ({{{shown}}}): the value given here "
+                             "would never be used", f"to fix {path} at {text} in every trial, set its search "
+                             f"entry: {entry} (or remove the entry from the file)"))
+    return p, notes
 
 
 def _bare_metrics(objectives: list, p: list[Problem]) -> list:
@@ -379,4 +412,6 @@ def sweep_sections(data: dict, source: str, overrides: list[str] | None = None, 
             setattr(cfg, name, section)
         p += q
     cfg.smoke = overlay if isinstance(overlay, dict) else {}
+    said = {q.key for q in p}  # a value already refused is not judged again
+    p += [q for q in drawn_anyway(cfg, overrides or [])[0] if q.key not in said]
     return cfg, p

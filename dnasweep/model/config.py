@@ -38,7 +38,7 @@ class RouterConfig:
     """How each routing step picks modules for each token."""
 
     type: str = "topk"  # a registered router (model/registry.py); topk is the paper's (linear, softmax, hard top-k)
-    top_k: int = 2  # modules per token per step (threshold: the maximum; dense: ignored)
+    top_k: int = field(default=2, metadata=ge(1))  # modules per token per step (threshold: the maximum; dense: ignored)
     shared: bool = False  # one router for all steps instead of one per step (paper: one per step)
     normalize_gates: bool = False  # renormalise the k selected gates to sum 1 (paper: raw softmax)
     threshold: float = field(default=0.2, metadata=gt(0, below=1))  # threshold router: keep p >= this
@@ -132,6 +132,14 @@ def problems(cfg: ModelConfig, prefix: str = "model") -> list[Problem]:
     if cfg.task == "vision" and cfg.patch_size > 0 and cfg.image_size % cfg.patch_size:
         p.append(Problem(k("patch_size"), f"image_size={cfg.image_size} is not divisible by "
                          f"patch_size={cfg.patch_size}", "pick a patch size that divides the image size"))
+    pool, r, bal = cfg.pool, cfg.router, cfg.balance
+    # Each field's own rules hold whatever the kind: a dense model is sized from the pool's mlp_ratio
+    # (and, matched nominally, from the pool and router), and a bad value there is bad input too.
+    p += field_problems(pool, k("pool")) + field_problems(r, k("router")) + field_problems(bal, k("balance"))
+    for name, ratio in (("mlp_ratio", pool.mlp_ratio), ("mlp_only_ratio", pool.mlp_only_ratio)):
+        if ratio > 0 and cfg.d_model > 0 and int(ratio * cfg.d_model) < 1:
+            p.append(Problem(k(f"pool.{name}"), f"{name}={ratio:g} x d_model={cfg.d_model} makes an MLP hidden "
+                             f"width of {int(ratio * cfg.d_model)}", f"set {name} >= {1 / cfg.d_model:.3g}"))
     if cfg.kind != "dna":
         if cfg.dense_layers == 0 and cfg.dense_match == "measured":  # the DNA gets built and measured
             why = " (model.dense_match: measured sizes the dense model by running this config's DNA)"
@@ -139,8 +147,6 @@ def problems(cfg: ModelConfig, prefix: str = "model") -> list[Problem]:
                   for q in problems(dataclasses.replace(cfg, kind="dna"), prefix) if q not in p]
         return p
 
-    pool, r, bal = cfg.pool, cfg.router, cfg.balance
-    p += field_problems(pool, k("pool")) + field_problems(r, k("router")) + field_problems(bal, k("balance"))
     if pool.size - pool.n_identity <= 0:
         p.append(Problem(f"{prefix}.pool", "the pool has no module that computes anything",
                          "add transformer, attention or MLP modules"))
@@ -157,7 +163,7 @@ def problems(cfg: ModelConfig, prefix: str = "model") -> list[Problem]:
                          f"use one of: {', '.join(router_names(causal=True))}"))
     all_modules = spec is not None and spec.all_modules
     biasable = spec is None or spec.biasable  # an unknown router is reported once, above
-    if not all_modules and (r.top_k < 1 or r.top_k > pool.size):
+    if not all_modules and r.top_k > pool.size:  # (< 1: the field's own rule, above)
         p.append(Problem(f"{prefix}.router.top_k", f"top_k={r.top_k} must be in [1, pool size "
                          f"{pool.size}]", "lower top_k or grow the pool"))
     if bal.identity_bias:

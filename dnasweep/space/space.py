@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -27,7 +27,7 @@ from dnasweep.config.load import (
     override_key,
     schema_problems,
 )
-from dnasweep.config.sweep import SECTIONS, ObjectiveConfig, SweepConfig, sweep_sections
+from dnasweep.config.sweep import SECTIONS, ObjectiveConfig, SweepConfig, drawn_anyway, sweep_sections
 from dnasweep.config.trial import planned_steps
 from dnasweep.data.config import anchor_paths
 from dnasweep.data.sources import byte_level, get_source, source_names
@@ -80,6 +80,7 @@ class SearchSpace:
     config: SweepConfig  # every section, typed (smoke overlay and overrides applied)
     params: list[Param]  # the searched dimensions, in file order (the order they are drawn)
     constraints: list[Constraint]
+    notes: list[str] = field(default_factory=list)  # warnings about the overrides it was read with
 
     # The config's sections, read through the space (space.budget is space.config.budget)
     base = property(lambda self: self.config.base)  # the trial every point starts from
@@ -252,6 +253,21 @@ def _comparable_problems(params: list[Param], base: TrialConfig | None, referenc
     return p
 
 
+def _device_problems(cfg, base: TrialConfig, params: list[Param]) -> list[Problem]:
+    """train.device cuda with resources.gpu 0: Ray hides every GPU from a trial that asked for none,
+    so each trial would fail as invalid ('CUDA is not available') after the sweep started."""
+    if cfg.resources.gpu > 0:
+        return []
+    q = next((q for q in params if q.path == "train.device"), None)
+    values = [("search.train.device", v) for v in (q.ends() if q is not None else [])]
+    if q is None or q.when:
+        values.append(("base.train.device", base.train.device))
+    return [Problem(key, f"{v!r} with resources.gpu: 0: Ray gives a trial that asks for no GPU none to see, "
+                    "so every such trial would fail", "set resources.gpu (1 per trial, or e.g. 0.25 to share one "
+                    "GPU among 4 trials), or use train.device auto or cpu")
+            for key, v in values if str(v).startswith("cuda")][:1]
+
+
 def _budget_problems(cfg, base: TrialConfig, bad: set[str], params: list[Param]) -> list[Problem]:
     """The scheduler's rungs against the base's evaluations, and a step budget that fits a trial
     (each judged only when its own section has no problem yet: `bad`)."""
@@ -316,14 +332,14 @@ def _parse(data: dict, source: str, overrides: list[str] | None, smoke: bool, ch
     if feasibility and trials is not None and not any(q.key.startswith(("search", "constraints")) for q in p):
         p += unsatisfiable(params, constraints, base, trials)
     if base is not None:
-        p += _budget_problems(cfg, base, {q.key.split(".")[0] for q in p}, params)
+        p += _budget_problems(cfg, base, {q.key.split(".")[0] for q in p}, params) + _device_problems(cfg, base, params)
     p = _attributed(p, overrides or [], cfg.smoke if smoke else {})
     if check and not smoke and cfg.smoke:
         # the points valid here, tried first on the overlay's base (the same search: its own points)
         hint = trials.witnesses() if trials is not None and not covers("search", list(flatten(cfg.smoke))) else None
         p += _smoke_problems(data, source, overrides, cfg.smoke, p, hint)
     raise_if(p, source)
-    return SearchSpace(source, cfg, params, constraints)
+    return SearchSpace(source, cfg, params, constraints, drawn_anyway(cfg, overrides or [])[1])
 
 
 def _rung_problems(base: TrialConfig, ref) -> list[Problem]:

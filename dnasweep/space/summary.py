@@ -13,7 +13,7 @@ from dnasweep.space.steps import get_path
 
 def space_warnings(space: SearchSpace) -> list[str]:
     """Valid but probably unintended settings, printed by validate and run."""
-    out = []
+    out = list(space.notes)
     if space.sampler.type == "gp" and space.budget.trials > 100:
         out.append(f"sampler.type=gp with budget.trials={space.budget.trials}: Optuna's GPSampler took ~1 s per "
                    "suggestion at 100 finished trials and ~5 s at 500 on 2 CPU cores (bench/suggest.py), blocking "
