@@ -318,3 +318,34 @@ def test_a_file_put_to_a_filesystem_store_replaces_it_whole(tmp_path, monkeypatc
     store.put(str(src), "optuna.log")
     assert seen == ["old\n"] and dest.read_text() == "old\nnew\n"
     assert os.listdir(dest.parent) == ["optuna.log"]  # no temporary file left
+
+
+def test_a_trial_restarted_from_the_store_on_another_node_keeps_its_history(tmp_path):
+    """A trial restarted from its store mirror on a node without its scratch (head or worker node
+    lost) continued from the checkpoint but started metrics.jsonl and attempts.log afresh: its
+    MLflow histories and metrics.jsonl lost every row before the checkpoint."""
+    from dnasweep.config import build_trial
+    from dnasweep.train.loop import run_trial
+
+    store = ObjectStore(str(tmp_path / "head" / "sw"), f"file://{tmp_path / 'bucket'}/sw")
+    out = tmp_path / "scratch" / "t1"
+
+    class Mirror:  # the part of TuneReporter that reaches the store
+        def report(self, metrics, checkpoint_dir=None):
+            if checkpoint_dir:
+                store.checkpointed("t1", checkpoint_dir, int(metrics["step"]))
+
+        def close(self):
+            pass
+
+    out.mkdir(parents=True)
+    (out / "attempts.log").write_text("pid 1 start_step 0\n")  # the trainable writes it before training
+    run_trial(build_trial(TRIAL, [f"out_dir={out}"]), Mirror())
+    shutil.rmtree(out)  # the node is gone; the store's mirror of step 4 is all that is left
+    store.restore_checkpoint("t1", None, str(out / "checkpoint"))
+    assert (out / "attempts.log").read_text() == "pid 1 start_step 0\n"
+    assert not (out / "checkpoint" / "history").exists()
+    run_trial(build_trial(TRIAL, [f"out_dir={out}", "train.max_steps=8"]), Mirror())  # more steps: it goes on
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["step"] for r in rows if "val/loss" in r]
+    assert evals == [2, 4, 6, 8], evals

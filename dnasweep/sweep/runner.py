@@ -210,7 +210,8 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
                 if t.state.is_finished() and "ray_trial_id" in t.user_attrs}
     # resume: the tracker loads SWEEP/tracking_backlog.json itself, before it closes or rebuilds any run
     tracker = MLflowSweepLogger(space, name, sweep_dir, uri, resume=resume, fetch=store.fetch, finished=finished)
-    rungs = train_reference(space, sweep_dir, root, log)  # before the trials: their gains need it
+    with _sigterm_as_sigint():  # stopped while the rungs train: exit 130 and the resume line, as in the trials
+        rungs = train_reference(space, sweep_dir, root, log)  # before the trials: their gains need it
     tracker.reference(rungs)
     store.mirror()
     pruned: dict[str, int] = {}  # MO-ASHA's decisions, read by the progress line and the tracker

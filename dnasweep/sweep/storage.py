@@ -196,6 +196,7 @@ class ObjectStore(LocalStore):
         shutil.rmtree(out, ignore_errors=True)  # the store has it; scratch must not fill the node's disk
 
     _MIRROR = "checkpoint-"  # STORE/trials/ID/checkpoint-STEP: a running trial's last reported checkpoint
+    _HISTORY, _HISTORY_DIR = ("metrics.jsonl", "attempts.log"), "history"  # OUT's files a mirror carries
 
     def checkpointed(self, trial_id: str, ckpt_dir: str, step: int) -> str:
         """Mirror the checkpoint (node-local scratch) to STORE/trials/ID/checkpoint-STEP, so that a
@@ -203,6 +204,11 @@ class ObjectStore(LocalStore):
         config.yaml goes up last: a mirror is complete once it is there (as `checkpoint.save`
         writes it), so a copy cut short by a killed worker is never resumed from."""
         rel = f"trials/{trial_id}/{self._MIRROR}{step}"
+        # The trial's history so far rides along: a trial restarted from this mirror on a node
+        # without its scratch lost its rows before the checkpoint (run_trial drops those after it).
+        out = os.path.dirname(ckpt_dir)
+        for name in self._HISTORY:
+            self.put(os.path.join(out, name), f"{rel}/{self._HISTORY_DIR}/{name}")
         names = sorted(os.listdir(ckpt_dir), key=lambda n: n == "config.yaml")
         for name in names:
             self.put(os.path.join(ckpt_dir, name), f"{rel}/{name}")
@@ -234,8 +240,14 @@ class ObjectStore(LocalStore):
         mirrors = [rel for _, rel in self._mirrors(trial_id)]
         named = pointer["checkpoint"] if pointer else None
         rel = named if named in mirrors else next(iter(mirrors), None)
-        if rel is not None:
-            self.get(rel, own)
+        if rel is None:
+            return
+        self.get(rel, own)
+        history, out = os.path.join(own, self._HISTORY_DIR), os.path.dirname(own)
+        for name in os.listdir(history) if os.path.isdir(history) else []:
+            if not os.path.exists(os.path.join(out, name)):  # scratch that survived is as new or newer
+                os.replace(os.path.join(history, name), os.path.join(out, name))
+        shutil.rmtree(history, ignore_errors=True)
 
     def fetch(self, trial_id: str) -> None:
         local = os.path.join(self.sweep_dir, "trials", trial_id)

@@ -125,3 +125,23 @@ def test_stopped_driver_resumes_to_the_budget(ray_cluster, tmp_path, sig):
         assert run.info.status == "FINISHED"
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
         assert steps == list(range(5, 61, 5)), (t.number, steps)  # each step once, none missing
+
+
+def test_sigterm_while_the_dense_rungs_train_stops_with_the_resume_line(ray_cluster, tmp_path):
+    """SIGTERM before the trials (while the dense reference rungs trained) ended the driver through
+    Ray's own handler: a stack dump, exit 134, no `dnasweep resume` line."""
+    address = ray_cluster.get_runtime_context().gcs_address
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(SPACE))
+    script = ("import os, signal, sys, time\n"
+              "from dnasweep.sweep import reference\n"
+              "def rungs(*a, **k):  # the driver is told to stop while the rungs train\n"
+              "    os.kill(os.getpid(), signal.SIGTERM)\n"
+              "    time.sleep(30)\n"
+              "    raise SystemExit('SIGTERM did not stop the driver')\n"
+              "reference.train_reference = rungs\n"
+              "from dnasweep.cli import main\n"
+              f"sys.exit(main(['run', {str(tmp_path / 's.yaml')!r}, '--name', 'ref', '--root', "
+              f"{str(tmp_path / 'root')!r}, '--address', {address!r}]))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(), timeout=120)
+    assert out.returncode == 130, (out.returncode, out.stderr[-3000:])
+    assert f"dnasweep resume {tmp_path / 'root' / 'ref'}" in out.stderr
