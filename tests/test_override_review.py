@@ -114,3 +114,28 @@ def test_validate_refuses_samples_on_a_trial_config(tmp_path, capsys):
     path = write_yaml(tmp_path, {"model": {"d_model": 32}})
     assert main(["validate", path, "--samples", "10"]) == 2
     assert "--samples:" in capsys.readouterr().err
+
+
+# an int range whose inner values mostly break a rule passed (load-time checks judge its ends only)
+
+def test_run_warns_before_the_sweep_when_sampled_points_break_a_rule(tmp_path, monkeypatch):
+    pytest.importorskip("ray", reason="the sweep extra (ray[tune], optuna, mlflow) is not installed")
+    from dnasweep.sweep import cluster
+    from dnasweep.sweep.runner import run_sweep
+
+    space = parse_space({**VALID_SPACE, "search": {"model.d_model": {"int": [16, 64]}}}, "s.yaml")
+
+    def no_ray(*_a, **_k):
+        raise RuntimeError("stop before Ray")
+
+    monkeypatch.setattr(cluster, "init_ray", no_ray)
+    lines: list[str] = []
+    with pytest.raises(RuntimeError, match="stop before Ray"):
+        run_sweep(space, "s", root=str(tmp_path), log=lines.append)
+    [w] = [ln for ln in lines if "sampled points" in ln]
+    assert "break a rule of the trial config" in w and "d_model" in w and "--samples 500" in w
+    assert not (tmp_path / "s").exists()  # nothing started
+    for path in ("search_spaces/lm.yaml", "search_spaces/vision.yaml"):  # the shipped spaces: no such point
+        from dnasweep.space.sample import sampled_warnings
+
+        assert sampled_warnings(load_space(path)) == []

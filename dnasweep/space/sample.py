@@ -58,3 +58,18 @@ def check_samples(space: SearchSpace, n: int, seed: int = 0) -> SampleReport:
             report.rules[rule] += 1
             report.example.setdefault(rule, point)
     return report
+
+
+def sampled_warnings(space: SearchSpace, n: int = 200) -> list[str]:
+    """`run`'s check before a sweep starts: the share of `n` seeded points that break a rule of the
+    trial config. Load-time checks judge corners and range ends only, so an int range whose inner
+    values mostly break a rule ({int: [16, 64]} for d_model with 4 heads) passed, and each such
+    trial failed `invalid`, budget spent. (Kept out of `validate`, which must start fast.)"""
+    report = check_samples(space, n, seed=space.sampler.seed)
+    if not report.invalid:
+        return []
+    rule, _ = report.rules.most_common(1)[0]
+    return [f"{report.invalid} of {n} sampled points ({100 * report.invalid / n:.0f}%) break a rule of the trial "
+            f"config, e.g. {rule} (at {report.example[rule]}): each such trial fails as invalid and spends one of "
+            f"budget.trials. Add a when: to the dimension, or list the valid values as a choice; "
+            f"`dnasweep validate {space.source} --samples 500` lists the rules"]

@@ -74,7 +74,9 @@ def run_sweep(space: SearchSpace, name: str, root: str = "runs/sweeps", address:
                                    f"pick another --name, or move {sweep_dir} away")], "run")
     uri = resolve_uri(tracking_uri, sweep_dir, space)
     check_reachable(uri, "run")  # before anything is created
-    for w in space_warnings(space):
+    from dnasweep.space.sample import sampled_warnings
+
+    for w in space_warnings(space) + sampled_warnings(space):
         log(f"warning: {w}")
     init_ray(space, address, log, autoscaling)
     if not store.uri:
