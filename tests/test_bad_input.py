@@ -59,6 +59,17 @@ def test_a_file_that_is_not_a_mapping(tmp_path, capsys):
     assert "expected a mapping, got list" in _refused(tmp_path, capsys, "- base\n- search\n", "<root>")
 
 
+@pytest.mark.parametrize("cmd", ["validate", "run", "train"])
+def test_a_directory_given_for_a_config_file_is_named_as_one(tmp_path, capsys, cmd):
+    # was "no such file: DIR" for a directory that plainly exists (a sweep's, most often)
+    sweep = tmp_path / "runs" / "lm"
+    sweep.mkdir(parents=True)
+    assert main([cmd, str(sweep)]) == 2
+    err = capsys.readouterr().err
+    assert f"{sweep} is a directory, not a YAML config file" in err and "no such file" not in err
+    assert "dnasweep resume" in err and "Traceback" not in err
+
+
 # 2. unknown keys, anywhere, with "did you mean"
 
 def test_unknown_keys_anywhere_suggest_the_known_one(tmp_path, capsys):

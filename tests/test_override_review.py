@@ -139,3 +139,19 @@ def test_run_warns_before_the_sweep_when_sampled_points_break_a_rule(tmp_path, m
         from dnasweep.space.sample import sampled_warnings
 
         assert sampled_warnings(load_space(path)) == []
+
+
+@pytest.mark.parametrize("override", ["search={}", "search=null"])
+def test_search_given_whole_on_the_command_line_replaces_the_file_s(override):
+    # `search={}` was merged into the file's search: and changed nothing: the sweep searched every
+    # entry of lm.yaml while the user asked for the base alone
+    assert load_space(LM, [override]).params == []
+    only = load_space(LM, ["search={train.lr: {float: [1e-4, 1e-3], log: true}}"])
+    assert [q.path for q in only.params] == ["train.lr"]
+
+
+def test_smoke_search_given_whole_replaces_the_overlay_s():
+    data = {**VALID_SPACE, "smoke": {"search": {"train.lr": {"choice": [1.0e-3]}}}}
+    assert parse_space(data, "s.yaml", smoke=True).params[0].ends() == [1.0e-3]  # the overlay's entry
+    # cleared, the overlay searches as the file does (merged, `{}` had left the overlay's entry)
+    assert parse_space(data, "s.yaml", ["smoke.search={}"], smoke=True).params[0].ends() == [1.0e-3, 1.0e-2]

@@ -291,6 +291,10 @@ def _yaml_message(e: Exception) -> str:
 
 def read_yaml(path: str) -> dict:
     """A YAML file as a plain dict; a missing file or malformed YAML is a ConfigError."""
+    if os.path.isdir(path):  # most often a sweep directory, whose space as run is SWEEP/space.json
+        raise ConfigError([Problem("<file>", f"{path} is a directory, not a YAML config file",
+                                   "pass a config file, e.g. search_spaces/lm.yaml; a sweep directory is "
+                                   "for `dnasweep resume`, `pareto` or `analyze`")], source=path)
     if not os.path.isfile(path):
         raise ConfigError([Problem("<file>", f"no such file: {path}", "check the path")], source=path)
     try:

@@ -274,6 +274,14 @@ def apply_overrides(data: dict, overrides: list[str]) -> tuple[dict, list[Proble
             node, q = parse_overrides([o], SweepConfig)
             bad += q
             data = merge_file(data, node) if not q else data
+            if not q and key in ("search", "smoke.search"):
+                # given whole, the section replaces the file's, as an entry does: `search={}` searches
+                # nothing (merged, it changed nothing at all, and `search=null` was the only way)
+                if key == "search":
+                    data = {**data, "search": node["search"]}
+                else:
+                    smoke = data["smoke"] if isinstance(data.get("smoke"), dict) else {}
+                    data = {**data, "smoke": {**smoke, "search": node["smoke"]["search"]}}
             continue
         try:
             value = yaml_value(text)
