@@ -142,12 +142,14 @@ def test_run_warns_before_the_sweep_when_sampled_points_break_a_rule(tmp_path, m
 
 
 @pytest.mark.parametrize("override", ["search={}", "search=null"])
-def test_search_given_whole_on_the_command_line_replaces_the_file_s(override):
+def test_an_empty_search_on_the_command_line_clears_the_file_s(override):
     # `search={}` was merged into the file's search: and changed nothing: the sweep searched every
     # entry of lm.yaml while the user asked for the base alone
     assert load_space(LM, [override]).params == []
-    only = load_space(LM, ["search={train.lr: {float: [1e-4, 1e-3], log: true}}"])
-    assert [q.path for q in only.params] == ["train.lr"]
+    # a mapping with entries still gives those entries again, the file's others kept (docs/bad_input.md)
+    some = load_space(LM, ["search={train.lr: {choice: [1e-4]}}"])
+    ends = {q.path: q.ends() for q in some.params}
+    assert len(ends) == len(load_space(LM).params) and ends["train.lr"] == [1e-4]
 
 
 def test_smoke_search_given_whole_replaces_the_overlay_s():

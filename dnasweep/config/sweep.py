@@ -274,9 +274,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> tuple[dict, list[Proble
             node, q = parse_overrides([o], SweepConfig)
             bad += q
             data = merge_file(data, node) if not q else data
-            if not q and key in ("search", "smoke.search"):
-                # given whole, the section replaces the file's, as an entry does: `search={}` searches
-                # nothing (merged, it changed nothing at all, and `search=null` was the only way)
+            if not q and key in ("search", "smoke.search") and text.strip() in ("{}", "{ }"):
+                # `search={...}` gives entries again (each replaced whole, the others kept); an empty
+                # one merged changed nothing at all, while the user meant no search: it clears, as null does
                 if key == "search":
                     data = {**data, "search": node["search"]}
                 else:
