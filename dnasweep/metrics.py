@@ -44,6 +44,12 @@ SPEED_GAIN = "compare/speed_gain"  # this trial's tokens/s / a dense model's tok
 SPEED_GAIN_BOUND = "compare/speed_gain_bound"
 BOUND_OF = {COMPUTE_GAIN: COMPUTE_GAIN_BOUND, SPEED_GAIN: SPEED_GAIN_BOUND}  # a gain -> its bound's metric
 
+
+def is_timed(key: str) -> bool:
+    """Whether metric `key` is measured anew by each attempt of a trial: a timing (perf/*), or the
+    speed gain, a trial's tokens/s over the dense rungs'."""
+    return key.startswith(PERF_PREFIX) or key in (SPEED_GAIN, SPEED_GAIN_BOUND)
+
 # Sweep-level metrics, logged on the sweep's parent run (not usable as trial objectives).
 SWEEP_HYPERVOLUME = "sweep/hypervolume"  # feasible front's hypervolume after each complete trial, over the box
 # between the best value of each objective and the reference point (1: the front fills it); step i: the i-th

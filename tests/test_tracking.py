@@ -8,6 +8,7 @@ import pytest
 
 pytest.importorskip("mlflow", reason="the sweep extra (ray[tune], optuna, mlflow) is not installed")
 
+from dnasweep import metrics as M  # noqa: E402
 from dnasweep.space import parse_space  # noqa: E402
 
 SPACE = {"base": {"model": {"d_model": 32, "n_heads": 4, "seq_len": 32, "n_steps": 2}, "train": {"max_steps": 50}},
@@ -518,7 +519,10 @@ def test_a_retried_trials_timings_are_the_new_attempts_and_other_steps_are_writt
     from mlflow import MlflowClient
 
     space, sweep, uri, t, trial = _one_trial_sweep(tmp_path, monkeypatch)
-    row = lambda s, tps: {"step": s, "train/loss": 3 - s / 100, "perf/tokens_per_s": tps}  # noqa: E731
+    # the speed gain is tokens/s over the dense rungs': it changes with every new timing (it was kept by
+    # step alone, so MLflow showed the new tokens/s beside the dead attempt's gain)
+    row = lambda s, tps: {"step": s, "train/loss": 3 - s / 100, "perf/tokens_per_s": tps,  # noqa: E731
+                          M.SPEED_GAIN: tps / 1000, M.COMPUTE_GAIN: 1.5}
     for r in (row(10, 1000.0), row(20, 1100.0)):  # attempt 1
         t.on_trial_result(0, [], trial, {**r, "timestamp": 1})
     rows = [row(10, 1000.0), row(20, 700.0), row(30, 800.0), {"step": 30, "val/loss": 2.0}]  # attempt 2's jsonl
@@ -532,6 +536,10 @@ def test_a_retried_trials_timings_are_the_new_attempts_and_other_steps_are_writt
     assert [(s, v) for s, _, v in tps] == [(10, 1000.0), (20, 1100.0), (20, 700.0), (30, 800.0)]
     assert max((m for m in tps if m[0] == 20), key=lambda m: m[1])[2] == 700.0  # the newer measurement last
     assert sorted(m.step for m in c.get_metric_history(t.runs["t1"], "train/loss")) == [10, 20, 30]
+    gain = sorted((m.step, m.timestamp, m.value) for m in c.get_metric_history(t.runs["t1"], M.SPEED_GAIN))
+    assert [(s, v) for s, _, v in gain] == [(10, 1.0), (20, 1.1), (20, 0.7), (30, 0.8)]
+    assert max((m for m in gain if m[0] == 20), key=lambda m: m[1])[2] == 0.7  # beside tokens/s 700
+    assert sorted(m.step for m in c.get_metric_history(t.runs["t1"], M.COMPUTE_GAIN)) == [10, 20, 30]
 
 
 def test_a_trial_replayed_by_a_resume_keeps_its_own_end_time(tmp_path, monkeypatch):

@@ -477,10 +477,11 @@ class MLflowSweepLogger(Callback):
 
 
 def _mark(key: str, step: int, value: float):
-    """What makes a metric point new for a run: its step, or for a timing (perf/*) its step and value.
-    A retried trial re-runs the steps after its checkpoint; its metrics.jsonl keeps the new attempt's
-    tokens/s, and MLflow kept the dead attempt's alone. Both now, the newer logged last."""
-    return (step, float(value)) if key.startswith(M.PERF_PREFIX) else step
+    """What makes a metric point new for a run: its step, or for a timing (perf/*, and the speed gain
+    read from it) its step and value. A retried trial re-runs the steps after its checkpoint; its
+    metrics.jsonl keeps the new attempt's tokens/s, and MLflow kept the dead attempt's alone. Both
+    now, the newer logged last."""
+    return (step, float(value)) if M.is_timed(key) else step
 
 
 def _pruned_tags(step) -> dict[str, str]:
