@@ -1,10 +1,12 @@
 """The dense reference frontier and the compute gain against it (Ray-free)."""
 
 import math
+import pathlib
 
 import pytest
 
 from dnasweep import metrics as M
+from dnasweep.config import build_trial
 from dnasweep.errors import ConfigError
 from dnasweep.space import parse_space
 from dnasweep.space.reference import Frontier, config_hash, gain_text, ladder
@@ -145,6 +147,30 @@ def test_a_rung_hash_follows_the_data_it_reads_not_only_its_config(tmp_path, mon
     assert config_hash(ladder(base, [16], [1])[0]) == hashes[1]  # same data, same hash
     (tmp_path / "h2" / "corpus.txt").write_text("edited " * 80)
     assert config_hash(ladder(base, [16], [1])[0]) != hashes[1]
+
+
+def test_the_cache_key_holds_the_code_that_trains_a_rung(tmp_path, monkeypatch):
+    """The shared cache was keyed by dnasweep's version string, which never moved: rungs trained
+    before a change to the model or the loop were reused beside trials of the new code."""
+    import shutil
+
+    from dnasweep.space import reference
+
+    ident = reference.code_identity.__wrapped__  # (uncached: the copy is edited in between)
+    pkg = pathlib.Path(reference.__file__).resolve().parents[1]
+    copy = tmp_path / "dnasweep"
+    shutil.copytree(pkg, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert ident(str(copy)) == ident(str(pkg)) == reference.code_identity()
+    (copy / "analyze" / "report.py").write_text("# a report trains no rung\n")
+    assert ident(str(copy)) == ident(str(pkg))
+    loop = copy / "train" / "loop.py"
+    loop.write_text(loop.read_text() + "\n# warm-up now left out of tokens/s\n")
+    assert ident(str(copy)) != ident(str(pkg))
+    # the cache key follows it; a sweep's own rungs are found by the config alone
+    rung = ladder(build_trial({"model": {"d_model": 32, "n_heads": 4, "seq_len": 16}}), [16], [1])[0]
+    key, own = config_hash(rung), config_hash(rung, data=False)
+    monkeypatch.setattr(reference, "code_identity", lambda: "other code")
+    assert config_hash(rung) != key and config_hash(rung, data=False) == own
 
 
 def test_only_completed_rungs_are_reused_from_the_cache(tmp_path, monkeypatch):

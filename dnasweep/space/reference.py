@@ -14,9 +14,11 @@ Ray-free.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import math
+import pathlib
 from dataclasses import dataclass
 
 from omegaconf import OmegaConf
@@ -40,18 +42,37 @@ def ladder(base: TrialConfig, d_model: list[int], dense_layers: list[int]) -> li
     return out
 
 
+TRAINING_CODE = ("config", "data", "model", "train")  # dnasweep's packages whose source trains a rung
+
+
+@functools.cache
+def code_identity(root: str | None = None) -> str:
+    """The code a rung trains with: the source of dnasweep's TRAINING_CODE under `root` (the installed
+    package when None) and torch's version. dnasweep's version string never moved while the model
+    and the loop did (a ViT's position table lost its weight decay, tokens/s stopped counting
+    warm-up), so a cache keyed by it kept rungs trained by older code beside newer trials."""
+    from importlib.metadata import version
+
+    base = pathlib.Path(root or pathlib.Path(__file__).resolve().parents[1])
+    h = hashlib.sha256(f"torch {version('torch')}".encode())
+    for pkg in TRAINING_CODE:
+        for f in sorted((base / pkg).rglob("*.py")):
+            h.update(f.relative_to(base).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def config_hash(cfg: TrialConfig, data: bool = True) -> str:
     """What identifies a rung's training: its whole config but out_dir and, with `data` (the key of
     the cache shared between sweeps), the data it reads (files' location, sizes and mtimes;
-    dnasweep.data.config.identity) and dnasweep's version. A sweep finds its own rungs by the config
-    alone: a resume on another head, or after the corpus was touched, keeps its frontier."""
-    import dnasweep
+    dnasweep.data.config.identity) and the code that trains it (`code_identity`). A sweep finds its
+    own rungs by the config alone: a resume on another head, or after the corpus was touched, keeps
+    its frontier."""
     from dnasweep.data.config import identity
 
     d = OmegaConf.to_container(OmegaConf.structured(cfg))
     d.pop("out_dir")
     if data:
-        d["_data"], d["_dnasweep"] = identity(cfg.data, cfg.model.task), dnasweep.__version__
+        d["_data"], d["_code"] = identity(cfg.data, cfg.model.task), code_identity()
     return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(d)).encode()).hexdigest()[:16]
 
 
