@@ -68,6 +68,26 @@ def test_speed_gain_interpolates_tokens_per_s_at_equal_loss():
     assert s.bound == 0 and s.value == pytest.approx(2000.0 / math.sqrt(4000 * 2000))
 
 
+def test_speed_gain_is_against_the_fastest_dense_rung_at_that_loss_not_the_cheapest():
+    """A wide rung with a few more FLOPs than a deep one of the same loss is off the FLOPs frontier,
+    but runs twice as fast: the trial was set against the slower one (gain 1.4 where it is 0.7)."""
+    deep = {M.FLOPS_PER_TOKEN: 1.00e6, M.VAL_LOSS: 2.0, M.TOKENS_PER_S: 5000.0}
+    wide = {M.FLOPS_PER_TOKEN: 1.05e6, M.VAL_LOSS: 2.0, M.TOKENS_PER_S: 10000.0}
+    small = {M.FLOPS_PER_TOKEN: 3.0e5, M.VAL_LOSS: 2.4, M.TOKENS_PER_S: 20000.0}
+    f = Frontier([small, deep, wide])
+    assert [p[0] for p in f.points] == [3.0e5, 1.00e6]  # the compute gain's frontier is unchanged
+    assert f.compute_gain(2.0, 5e5).value == pytest.approx(2.0)
+    s = f.speed_gain(2.0, 7000.0)
+    assert s.bound == 0 and s.value == pytest.approx(0.7)
+    s = f.speed_gain(2.2, 7000.0)  # between small and wide, log-interpolated in loss
+    assert s.bound == 0 and s.value == pytest.approx(7000.0 / math.sqrt(20000 * 10000))
+    # better than every rung: the dense speed is at most the slowest frontier rung's (here wide's, not
+    # a slower rung that reaches a worse loss), so the gain is a lower bound
+    slow = {M.FLOPS_PER_TOKEN: 6e5, M.VAL_LOSS: 2.1, M.TOKENS_PER_S: 4000.0}
+    s = Frontier([small, slow, wide]).speed_gain(1.9, 6000.0)
+    assert s.bound == 1 and s.value == pytest.approx(0.6)
+
+
 def test_speed_gain_only_on_the_hardware_the_rungs_trained_on():
     """A ladder cached on one machine and reused by trials on another: FLOPs still compare, tokens/s
     do not (a GPU trial against CPU rungs read as a speed gain of the GPU/CPU ratio)."""

@@ -7,7 +7,9 @@ it. From the rungs' results, the frontier is the non-dominated set in (FLOPs/tok
 a trial's compute gain is the FLOPs/token a dense model on that frontier would need for the
 trial's val/loss (linear in log FLOPs between rungs) over the trial's own; > 1: the DNA beats
 dense. Outside the ladder's range the gain is a bound, never an extrapolation. The speed gain
-(tokens/s) holds only on the hardware the rungs trained on: each rung records it (`hardware()`),
+(tokens/s) reads the same way off the rungs not beaten on both tokens/s and val/loss (the fastest
+dense model at a loss, which need not be the cheapest), and holds only on the hardware the rungs
+trained on: each rung records it (`hardware()`),
 and a trial elsewhere (a cached ladder from a CPU machine, trials on a GPU) gets no speed gain.
 Ray-free.
 """
@@ -118,14 +120,23 @@ class Frontier:
         for f, loss, tps in pts:  # keep a rung only if it lowers the loss of every cheaper one
             if not self.points or loss < self.points[-1][1]:
                 self.points.append((f, loss, tps))
+        # The speed gain's own frontier: rungs not beaten on both tokens/s and val/loss, fastest first.
+        # The FLOPs frontier is not it: a wide rung with a few more FLOPs than a deep one of the same
+        # loss can run twice as fast (fewer, larger kernels), and a trial was set against the slower.
+        self.timed = all(M.is_number(p[2]) for p in pts)
+        self.speed_points: list[tuple[float, float, float | None]] = []
+        for f, loss, tps in sorted(pts, key=lambda p: (-p[2], p[1])) if self.timed else []:
+            if not self.speed_points or loss < self.speed_points[-1][1]:
+                self.speed_points.append((f, loss, tps))
 
     def __bool__(self) -> bool:
         return bool(self.points)
 
-    def _at(self, loss: float, col: int) -> tuple[float, int]:
-        """The frontier's column `col` (log-interpolated) where its loss equals `loss`; a bound
-        flag of +1 / -1 when `loss` is below / above every rung's."""
-        pts = self.points
+    def _at(self, loss: float, col: int, pts: list | None = None) -> tuple[float, int]:
+        """Column `col` (log-interpolated) of the frontier `pts` (the FLOPs one by default; losses
+        falling along it) where its loss equals `loss`; a bound flag of +1 / -1 when `loss` is below /
+        above every rung's."""
+        pts = pts or self.points
         if loss < pts[-1][1]:
             return pts[-1][col], 1
         if loss > pts[0][1]:
@@ -143,12 +154,12 @@ class Frontier:
         return Gain(dense / flops, bound)
 
     def speed_gain(self, loss: float, tokens_per_s: float, hardware: str | None = None) -> Gain | None:
-        """`tokens_per_s` over a dense model's tokens/s at `loss` (None if a rung lacks tokens/s, or
-        if `hardware` is given and is not the rungs'). A better loss than every rung bounds the dense
-        speed from above, so the gain from below."""
-        if any(not M.is_number(p[2]) for p in self.points) or (hardware is not None and hardware != self.hardware):
+        """`tokens_per_s` over the fastest dense tokens/s at `loss` on the rungs' speed frontier (None
+        if a rung lacks tokens/s, or if `hardware` is given and is not the rungs'). A better loss than
+        every rung bounds the dense speed from above, so the gain from below."""
+        if not self.timed or (hardware is not None and hardware != self.hardware):
             return None
-        dense, bound = self._at(loss, 2)
+        dense, bound = self._at(loss, 2, self.speed_points)
         return Gain(tokens_per_s / dense, bound)
 
     def metrics(self, m: dict, hardware: str | None = None) -> dict:
