@@ -197,6 +197,10 @@ REF = {"d_model": [16, 32], "dense_layers": [1, 2]}
     ("train.max_steps", {"choice": [50, 400]}),
     ("train.batch_size", {"choice": [8, 16]}),
     ("model.seq_len", {"choice": [16, 32]}),
+    # precision moves val/loss and tokens/s, compilation tokens/s: a bf16 or compiled DNA was set
+    # against fp32 eager rungs, exit 0
+    ("train.precision", {"choice": ["fp32", "bf16"]}),
+    ("train.compile", {"choice": [False, True]}),
 ])
 def test_searching_what_the_dense_rungs_are_trained_on_is_refused_with_a_reference(path, spec):
     """compare/* gains set each trial against the reference ladder, whose rungs train with the base's

@@ -224,7 +224,10 @@ def _is_number(text: str) -> bool:
 # models trained otherwise), and a pruning scheduler places its rungs below the base's end.
 _END_KEYS = ("train.max_steps", "train.max_tokens", "train.time_limit_s")
 _STEP_KEYS = ("train.batch_size", "train.grad_accum", "model.seq_len", "model.image_size", "model.patch_size")
-_RUNG_KEYS = _END_KEYS + _STEP_KEYS
+# How a step computes: precision moves val/loss and tokens/s, compilation tokens/s; the rungs train
+# with the base's, so a searched value set a bf16 or compiled DNA against fp32 eager dense rungs.
+_NUMERIC_KEYS = ("train.precision", "train.compile")
+_RUNG_KEYS = _END_KEYS + _STEP_KEYS + _NUMERIC_KEYS
 _RECORD_FIELDS = ("data.field", "data.image_field", "data.label_field")  # read by sources named by data.name only
 
 
@@ -246,9 +249,10 @@ def _comparable_problems(params: list[Param], base: TrialConfig | None, referenc
                              "different text", "set it in base"))
         elif reference and q.path in _RUNG_KEYS:
             value = get_path(base, q.path) if base is not None else "?"
+            what = "precision or compilation" if q.path in _NUMERIC_KEYS else "budget or context"
             p.append(Problem(f"search.{q.path}", f"is searched, but the reference: ladder's dense rungs train with "
                              f"the base's value ({value}): compare/* gains would set trials against dense models "
-                             "trained with another budget or context", "set it in base (one sweep per value), or "
+                             f"trained with another {what}", "set it in base (one sweep per value), or "
                              "drop the reference: section"))
     return p
 
