@@ -35,7 +35,8 @@ TRAIN_FLOPS_PER_TOKEN = "perf/train_flops_per_token"  # mean useful forward FLOP
 MFU = "perf/mfu"  # useful training FLOPs / peak (CUDA only)
 STEP = "step"
 
-# Against the sweep's dense reference frontier (a `reference:` ladder), at each evaluation. Outside
+# Against the sweep's dense reference frontier (a `reference:` ladder), at each evaluation (an early one
+# sets a part-trained trial against rungs trained for the whole budget: docs/sweeps.md). Outside
 # the ladder's range the gain is a bound, never an extrapolation: *_BOUND is +1 for "more than"
 # (better than the largest dense model), -1 for "less than" (worse than the smallest), 0 exact.
 COMPUTE_GAIN = "compare/compute_gain"  # dense FLOPs/token needed for this val/loss / this trial's FLOPs/token

@@ -8,8 +8,12 @@ did) come from the forward pass; a test checks both against torch's FlopCounterM
 
 Formulas (forward, per token, matmuls only; training costs about 3x):
   attention projections 8*D^2, attention scores + values 4*D*n (n = tokens of the sequence the
-  module attends over; unmasked, as the kernels execute it), MLP 4*D*F, identity 0,
-  router 2*D*M per step, LM head 2*D*V.
+  module attends over), MLP 4*D*F, identity 0, router 2*D*M per step, LM head 2*D*V.
+The causal triangle is not discounted (the design notes' convention, and the usual MFU one; a
+causal kernel can skip about half of the scores). The rule is the same for DNA and dense, but a
+dense block attends over the whole sequence and a routed module over its short rows, so the
+quadratic share is larger in dense: discounted, the shipped LM ladder's rungs would count 7-12%
+fewer FLOPs and the DNA ~3% fewer, and compute gains would read 4-10% lower.
 """
 
 from __future__ import annotations
