@@ -177,6 +177,24 @@ def test_settings_no_trial_reads_warn():
     assert not space_warnings(parse_space(skip, "s.yaml"))
 
 
+def test_a_compute_penalty_drawn_with_routers_whose_flops_it_cannot_move_warns():
+    """hash learns no router and expert_choice gives every module a fixed number of tokens: a
+    compute_weight drawn with them trades no compute (a review measured expert_choice's FLOPs/token
+    141,736 before and after the penalty drove its gates to identity); the shipped spaces did so."""
+    def warns(router_types, when=None):
+        cw = {"choice": [0.0, 0.3], **({"when": {"model.router.type": when}} if when else {})}
+        search = {**SEARCH, "model.router.type": {"choice": router_types}, "loss.compute_weight": cw}
+        vision = {"task": "vision", "d_model": 32, "n_heads": 4, "image_size": 8, "patch_size": 2, "channels": 1}
+        return space_warnings(parse_space({**OK, "base": {"model": vision, "data": {"source": "digits"}},
+                                           "search": search}, "s.yaml"))
+
+    (w,) = warns(["topk", "expert_choice", "hash"])
+    assert w.startswith("loss.compute_weight: up to 0.3 with model.router.type expert_choice, hash, whose FLOPs")
+    assert "when: {model.router.type: [topk]}" in w
+    assert not warns(["topk", "expert_choice", "hash"], when=["topk"])  # the fix it gives
+    assert not warns(["topk", "sigmoid", "threshold"])
+
+
 @pytest.mark.parametrize("name", ["lm.yaml", "vision.yaml"])
 @pytest.mark.parametrize("smoke", [False, True])
 def test_the_shipped_spaces_draw_no_warning(name, smoke):

@@ -98,6 +98,7 @@ def _unused_warnings(space: SearchSpace) -> list[str]:
         out.append(f"model.router.noise: set, but no trial uses the noisy_topk router, the one that reads it "
                    f"(model.router.type: {', '.join(sorted(map(str, types)))}). Add noisy_topk to "
                    "model.router.type, or drop it")
+    out += _fixed_compute_warnings(space, types)
     warm, steps = max(_drawable(space, "train.warmup_steps")), min(_drawable(space, "train.max_steps"))
     if warm >= steps:
         out.append(f"train.warmup_steps can be {warm:g} and train.max_steps {steps:g}: a trial with warm-up >= "
@@ -107,6 +108,29 @@ def _unused_warnings(space: SearchSpace) -> list[str]:
         out.append("search.out_dir: every trial writes to its own directory in the sweep (the sweep sets out_dir), "
                    "so the searched values are never used. Drop the dimension")
     return out
+
+
+def _fixed_compute_warnings(space: SearchSpace, types: set) -> list[str]:
+    """A compute penalty drawn with routers whose FLOPs it cannot move: hash (no learnt router: no
+    penalty at all), and those that give every module a fixed number of tokens (dense, expert_choice:
+    it moves their gates, never their FLOPs). Those trials sweep a setting that trades no compute."""
+    from dnasweep.model.registry import find_router
+
+    weights = [v for v in _drawable(space, "loss.compute_weight") if v > 0]
+    if not weights:
+        return []
+    q = next((q for q in space.params if q.path == "loss.compute_weight"), None)
+    drawn = set(q.when["model.router.type"]) & types if q is not None and "model.router.type" in q.when else types
+    specs = {t: find_router(t) for t in drawn}
+    fixed = sorted(str(t) for t, s in specs.items() if s is not None and (not s.learns or s.all_modules or s.capacity))
+    if not fixed:
+        return []
+    rest = sorted(str(t) for t in drawn if str(t) not in fixed)
+    fix = (f"Condition it on the others: loss.compute_weight: {{..., when: {{model.router.type: [{', '.join(rest)}]}}}}"
+           if rest else "Drop it, or draw routers whose FLOPs follow the gates (topk, sigmoid, threshold)")
+    return [f"loss.compute_weight: up to {max(weights):g} with model.router.type {', '.join(fixed)}, whose FLOPs the "
+            "compute penalty cannot change (hash learns no router; dense and expert_choice give every module a fixed "
+            f"number of tokens): those trials sweep a weight that trades no compute. {fix}"]
 
 
 def summarize(space: SearchSpace) -> str:
