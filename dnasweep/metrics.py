@@ -12,7 +12,10 @@ VAL_LOSS = "val/loss"  # held-out cross-entropy, nats per token (LM) or per imag
 VAL_BPB = "val/bpb"  # held-out bits per byte (byte-level LM)
 VAL_ACC = "val/acc"  # held-out top-1 accuracy (vision)
 FLOPS_PER_TOKEN = "compute/flops_per_token"  # measured forward FLOPs per token/patch (useful)
-FLOPS_EXECUTED_PER_TOKEN = "compute/flops_executed_per_token"  # incl. dispatch padding
+# incl. dispatch padding, at evaluation (exact dispatch, 1.02-1.04x useful); compiled training pads every
+# module to a static capacity instead (1.5-1.9x useful on the shipped bases with adapted capacities, in a
+# review's count; dnasweep/model/pool.py), which this metric does not see
+FLOPS_EXECUTED_PER_TOKEN = "compute/flops_executed_per_token"
 PARAMS_ACTIVE = "params/active"  # mean parameters touched per token
 PARAMS_TOTAL = "params/total"  # parameters in the model
 IDENTITY_FRACTION = "router/identity_fraction"  # routed slots sent to identity (soft mixture: gate weight)
