@@ -29,6 +29,9 @@ ROUTER_LOAD_PREFIX = "router/load/"  # + "m{index}": share of slots routed to th
 ROUTER_LOAD_FORM = ROUTER_LOAD_PREFIX + "m<i>"  # (this short: "did you mean" finds it for m03, module0, 0)
 _ROUTER_LOAD = re.compile(re.escape(ROUTER_LOAD_PREFIX) + r"m(0|[1-9][0-9]*)")  # as f"m{i}" prints an int
 ROUTER_TRAIN_IDENTITY = "router/train_identity_fraction"  # identity share of training slots since the last log row
+# evaluation's identity share minus the training steps' since the previous evaluation: far from 0, the routing
+# evaluated is not the one trained (a skip bias on a step-shaped response; selection noise off at evaluation)
+ROUTER_IDENTITY_GAP = "router/identity_gap"
 ROUTER_NONIDENTITY_PATHS = "router/distinct_paths"  # distinct non-identity paths of the evaluation tokens
 ROUTER_COLLAPSED = "router/collapsed"  # 1.0 when evaluation finds the pool bypassed (is_collapsed), else 0.0
 ROUTER_DROPPED = "router/dropped_fraction"  # share of computing slots dropped by static capacities (0 when exact)
@@ -97,6 +100,10 @@ def reported_by(name: str) -> str | None:
 # tokens take at most this many distinct non-identity paths (the model is then a fixed stack).
 COLLAPSE_IDENTITY_SHARE = 0.95
 COLLAPSE_MAX_PATHS = 1
+# The front table's "skip gap" verdict: |ROUTER_IDENTITY_GAP| at least this. In the full LM sweep of
+# docs/results.md the four front trials whose skip control held its target read at most 0.07 (step 100),
+# 0.025 from step 200; the two that did not, 0.14-0.19 (noisy_topk) and 0.46-0.50 (trial 17).
+SKIP_GAP_LIMIT = 0.1
 
 
 def is_collapsed(identity_share: float, distinct_paths: int, paths_vary: bool = True) -> bool:

@@ -5,6 +5,7 @@ import pytest
 
 optuna = pytest.importorskip("optuna", reason="the sweep extra (ray[tune], optuna, mlflow) is not installed")
 
+from dnasweep import metrics as M  # noqa: E402
 from dnasweep.space import parse_space  # noqa: E402
 from dnasweep.sweep.study import SweepResult, format_front, pareto_front  # noqa: E402
 
@@ -46,3 +47,24 @@ def test_a_maximised_first_objective_puts_its_best_trial_on_top():
                           ([0.95, 3e5], {"train.lr": 2e-3, "model.n_steps": 3}),
                           ([0.90, 2e5], {"train.lr": 3e-3, "model.n_steps": 2})])
     assert [r["router/identity_fraction"] for r in front] == [0.95, 0.90, 0.80]
+
+
+def test_a_trial_evaluated_with_another_skip_share_than_it_trained_with_is_marked():
+    """A full LM sweep's front held a trial that trained at 49% identity and was evaluated at 99%
+    (its share a step function of the skip bias), and a noisy_topk trial at 37% vs 54%: the table
+    showed only the evaluation's share, as a healthy DNA's."""
+    space, front, _ = _front([{"metric": "val/loss", "mode": "min"},
+                              {"metric": "compute/flops_per_token", "mode": "min"}],
+                             [([2.0, 2e5], {"train.lr": 1e-3, "model.n_steps": 2}),
+                              ([2.5, 1e5], {"train.lr": 2e-3, "model.n_steps": 3}),
+                              ([2.2, 1.5e5], {"train.lr": 3e-3, "model.n_steps": 1})])
+    gaps = {1e-3: 0.02, 2e-3: 0.497, 3e-3: -0.14}
+    for r in front:
+        r[M.ROUTER_IDENTITY_GAP] = gaps[r["train.lr"]]
+        r[M.ROUTER_COLLAPSED] = 1.0 if r["train.lr"] == 2e-3 else 0.0
+    lines = format_front(SweepResult("x", 3, 0, front), space).splitlines()
+    assert lines[1].split()[-1] == "verdict"
+    rows = {float(ln.split()[lr]): ln for ln in lines[2:5] for lr in [lines[1].split().index("lr")]}
+    assert rows[2e-3].rstrip().endswith("collapsed, skip gap +0.50")
+    assert rows[3e-3].rstrip().endswith("skip gap -0.14")
+    assert "gap" not in rows[1e-3] and "collapsed" not in rows[1e-3]

@@ -150,6 +150,8 @@ def test_training_collapses_without_control_and_pi_holds_the_target(tmp_path, on
     pi, share_pi = _train(tmp_path / "pi", *ROUTERS[router], *CONTROL)
     assert abs(_mean(share_pi[-50:]) - 0.3) <= 0.05
     assert pi[M.ROUTER_COLLAPSED] == 0.0 and pi[M.ROUTER_NONIDENTITY_PATHS] > 1
+    # the gap: evaluation's share against every training step's since the last evaluation (here all 200)
+    assert pi[M.ROUTER_IDENTITY_GAP] == pytest.approx(pi[M.IDENTITY_FRACTION] - _mean(share_pi), abs=1e-6)
 
 
 @pytest.mark.slow
@@ -165,3 +167,6 @@ def test_noisy_topk_is_held_in_training_only(tmp_path, one_thread):
     res, share = _train(tmp_path, "model.router.type=noisy_topk", *CONTROL)
     assert abs(_mean(share[-50:]) - 0.3) <= 0.05
     assert res[M.IDENTITY_FRACTION] < 0.1
+    # and the evaluation says so (it did not: its identity share alone read as a healthy DNA's)
+    assert res[M.ROUTER_IDENTITY_GAP] == pytest.approx(res[M.IDENTITY_FRACTION] - _mean(share), abs=1e-6)
+    assert res[M.ROUTER_IDENTITY_GAP] <= -M.SKIP_GAP_LIMIT

@@ -250,6 +250,13 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     return ["  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)) for cells in (head, *rows)]
 
 
+def _skip_gap(row: dict) -> str:
+    """'skip gap +0.50' when evaluation's identity share is far from training's (metrics.SKIP_GAP_LIMIT):
+    the trial's objectives then describe a routing other than the one it trained with."""
+    gap = row.get(M.ROUTER_IDENTITY_GAP)
+    return f"skip gap {gap:+.2f}" if M.is_number(gap) and abs(gap) >= M.SKIP_GAP_LIMIT else ""
+
+
 def format_front(result: SweepResult, space: SearchSpace, wide: bool = False) -> str:
     """The Pareto front as a text table (objectives, gain against the dense reference, routing
     verdict, then the sampled values that vary on the front; `wide`: every sampled value and the
@@ -265,7 +272,7 @@ def format_front(result: SweepResult, space: SearchSpace, wide: bool = False) ->
     head = ["trial", *(["ray_trial_id"] if wide else []), *objs, *extra, *params]
     digits = {k: _digits([r.get(k) for r in front]) for k in head}
     cells = [[gain_text(r, k) if k == M.COMPUTE_GAIN else _cell(r.get(k), digits[k]) for k in head] for r in front]
-    shown = ["collapsed" if r.get(M.ROUTER_COLLAPSED) else "" for r in front]
+    shown = [", ".join(filter(None, ["collapsed" if r.get(M.ROUTER_COLLAPSED) else "", _skip_gap(r)])) for r in front]
     if any(shown):
         head, cells = [*head, "verdict"], [[*c, v] for c, v in zip(cells, shown, strict=True)]
     # ~100 columns: short names, with a legend; --wide keeps the dotted paths

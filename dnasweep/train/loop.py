@@ -189,7 +189,8 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
                  "sampler": sampler.state_dict(), "rng": checkpoint.rng_state(), "train_time": train_time,
                  "perf": [perf[0], perf[1], float(perf[2])], "lr_plan": plan, "data_key": data_key,
                  # the steps since the last log row: the next row averages them as an unbroken run would
-                 "row_logs": [[float(v) for v in skip_log], [float(v) for v in drop_log]]}
+                 "row_logs": [[float(v) for v in skip_log], [float(v) for v in drop_log],
+                              [float(v) for v in eval_skip]]}
         return checkpoint.save(ckpt_dir, state, to_yaml(cfg))
 
     def tokens_per_s() -> float:
@@ -200,6 +201,9 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
     def do_eval() -> dict:
         res = evaluate(model, val, cfg.loss, device, autocast, bytes_per_token)
         res.update({M.STEP: step, M.PARAMS_TOTAL: float(model.params_total)})
+        if eval_skip and M.IDENTITY_FRACTION in res:  # (none: a run resumed at its end, evaluated again)
+            res[M.ROUTER_IDENTITY_GAP] = res[M.IDENTITY_FRACTION] - sum(eval_skip) / len(eval_skip)
+            eval_skip.clear()
         if train_time > 0:
             res[M.TOKENS_PER_S] = tokens_per_s()
             # the FLOPs of the steps tokens/s timed (every step while none is past warm-up yet)
@@ -219,8 +223,10 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
     model.train()
     skip_log: list[float] = []  # identity share of each training step since the last log row
     drop_log: list = []  # compiled: share of slots dropped by capacity per step (0-dim tensors)
+    eval_skip: list[float] = []  # the same as skip_log, since the last evaluation
     if resuming:
-        skip_log, drop_log = (list(v) for v in st.get("row_logs", ([], [])))
+        logs = [list(v) for v in st.get("row_logs", ())]
+        skip_log, drop_log, eval_skip = (logs + [[], [], []])[:3]
     try:
         while step < total_steps and not already_done:
             where = f"at step {step + 1}"
@@ -256,6 +262,7 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
             model.update_routing_biases(out)
             if out.stats.slots_SM is not None:  # routed: the identity share the skip control acts on
                 skip_log.append(out.stats.identity_fraction)
+                eval_skip.append(skip_log[-1])
                 if tc.compile:  # static capacities may drop tokens: say how many (read once per log row)
                     drop_log.append(out.stats.dropped_fraction_)
             step += 1
