@@ -49,22 +49,30 @@ def test_a_maximised_first_objective_puts_its_best_trial_on_top():
     assert [r["router/identity_fraction"] for r in front] == [0.95, 0.90, 0.80]
 
 
-def test_a_trial_evaluated_with_another_skip_share_than_it_trained_with_is_marked():
+def test_a_trial_evaluated_with_another_skip_share_than_it_trained_with_is_marked(tmp_path):
     """A full LM sweep's front held a trial that trained at 49% identity and was evaluated at 99%
     (its share a step function of the skip bias), and a noisy_topk trial at 37% vs 54%: the table
-    showed only the evaluation's share, as a healthy DNA's."""
-    space, front, _ = _front([{"metric": "val/loss", "mode": "min"},
-                              {"metric": "compute/flops_per_token", "mode": "min"}],
-                             [([2.0, 2e5], {"train.lr": 1e-3, "model.n_steps": 2}),
-                              ([2.5, 1e5], {"train.lr": 2e-3, "model.n_steps": 3}),
-                              ([2.2, 1.5e5], {"train.lr": 3e-3, "model.n_steps": 1})])
-    gaps = {1e-3: 0.02, 2e-3: 0.497, 3e-3: -0.14}
-    for r in front:
-        r[M.ROUTER_IDENTITY_GAP] = gaps[r["train.lr"]]
-        r[M.ROUTER_COLLAPSED] = 1.0 if r["train.lr"] == 2e-3 else 0.0
+    showed only the evaluation's share, as a healthy DNA's. Read from each trial's result.json, as
+    `dnasweep run` and `pareto` do (the row once left the gap behind)."""
+    import json
+
+    space = parse_space({"base": BASE, "objectives": [{"metric": "val/loss", "mode": "min"},
+                                                      {"metric": "compute/flops_per_token", "mode": "min"}],
+                         "search": {"train.lr": {"float": [1e-4, 1e-2], "log": True}}}, "s.yaml")
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    dist = {"train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    for i, (values, lr, gap, collapsed) in enumerate([([2.0, 2e5], 1e-3, 0.02, 0.0), ([2.5, 1e5], 2e-3, 0.497, 1.0),
+                                                       ([2.2, 1.5e5], 3e-3, -0.14, 0.0)]):
+        study.add_trial(optuna.trial.create_trial(values=values, params={"train.lr": lr}, distributions=dist,
+                                                  user_attrs={"ray_trial_id": f"t{i}"}))
+        (tmp_path / "trials" / f"t{i}").mkdir(parents=True)
+        (tmp_path / "trials" / f"t{i}" / "result.json").write_text(json.dumps(
+            {"val/loss": values[0], M.ROUTER_IDENTITY_GAP: gap, M.ROUTER_COLLAPSED: collapsed}))
+    front = pareto_front(study, space, str(tmp_path))
     lines = format_front(SweepResult("x", 3, 0, front), space).splitlines()
     assert lines[1].split()[-1] == "verdict"
-    rows = {float(ln.split()[lr]): ln for ln in lines[2:5] for lr in [lines[1].split().index("lr")]}
+    col = lines[1].split().index("lr")
+    rows = {float(ln.split()[col]): ln for ln in lines[2:5]}
     assert rows[2e-3].rstrip().endswith("collapsed, skip gap +0.50")
     assert rows[3e-3].rstrip().endswith("skip gap -0.14")
     assert "gap" not in rows[1e-3] and "collapsed" not in rows[1e-3]

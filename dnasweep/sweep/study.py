@@ -124,7 +124,7 @@ def counts(study) -> dict[str, int]:
 
 # What a front row carries from the trial's own result.json besides objectives and sampled values.
 VERDICTS = (M.COMPUTE_GAIN, M.COMPUTE_GAIN_BOUND, M.SPEED_GAIN, M.SPEED_GAIN_BOUND, M.IDENTITY_FRACTION,
-            M.ROUTER_COLLAPSED)
+            M.ROUTER_COLLAPSED, M.ROUTER_IDENTITY_GAP)
 
 
 def pareto_front(study, space: SearchSpace, sweep_dir: str | None = None) -> list[dict]:
