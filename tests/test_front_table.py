@@ -76,3 +76,7 @@ def test_a_trial_evaluated_with_another_skip_share_than_it_trained_with_is_marke
     assert rows[2e-3].rstrip().endswith("collapsed, skip gap +0.50")
     assert rows[3e-3].rstrip().endswith("skip gap -0.14")
     assert "gap" not in rows[1e-3] and "collapsed" not in rows[1e-3]
+    # the rule beside the verdicts, naming the thresholds the code applies
+    legend = " ".join(ln.strip() for ln in lines[lines.index(next(ln for ln in lines if ln.startswith("verdict:"))):]
+                      if not ln.startswith("(")).split("sweep directory")[0]
+    assert f">= {M.COLLAPSE_IDENTITY_SHARE:.0%}" in legend and f"|gap| >= {M.SKIP_GAP_LIMIT}" in legend, legend

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -257,6 +258,19 @@ def _skip_gap(row: dict) -> str:
     return f"skip gap {gap:+.2f}" if M.is_number(gap) and abs(gap) >= M.SKIP_GAP_LIMIT else ""
 
 
+def _verdict_legend(shown: list[str]) -> str:
+    """What each verdict the table shows means, and what it does to the row's numbers."""
+    parts = []
+    if any("collapsed" in v for v in shown):
+        parts.append(f"collapsed = evaluation routes >= {M.COLLAPSE_IDENTITY_SHARE:.0%} of slots to identity "
+                     "(or every token on one path): the pool is bypassed")
+    if any("skip gap" in v for v in shown):
+        parts.append(f"skip gap = evaluation's identity share minus training's since the previous evaluation "
+                     f"(shown at |gap| >= {M.SKIP_GAP_LIMIT}): loss and FLOPs are of a routing it did not "
+                     "train with")
+    return "verdict: " + "; ".join(parts)
+
+
 def format_front(result: SweepResult, space: SearchSpace, wide: bool = False) -> str:
     """The Pareto front as a text table (objectives, gain against the dense reference, routing
     verdict, then the sampled values that vary on the front; `wide`: every sampled value and the
@@ -288,9 +302,9 @@ def format_front(result: SweepResult, space: SearchSpace, wide: bool = False) ->
            *_table(head, cells)]
     legend = [f"{n}={h}" for h, n in names.items() if n != h]
     if legend:
-        import textwrap
-
         out += textwrap.wrap("columns: " + ", ".join(legend), 100, subsequent_indent="  ")
+    if any(shown):  # a verdict read without its rule reads as noise
+        out += textwrap.wrap(_verdict_legend(shown), 100, subsequent_indent="  ")
     if not front:  # nothing is "the same on the whole front" of an empty front
         out.append("(no trial on the front: " + ("every complete trial breaks a constraint)" if result.n_complete
                                                  else "no trial completed)"))
