@@ -248,7 +248,7 @@ def _digits(values: list) -> int:
 
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
-    return ["  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)) for cells in (head, *rows)]
+    return ["  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)).rstrip() for cells in (head, *rows)]
 
 
 def _skip_gap(row: dict) -> str:
