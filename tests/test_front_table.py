@@ -54,6 +54,7 @@ def test_a_trial_evaluated_with_another_skip_share_than_it_trained_with_is_marke
     (its share a step function of the skip bias), and a noisy_topk trial at 37% vs 54%: the table
     showed only the evaluation's share, as a healthy DNA's. Read from each trial's result.json, as
     `dnasweep run` and `pareto` do (the row once left the gap behind)."""
+    import itertools
     import json
 
     space = parse_space({"base": BASE, "objectives": [{"metric": "val/loss", "mode": "min"},
@@ -77,6 +78,6 @@ def test_a_trial_evaluated_with_another_skip_share_than_it_trained_with_is_marke
     assert rows[3e-3].rstrip().endswith("skip gap -0.14")
     assert "gap" not in rows[1e-3] and "collapsed" not in rows[1e-3]
     # the rule beside the verdicts, naming the thresholds the code applies
-    legend = " ".join(ln.strip() for ln in lines[lines.index(next(ln for ln in lines if ln.startswith("verdict:"))):]
-                      if not ln.startswith("(")).split("sweep directory")[0]
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("verdict:"))
+    legend = " ".join([lines[at], *itertools.takewhile(lambda ln: ln.startswith("  "), lines[at + 1:])])
     assert f">= {M.COLLAPSE_IDENTITY_SHARE:.0%}" in legend and f"|gap| >= {M.SKIP_GAP_LIMIT}" in legend, legend

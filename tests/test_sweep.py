@@ -176,6 +176,7 @@ def _check_mlflow(res, study):
     assert p["sampler.type"] == "tpe" and p["space_file"] == "tiny.yaml"
     numbers = {t.user_attrs["ray_trial_id"]: t.number for t in study.trials}
     front_ids = {r["ray_trial_id"] for r in res.front}
+    sweep_start = parents[0].info.start_time / 1000
     for c in children:  # runs are created late: they still carry the trial's own start and end
         tid = c.data.tags["dnasweep.trial"]
         assert c.data.tags["dnasweep.optuna_trial"] == str(numbers[tid])
@@ -189,7 +190,6 @@ def _check_mlflow(res, study):
         # wrote its config by its worker's imports, which took 10 s on a loaded 2-core CI machine:
         # bound it by the sweep's start, not by a guess at that setup time. A run stamped when the
         # driver created it would start after the config was written.
-        sweep_start = parents[0].info.start_time / 1000
         assert sweep_start - 1 <= run_start <= start + 1 and abs(run_end - end) < 1, (sweep_start, run_start, run_end,
                                                                                         start, end)
     assert study.metric_names == ["val/loss", "compute/flops_per_token"] and study.user_attrs["budget"]["trials"] == 4

@@ -258,13 +258,13 @@ def _skip_gap(row: dict) -> str:
     return f"skip gap {gap:+.2f}" if M.is_number(gap) and abs(gap) >= M.SKIP_GAP_LIMIT else ""
 
 
-def _verdict_legend(shown: list[str]) -> str:
+def _verdict_legend(collapsed: bool, gap: bool) -> str:
     """What each verdict the table shows means, and what it does to the row's numbers."""
     parts = []
-    if any("collapsed" in v for v in shown):
+    if collapsed:
         parts.append(f"collapsed = evaluation routes >= {M.COLLAPSE_IDENTITY_SHARE:.0%} of slots to identity "
-                     "(or every token on one path): the pool is bypassed")
-    if any("skip gap" in v for v in shown):
+                     f"(or at most {M.COLLAPSE_MAX_PATHS} distinct path): the pool is bypassed")
+    if gap:
         parts.append(f"skip gap = evaluation's identity share minus training's since the previous evaluation "
                      f"(shown at |gap| >= {M.SKIP_GAP_LIMIT}): loss and FLOPs are of a routing it did not "
                      "train with")
@@ -286,7 +286,8 @@ def format_front(result: SweepResult, space: SearchSpace, wide: bool = False) ->
     head = ["trial", *(["ray_trial_id"] if wide else []), *objs, *extra, *params]
     digits = {k: _digits([r.get(k) for r in front]) for k in head}
     cells = [[gain_text(r, k) if k == M.COMPUTE_GAIN else _cell(r.get(k), digits[k]) for k in head] for r in front]
-    shown = [", ".join(filter(None, ["collapsed" if r.get(M.ROUTER_COLLAPSED) else "", _skip_gap(r)])) for r in front]
+    collapsed, gaps = [bool(r.get(M.ROUTER_COLLAPSED)) for r in front], [_skip_gap(r) for r in front]
+    shown = [", ".join(filter(None, ["collapsed" if c else "", g])) for c, g in zip(collapsed, gaps, strict=True)]
     if any(shown):
         head, cells = [*head, "verdict"], [[*c, v] for c, v in zip(cells, shown, strict=True)]
     # ~100 columns: short names, with a legend; --wide keeps the dotted paths
@@ -304,7 +305,7 @@ def format_front(result: SweepResult, space: SearchSpace, wide: bool = False) ->
     if legend:
         out += textwrap.wrap("columns: " + ", ".join(legend), 100, subsequent_indent="  ")
     if any(shown):  # a verdict read without its rule reads as noise
-        out += textwrap.wrap(_verdict_legend(shown), 100, subsequent_indent="  ")
+        out += textwrap.wrap(_verdict_legend(any(collapsed), any(gaps)), 100, subsequent_indent="  ")
     if not front:  # nothing is "the same on the whole front" of an empty front
         out.append("(no trial on the front: " + ("every complete trial breaks a constraint)" if result.n_complete
                                                  else "no trial completed)"))
