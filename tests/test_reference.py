@@ -415,3 +415,61 @@ def test_a_sweep_ranking_speed_gain_trains_its_own_rungs(tmp_path, monkeypatch):
         (rung,) = R.train_reference(space(objectives), str(tmp_path / f"sweep{i}"), str(tmp_path), lambda line: None)
         assert rung["reused"] is (i == 0)
     assert trained == [32]  # only the sweep that ranks speed trained the rung
+
+
+def test_a_speed_ranked_sweep_resumed_on_other_hardware_times_its_rungs_again(tmp_path, monkeypatch):
+    """A sweep ranking compare/speed_gain, resumed on a cluster of other hardware, kept the rungs
+    timed on the first: each new trial's hardware differed from theirs, none got a speed gain, and
+    the objective failed every one. Its rungs are now trained again where the trials run; on the
+    same hardware they stand as they are."""
+    pytest.importorskip("ray", reason="the sweep extra (ray[tune], optuna, mlflow) is not installed")
+    import json
+
+    import ray
+
+    from dnasweep.sweep import reference as R
+
+    space = parse_space({"base": {"model": {"d_model": 32, "n_heads": 4, "seq_len": 24, "n_steps": 2},
+                                  "train": {"max_steps": 200}},
+                         "objectives": [{"metric": "val/loss"}, {"metric": M.SPEED_GAIN, "mode": "max"}],
+                         "reference": {"d_model": [32], "dense_layers": [1]}}, "s.yaml")
+    (cfg,) = ladder(space.base, [32], [1])
+    here = "cpu: the second head's CPU x2 threads"
+    calls = []
+
+    class Task:  # stands in for ray.remote(f): records the call, answers as the worker would
+        def __init__(self, f):
+            self.f = f
+
+        def options(self, **kw):
+            return self
+
+        def remote(self, arg):
+            calls.append(self.f.__name__)
+            return self.f.__name__
+
+    answers = {"_worker_hardware": here,
+               "_train_rung": {"result": {"status": "completed", "step": 200, M.VAL_LOSS: 2.1,
+                                          M.FLOPS_PER_TOKEN: 1e5, M.TOKENS_PER_S: 900.0}, "rows": [], "hardware": here}}
+    monkeypatch.setattr(ray, "remote", Task)
+    monkeypatch.setattr(ray, "wait", lambda refs, num_returns: ([refs[0]], refs[1:]))
+    monkeypatch.setattr(ray, "get", answers.get)
+    for i, first_head in enumerate(("cpu: the first head's CPU x8 threads", here)):
+        sweep = tmp_path / f"sweep{i}"
+        sweep.mkdir()
+        (sweep / R.FILE).write_text(json.dumps([{
+            "hash": config_hash(cfg, data=False), "d_model": 32, "dense_layers": 1, "rows": [], "hardware": first_head,
+            "result": {"status": "completed", "step": 200, M.VAL_LOSS: 2.0, M.FLOPS_PER_TOKEN: 1e5,
+                       M.TOKENS_PER_S: 4000.0}}]))
+        calls.clear()
+        lines = []
+        (rung,) = R.train_reference(space, str(sweep), str(tmp_path), lines.append)
+        frontier = R.frontier_of([rung])
+        gain = frontier.metrics({M.VAL_LOSS: 2.1, M.FLOPS_PER_TOKEN: 1e5, M.TOKENS_PER_S: 450.0}, here)
+        assert gain[M.SPEED_GAIN] == pytest.approx(0.5 if i == 0 else 450.0 / 4000.0)
+        if i == 0:
+            assert calls == ["_worker_hardware", "_train_rung"] and not rung["reused"]
+            assert rung["hardware"] == here and rung["result"][M.TOKENS_PER_S] == 900.0
+            assert any("first head's CPU" in ln and "training them again" in ln for ln in lines), lines
+        else:
+            assert calls == ["_worker_hardware"] and rung["reused"] and rung["result"][M.TOKENS_PER_S] == 4000.0

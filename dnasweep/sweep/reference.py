@@ -30,8 +30,7 @@ def _train_rung(cfg_dict: dict) -> dict:
     """One rung, on a worker: train it in node-local scratch, return its result and metric rows."""
     from dnasweep.config import build_trial
     from dnasweep.plugins import load_plugins
-    from dnasweep.space.reference import hardware
-    from dnasweep.train.loop import resolve_device, run_trial
+    from dnasweep.train.loop import run_trial
 
     load_plugins()
     out = tempfile.mkdtemp(prefix="dnasweep-reference-")
@@ -40,9 +39,17 @@ def _train_rung(cfg_dict: dict) -> dict:
         result = run_trial(cfg, resume=False)
         with open(os.path.join(out, "metrics.jsonl")) as f:
             rows = [json.loads(line) for line in f if line.strip()]
-        return {"result": result.to_json(), "rows": rows, "hardware": hardware(resolve_device(cfg.train.device))}
+        return {"result": result.to_json(), "rows": rows, "hardware": _worker_hardware(cfg.train.device)}
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def _worker_hardware(device: str) -> str:
+    """On a worker: the hardware a trial with `train.device` = `device` would train on."""
+    from dnasweep.space.reference import hardware
+    from dnasweep.train.loop import resolve_device
+
+    return hardware(resolve_device(device))
 
 
 def _device_kind(cfg, space: SearchSpace) -> str:
@@ -102,7 +109,9 @@ def train_reference(space: SearchSpace, sweep_dir: str, root: str, log) -> list[
     cache has. Empty when the space has no `reference:` section. A sweep that ranks or constrains
     trials by compare/speed_gain reuses no cached rung: tokens/s is a fact of the machine, a trial
     gets a speed gain only against rungs of its own hardware, and a ladder cached on another machine
-    left every trial without one (an objective then failed every trial, a constraint broke all)."""
+    left every trial without one (an objective then failed every trial, a constraint broke all).
+    For the same reason such a sweep, resumed on a cluster of other hardware, trains its own rungs
+    again (a worker with a trial's resources is asked what it runs on)."""
     import ray
 
     from dnasweep.config.trial import planned_steps
@@ -114,7 +123,22 @@ def train_reference(space: SearchSpace, sweep_dir: str, root: str, log) -> list[
     own = {r["hash"]: r for r in read_json(os.path.join(sweep_dir, FILE)) or []}
     cache = os.path.join(os.path.abspath(root), "reference-cache")
     rungs, todo, speed = [], [], ranks_speed(space)
-    for cfg in ladder(space.base, ref.d_model, ref.dense_layers):
+    cfgs = ladder(space.base, ref.d_model, ref.dense_layers)
+    b = bundle(space)
+    task_options = dict(num_cpus=b.get("CPU", 0), num_gpus=b.get("GPU", 0), memory=b.get("memory"),
+                        resources={k: v for k, v in b.items() if k not in ("CPU", "GPU", "memory")} or None)
+    if speed and own:
+        # A resume on another cluster kept rungs timed on the first one: every new trial's hardware
+        # differed from theirs, no trial got a speed gain, and the objective failed them all. Its
+        # speeds are a fact of that machine: the rungs are timed again where the trials now run.
+        here = ray.get(ray.remote(_worker_hardware).options(**task_options).remote(cfgs[0].train.device))
+        stale = sorted({r.get("hardware") or "a machine not recorded" for r in own.values()
+                        if r.get("hardware") != here})
+        if stale:
+            log(f"reference: this sweep's dense models were timed on {', '.join(stale)}; its trials now run on "
+                f"{here}: training them again (compare/speed_gain compares speeds on one machine)")
+            own = {h: r for h, r in own.items() if r.get("hardware") == here}
+    for cfg in cfgs:
         h, key = config_hash(cfg, data=False), config_hash(cfg)
         # This sweep's own rungs stand as they are (a resumed sweep keeps its frontier); from the
         # shared cache only those that trained their whole budget on this sweep's kind of device.
@@ -130,10 +154,7 @@ def train_reference(space: SearchSpace, sweep_dir: str, root: str, log) -> list[
     if todo:
         log(f"reference: training {len(todo)} dense model(s) of the ladder ({len(rungs) - len(todo)} reused"
             + ("; none from the cache: compare/speed_gain needs rungs timed on this cluster" if speed else "") + ")")
-        b = bundle(space)
-        task = ray.remote(_train_rung).options(
-            num_cpus=b.get("CPU", 0), num_gpus=b.get("GPU", 0), memory=b.get("memory"),
-            resources={k: v for k, v in b.items() if k not in ("CPU", "GPU", "memory")} or None)
+        task = ray.remote(_train_rung).options(**task_options)
         running: dict = {}
         while todo or running:
             while todo and len(running) < space.budget.concurrent:
