@@ -173,6 +173,8 @@ def test_mlflow_server_on_the_head_internal_address(name):
     assert host and host not in ("0.0.0.0", "::", "[::]"), host
     assert "hostname -I" in host  # the node's private address, found when it starts
     assert "nohup" in cmd and option(cmd, "--port") == "5000"
+    from dnasweep.sweep.ui import MLFLOW_UI_ENV  # as `dnasweep ui` starts it: no job runner (huey consumers)
+    assert all(f"{k}={v} nohup mlflow server" in cmd for k, v in MLFLOW_UI_ENV.items()), cmd
     assert option(cmd, "--backend-store-uri").startswith("sqlite:////home/")
     assert option(cmd, "--artifacts-destination") == f"{BUCKET_SCHEME[name]}BUCKET/mlflow"
     # The job drivers (on the head) find it through MLFLOW_TRACKING_URI.

@@ -162,6 +162,33 @@ def _get(url):
 
 
 @pytest.mark.slow  # starts the MLflow UI and optuna-dashboard servers (~20 s each)
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid`, read from /proc (children by parent pid)."""
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = [], [pid]
+    while todo:
+        this = todo.pop()
+        kids = [p for p, pp in parent.items() if pp == this]
+        out += kids
+        todo += kids
+    return out
+
+
 def test_ui_serves_mlflow_and_optuna_dashboard(tmp_path):
     if not shutil.which("optuna-dashboard", path=os.path.dirname(sys.executable)):
         pytest.skip("optuna-dashboard is not installed (pip install 'dnasweep[sweep]')")
@@ -178,6 +205,10 @@ def test_ui_serves_mlflow_and_optuna_dashboard(tmp_path):
 
         assert _get(mlflow_url + "/")[0] == 200
         assert _get(study_url.group(1))[0] == 200
+        # the MLflow UI without MLflow's job runner (8 huey consumer processes nothing here uses)
+        tools = [_cmdline(p) for p in _descendants(proc.pid)]
+        assert any("mlflow" in c and " ui " in c for c in tools), tools
+        assert not [c for c in tools if "huey" in c], tools
         # MLflow's API on the sweep's store: its one run
         with urllib.request.urlopen(urllib.request.Request(
                 mlflow_url + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=dnasweep"), timeout=10) as r:

@@ -21,6 +21,7 @@ pytest.importorskip("ray", reason="the sweep extra (ray[tune], optuna, mlflow) i
 import contextlib
 
 from dnasweep.space import parse_space  # noqa: E402
+from dnasweep.sweep.ui import MLFLOW_UI_ENV  # noqa: E402
 
 pytestmark = pytest.mark.faults
 
@@ -90,7 +91,8 @@ def mlflow_server(tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                              "--workers", "1", "--backend-store-uri", f"sqlite:///{d / 'm.db'}",
                              "--artifacts-destination", str(d / "artifacts")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, **MLFLOW_UI_ENV})  # no job runner: 2 processes, not 10
     deadline = time.time() + 180
     while time.time() < deadline:
         try:
