@@ -263,3 +263,48 @@ def test_out_is_the_directory_given_not_a_yaml_value(tmp_path, trial, name, monk
     monkeypatch.chdir(tmp_path)
     assert main(["train", trial, "--out", name, "--quiet"]) == 0
     assert seen[0].out_dir == name
+
+
+def test_an_evaluation_saved_but_never_reported_is_reported_on_resume(tmp_path, trial):
+    """A sweep trial's worker killed between the checkpoint of an evaluation and its report: the run
+    resumed from that checkpoint, past the evaluation, so the sweep never got it (a missing point in
+    its history; MO-ASHA judged that rung by a later report). The resumed run reports it first, with
+    the values it had; metrics.jsonl keeps one copy."""
+    from dnasweep.config import load_trial
+
+    cfg = load_trial(trial, [f"out_dir={tmp_path / 'out'}", "train.max_steps=6"])
+
+    class Killed(Exception):
+        pass
+
+    class Dies:  # the worker dies as the evaluation at step 3 goes to Tune (its checkpoint is saved)
+        def report(self, metrics, checkpoint_dir=None):
+            if "val/loss" in metrics:
+                self.eval = dict(metrics)
+                raise Killed
+
+        def close(self):
+            pass
+
+    dies = Dies()
+    with pytest.raises(Killed):
+        loop.run_trial(cfg, dies)
+    assert torch.load(tmp_path / "out" / "checkpoint" / "state.pt", weights_only=True)["step"] == 3
+
+    class Records:
+        def __init__(self):
+            self.rows = []
+
+        def report(self, metrics, checkpoint_dir=None):
+            self.rows.append(dict(metrics))
+
+        def close(self):
+            pass
+
+    rec = Records()
+    res = loop.run_trial(cfg, rec)
+    assert res.status == "completed" and res.step == 6
+    evals = [r for r in rec.rows if "val/loss" in r]
+    assert [r["step"] for r in evals] == [3, 6]
+    assert rec.rows[0] == dies.eval  # first, as it was measured
+    assert [r["step"] for r in _rows(tmp_path / "out") if "val/loss" in r] == [3, 6]

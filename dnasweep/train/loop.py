@@ -183,9 +183,15 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
         jsonl = JsonlReporter(os.path.join(cfg.out_dir, "metrics.jsonl"), truncate_after_step=step if step else None)
     rep = Reporters(jsonl, reporter)
     rep.begin(step)
+    if resuming and not already_done and reporter is not None and (st.get("eval") or {}).get(M.STEP) == step:
+        # This checkpoint was saved by the evaluation at its step, which a worker killed between the
+        # save and the report never sent: a sweep's history lacked it, and MO-ASHA judged the rung
+        # by a later report. Sent again (a sweep's scheduler and tracker keep one report per step);
+        # metrics.jsonl kept its copy.
+        reporter.report(dict(st["eval"]))
 
-    def save() -> str:
-        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+    def save(evaluation: dict | None = None) -> str:
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "eval": evaluation,
                  "sampler": sampler.state_dict(), "rng": checkpoint.rng_state(), "train_time": train_time,
                  "perf": [perf[0], perf[1], float(perf[2])], "lr_plan": plan, "data_key": data_key,
                  # the steps since the last log row: the next row averages them as an unbroken run would
@@ -295,7 +301,7 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
                     status, reason = "diverged", f"non-finite {M.VAL_LOSS} ({res.get(M.VAL_LOSS)}) at step {step}"
                     break
                 last = res
-                rep.report(last, save())
+                rep.report(last, save(last))
             elif tc.checkpoint_every and step % tc.checkpoint_every == 0:
                 save()
             if timed_out:
