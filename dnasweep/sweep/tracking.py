@@ -32,6 +32,8 @@ from dnasweep.sweep.tracking_uri import (  # noqa: F401 - the tracker's URI help
     new_store_from_template,
     redact,
     resolve_uri,
+    warm_store,
+    warmed,
 )
 
 FLUSH_EVERY_S = 5.0  # buffered metrics are written at least this often (and when a trial ends)
@@ -74,11 +76,16 @@ class MLflowSweepLogger(Callback):
         self.last_flush = time.monotonic()
         self.name, self.started_ms = name, int(time.time() * 1000)
         # A new sweep opens its store at its first write (`__getattr__`), which comes while the first
-        # trials train: MLflow's import (~1.2 s) and the parent run are then off the start of the
-        # sweep (bench/orchestration.py). A resumed one opens it now: the steps its store already
-        # has must be known before the first report.
+        # trials train: the parent run is then off the start of the sweep (bench/orchestration.py).
+        # MLflow's import (~1.2 s) and the store's engine are warmed on a thread meanwhile: done at
+        # the first write, they held Tune's event loop, and with it every trial's report (Tune's
+        # function trainables wait for the driver at each report), ~3 s of the first results.
+        # A resumed sweep opens it now: the steps its store already has must be known before the
+        # first report.
         if resume:
             self._connect(resume=True)
+        else:
+            warm_store(uri, sweep_dir)
 
     def __getattr__(self, name: str):
         # The store's handles, made on first use (only reached while they are not set yet)
@@ -88,6 +95,7 @@ class MLflowSweepLogger(Callback):
         raise AttributeError(name)
 
     def _connect(self, resume: bool) -> None:
+        warmed(self.uri)  # never two template copies at once; what it did is cached now
         from mlflow import MlflowClient
 
         if self.uri == default_uri(self.sweep_dir):

@@ -6,6 +6,7 @@ nor MLflow at module level."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from dnasweep.config.sweep import redact  # the rule lives beside tracking.uri (config: Ray-free)
@@ -123,3 +124,35 @@ def new_store_from_template(sweep_dir: str) -> None:
         os.replace(db + ".tmp", db)
     except (OSError, sqlite3.Error):
         return
+
+
+_WARMING: dict[str, threading.Thread] = {}  # tracking URI -> the thread warming it (a thread does not
+# pickle: Tune pickles the tracker with its run config, so the thread is kept here, not on it)
+
+
+def warm_store(uri: str, sweep_dir: str) -> None:
+    """On a thread: MLflow's import and, for a sweep's own SQLite store, the store itself (MLflow
+    caches it and its engine per URI), which the tracker's first write would otherwise do on Tune's
+    event loop. `warmed(uri)` waits for it. A failure is left to that write, which reports it as
+    every tracking failure."""
+
+    def warm() -> None:
+        try:
+            from mlflow import MlflowClient
+            from mlflow.entities import Metric  # noqa: F401 - imported by the first report
+
+            if uri == default_uri(sweep_dir):
+                new_store_from_template(sweep_dir)
+                MlflowClient(uri).search_experiments(max_results=1)
+        except Exception:  # noqa: BLE001 - see the docstring
+            pass
+
+    _WARMING[uri] = t = threading.Thread(target=warm, daemon=True, name="dnasweep-mlflow-warm")
+    t.start()
+
+
+def warmed(uri: str) -> None:
+    """Wait for `warm_store(uri)`, if one runs."""
+    t = _WARMING.pop(uri, None)
+    if t is not None:
+        t.join()

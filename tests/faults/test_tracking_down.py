@@ -43,17 +43,21 @@ def _free_port() -> int:
 
 
 class Relay:
-    """127.0.0.1:port -> target; `down()` closes the listener and every open connection."""
+    """127.0.0.1:port -> target. `down()` cuts every open connection and, until `up()`, drops each
+    new one as it comes (counted in `dropped`: the test knows the driver tried while it was down)."""
 
     def __init__(self, port: int, target: int):
         self.port, self.target, self.conns, self.srv = port, target, [], None
+        self.is_down, self.dropped = False, 0
 
     def up(self):
-        self.srv = socket.create_server(("127.0.0.1", self.port), reuse_port=True)
-        threading.Thread(target=self._accept, args=(self.srv,), daemon=True).start()
+        self.is_down = False
+        if self.srv is None:
+            self.srv = socket.create_server(("127.0.0.1", self.port), reuse_port=True)
+            threading.Thread(target=self._accept, args=(self.srv,), daemon=True).start()
 
     def down(self):
-        self.srv.close()
+        self.is_down = True
         for c in self.conns:
             with contextlib.suppress(OSError):
                 c.shutdown(socket.SHUT_RDWR)
@@ -66,6 +70,10 @@ class Relay:
                 a, _ = srv.accept()
             except OSError:
                 return
+            if self.is_down:
+                self.dropped += 1
+                a.close()
+                continue
             b = socket.create_connection(("127.0.0.1", self.target))
             self.conns += [a, b]
             for x, y in ((a, b), (b, a)):
@@ -143,10 +151,11 @@ def test_outage_mid_sweep_loses_nothing(ray_cluster, mlflow_server, tmp_path):
     uri = f"http://127.0.0.1:{relay.port}"
     events = []
 
-    def outage():  # down once a trial is past step 20, up again when one is past step 70
+    def outage():  # down once a trial is past step 20, up again when one is past step 70 and the
+        # driver has tried to write (it flushes every few seconds: a short outage could fall between)
         sweep = str(tmp_path / "down")
         for low, act in ((20, relay.down), (70, relay.up)):
-            while not any(s >= low for s in _trial_steps(sweep)):
+            while not any(s >= low for s in _trial_steps(sweep)) or (act == relay.up and not relay.dropped):
                 time.sleep(0.1)
             act()
             events.append((act.__name__, max(_trial_steps(sweep))))
@@ -168,3 +177,4 @@ def test_outage_mid_sweep_loses_nothing(ray_cluster, mlflow_server, tmp_path):
         assert steps == list(range(5, 101, 5)), steps
         assert "result.json" in {a.path for a in client.list_artifacts(r.info.run_id)}
     relay.down()
+    relay.srv.close()
