@@ -56,6 +56,15 @@ def reported(monkeypatch):
     return got
 
 
+def test_a_trial_resumed_at_an_evaluation_sends_it_to_tune_again():
+    """test_resume.py::test_an_evaluation_saved_but_never_reported_is_reported_on_resume holds the
+    loop to it for any reporter that asks; Tune's asks, the console's does not (it would print an
+    old evaluation as a new line)."""
+    from dnasweep.train.report import ConsoleReporter
+
+    assert TuneReporter.resend_evaluation and not getattr(ConsoleReporter, "resend_evaluation", False)
+
+
 def test_tune_gets_a_pointer_to_the_trials_own_checkpoint(tmp_path, reported):
     store = LocalStore(str(tmp_path / "sweep"))
     own = _fake_checkpoint(tmp_path / "sweep" / "trials" / "t1" / "checkpoint", 30)

@@ -291,7 +291,9 @@ def test_an_evaluation_saved_but_never_reported_is_reported_on_resume(tmp_path, 
         loop.run_trial(cfg, dies)
     assert torch.load(tmp_path / "out" / "checkpoint" / "state.pt", weights_only=True)["step"] == 3
 
-    class Records:
+    class Records:  # as a sweep's reporter (TuneReporter): it takes the evaluation again
+        resend_evaluation = True
+
         def __init__(self):
             self.rows = []
 

@@ -27,6 +27,10 @@ class TuneReporter:
     to Tune as a pointer to the trial's own (kept by `store`, see storage.py): Tune copies what it
     is given, and a copy of every checkpoint in tune/ doubled what a sweep writes."""
 
+    # A resumed trial sends its checkpoint's evaluation again (train/report.py): a worker killed
+    # between saving it and this report never sent it; the scheduler and tracker keep one per step.
+    resend_evaluation = True
+
     def __init__(self, store: LocalStore | None = None, trial_id: str | None = None):
         self.store, self.trial_id = store, trial_id
 

@@ -183,7 +183,8 @@ def run_trial(cfg: TrialConfig, reporter: Reporter | None = None, resume: bool =
         jsonl = JsonlReporter(os.path.join(cfg.out_dir, "metrics.jsonl"), truncate_after_step=step if step else None)
     rep = Reporters(jsonl, reporter)
     rep.begin(step)
-    if resuming and not already_done and reporter is not None and (st.get("eval") or {}).get(M.STEP) == step:
+    if (resuming and not already_done and getattr(reporter, "resend_evaluation", False)
+            and (st.get("eval") or {}).get(M.STEP) == step):
         # This checkpoint was saved by the evaluation at its step, which a worker killed between the
         # save and the report never sent: a sweep's history lacked it, and MO-ASHA judged the rung
         # by a later report. Sent again (a sweep's scheduler and tracker keep one report per step);

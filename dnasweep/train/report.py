@@ -20,7 +20,9 @@ class Reporter(Protocol):
     every evaluation with validation metrics; `checkpoint_dir` is set when a checkpoint was just
     written there (the reporter may copy or register it). `close` is called once at the end.
     A reporter may also define `begin(step)`: called once before training with the step it starts
-    from (a resumed run's checkpoint step, else 0).
+    from (a resumed run's checkpoint step, else 0); and `resend_evaluation = True`: a run resumed
+    from a checkpoint an evaluation wrote reports that evaluation to it again first (a sweep's, whose
+    report a killed worker may never have sent; the console would print an old line as new).
     """
 
     def report(self, metrics: dict[str, float], checkpoint_dir: str | None = None) -> None: ...
