@@ -3,6 +3,7 @@ once per rung; a driver SIGKILLed mid-sweep is resumed with its rung decisions s
 trials stay pruned, at the same rung) and the step budget holds."""
 
 import copy
+import json
 import signal
 import subprocess
 import threading
@@ -106,3 +107,8 @@ def test_driver_killed_mid_moasha_sweep_resumes_with_its_decisions_standing(ray_
     for _, (state, attrs) in after.items():  # a pruned trial is judged at no rung past the one it stopped at
         if state == "PRUNED":
             assert not [k for k in attrs if k.startswith("rung/") and int(k.split("/")[1]) > attrs["pruned_at"]]
+            # ... and trained no step it is not booked for: one restarted after the kill trained on to its
+            # next report before it was stopped again, unbooked (its checkpoint's evaluation, sent again
+            # first on resume, now stops it there)
+            rows = (sweep / "trials" / attrs["ray_trial_id"] / "metrics.jsonl").read_text().splitlines()
+            assert max(json.loads(r)["step"] for r in rows if r.strip()) <= attrs[STEPS], (attrs, rows[-2:])
