@@ -3,6 +3,7 @@
 missing; trial-id hints are complete or say they are not; `dnasweep ui` serves the MLflow UI and
 optuna-dashboard on the sweep, with the objectives' names."""
 
+import contextlib
 import json
 import os
 import pathlib
@@ -162,33 +163,6 @@ def _get(url):
 
 
 @pytest.mark.slow  # starts the MLflow UI and optuna-dashboard servers (~20 s each)
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below `pid`, read from /proc (children by parent pid)."""
-    parent = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    out, todo = [], [pid]
-    while todo:
-        this = todo.pop()
-        kids = [p for p, pp in parent.items() if pp == this]
-        out += kids
-        todo += kids
-    return out
-
-
 def test_ui_serves_mlflow_and_optuna_dashboard(tmp_path):
     if not shutil.which("optuna-dashboard", path=os.path.dirname(sys.executable)):
         pytest.skip("optuna-dashboard is not installed (pip install 'dnasweep[sweep]')")
@@ -269,11 +243,41 @@ def test_ui_tools_end_with_dnasweep_even_when_it_is_killed(tmp_path):
             os.kill(grandchild, signal.SIGKILL)
 
 
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name: state, parent pid, ..."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def _alive(pid: int) -> bool:
     try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+        return _stat(pid)[0] != "Z"
     except OSError:
         return False
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid`, read from /proc (children by parent pid)."""
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):  # a process gone meanwhile
+                parent[int(d)] = int(_stat(int(d))[1])
+    out, todo = [], [pid]
+    while todo:
+        this = todo.pop()
+        kids = [p for p, pp in parent.items() if pp == this]
+        out += kids
+        todo += kids
+    return out
 
 
 def _stored(tmp_path, name="mine"):
