@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -10,7 +11,26 @@ from torch import nn
 from dnasweep.config.train import TrainConfig
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+class AdamW(torch.optim.AdamW):
+    """torch's AdamW, same update, for eager use only (the training loop never compiles it).
+
+    torch guards step, zero_grad, add_param_group and (load_)state_dict against torch.compile with
+    wrappers that import torch._dynamo on first call: 1.1 s of CPU in every process that trains,
+    a sweep worker's start included. Here they call what those wrappers wrap; nothing else changes
+    (the functional update, step hooks and the profiler's record of step are torch's)."""
+
+    def step(self, closure=None):
+        # what torch's wrapper does besides its graph breaks: autograd as `differentiable` says
+        with torch.set_grad_enabled(self.defaults["differentiable"]):
+            return _STEP(self, closure)
+
+
+_STEP = inspect.unwrap(torch.optim.AdamW.step)
+for _name in ("zero_grad", "add_param_group", "state_dict", "load_state_dict"):
+    setattr(AdamW, _name, inspect.unwrap(getattr(torch.optim.Optimizer, _name)))
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> AdamW:
     """AdamW that decays matrices only: norms, biases, embeddings and a ViT's position table and
     class token (1-D, looked up, or added rather than multiplied) are not pulled toward zero."""
     decay, no_decay = [], []
@@ -27,7 +47,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     fused = device.type == "cuda"  # one kernel for the whole update on GPU
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+    return AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
