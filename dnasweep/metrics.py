@@ -18,7 +18,9 @@ FLOPS_PER_TOKEN = "compute/flops_per_token"  # measured forward FLOPs per token/
 FLOPS_EXECUTED_PER_TOKEN = "compute/flops_executed_per_token"
 PARAMS_ACTIVE = "params/active"  # mean parameters touched per token
 PARAMS_TOTAL = "params/total"  # parameters in the model
-IDENTITY_FRACTION = "router/identity_fraction"  # routed slots sent to identity (soft mixture: gate weight)
+# routed slots sent to identity; soft mixture and expert choice (their slot share is n_identity / M by construction):
+# the gate weight on the skip path, a token expert choice left unpicked counting as skipped
+IDENTITY_FRACTION = "router/identity_fraction"
 ROUTER_ENTROPY = "router/entropy"  # mean entropy (nats) of the router distributions
 ROUTER_Z = "router/z_loss"  # mean squared log-partition of router logits (what z-loss shrinks)
 ROUTER_LOAD_MAX = "router/load_max"  # largest per-module share of slots (1/M is balanced)

@@ -194,3 +194,40 @@ def test_the_analysis_report_calls_a_soft_mixture_on_identity_collapsed(tmp_path
     assert summary["collapse"]["identity_share"] > 0.99 and summary["collapse"]["collapsed"] is True
     # its slots say n_identity/M per step whatever it learnt: the text gives the gate weight instead
     assert "of the routers' gate weight" in summary["text"] and "of the slots per step" not in summary["text"]
+
+
+# ---------------------------------------------------------------- 5. identity share under expert choice
+
+
+def _expert_choice_on_identity(offset: float):
+    """An expert-choice ViT whose routers add `offset` to the identity modules' logits."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("vision", "expert_choice")).eval()
+    is_id_M = model.routing.is_identity_M
+    for lin in model.routing.linears:
+        lin.register_forward_hook(lambda mod, args, logits_TM: logits_TM + offset * is_id_M)
+    return model
+
+
+def test_expert_choice_reports_the_gate_weight_on_the_skip_path():
+    """Every module picks its C patches, so the slots' identity share is n_identity / M whatever the
+    router learns: it was reported as the identity fraction (0.2 here, with the identity modules'
+    gates at ~1 or at ~0 alike)."""
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    shares = []
+    for offset in (20.0, -20.0):
+        model = _expert_choice_on_identity(offset)
+        with torch.no_grad():
+            out = model(x, return_paths=True)
+        cfg = model.cfg
+        p_NSK = out.paths.reshape(-1, *out.paths.shape[2:]).numpy()
+        n_comp = cfg.pool.size - cfg.pool.n_identity
+        computes_NS = ((p_NSK >= 0) & (p_NSK < n_comp)).any(-1)
+        by_identity_NS = (p_NSK >= n_comp).any(-1)
+        # identity gates at ~1: a patch an identity module picked is all skip; at ~0 it computes
+        # wherever a computing module picked it. Unpicked patches skip either way.
+        skip_NS = ~computes_NS | by_identity_NS if offset > 0 else ~computes_NS
+        assert 0 < skip_NS.mean() < 0.95
+        assert out.stats.identity_fraction == pytest.approx(skip_NS.mean(), abs=1e-4)
+        shares.append(out.stats.identity_fraction)
+    assert shares[0] > shares[1] + 0.2

@@ -56,10 +56,10 @@ class DNAModel(nn.Module):
         self.register_buffer("cost_M", cost, persistent=False)
         self.register_buffer("params_M", torch.tensor(module_params(cfg), dtype=torch.float32),
                              persistent=False)
-        # A soft mixture (every module on every token, no capacity) routes n_identity/M of the slots
-        # to identity whatever it learns: its identity share is read from the gates instead.
+        # A soft mixture routes n_identity/M of the slots to identity whatever it learns, and so does
+        # expert choice (every module picks its C tokens): their identity share is read from the gates.
         spec = router_spec(cfg.router.type)
-        self.gate_identity_share = spec.all_modules and not spec.capacity and cfg.pool.n_identity > 0
+        self.gate_identity_share = spec.all_modules and (spec.capacity or cfg.pool.n_identity > 0)
         self.params_total = sum(p.numel() for p in self.parameters())
         emb = self.stem.untouched_params_per_token()
         # Everything outside the pool is touched by every token (one embedding row for LM).
@@ -142,13 +142,15 @@ class DNAModel(nn.Module):
 
     @torch.no_grad()
     def _gate_identity_share(self, route) -> torch.Tensor:
-        """Mean over tokens of the share of a token's gate weight on identity modules (0-dim):
-        for a softmax mixture, the probability mass on the skip path."""
+        """Mean over tokens of the share of a token's gate weight on the skip path (0-dim): for a
+        softmax mixture, the probability mass on identity modules; under expert choice, on the
+        identity modules that picked the token, and all of it for a token no module picked (the
+        step leaves it as it was)."""
         gate_TK = route.gate_TK.float()
         if route.active_TK is not None:
             gate_TK = gate_TK * route.active_TK
-        ident_TK = self.routing.is_identity_M[route.idx_TK]
-        return ((gate_TK * ident_TK).sum(-1) / gate_TK.sum(-1).clamp_min(1e-9)).mean()
+        computes_TK = ~self.routing.is_identity_M[route.idx_TK]
+        return 1 - ((gate_TK * computes_TK).sum(-1) / gate_TK.sum(-1).clamp_min(1e-9)).mean()
 
     def _caps(self, B: int, L: int, device: torch.device) -> Caps | None:
         """Capacities of this forward: None (exact, the pool sizes segments on the host) in every

@@ -24,7 +24,7 @@ class RoutingStats:
     params_active_: Num  # mean parameters touched per token (a module reused counts once)
     params_total: int  # parameters of the model
     slots_SM: torch.Tensor | None = None  # [S, M] (token, module) slots per step and module
-    identity_fraction_: Num = 0.0  # share of slots sent to identity modules (soft mixture: of gate weight)
+    identity_fraction_: Num = 0.0  # share of slots sent to identity (soft mixture, expert choice: of gate weight)
     entropy_: Num = 0.0  # mean entropy (nats) of the router distributions
     dropped_fraction_: Num = 0.0  # share of computing slots dropped by capacity (static shapes only)
     capacity_need_S3: torch.Tensor | None = None  # [S, 3] the pool.Caps each step needed to drop nothing
