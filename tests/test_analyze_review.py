@@ -136,7 +136,8 @@ def test_vision_analysis_covers_every_class_of_a_class_ordered_val_set(monkeypat
                 "x": xs, "y": ys, "identity": np.zeros(B * Lc)}
 
     monkeypatch.setattr(dnasweep.data, "load_data", lambda *a, **k: data)
-    monkeypatch.setattr(C, "_models", lambda target, dev: (None, None))
+    model = SimpleNamespace(gate_identity_share=False)  # a top-k router's: its slots say the identity share
+    monkeypatch.setattr(C, "_models", lambda target, dev: (model, model))
     monkeypatch.setattr(C, "_run", fake_run)
     target = C.Target(cfg, "unused", "t")
     trained, _, _ = C.collect(target, max_examples=64)

@@ -231,3 +231,36 @@ def test_expert_choice_reports_the_gate_weight_on_the_skip_path():
         assert out.stats.identity_fraction == pytest.approx(skip_NS.mean(), abs=1e-4)
         shares.append(out.stats.identity_fraction)
     assert shares[0] > shares[1] + 0.2
+
+
+def test_the_analysis_report_gives_expert_choices_gate_weight_on_the_skip_path(tmp_path, monkeypatch):
+    """The report read expert choice's identity share from its paths (n_identity/M, always), and so
+    judged collapse by another number than training's evaluation."""
+    from dnasweep.analyze import collect as collect_mod
+    from dnasweep.analyze.trial import analyze_trial
+    from dnasweep.config import load_trial
+    from dnasweep.train.loop import run_trial
+
+    cfg = load_trial("search_spaces/vision.yaml", [
+        "model.router.type=expert_choice", "model.d_model=32", "model.n_steps=2", "train.max_steps=2",
+        "train.batch_size=8", "train.device=cpu", f"out_dir={tmp_path}/t"])
+    run_trial(cfg)
+
+    def on_identity(offset):
+        torch.manual_seed(0)
+        model = build_model(cfg.model).eval()
+        for lin in model.routing.linears:
+            lin.register_forward_hook(lambda mod, args, logits_TM: logits_TM + offset * model.routing.is_identity_M)
+        return model
+
+    seen = []
+    run = collect_mod._run
+    monkeypatch.setattr(collect_mod, "_models", lambda target, dev: (on_identity(20.0), on_identity(0.0)))
+    monkeypatch.setattr(collect_mod, "_run", lambda *a: seen.append(run(*a)) or seen[-1])
+    summary, _ = analyze_trial(str(tmp_path / "t"), max_examples=16)
+    slots = cfg.model.pool.n_identity / cfg.model.pool.size
+    u = summary["usage"]
+    assert u["identity_slot_share"] == pytest.approx(slots)
+    assert u["identity_share"] == pytest.approx(float(seen[0]["identity"].mean()))  # the trained model's gates
+    assert u["identity_share"] > slots + 0.2 and summary["collapse"]["identity_share"] == u["identity_share"]
+    assert "as expert choice fixes; the skip path holds" in summary["text"]

@@ -141,8 +141,8 @@ def vision_analysis_batches(data, batch_size: int, max_examples: int) -> tuple[l
 def collect(target: Target, max_examples: int = 64, device: str = "cpu") -> tuple[Routed, Routed, dict]:
     """(trained, init, extra) routings over the held-out split; `extra` carries images and the patch
     grid for vision, and facts for the report (paths_vary: whether the router lets paths differ;
-    identity_share: for a soft mixture, the trained model's gate weight on identity modules, which
-    its paths, every module for every token, cannot show)."""
+    identity_share: for a soft mixture or expert choice, the trained model's gate weight on the
+    skip path, which their paths cannot show: the slots' identity share is n_identity/M for both)."""
     from dnasweep.data import load_data
     from dnasweep.data.sampler import lm_val_batches, lm_val_starts
 
@@ -163,7 +163,7 @@ def collect(target: Target, max_examples: int = 64, device: str = "cpu") -> tupl
     routed, extra = [], {"task": cfg.model.task, "paths_vary": not spec.all_modules or spec.capacity}
     for model in (trained, init):
         r = _run(model, batches, dev)
-        if not extra["paths_vary"] and "identity_share" not in extra:  # the trained model comes first
+        if model.gate_identity_share and "identity_share" not in extra:  # the trained model comes first
             extra["identity_share"] = float(r["identity"].mean())
         if cfg.model.task == "vision" and cfg.model.pooling == "cls":  # analyse patches; the class token is no patch
             r["paths"], r["flops"] = r["paths"][:, 1:], r["flops"][:, 1:]

@@ -67,7 +67,9 @@ def collapse_verdict(s: dict) -> str:
     c, units = s["collapse"], s["units"]
     why = []
     if c["identity_share"] is not None and c["identity_share"] >= c["identity_threshold"]:
-        why.append(f"identity (skip) modules take {_pct(c['identity_share'])} of its routed slots")
+        why.append(f"its routers put {_pct(c['identity_share'])} of their gate weight on the skip path"
+                   if s["usage"].get("identity_from_gates") else
+                   f"identity (skip) modules take {_pct(c['identity_share'])} of its routed slots")
     if c["paths_vary"] and c["distinct_paths"] == 0:
         why.append(f"no {s['unit']} goes through a computing module at any step")
     elif c["paths_vary"] and c["distinct_paths"] <= c["max_paths"]:
@@ -95,11 +97,15 @@ def _versus_dense(s: dict) -> str:
 
 
 def _identity_per_step(s: dict) -> str:
-    """Where the skip path's share comes from: slots per step, or a soft mixture's gate weight (its
-    slots hold every module, n_identity/M of them identity, whatever it learnt)."""
-    if s["collapse"]["paths_vary"]:
-        return f"identity takes {', '.join(_pct(v) for v in s['usage']['identity_slot_share_S'])} of the slots per step"
-    return f"identity modules hold {_pct(s['usage']['identity_share'])} of the routers' gate weight"
+    """Where the skip path's share comes from: slots per step, or the gate weight of a router whose
+    slots hold identity at n_identity/M whatever it learnt (soft mixture: every module; expert
+    choice: every module picks as many)."""
+    u = s["usage"]
+    slots = f"identity takes {', '.join(_pct(v) for v in u['identity_slot_share_S'])} of the slots per step"
+    gates = f"the skip path holds {_pct(u['identity_share'])} of the routers' gate weight"
+    if not u.get("identity_from_gates"):
+        return slots
+    return f"{slots} (fixed by expert choice) and {gates}" if s["collapse"]["paths_vary"] else gates
 
 
 def _split_words(fit: dict, s: dict) -> str:
@@ -156,8 +162,12 @@ def summary_paragraph(s: dict) -> str:
     u = s["usage"]
     # the conditional picks the first clause only: the shared tail is its own string (adjacent to
     # one branch it went missing from the other's sentence)
-    skip = (f"Identity (skip) modules take {_pct(u['identity_share'])} of routed slots "
-            f"(per step: {', '.join(_pct(v) for v in u['identity_slot_share_S'])})"
+    per_step = f"(per step: {', '.join(_pct(v) for v in u['identity_slot_share_S'])})"
+    skip = (f"Identity (skip) modules take {_pct(u['identity_share'])} of routed slots {per_step}"
+            if not u.get("identity_from_gates") else
+            f"Identity (skip) modules take {_pct(u['identity_slot_share'])} of routed slots {per_step}, as expert "
+            f"choice fixes; the skip path holds {_pct(u['identity_share'])} of the routers' gate weight, a {unit} "
+            "no module picked counting as skipped"
             if s["collapse"]["paths_vary"] else
             f"Identity (skip) modules hold {_pct(u['identity_share'])} of the routers' gate weight (a soft "
             f"mixture: every module computes for every {unit})")

@@ -192,8 +192,9 @@ def build_report(name: str, routed: Routed, init: Routed | None, out_dir: str, t
     one distinct non-identity path) gets the verdict, its module usage and top paths only: its
     path law, information and compute-allocation statistics would describe a routing that does not
     happen. `paths_vary` False: the router sends every token through every module (a soft mixture),
-    so a single path is no collapse, and its identity share is `identity_share` (its gate weight on
-    identity modules) when given: its paths hold every module, n_identity/M of the slots, always."""
+    so a single path is no collapse. `identity_share`, when given, is the identity share (the gate
+    weight on the skip path, `RoutingStats.identity_fraction`) of a router whose slots hold identity
+    at n_identity/M whatever it learnt: a soft mixture, or expert choice."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if init is not None and init.module_names != routed.module_names:
@@ -209,9 +210,8 @@ def build_report(name: str, routed: Routed, init: Routed | None, out_dir: str, t
     ids_N, keys = path_ids(routed.paths_NSK)
     counts_P = np.bincount(ids_N)
     used, is_id = usage.identity_slots(routed.paths_NSK, names)
-    overall_identity = float(is_id[used].mean()) if used.any() else math.nan
-    if not paths_vary and identity_share is not None:
-        overall_identity = identity_share
+    slot_identity = float(is_id[used].mean()) if used.any() else math.nan
+    overall_identity = slot_identity if identity_share is None else identity_share
     real_paths = usage.nonidentity_paths(routed.paths_NSK, names)
     collapsed = metrics.is_collapsed(overall_identity if math.isfinite(overall_identity) else 0.0,
                                      len(real_paths), paths_vary)
@@ -234,7 +234,8 @@ def build_report(name: str, routed: Routed, init: Routed | None, out_dir: str, t
         "n_modules": M, "module_names": list(names), "n_paths": len(keys), "n_groups": routed.n_groups,
         "collapse": collapse, "attribute": _attribute(routed, unit), "power_law": None, "power_law_init": None,
         "mi": None,
-        "usage": {"identity_share": overall_identity, "identity_slot_share_S": slot_S.tolist(),
+        "usage": {"identity_share": overall_identity, "identity_from_gates": identity_share is not None,
+                  "identity_slot_share": slot_identity, "identity_slot_share_S": slot_S.tolist(),
                   "skip_share_S": skip_S.tolist(), "reuse_token_share": reuse_share,
                   "reuse_per_module": dict(zip(names, reuse_M.tolist(), strict=True)),
                   "load_SM": load_SM.tolist(), "transition_MM": trans_MM.tolist()},
