@@ -19,6 +19,10 @@ same warm-up for each), so load on a shared machine hits every arm alike.
     python bench/throughput.py --device cuda --batch 32 --d-model 768 --heads 12
     python bench/throughput.py --config search_spaces/lm.yaml [--compile]
     python bench/throughput.py --config search_spaces/vision.yaml
+    python bench/throughput.py --config search_spaces/lm.yaml --threads 1   # as a sweep's 1-CPU trial runs
+
+A sweep's trial with `resources.cpu: 1` trains on one intra-op thread (Ray sets OMP_NUM_THREADS to
+the trial's CPUs); `--threads` times that setting, the default all of torch's threads.
 """
 
 from __future__ import annotations
@@ -251,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's); 1 = a 1-CPU sweep trial")
     ap.add_argument("--no-masked", action="store_true", help="skip the (slow) masked strategy")
     a = ap.parse_args(argv)
     if a.gpu_summary:
@@ -258,6 +263,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     global BF16
     BF16 = a.bf16
+    if a.threads:
+        torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     dev = torch.device(a.device)
     if a.config:
@@ -265,7 +272,8 @@ def main(argv: list[str] | None = None) -> None:
         overrides = [*a.set, f"train.device={a.device}"]
         rows = [bench_config(label, cfg, dev, a.iters, a.warmup, a.compile)
                 for label, cfg in space_configs(a.config, sizes, overrides)]
-        print(f"device {dev}; median of {a.iters} forward+backward after {a.warmup} warm-up, DNA and dense alternating")
+        print(f"device {dev}, {torch.get_num_threads()} threads; median of {a.iters} forward+backward after "
+              f"{a.warmup} warm-up, DNA and dense alternating")
         print_rows(rows)
         write_json(a.json, rows, dev)
         return
@@ -300,8 +308,9 @@ def main(argv: list[str] | None = None) -> None:
     if not a.no_masked:
         rows.append(("masked (every module, every token)", res["masked"][0], f_dna))
     n_tok = x.numel()
-    print(f"device {dev}, d_model {a.d_model}, pool {a.modules} blocks, top-{a.top_k}, {a.steps} steps, "
-          f"batch {a.batch}x{a.seq}; median of {a.iters} forward+backward after {a.warmup} warm-up, "
+    print(f"device {dev}, {torch.get_num_threads()} threads, d_model {a.d_model}, pool {a.modules} blocks, "
+          f"top-{a.top_k}, {a.steps} steps, batch {a.batch}x{a.seq}; median of {a.iters} forward+backward after "
+          f"{a.warmup} warm-up, "
           f"{', '.join(models)} alternating")
     print(f"{'strategy':<36} {'tokens/s':>10} {'FLOPs/token':>12} {'GFLOP/s':>9}")
     for name, t, f in rows:

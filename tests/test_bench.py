@@ -65,6 +65,23 @@ def test_synthetic_throughput_alternates_the_arms(monkeypatch, capsys):
     assert float(out[-1]) > 0
 
 
+def test_throughput_times_the_threads_it_is_given(monkeypatch, capsys):
+    """--threads 1 times what a 1-CPU sweep trial runs on (one intra-op thread), and says so."""
+    import throughput
+
+    seen = []
+    step_time = throughput.step_time
+    monkeypatch.setattr(throughput, "step_time", lambda *a: seen.append(torch.get_num_threads()) or step_time(*a))
+    before = torch.get_num_threads()
+    try:
+        throughput.main(["--d-model", "32", "--heads", "2", "--modules", "2", "--steps", "1", "--seq", "16",
+                         "--batch", "1", "--iters", "1", "--warmup", "0", "--no-masked", "--threads", "1"])
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1}
+    assert capsys.readouterr().out.startswith("device cpu, 1 threads, d_model 32")
+
+
 def _summary(tmp_path, device: str, bf16: bool) -> str:
     import json
 
