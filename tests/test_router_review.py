@@ -115,14 +115,19 @@ def test_compute_penalty_is_pool_flops_per_token_over_k_s_block_cost():
 # ---------------------------------------------------------------- 3. identity share of a soft mixture
 
 
-def _dense_on_identity(offset: float):
-    """A dense (soft mixture) LM whose routers add `offset` to the identity modules' logits."""
+def _on_identity(model_cfg, offset: float):
+    """A model of `model_cfg` (seed 0) whose routers add `offset` to the identity modules' logits."""
     torch.manual_seed(0)
-    model = build_model(tiny_cfg("lm", "dense"))
+    model = build_model(model_cfg)
     is_id_M = model.routing.is_identity_M
     for lin in model.routing.linears:
         lin.register_forward_hook(lambda mod, args, logits_TM: logits_TM + offset * is_id_M)
     return model
+
+
+def _dense_on_identity(offset: float):
+    """A dense (soft mixture) LM whose routers add `offset` to the identity modules' logits."""
+    return _on_identity(tiny_cfg("lm", "dense"), offset)
 
 
 def test_soft_mixture_reports_the_gate_weight_on_identity():
@@ -183,11 +188,7 @@ def test_the_analysis_report_calls_a_soft_mixture_on_identity_collapsed(tmp_path
     run_trial(cfg)
 
     def on_identity(offset):
-        torch.manual_seed(0)
-        model = build_model(cfg.model).eval()
-        for lin in model.routing.linears:
-            lin.register_forward_hook(lambda mod, args, logits_TM: logits_TM + offset * model.routing.is_identity_M)
-        return model
+        return _on_identity(cfg.model, offset).eval()
 
     monkeypatch.setattr(collect_mod, "_models", lambda target, dev: (on_identity(20.0), on_identity(0.0)))
     summary, _ = analyze_trial(str(tmp_path / "t"), max_examples=4)
@@ -201,12 +202,7 @@ def test_the_analysis_report_calls_a_soft_mixture_on_identity_collapsed(tmp_path
 
 def _expert_choice_on_identity(offset: float):
     """An expert-choice ViT whose routers add `offset` to the identity modules' logits."""
-    torch.manual_seed(0)
-    model = build_model(tiny_cfg("vision", "expert_choice")).eval()
-    is_id_M = model.routing.is_identity_M
-    for lin in model.routing.linears:
-        lin.register_forward_hook(lambda mod, args, logits_TM: logits_TM + offset * is_id_M)
-    return model
+    return _on_identity(tiny_cfg("vision", "expert_choice"), offset).eval()
 
 
 def test_expert_choice_reports_the_gate_weight_on_the_skip_path():
@@ -247,11 +243,7 @@ def test_the_analysis_report_gives_expert_choices_gate_weight_on_the_skip_path(t
     run_trial(cfg)
 
     def on_identity(offset):
-        torch.manual_seed(0)
-        model = build_model(cfg.model).eval()
-        for lin in model.routing.linears:
-            lin.register_forward_hook(lambda mod, args, logits_TM: logits_TM + offset * model.routing.is_identity_M)
-        return model
+        return _on_identity(cfg.model, offset).eval()
 
     seen = []
     run = collect_mod._run
