@@ -53,3 +53,27 @@ print(seen[0][1])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert '"Mine"' not in out.stdout and '"CustomCallback": 2' in out.stdout and '"CSVLoggerCallback": 1' in out.stdout
+
+
+def test_trial_actors_get_no_runtime_env_unless_the_driver_has_variables_to_pass_on(monkeypatch):
+    """Tune gave every trial actor a runtime env (PyTorch Lightning's PL_DISABLE_FORK), so none took
+    a worker Ray keeps idle, and each slot's first trial waited for a new process that imports Ray
+    twice. Without one to pass on, the actor class has none; with one, Tune's is kept."""
+    from ray.tune.execution import class_cache
+
+    from dnasweep.sweep import compat
+
+    compat.trial_actors_in_idle_workers()
+    compat.trial_actors_in_idle_workers()  # idempotent: Tune's own get stays one level down
+    assert "ray.remote(runtime_env=runtime_env)" in __import__("inspect").getsource(
+        class_cache._ActorClassCache.get.tune_get)
+    for v in class_cache.ENV_VARS_TO_PROPAGATE:
+        monkeypatch.delenv(v, raising=False)
+
+    class Trainable:
+        pass
+
+    assert class_cache._ActorClassCache().get(Trainable)._default_options.get("runtime_env") is None
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    env = class_cache._ActorClassCache().get(Trainable)._default_options["runtime_env"]["env_vars"]
+    assert env["AWS_ACCESS_KEY_ID"] == "key"

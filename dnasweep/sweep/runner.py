@@ -272,6 +272,7 @@ def _drive(space: SearchSpace, name: str, store, uri: str, log, analyze: bool | 
     if restored or budget.left(study, space):
         compat.retry_trials_whose_reused_worker_died()
         compat.tag_callbacks_without_imports()
+        compat.trial_actors_in_idle_workers()
         with _sigterm_as_sigint():
             tuner.fit()
     study = optuna.load_study(study_name=name, storage=storage)
