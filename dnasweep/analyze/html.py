@@ -96,16 +96,35 @@ def _versus_dense(s: dict) -> str:
     return text + "."
 
 
+def _slot_shares(u: dict) -> str:
+    """Identity's share of the slots at each step, as a list ("12%, 30%")."""
+    return ", ".join(_pct(v) for v in u["identity_slot_share_S"])
+
+
 def _identity_per_step(s: dict) -> str:
     """Where the skip path's share comes from: slots per step, or the gate weight of a router whose
     slots hold identity at n_identity/M whatever it learnt (soft mixture: every module; expert
     choice: every module picks as many)."""
     u = s["usage"]
-    slots = f"identity takes {', '.join(_pct(v) for v in u['identity_slot_share_S'])} of the slots per step"
+    slots = f"identity takes {_slot_shares(u)} of the slots per step"
     gates = f"the skip path holds {_pct(u['identity_share'])} of the routers' gate weight"
     if not u.get("identity_from_gates"):
         return slots
     return f"{slots} (fixed by expert choice) and {gates}" if s["collapse"]["paths_vary"] else gates
+
+
+def _skip_clause(u: dict, paths_vary: bool, unit: str) -> str:
+    """The summary's clause on the skip path: identity's share of the routed slots, or where those
+    are fixed by the router, the gate weight (expert choice: both; a soft mixture: the gates)."""
+    slots = f"of routed slots (per step: {_slot_shares(u)})"
+    if not u.get("identity_from_gates"):
+        return f"Identity (skip) modules take {_pct(u['identity_share'])} {slots}"
+    if paths_vary:
+        return (f"Identity (skip) modules take {_pct(u['identity_slot_share'])} {slots}, as expert choice fixes; "
+                f"the skip path holds {_pct(u['identity_share'])} of the routers' gate weight, a {unit} no module "
+                "picked counting as skipped")
+    return (f"Identity (skip) modules hold {_pct(u['identity_share'])} of the routers' gate weight (a soft "
+            f"mixture: every module computes for every {unit})")
 
 
 def _split_words(fit: dict, s: dict) -> str:
@@ -160,19 +179,8 @@ def summary_paragraph(s: dict) -> str:
                    if init["reason"] is None else f"No fit at initialisation: {init['reason']}.")
     out.append(_information(s, unit, attr, group))
     u = s["usage"]
-    # the conditional picks the first clause only: the shared tail is its own string (adjacent to
-    # one branch it went missing from the other's sentence)
-    per_step = f"(per step: {', '.join(_pct(v) for v in u['identity_slot_share_S'])})"
-    skip = (f"Identity (skip) modules take {_pct(u['identity_share'])} of routed slots {per_step}"
-            if not u.get("identity_from_gates") else
-            f"Identity (skip) modules take {_pct(u['identity_slot_share'])} of routed slots {per_step}, as expert "
-            f"choice fixes; the skip path holds {_pct(u['identity_share'])} of the routers' gate weight, a {unit} "
-            "no module picked counting as skipped"
-            if s["collapse"]["paths_vary"] else
-            f"Identity (skip) modules hold {_pct(u['identity_share'])} of the routers' gate weight (a soft "
-            f"mixture: every module computes for every {unit})")
-    out.append(f"{skip}, and {_pct(u['reuse_token_share'])} of {units} revisit a non-identity module at two or "
-               f"more steps.")
+    out.append(f"{_skip_clause(u, s['collapse']['paths_vary'], unit)}, and {_pct(u['reuse_token_share'])} of "
+               f"{units} revisit a non-identity module at two or more steps.")
     fl, gc = s["compute"]["flops"], s["compute"]["group"]
     spread = (f"the 95th-percentile {unit} costs {fl['p95_over_p5']:.1f}x the 5th" if fl["p95_over_p5"] is not None
               else f"the cheapest 5% of {units} spend no FLOPs")
