@@ -10,6 +10,11 @@ from dnasweep.data import DataConfig, load_data
 from dnasweep.errors import ConfigError
 from dnasweep.model import ModelConfig
 
+# Overrides of search_spaces/lm.yaml for a run of a few seconds: a small pool, every module type in it.
+TINY_LM = ["model.d_model=32", "model.n_heads=2", "model.seq_len=32", "model.n_steps=2", "model.pool.n_transformer=2",
+           "model.pool.n_attention=1", "model.pool.n_mlp=1", "model.pool.n_identity=1", "train.batch_size=4",
+           "data.max_bytes=300000", "train.eval_batches=2", "train.warmup_steps=2"]
+
 
 def tiny_cfg(task: str = "lm", router: str = "topk", **kw) -> ModelConfig:
     """A small, fast model config; keyword args override top-level fields."""

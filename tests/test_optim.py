@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import torch
+from helpers import TINY_LM as TINY
 
 from dnasweep.config import load_trial
 from dnasweep.config.train import TrainConfig
@@ -14,9 +15,6 @@ from dnasweep.model import build_model
 from dnasweep.train.optim import make_optimizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["model.d_model=32", "model.n_heads=2", "model.seq_len=32", "model.n_steps=2", "model.pool.n_transformer=2",
-        "model.pool.n_attention=1", "model.pool.n_mlp=1", "model.pool.n_identity=1", "train.batch_size=4",
-        "data.max_bytes=300000", "train.eval_batches=1", "train.warmup_steps=2"]
 
 
 def test_its_steps_and_state_are_torchs_adamw():

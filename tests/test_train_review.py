@@ -1,13 +1,13 @@
 """Numbers `dnasweep train` shows besides the metrics of record: the training FLOPs of a run with no
 step past warm-up yet, and the progress bar's rate on a resumed run."""
 
+from helpers import TINY_LM
+
 from dnasweep.config import load_trial
 from dnasweep.train import loop
 from dnasweep.train.report import ConsoleReporter
 
-TINY = ["model.d_model=32", "model.n_heads=2", "model.seq_len=32", "model.n_steps=2", "model.pool.n_transformer=2",
-        "model.pool.n_attention=1", "model.pool.n_mlp=1", "model.pool.n_identity=1", "train.batch_size=4",
-        "data.max_bytes=300000", "train.eval_batches=2", "train.warmup_steps=2", "train.log_every=1"]
+TINY = [*TINY_LM, "train.log_every=1"]
 
 
 def test_training_flops_before_any_step_is_past_warm_up_are_the_training_steps(tmp_path, monkeypatch):
