@@ -5,7 +5,7 @@ import torch
 from helpers import tiny_cfg
 from reference import reference_step
 
-from dnasweep.model import build_model
+from dnasweep.model import banks, build_model
 from dnasweep.model.banks import grouped_matmul
 from dnasweep.model.routers import Route
 
@@ -47,6 +47,28 @@ def test_uneven_loads_and_empty_modules():
     fast, res = pool(h, route)
     assert (fast - reference_step(pool, h, route)).abs().max() < 1e-5
     assert res.flops_executed > res.flops_useful  # padding of the sparse module's rows
+
+
+@pytest.mark.parametrize("line_slots", [1, 7, 10_000])
+def test_non_causal_core_packs_rows_into_lines_exactly(monkeypatch, line_slots):
+    """Vision's exact core packs whole (module, image) rows into lines: a row longer than a line
+    gets a line of its own length (1), several rows share lines (7), or the bank is one line
+    (10_000); each row attends to its own tokens only, forward and backward, whatever the packing."""
+    monkeypatch.setattr(banks, "LINE_SLOTS", line_slots)
+    pool, h = _pool_and_h("vision", B=5, L=9, dtype=torch.float64)
+    T = h.shape[0] * h.shape[1]
+    route = _random_route(T, pool.size, 3, with_active=True)
+    route.active_TK[: h.shape[1]] = False  # an image with no routed token at all
+    h.requires_grad_(True)
+    fast, res = pool(h, route)
+    slow = reference_step(pool, h, route)
+    assert (fast - slow).abs().max() < 1e-9
+    g = torch.randn_like(fast)
+    (grad_fast,) = torch.autograd.grad(fast, h, g)
+    (grad_slow,) = torch.autograd.grad(slow, h, g)
+    assert (grad_fast - grad_slow).abs().max() < 1e-9
+    # executed FLOPs count every slot of every line: more than the useful ones unless rows fill lines
+    assert res.flops_executed >= res.flops_useful
 
 
 def test_gradients_match_reference():

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 _GROUPED_MM = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+# Slots of one line of the non-causal exact core (AttentionBank._lines_core): chosen by measurement.
+LINE_SLOTS = 16
 
 
 def group_offsets(counts: list[int], device: torch.device) -> torch.Tensor:
@@ -155,8 +157,9 @@ class AttentionBank(nn.Module):
         (module, sequence) row `row_P` = a*B + b and, within a row, by time (`tok_P`: flat token
         index b*L + l); `n_AB` (host ints, [A*B] row-major) pairs per row. `w_qkv`: the q|k|v
         weights with the norm gains folded in (ModulePool.folded), computed here if not given.
-        Projections run on exactly the routed rows (grouped matmul); each module's core rows are
-        padded to that module's longest row. FLOPs are host floats.
+        Projections run on exactly the routed rows (grouped matmul). The causal core pads each
+        module's rows to that module's longest row; the non-causal one packs rows into lines
+        (`_lines_core`). FLOPs are host floats.
         """
         P, D = xn_PD.shape
         A, H, dev = self.n, self.h, xn_PD.device
@@ -169,6 +172,11 @@ class AttentionBank(nn.Module):
         qkv_PX = grouped_matmul(xn_PD, w_qkv.to(xn_PD.dtype), counts, offs)
         if self.rope is not None:
             qkv_PX = self.rope.apply_qkv(qkv_PX, tok_P % L, H)  # each pair at its ORIGINAL position
+        if not self.causal:
+            o_SD, dest_P, n_slots = self._lines_core(qkv_PX, row_P, n_AB)
+            o_PD = o_SD.index_select(0, dest_P)
+            delta_PD = grouped_matmul(o_PD, self.w_o_ADD.to(o_PD.dtype), counts, offs)
+            return delta_PD, (self.flops(P, float(sum(n * n for n in n_AB))), self.flops(P, n_slots))
         # One buffer holds every module's [B, C_a] block of q|k|v at its offset; the pair of row r's
         # j-th slot lands at start_r + j = p + shift_r (shift_r: row r's block start minus its
         # first pair), so one table lookup places every pair. Padding slots stay zero.
@@ -183,26 +191,51 @@ class AttentionBank(nn.Module):
         qkv_SX = qkv_PX.new_zeros(start, 3 * D).index_add_(0, dest_P, qkv_PX)
         # split, not slicing: the backward of one split is one cat, that of each slice a zero-filled
         # copy of the whole buffer.
-        # Vision masks padded keys; a sequence with no token here keeps slot 0 visible. One mask for
-        # every (module, sequence) row, each module reading its [B, C_a] corner.
-        valid_NC = None
-        if not self.causal:
-            slot_C = torch.arange(max(C_A), device=dev)
-            valid_NC = (slot_C < torch.tensor(n_AB, device=dev)[:, None]) | (slot_C == 0)
         outs = []
         for a, qkv_BCX in enumerate(qkv_SX.split([B * C for C in C_A])):
             if counts[a] == 0:
                 continue
-            C = C_A[a]
-            q, k, v = qkv_BCX.view(B, C, 3, H, D // H).unbind(2)
-            valid = None if valid_NC is None else valid_NC[a * B:(a + 1) * B, :C]
-            outs.append(self.core(q, k, v, valid).reshape(B * C, D))
+            q, k, v = qkv_BCX.view(B, C_A[a], 3, H, D // H).unbind(2)
+            outs.append(self.core(q, k, v, None).reshape(B * C_A[a], D))
         o_SD = torch.cat(outs) if len(outs) > 1 else outs[0]
         o_PD = o_SD.index_select(0, dest_P)
         delta_PD = grouped_matmul(o_PD, self.w_o_ADD.to(o_PD.dtype), counts, offs)
         useful = self.flops(P, float(sum(n * n for n in n_AB)))
         executed = self.flops(P, B * float(sum(c * c for c in C_A)))
         return delta_PD, (useful, executed)
+
+    def _lines_core(self, qkv_PX: torch.Tensor, row_P: torch.Tensor, n_AB: list[int]):
+        """Non-causal core of the exact path: every (module, sequence) row packed whole, in order,
+        into lines of LINE_SLOTS slots (or of the longest row, if longer), each line one SDPA row
+        whose mask lets a slot see only its own row's slots (padding sees padding). One call for
+        the whole bank. -> (o [N*R, D], each pair's slot dest_P [P], N*R*R attended slots).
+
+        Why not a row per (module, sequence), as the causal core keeps: rows of a 16-patch image
+        hold ~4 tokens, and the CPU kernel's cost goes by rows x heads, not by their length. On the
+        vision base (2-core CPU, one thread) a step's six [64 images, 4 heads, 9, 16] masked calls
+        took 6.8-7.9 ms forward + backward, the same pairs in lines of 32 1.3-1.5 ms. Whole-model,
+        one process, alternating: lines of 16 and 32 alike on one thread, 16 best on two (64 and 128
+        slower). Causal rows are long enough already: packed with a block-causal mask (no is_causal)
+        they were slower at every LM size."""
+        P, X = qkv_PX.shape
+        D, H, dev = X // 3, self.h, qkv_PX.device
+        R = max(LINE_SLOTS, max(n_AB))
+        shift, first, start, used = [], 0, 0, 0  # used: slots taken in the current line
+        for n in n_AB:
+            if used + n > R:  # the row goes whole into a new line
+                start, used = start + R - used, 0
+            shift.append(start - first)
+            first, start, used = first + n, start + n, used + n
+        N = -(-start // R)
+        dest_P = torch.arange(P, device=dev) + torch.tensor(shift, device=dev).index_select(0, row_P)
+        qkv_SX = qkv_PX.new_zeros(N * R, X).index_add_(0, dest_P, qkv_PX)
+        row_S = torch.full((N * R,), -1, dtype=row_P.dtype, device=dev).index_put_((dest_P,), row_P)
+        row_NR = row_S.view(N, R)
+        mask_N1RR = (row_NR[:, :, None] == row_NR[:, None, :])[:, None]
+        q, k, v = qkv_SX.view(N, R, 3, H, D // H).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_N1RR)
+        return o.transpose(1, 2).reshape(N * R, D), dest_P, float(N * R * R)
 
     def flops(self, rows: int, n_seqs_by_len: float) -> float:
         """Forward FLOPs of projections on `rows` rows plus cores whose squared lengths sum to

@@ -14,7 +14,8 @@ Per step, for routed pairs p = (token t, module m) with gate ρ:
 Two dispatches, chosen by measurement (`DNAModel` picks; both give the same result when nothing
 is dropped, tests/test_compile.py holds them to it):
 - exact (`caps=None`; every eager run): pairs sorted by module, every module's rows at their
-  own size through a grouped matmul, the attention core per module padded to its longest row.
+  own size through a grouped matmul, the causal attention core per module padded to its
+  longest row, the non-causal one in lines of whole rows (AttentionBank._lines_core).
   Segment sizes are read on the host: on CPU that is no device sync, on a GPU it is one per
   step (eager GPU training stays here until bench/gpu.sh has measured static). Nothing is dropped and
   executed/useful FLOPs stay 1.02-1.04 on the shipped bases.
