@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -332,6 +333,23 @@ def test_digits_stratified_and_seeded():
     same = load_data(DataConfig(source="digits", val_fraction=0.2), "vision")
     other = load_data(DataConfig(source="digits", val_fraction=0.2, seed=1), "vision")
     assert np.array_equal(same.val_x, d.val_x) and not np.array_equal(other.val_x, d.val_x)
+
+
+def test_digits_load_without_importing_scikit_learn_and_equal_its_loader():
+    """The embedded digits are read from scikit-learn's CSV without its 1-2 s import (each vision
+    trial loads them), and are exactly what sklearn.datasets.load_digits gives."""
+    code = ("import sys; from dnasweep.data import load_data; from dnasweep.data.config import DataConfig; "
+            "d = load_data(DataConfig(source='digits'), 'vision'); "
+            "print(len(d.train_y) + len(d.val_y), 'sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["1797", "False"]
+    from sklearn.datasets import load_digits
+
+    from dnasweep.data.vision import digits_arrays
+
+    images, target = digits_arrays()
+    ref = load_digits()
+    assert np.array_equal(images, ref.images) and np.array_equal(target, ref.target) and target.dtype == np.int64
 
 
 def test_npz_channels_last_and_grayscale(tmp_path):
