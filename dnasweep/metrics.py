@@ -74,8 +74,11 @@ TRIAL_METRICS = frozenset(v for k, v in dict(globals()).items() if k.isupper() a
 # and constrains on: not usable as objectives or constraints.
 TRAIN_ONLY = frozenset({TRAIN_LOSS, TRAIN_AUX, ROUTER_TRAIN_IDENTITY, ROUTER_DROPPED})
 # Metrics only some trials report: metric (or prefix) -> which ones ("vision", "byte_lm", "routed",
-# "reference": sweeps with a reference ladder, "cuda": trials on a CUDA device of known peak).
-REPORTED_BY = {VAL_ACC: "vision", VAL_BPB: "byte_lm", MFU: "cuda", "router/": "routed", "compare/": "reference"}
+# "learned", "reference": sweeps with a reference ladder, "cuda": trials on a CUDA device of known peak).
+# (first match wins: exact names before the prefixes; "learned": routers with learnt logits, not hash,
+# whose fixed table has no distribution to take an entropy or a log-partition of)
+REPORTED_BY = {VAL_ACC: "vision", VAL_BPB: "byte_lm", MFU: "cuda", ROUTER_ENTROPY: "learned", ROUTER_Z: "learned",
+               "router/": "routed", "compare/": "reference"}
 
 
 def router_load_index(name: str) -> int | None:

@@ -162,6 +162,16 @@ def test_metrics_the_trials_never_report(tmp_path, capsys):
     assert parse_space({**VALID_SPACE, "objectives": [{"metric": "val/bpb"}]}, "s.yaml")  # byte-level LM: fine
 
 
+def test_router_entropy_of_a_hash_router_is_refused_unless_the_router_is_searched(tmp_path, capsys):
+    # hash learns no router: no entropy to constrain (it reported 0.0 once, a confident router)
+    bad = {**VALID_SPACE, "constraints": ["router/entropy >= 0.5"],
+           "base": {"model": {"d_model": 32, "router": {"type": "hash"}}}}
+    err = _refused(tmp_path, capsys, bad, "constraints[0]")
+    assert "router/entropy is reported by routers that learn only" in err and "'hash'" in err
+    searched = {**bad, "search": {**VALID_SPACE["search"], "model.router.type": {"choice": ["hash", "topk"]}}}
+    assert parse_space(searched, "s.yaml")  # the topk trials report it; hash trials are infeasible
+
+
 # 7. constraints no point of the space satisfies
 
 def test_unsatisfiable_constraint(tmp_path, capsys):

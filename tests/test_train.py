@@ -93,6 +93,18 @@ def test_token_budget_and_eval_metrics(tmp_path):
     assert m[M.PARAMS_ACTIVE] < m[M.PARAMS_TOTAL]
 
 
+@pytest.mark.parametrize("router,learns", [("hash", False), ("topk", True)])
+def test_router_entropy_and_z_are_reported_only_by_routers_that_learn(tmp_path, router, learns):
+    """A hash router has no logits: its entropy and log-partition are undefined, not 0.0 (which reads as
+    a fully confident router in MLflow). Routers that learn report both."""
+    cfg = build_trial({}, [*TINY, f"model.router.type={router}", "train.max_steps=2", f"out_dir={tmp_path}"])
+    m = run_trial(cfg).metrics
+    assert (M.ROUTER_ENTROPY in m, M.ROUTER_Z in m) == (learns, learns)
+    assert M.IDENTITY_FRACTION in m and M.ROUTER_LOAD_MAX in m  # what routing did: every router
+    if learns:
+        assert m[M.ROUTER_ENTROPY] > 0
+
+
 def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
     run_trial(build_trial({}, [*TINY, "train.max_steps=2", f"out_dir={tmp_path}"]))
     with pytest.raises(ConfigError, match="model.d_model"):

@@ -152,8 +152,15 @@ def _unreported(metric: str, cfg: TrialConfig, searched, reference: bool) -> str
         byte_sources = [s for s in source_names("lm") if byte_level("lm", s)]
         return (f"is reported by byte-level LM trials only (data.source {' / '.join(byte_sources)}; the base has "
                 f"model.task {m.task!r}, data.source {source!r})")
-    if who == "routed" and m.kind == "dense":
+    if who in ("routed", "learned") and m.kind == "dense":
         return "is reported by routed models only (base.model.kind is 'dense')"
+    if who == "learned" and "model.router.type" not in searched:
+        from dnasweep.model.registry import find_router
+
+        spec = find_router(m.router.type)
+        if spec is not None and not spec.learns:
+            return (f"is reported by routers that learn only (base.model.router.type is {m.router.type!r}, "
+                    "a fixed table with no router distribution)")
     return ""
 
 

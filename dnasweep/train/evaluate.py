@@ -71,8 +71,9 @@ def evaluate(model, batches, loss_cfg: LossConfig, device, autocast, bytes_per_t
         res[M.VAL_ACC] = correct / n_ex
     if slots is not None:
         load_M = slots.sum(0) / slots.sum()
-        res.update({M.IDENTITY_FRACTION: ident / n_tok, M.ROUTER_ENTROPY: entropy / n_tok, M.ROUTER_Z: zl / n_tok,
-                    M.ROUTER_LOAD_MAX: float(load_M.max())})
+        res.update({M.IDENTITY_FRACTION: ident / n_tok, M.ROUTER_LOAD_MAX: float(load_M.max())})
+        if model.routing.learns:  # hash: no logits, so no entropy or log-partition (not 0, a confident router)
+            res.update({M.ROUTER_ENTROPY: entropy / n_tok, M.ROUTER_Z: zl / n_tok})
         res.update({f"{M.ROUTER_LOAD_PREFIX}m{i}": float(v) for i, v in enumerate(load_M)})
     if paths_PX is not None:
         n_paths = int(paths_PX.shape[0])
