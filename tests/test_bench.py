@@ -214,3 +214,30 @@ def test_plain_optuna_arm_runs_as_many_trials_at_once_as_the_sweep(tmp_path, mon
                                                  "{metric: compute/flops_per_token}]"])
     orchestration.run_plain_optuna(space, [{}] * 6, str(tmp_path))
     assert most[0] == 3
+
+
+def test_training_bench_trains_both_models_on_the_same_real_batches(capsys):
+    """bench/training.py: the DNA and its dense match draw the same batches of the base's data, each
+    step moves their weights and the DNA's routing biases update as in training; the ratio is printed."""
+    import training
+
+    from dnasweep.config import load_trial
+
+    overrides = ["model.d_model=32", "model.n_steps=2", "train.batch_size=8", "model.balance.identity_bias=true"]
+    cfg = load_trial("search_spaces/vision.yaml", overrides)
+    models = training.arms(cfg)
+    (dna, dna_opt, dna_s), (dense, _, dense_s) = models["dna"], models["dense"]
+    assert dense.cfg.kind == "dense" and dna.cfg.kind == "dna"
+    x_a, y_a = dna_s.next()
+    x_b, y_b = dense_s.next()
+    assert torch.equal(x_a, x_b) and torch.equal(y_a, y_b) and x_a.std() > 0  # real digits, normalized
+    before = [p.detach().clone() for p in dna.parameters()]
+    bias = dna.routing.identity_bias_S.clone()
+    parts, flops = training.train_step(dna, dna_opt, dna_s, cfg, 10, 20)
+    assert len(parts) == 3 and all(t > 0 for t in parts) and flops > 0
+    assert any(not torch.equal(b, p) for b, p in zip(before, dna.parameters(), strict=True))
+    assert not torch.equal(bias, dna.routing.identity_bias_S)  # the skip controller ran
+    ratio = training.main(["--config", "search_spaces/vision.yaml", *[f"--set={o}" for o in overrides],
+                           "--steps", "3", "--warmup", "1"])
+    out = capsys.readouterr().out
+    assert "DNA and dense alternating" in out and f"{ratio:.3f} at equal FLOPs/token" in out and ratio > 0
